@@ -1,0 +1,156 @@
+/* kn: the compute backend interface (a C vtable, like ggml's backends).
+ *
+ * The worker's model code calls every op through a kn_backend. The CPU backend
+ * (kernels/cpu) always builds; the CUDA backend (kernels/cuda) builds when nvcc is
+ * present. Every backend op has a scalar C reference in kernels/kn_ref.c, and
+ * tests/unit/test_kn_ops.c checks every available backend against it.
+ *
+ * Memory: pointers handed to ops are backend memory (host memory for the CPU
+ * backend, device memory for CUDA). Weights are described by kn_weight and are
+ * never copied by the ops. Ops never allocate; workspaces are preallocated by the
+ * caller through be->ops->alloc at load time.
+ *
+ * Layouts are row-major; a shape comment reads outermost first. */
+#ifndef KN_H
+#define KN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Tensor element types, numbered as GGUF/ggml number them so a GGUF type id can be
+ * used directly. */
+typedef enum kn_type {
+    KN_F32 = 0,
+    KN_F16 = 1,
+    KN_Q4_0 = 2,
+    KN_Q4_1 = 3,
+    KN_Q5_0 = 6,
+    KN_Q5_1 = 7,
+    KN_Q8_0 = 8,
+    KN_Q8_1 = 9,
+    KN_Q2_K = 10,
+    KN_Q3_K = 11,
+    KN_Q4_K = 12,
+    KN_Q5_K = 13,
+    KN_Q6_K = 14,
+    KN_Q8_K = 15,
+    KN_BF16 = 30,
+    KN_TYPE_COUNT = 31,
+} kn_type;
+
+/* 1 if weights of this type can be loaded and multiplied, else 0. */
+int kn_type_supported(kn_type t);
+const char *kn_type_name(kn_type t);
+/* Elements per block (1 for float types, 32 or 256 for quantized ones); 0 if unknown. */
+int64_t kn_type_block_elems(kn_type t);
+/* Bytes per block; 0 if unknown. */
+size_t kn_type_block_bytes(kn_type t);
+/* Bytes of a row of n elements, or 0 if n is not a multiple of the block size or
+ * the type is unknown. */
+size_t kn_row_bytes(kn_type t, int64_t n);
+/* Scalar reference dequantization of one row of n elements (n a block multiple). */
+void kn_dequant_row(kn_type t, const void *src, float *dst, int64_t n);
+
+/* A 2-D weight matrix: n_out rows of n_in elements, each row kn_row_bytes(type, n_in)
+ * bytes, rows contiguous. y = W x means y[o] = sum_i W[o][i] * x[i]. */
+typedef struct kn_weight {
+    kn_type type;
+    int64_t n_in;     // row length (GGUF ne[0])
+    int64_t n_out;    // rows (GGUF ne[1])
+    const void *data; // [n_out, row_bytes], backend memory
+} kn_weight;
+
+enum kn_rope_mode {
+    KN_ROPE_NORM = 0, // rotate adjacent pairs (x[2i], x[2i+1]) (Llama)
+    KN_ROPE_NEOX = 2, // rotate halves (x[i], x[i + n_rot/2]) (Gemma, Qwen2)
+};
+
+/* One batched attention call over a paged KV cache, for one layer.
+ *
+ * The cache of a layer is [n_blocks, block_size, n_kv_head, head_dim] in `kv_type`
+ * (KN_F16 or KN_F32 on CPU). A sequence's logical position p lives in physical block
+ * block_table[seq][p / block_size], slot p % block_size. Query token t belongs to
+ * sequence tok_seq[t] at position tok_pos[t] and attends to positions j of its own
+ * sequence with j <= tok_pos[t] and, when window > 0, tok_pos[t] - j < window.
+ * The caller has already stored the K/V of every token of this batch (kv_store). */
+typedef struct kn_attn_args {
+    int n_tok;
+    int n_head, n_kv_head, head_dim; // n_head % n_kv_head == 0 (GQA)
+    float scale;                     // applied to q.k
+    float softcap;                   // 0 = none; else s = softcap * tanh(s / softcap)
+    int window;                      // 0 = full causal; else sliding window size
+    const float *q;                  // [n_tok, n_head, head_dim]
+    float *out;                      // [n_tok, n_head, head_dim]
+    const void *k_cache;             // [n_blocks, block_size, n_kv_head, head_dim]
+    const void *v_cache;             // [n_blocks, block_size, n_kv_head, head_dim]
+    kn_type kv_type;
+    int block_size;
+    const int32_t *tok_seq;          // [n_tok] row of block_tables
+    const int32_t *tok_pos;          // [n_tok]
+    const int32_t *block_tables;     // [n_seq, max_blocks]
+    int max_blocks;
+} kn_attn_args;
+
+typedef struct kn_backend kn_backend;
+
+typedef struct kn_backend_ops {
+    const char *name;
+    void (*destroy)(kn_backend *be);
+
+    /* Backend memory. alloc returns NULL on failure; free(NULL) is a no-op. */
+    void *(*alloc)(kn_backend *be, size_t bytes);
+    void (*free)(kn_backend *be, void *p);
+    void (*upload)(kn_backend *be, void *dst, const void *src_host, size_t bytes);
+    void (*download)(kn_backend *be, void *dst_host, const void *src, size_t bytes);
+    /* Waits until all queued ops are done (no-op on CPU). */
+    void (*sync)(kn_backend *be);
+
+    /* y = x W^T: y[t][o] = sum_i W[o][i] * x[t][i].
+     * x: [n_tok, w->n_in] f32, y: [n_tok, w->n_out] f32. */
+    void (*matmul)(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y);
+    /* y[t] = dequant(W[ids[t]]) * scale. y: [n, w->n_in] f32. */
+    void (*get_rows)(kn_backend *be, const kn_weight *w, const int32_t *ids, int64_t n, float scale,
+                     float *y);
+    /* RMS norm of each of n_row rows of length n: y = x / sqrt(mean(x^2) + eps) * w.
+     * w: [n] or NULL (no weight). y may equal x. */
+    void (*rmsnorm)(kn_backend *be, const float *x, const float *w, int64_t n_row, int64_t n, float eps,
+                    float *y);
+    /* In-place rotary embedding of x: [n_tok, n_head, head_dim], rotating the first
+     * n_rot dims of each head at position pos[t]. theta_i = pos * freq_scale *
+     * base^(-2i/n_rot) / (freq_factors ? freq_factors[i] : 1). */
+    void (*rope)(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim,
+                 int n_rot, float base, float freq_scale, const float *freq_factors, int mode);
+    /* y = act(g) * u elementwise over n values; act 0 = SiLU, 1 = GELU (tanh approx).
+     * y may equal g or u. */
+    void (*glu)(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y);
+    /* y = a + b over n values; y may equal a or b. */
+    void (*add)(kn_backend *be, const float *a, const float *b, int64_t n, float *y);
+    /* y[r][i] = x[r][i] + bias[i] for n_row rows of n; y may equal x. */
+    void (*add_bias)(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n, float *y);
+    /* Stores the K and V of n_tok tokens into the paged cache of one layer:
+     * token t goes to physical slot slots[t] (= block * block_size + offset).
+     * k, v: [n_tok, n_kv_head * head_dim] f32, converted to kv_type. */
+    void (*kv_store)(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
+                     const float *v, const int32_t *slots, int64_t n_tok, int64_t row);
+    void (*attention)(kn_backend *be, const kn_attn_args *a);
+} kn_backend_ops;
+
+struct kn_backend {
+    const kn_backend_ops *ops;
+    int n_threads;
+};
+
+/* The CPU backend with n_threads threads (0 = number of online CPUs). NULL on
+ * failure. Destroy with be->ops->destroy(be). */
+kn_backend *kn_cpu_create(int n_threads);
+
+/* The scalar reference backend: single-threaded, plain C, the oracle for every
+ * other backend. */
+kn_backend *kn_ref_create(void);
+
+#ifdef KOLM_HAVE_CUDA
+/* The CUDA backend on device `device`; NULL if unavailable (no device, error). */
+kn_backend *kn_cuda_create(int device);
+#endif
+
+#endif

@@ -1,0 +1,75 @@
+/* wk_model: model weights and the forward pass over a batch of tokens from many
+ * sequences (continuous batching), reading and writing the paged KV cache.
+ *
+ * Architectures: gemma3, qwen2, llama. Weights stay in the GGUF mapping (CPU) or
+ * are uploaded once (GPU). wk_model_reserve preallocates every activation buffer
+ * for a maximum batch size; wk_model_forward never allocates. */
+#ifndef WK_MODEL_H
+#define WK_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kn.h"
+#include "worker/wk_gguf.h"
+#include "worker/wk_kv.h"
+
+typedef enum wk_arch {
+    WK_ARCH_GEMMA3 = 1,
+    WK_ARCH_QWEN2 = 2,
+    WK_ARCH_LLAMA = 3,
+} wk_arch;
+
+typedef struct wk_hparams {
+    wk_arch arch;
+    char arch_name[16];
+    int n_vocab;
+    int n_ctx_train; // context length the model was trained with
+    int n_embd;
+    int n_layer;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    int n_ff;
+    float norm_eps;
+    float rope_base;     // global layers
+    float rope_base_swa; // sliding-window layers (gemma3)
+    float rope_freq_scale;
+    int n_rot;
+    int sliding_window;  // 0 = none
+} wk_hparams;
+
+/* One forward step. Token t of the batch is tokens[t] at position pos[t] of the
+ * sequence whose block table is row seq[t] of block_tables; its K/V go to that
+ * sequence's slot for pos[t] (the block must already be allocated). Logits are
+ * produced for the n_logits token indices in logit_rows, in that order. */
+typedef struct wk_batch {
+    int n_tok;
+    const int32_t *tokens;       // [n_tok]
+    const int32_t *pos;          // [n_tok]
+    const int32_t *seq;          // [n_tok]
+    const int32_t *block_tables; // [n_seq, max_blocks]
+    int n_seq;
+    int max_blocks;
+    const int32_t *logit_rows;   // [n_logits]
+    int n_logits;
+} wk_batch;
+
+typedef struct wk_model wk_model;
+
+/* Binds the weights of g (which must outlive the model) on backend be. 0 or a
+ * negative errno with err naming the problem (unknown arch, missing tensor,
+ * unsupported type, shape mismatch). */
+int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, size_t errlen);
+void wk_model_free(wk_model *m); // NULL is a no-op
+const wk_hparams *wk_model_hparams(const wk_model *m);
+
+/* Preallocates activations for batches of up to max_tokens tokens, max_logits
+ * logit rows and max_seq sequences with up to max_blocks blocks each. 0 or -ENOMEM. */
+int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks);
+
+/* Runs the batch. logits: [n_logits, n_vocab] host memory, written by the call.
+ * 0, or -EINVAL (batch over the reserved sizes or a position past the cache). */
+int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits);
+
+#endif
