@@ -1,0 +1,272 @@
+/* kn_ref: the scalar reference backend, the oracle for every other backend.
+ *
+ * Plain C, single-threaded, accumulating in double; clarity over speed. Unlike the
+ * fast backends it may allocate scratch inside an op (it never runs in serving). */
+#include "kernels/kn_ref.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kn_half.h"
+#include "kernels/kn_quant.h"
+
+static void *ref_alloc(kn_backend *be, size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 1))
+        return NULL;
+    return p;
+}
+
+static void ref_free(kn_backend *be, void *p) {
+    free(p);
+}
+
+static void ref_copy(kn_backend *be, void *dst, const void *src, size_t bytes) {
+    memcpy(dst, src, bytes);
+}
+
+static void ref_sync(kn_backend *be) {
+}
+
+static void ref_destroy(kn_backend *be) {
+    free(be);
+}
+
+static const uint8_t *row_ptr(const kn_weight *w, int64_t r) {
+    return (const uint8_t *)w->data + (size_t)r * kn_row_bytes(w->type, w->n_in);
+}
+
+/* y = x W^T with x already rounded as the caller wants. */
+static int ref_matmul_f(const kn_weight *w, const float *x, int64_t n_tok, float *y) {
+    float *wr = malloc((size_t)w->n_in * sizeof(float));
+    if (!wr)
+        return -ENOMEM;
+    for (int64_t o = 0; o < w->n_out; o++) {
+        kn_dequant_row(w->type, row_ptr(w, o), wr, w->n_in);
+        for (int64_t t = 0; t < n_tok; t++) {
+            const float *xt = x + t * w->n_in;
+            double s = 0.0;
+            for (int64_t i = 0; i < w->n_in; i++)
+                s += (double)wr[i] * xt[i];
+            y[t * w->n_out + o] = (float)s;
+        }
+    }
+    free(wr);
+    return 0;
+}
+
+static void ref_matmul(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
+    if (ref_matmul_f(w, x, n_tok, y) < 0)
+        for (int64_t i = 0; i < n_tok * w->n_out; i++)
+            y[i] = NAN;
+}
+
+int kn_ref_matmul_qact(const kn_weight *w, const float *x, int64_t n_tok, float *y) {
+    kn_type vt = kn_vec_dot_type(w->type);
+    if (vt == KN_F32)
+        return ref_matmul_f(w, x, n_tok, y);
+    size_t qb = kn_row_bytes(vt, w->n_in);
+    int rc = -ENOMEM;
+    float *xq = malloc((size_t)(n_tok * w->n_in) * sizeof(float));
+    void *q = malloc(qb);
+    if (!xq || !q)
+        goto cleanup;
+    for (int64_t t = 0; t < n_tok; t++) {
+        if (vt == KN_Q8_0)
+            kn_quantize_row_q8_0(x + t * w->n_in, q, w->n_in);
+        else
+            kn_quantize_row_q8_K(x + t * w->n_in, q, w->n_in);
+        if (vt == KN_Q8_0) {
+            // dequantize with the f16 scale, as the integer dot uses it
+            kn_dequant_row(KN_Q8_0, q, xq + t * w->n_in, w->n_in);
+        } else {
+            kn_dequant_row(KN_Q8_K, q, xq + t * w->n_in, w->n_in);
+        }
+    }
+    rc = ref_matmul_f(w, xq, n_tok, y);
+cleanup:
+    free(q);
+    free(xq);
+    return rc;
+}
+
+static void ref_get_rows(kn_backend *be, const kn_weight *w, const int32_t *ids, int64_t n, float scale,
+                         float *y) {
+    for (int64_t t = 0; t < n; t++) {
+        float *yt = y + t * w->n_in;
+        kn_dequant_row(w->type, row_ptr(w, ids[t]), yt, w->n_in);
+        for (int64_t i = 0; i < w->n_in; i++)
+            yt[i] *= scale;
+    }
+}
+
+static void ref_rmsnorm(kn_backend *be, const float *x, const float *w, int64_t n_row, int64_t n, float eps,
+                        float *y) {
+    for (int64_t r = 0; r < n_row; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        double ss = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            ss += (double)xr[i] * xr[i];
+        double inv = 1.0 / sqrt(ss / (double)n + eps);
+        for (int64_t i = 0; i < n; i++)
+            yr[i] = (float)(xr[i] * inv * (w ? w[i] : 1.0f));
+    }
+}
+
+static void ref_rope(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim,
+                     int n_rot, float base, float freq_scale, const float *freq_factors, int mode) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        for (int h = 0; h < n_head; h++) {
+            float *v = x + (t * n_head + h) * head_dim;
+            for (int i = 0; i < n_rot / 2; i++) {
+                double theta = (double)pos[t] * freq_scale * pow(base, -2.0 * i / n_rot);
+                if (freq_factors)
+                    theta /= freq_factors[i];
+                double c = cos(theta), s = sin(theta);
+                int a = mode == KN_ROPE_NEOX ? i : 2 * i;
+                int b = mode == KN_ROPE_NEOX ? i + n_rot / 2 : 2 * i + 1;
+                double x0 = v[a], x1 = v[b];
+                v[a] = (float)(x0 * c - x1 * s);
+                v[b] = (float)(x0 * s + x1 * c);
+            }
+        }
+    }
+}
+
+static void ref_glu(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y) {
+    for (int64_t i = 0; i < n; i++) {
+        double x = g[i], a;
+        if (act == 0)
+            a = x / (1.0 + exp(-x));
+        else
+            a = 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+        y[i] = (float)(a * u[i]);
+    }
+}
+
+static void ref_add(kn_backend *be, const float *a, const float *b, int64_t n, float *y) {
+    for (int64_t i = 0; i < n; i++)
+        y[i] = a[i] + b[i];
+}
+
+static void ref_add_bias(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n,
+                         float *y) {
+    for (int64_t r = 0; r < n_row; r++)
+        for (int64_t i = 0; i < n; i++)
+            y[r * n + i] = x[r * n + i] + bias[i];
+}
+
+static void ref_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
+                         const float *v, const int32_t *slots, int64_t n_tok, int64_t row) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        size_t off = (size_t)slots[t] * (size_t)row;
+        for (int64_t i = 0; i < row; i++) {
+            if (kv_type == KN_F16) {
+                ((uint16_t *)k_cache)[off + i] = kn_f32_to_f16(k[t * row + i]);
+                ((uint16_t *)v_cache)[off + i] = kn_f32_to_f16(v[t * row + i]);
+            } else {
+                ((float *)k_cache)[off + i] = k[t * row + i];
+                ((float *)v_cache)[off + i] = v[t * row + i];
+            }
+        }
+    }
+}
+
+static float kv_get(const void *cache, kn_type kv_type, size_t idx) {
+    if (kv_type == KN_F16)
+        return kn_f16_to_f32(((const uint16_t *)cache)[idx]);
+    return ((const float *)cache)[idx];
+}
+
+/* Gathers each token's K/V position by position through the block table, then
+ * runs dense softmax attention in double. */
+static void ref_attention(kn_backend *be, const kn_attn_args *a) {
+    const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
+    const size_t row = (size_t)a->n_kv_head * hd;
+    int max_pos = 0;
+    for (int t = 0; t < a->n_tok; t++)
+        if (a->tok_pos[t] > max_pos)
+            max_pos = a->tok_pos[t];
+    double *s = malloc((size_t)(max_pos + 1) * sizeof(double));
+    double *acc = malloc((size_t)hd * sizeof(double));
+    if (!s || !acc) {
+        for (size_t i = 0; i < (size_t)a->n_tok * a->n_head * hd; i++)
+            a->out[i] = NAN;
+        goto cleanup;
+    }
+    for (int t = 0; t < a->n_tok; t++) {
+        const int pos = a->tok_pos[t];
+        const int32_t *bt = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks;
+        int start = a->window > 0 ? pos - a->window + 1 : 0;
+        if (start < 0)
+            start = 0;
+        for (int h = 0; h < a->n_head; h++) {
+            const float *q = a->q + ((size_t)t * a->n_head + h) * hd;
+            const int kvh = h / group;
+            double mx = -INFINITY;
+            for (int j = start; j <= pos; j++) {
+                size_t base = ((size_t)bt[j / a->block_size] * a->block_size + j % a->block_size) * row +
+                              (size_t)kvh * hd;
+                double d = 0.0;
+                for (int i = 0; i < hd; i++)
+                    d += (double)q[i] * kv_get(a->k_cache, a->kv_type, base + i);
+                d *= a->scale;
+                if (a->softcap > 0.0f)
+                    d = a->softcap * tanh(d / a->softcap);
+                s[j] = d;
+                if (d > mx)
+                    mx = d;
+            }
+            double sum = 0.0;
+            for (int j = start; j <= pos; j++) {
+                s[j] = exp(s[j] - mx);
+                sum += s[j];
+            }
+            for (int i = 0; i < hd; i++)
+                acc[i] = 0.0;
+            for (int j = start; j <= pos; j++) {
+                size_t base = ((size_t)bt[j / a->block_size] * a->block_size + j % a->block_size) * row +
+                              (size_t)kvh * hd;
+                for (int i = 0; i < hd; i++)
+                    acc[i] += s[j] * kv_get(a->v_cache, a->kv_type, base + i);
+            }
+            float *o = a->out + ((size_t)t * a->n_head + h) * hd;
+            for (int i = 0; i < hd; i++)
+                o[i] = (float)(acc[i] / sum);
+        }
+    }
+cleanup:
+    free(acc);
+    free(s);
+}
+
+static const kn_backend_ops ref_ops = {
+    .name = "ref",
+    .destroy = ref_destroy,
+    .alloc = ref_alloc,
+    .free = ref_free,
+    .upload = ref_copy,
+    .download = ref_copy,
+    .sync = ref_sync,
+    .matmul = ref_matmul,
+    .get_rows = ref_get_rows,
+    .rmsnorm = ref_rmsnorm,
+    .rope = ref_rope,
+    .glu = ref_glu,
+    .add = ref_add,
+    .add_bias = ref_add_bias,
+    .kv_store = ref_kv_store,
+    .attention = ref_attention,
+};
+
+kn_backend *kn_ref_create(void) {
+    kn_backend *be = calloc(1, sizeof(*be));
+    if (!be)
+        return NULL;
+    be->ops = &ref_ops;
+    be->n_threads = 1;
+    return be;
+}
