@@ -1,14 +1,503 @@
-/* Temporary: the CPU backend forwards to the reference until the fast one lands. */
+/* kn_cpu: the CPU backend ops (see kn_cpu.h).
+ *
+ * Every op packs its arguments into a small context on the caller's stack and
+ * runs it on the pool; each thread takes a contiguous share [ith*n/nth,
+ * (ith+1)*n/nth) of the op's natural work items (output rows, token-head pairs,
+ * rows, elements). Ops too small to amortize the hand-off run on the caller. */
 #include "kernels/cpu/kn_cpu.h"
 
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "kernels/cpu/kn_cpu_dot.h"
+#include "kernels/cpu/kn_pool.h"
+#include "kernels/kn_half.h"
+#include "kernels/kn_quant.h"
+
+#define KN_CPU_MIN_ACT (4u << 20)   // initial activation scratch bytes
+#define KN_CPU_CHUNK_BYTES (32u << 10) // weight bytes per row chunk (L1/L2 sized)
+#define KN_CPU_MAX_HEAD_DIM 1024
+#define KN_CPU_SMALL 8192 // elementwise ops below this many values run inline
+
+typedef struct kn_cpu {
+    kn_backend base;
+    kn_pool *pool;
+    kn_dot_table dt;
+    int simd;
+    uint8_t *act; // quantized activations [n_tok, row bytes]
+    size_t act_cap;
+    float *deq; // per-thread dequantized weight row [n_threads, deq_cap]
+    size_t deq_cap;
+} kn_cpu;
+
+static inline void split(int64_t n, int ith, int nth, int64_t *a, int64_t *b) {
+    *a = n * ith / nth;
+    *b = n * (ith + 1) / nth;
+}
+
+static void *aligned_buf(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 1))
+        return NULL;
+    return p;
+}
+
+/* Grows the activation scratch to at least `bytes`; 0 or -ENOMEM (old kept). */
+static int grow_act(kn_cpu *c, size_t bytes) {
+    if (bytes <= c->act_cap)
+        return 0;
+    uint8_t *p = aligned_buf(bytes);
+    if (!p)
+        return -ENOMEM;
+    free(c->act);
+    c->act = p;
+    c->act_cap = bytes;
+    return 0;
+}
+
+static int grow_deq(kn_cpu *c, size_t n) {
+    if (n <= c->deq_cap)
+        return 0;
+    float *p = aligned_buf(n * sizeof(float) * (size_t)c->base.n_threads);
+    if (!p)
+        return -ENOMEM;
+    free(c->deq);
+    c->deq = p;
+    c->deq_cap = n;
+    return 0;
+}
+
+static void run(kn_cpu *c, kn_pool_fn fn, void *ctx, int64_t work) {
+    if (work < KN_CPU_SMALL || c->base.n_threads == 1)
+        fn(ctx, 0, 1);
+    else
+        kn_pool_run(c->pool, fn, ctx);
+}
+
+/* ---- memory ---- */
+
+static void *cpu_alloc(kn_backend *be, size_t bytes) {
+    return aligned_buf(bytes);
+}
+
+static void cpu_free(kn_backend *be, void *p) {
+    free(p);
+}
+
+static void cpu_copy(kn_backend *be, void *dst, const void *src, size_t bytes) {
+    memcpy(dst, src, bytes);
+}
+
+static void cpu_sync(kn_backend *be) {
+}
+
+/* ---- matmul ---- */
+
+typedef struct {
+    kn_cpu *c;
+    const kn_weight *w;
+    const float *x; // [n_tok, n_in]
+    int64_t n_tok;
+    float *y; // [n_tok, n_out]
+    kn_type vt;
+    size_t xrow; // bytes per activation row as the dot kernel reads it
+} mm_ctx;
+
+static void mm_quantize(void *vctx, int ith, int nth) {
+    mm_ctx *m = vctx;
+    int64_t t0, t1;
+    split(m->n_tok, ith, nth, &t0, &t1);
+    for (int64_t t = t0; t < t1; t++) {
+        void *dst = m->c->act + (size_t)t * m->xrow;
+        if (m->vt == KN_Q8_0)
+            kn_quantize_row_q8_0(m->x + t * m->w->n_in, dst, m->w->n_in);
+        else
+            kn_quantize_row_q8_K(m->x + t * m->w->n_in, dst, m->w->n_in);
+    }
+}
+
+static void mm_rows(void *vctx, int ith, int nth) {
+    mm_ctx *m = vctx;
+    const kn_weight *w = m->w;
+    const size_t wrow = kn_row_bytes(w->type, w->n_in);
+    const uint8_t *xb = m->vt == KN_F32 ? (const uint8_t *)m->x : m->c->act;
+    kn_dot_fn dot = m->c->dt.dot[w->type];
+    float *deq = m->c->deq ? m->c->deq + (size_t)ith * m->c->deq_cap : NULL;
+    int64_t chunk = (int64_t)(KN_CPU_CHUNK_BYTES / (wrow ? wrow : 1));
+    if (chunk < 1)
+        chunk = 1;
+    int64_t r0, r1;
+    split(w->n_out, ith, nth, &r0, &r1);
+    for (int64_t rc = r0; rc < r1; rc += chunk) {
+        const int64_t re = rc + chunk < r1 ? rc + chunk : r1;
+        if (dot) {
+            for (int64_t t = 0; t < m->n_tok; t++) {
+                const void *xt = xb + (size_t)t * m->xrow;
+                float *yt = m->y + t * w->n_out;
+                for (int64_t r = rc; r < re; r++)
+                    yt[r] = dot((const uint8_t *)w->data + (size_t)r * wrow, xt, w->n_in);
+            }
+        } else {
+            for (int64_t r = rc; r < re; r++) {
+                kn_dequant_row(w->type, (const uint8_t *)w->data + (size_t)r * wrow, deq, w->n_in);
+                for (int64_t t = 0; t < m->n_tok; t++)
+                    m->y[t * w->n_out + r] = m->c->dt.dot_f32(deq, m->x + t * w->n_in, w->n_in);
+            }
+        }
+    }
+}
+
+static void cpu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
+    kn_cpu *c = (kn_cpu *)be;
+    mm_ctx m = {.c = c, .w = w, .vt = kn_vec_dot_type(w->type)};
+    if (!c->dt.dot[w->type] && grow_deq(c, (size_t)w->n_in) < 0) {
+        for (int64_t i = 0; i < n_tok * w->n_out; i++)
+            y[i] = NAN;
+        return;
+    }
+    m.xrow = m.vt == KN_F32 ? (size_t)w->n_in * sizeof(float) : kn_row_bytes(m.vt, w->n_in);
+    int64_t step = n_tok;
+    if (m.vt != KN_F32) {
+        // NOTE: if growing fails, fall back to as many tokens as the scratch holds.
+        if (grow_act(c, (size_t)n_tok * m.xrow) < 0)
+            step = (int64_t)(c->act_cap / m.xrow);
+        if (step < 1) {
+            for (int64_t i = 0; i < n_tok * w->n_out; i++)
+                y[i] = NAN;
+            return;
+        }
+    }
+    const int64_t work = w->n_out * w->n_in;
+    for (int64_t t = 0; t < n_tok; t += step) {
+        m.x = x + t * w->n_in;
+        m.y = y + t * w->n_out;
+        m.n_tok = n_tok - t < step ? n_tok - t : step;
+        if (m.vt != KN_F32)
+            run(c, mm_quantize, &m, m.n_tok * w->n_in);
+        run(c, mm_rows, &m, work);
+    }
+}
+
+/* ---- get_rows ---- */
+
+typedef struct {
+    const kn_weight *w;
+    const int32_t *ids;
+    int64_t n;
+    float scale;
+    float *y;
+} gr_ctx;
+
+static void gr_run(void *vctx, int ith, int nth) {
+    gr_ctx *g = vctx;
+    const size_t wrow = kn_row_bytes(g->w->type, g->w->n_in);
+    int64_t a, b;
+    split(g->n, ith, nth, &a, &b);
+    for (int64_t t = a; t < b; t++) {
+        float *yt = g->y + t * g->w->n_in;
+        if (g->ids[t] < 0 || g->ids[t] >= g->w->n_out) { // caller bug: don't read out of bounds
+            memset(yt, 0, (size_t)g->w->n_in * sizeof(float));
+            continue;
+        }
+        kn_dequant_row(g->w->type, (const uint8_t *)g->w->data + (size_t)g->ids[t] * wrow, yt, g->w->n_in);
+        for (int64_t i = 0; i < g->w->n_in; i++)
+            yt[i] *= g->scale;
+    }
+}
+
+static void cpu_get_rows(kn_backend *be, const kn_weight *w, const int32_t *ids, int64_t n, float scale, float *y) {
+    gr_ctx g = {w, ids, n, scale, y};
+    run((kn_cpu *)be, gr_run, &g, n * w->n_in);
+}
+
+/* ---- rmsnorm ---- */
+
+typedef struct {
+    const float *x, *w;
+    int64_t n_row, n;
+    float eps;
+    float *y;
+} rms_ctx;
+
+static void rms_run(void *vctx, int ith, int nth) {
+    rms_ctx *r = vctx;
+    int64_t a, b;
+    split(r->n_row, ith, nth, &a, &b);
+    for (int64_t row = a; row < b; row++) {
+        const float *x = r->x + row * r->n;
+        float *y = r->y + row * r->n;
+        double ss = 0.0;
+        for (int64_t i = 0; i < r->n; i++)
+            ss += (double)(x[i] * x[i]);
+        const float s = 1.0f / sqrtf((float)(ss / (double)r->n) + r->eps);
+        if (r->w)
+            for (int64_t i = 0; i < r->n; i++)
+                y[i] = x[i] * s * r->w[i];
+        else
+            for (int64_t i = 0; i < r->n; i++)
+                y[i] = x[i] * s;
+    }
+}
+
+static void cpu_rmsnorm(kn_backend *be, const float *x, const float *w, int64_t n_row, int64_t n, float eps,
+                        float *y) {
+    rms_ctx r = {x, w, n_row, n, eps, y};
+    run((kn_cpu *)be, rms_run, &r, n_row * n);
+}
+
+/* ---- rope ---- */
+
+typedef struct {
+    float *x;
+    const int32_t *pos;
+    int64_t n_tok;
+    int n_head, head_dim, n_rot;
+    float base, freq_scale;
+    const float *ff;
+    int mode;
+} rope_ctx;
+
+static void rope_run(void *vctx, int ith, int nth) {
+    rope_ctx *r = vctx;
+    float cs[KN_CPU_MAX_HEAD_DIM / 2], sn[KN_CPU_MAX_HEAD_DIM / 2];
+    const int half = r->n_rot / 2;
+    int64_t a, b;
+    split(r->n_tok, ith, nth, &a, &b);
+    for (int64_t t = a; t < b; t++) {
+        for (int i = 0; i < half; i++) {
+            // NOTE: angles in double; a float theta loses ~1e-4 rad at positions ~4k.
+            double th = (double)r->pos[t] * r->freq_scale * pow(r->base, -2.0 * i / r->n_rot);
+            if (r->ff)
+                th /= r->ff[i];
+            cs[i] = (float)cos(th);
+            sn[i] = (float)sin(th);
+        }
+        for (int h = 0; h < r->n_head; h++) {
+            float *v = r->x + (t * r->n_head + h) * r->head_dim;
+            for (int i = 0; i < half; i++) {
+                const int p = r->mode == KN_ROPE_NEOX ? i : 2 * i;
+                const int q = r->mode == KN_ROPE_NEOX ? i + half : 2 * i + 1;
+                const float x0 = v[p], x1 = v[q];
+                v[p] = x0 * cs[i] - x1 * sn[i];
+                v[q] = x0 * sn[i] + x1 * cs[i];
+            }
+        }
+    }
+}
+
+static void cpu_rope(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim,
+                     int n_rot, float base, float freq_scale, const float *freq_factors, int mode) {
+    if (n_rot > KN_CPU_MAX_HEAD_DIM || n_rot > head_dim)
+        return; // unsupported shape; the model loader rejects it first
+    rope_ctx r = {x, pos, n_tok, n_head, head_dim, n_rot, base, freq_scale, freq_factors, mode};
+    run((kn_cpu *)be, rope_run, &r, n_tok * n_head * head_dim * 4);
+}
+
+/* ---- elementwise ---- */
+
+typedef struct {
+    const float *a, *b;
+    int64_t n, n_row;
+    int act;
+    float *y;
+} ew_ctx;
+
+static void glu_run(void *vctx, int ith, int nth) {
+    ew_ctx *e = vctx;
+    int64_t a, b;
+    split(e->n, ith, nth, &a, &b);
+    for (int64_t i = a; i < b; i++) {
+        const float g = e->a[i];
+        float v;
+        if (e->act == 0)
+            v = g / (1.0f + expf(-g));
+        else
+            v = 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)));
+        e->y[i] = v * e->b[i];
+    }
+}
+
+static void cpu_glu(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y) {
+    ew_ctx e = {.a = g, .b = u, .n = n, .act = act, .y = y};
+    run((kn_cpu *)be, glu_run, &e, n * 8);
+}
+
+static void add_run(void *vctx, int ith, int nth) {
+    ew_ctx *e = vctx;
+    int64_t a, b;
+    split(e->n, ith, nth, &a, &b);
+    for (int64_t i = a; i < b; i++)
+        e->y[i] = e->a[i] + e->b[i];
+}
+
+static void cpu_add(kn_backend *be, const float *a, const float *b, int64_t n, float *y) {
+    ew_ctx e = {.a = a, .b = b, .n = n, .y = y};
+    run((kn_cpu *)be, add_run, &e, n);
+}
+
+static void bias_run(void *vctx, int ith, int nth) {
+    ew_ctx *e = vctx;
+    int64_t a, b;
+    split(e->n_row, ith, nth, &a, &b);
+    for (int64_t r = a; r < b; r++)
+        for (int64_t i = 0; i < e->n; i++)
+            e->y[r * e->n + i] = e->a[r * e->n + i] + e->b[i];
+}
+
+static void cpu_add_bias(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n, float *y) {
+    ew_ctx e = {.a = x, .b = bias, .n = n, .n_row = n_row, .y = y};
+    run((kn_cpu *)be, bias_run, &e, n_row * n);
+}
+
+/* ---- paged KV ---- */
+
+static void cpu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
+                         const float *v, const int32_t *slots, int64_t n_tok, int64_t row) {
+    kn_cpu *c = (kn_cpu *)be;
+    for (int64_t t = 0; t < n_tok; t++) {
+        const size_t off = (size_t)slots[t] * (size_t)row;
+        if (kv_type == KN_F16) {
+            c->dt.to_f16(k + t * row, (uint16_t *)k_cache + off, row);
+            c->dt.to_f16(v + t * row, (uint16_t *)v_cache + off, row);
+        } else {
+            memcpy((float *)k_cache + off, k + t * row, (size_t)row * sizeof(float));
+            memcpy((float *)v_cache + off, v + t * row, (size_t)row * sizeof(float));
+        }
+    }
+}
+
+typedef struct {
+    kn_cpu *c;
+    const kn_attn_args *a;
+} attn_ctx;
+
+/* One (token, head) pair per work item, online softmax over its positions. */
+static void attn_run(void *vctx, int ith, int nth) {
+    const kn_attn_args *a = ((attn_ctx *)vctx)->a;
+    const kn_dot_table *dt = &((attn_ctx *)vctx)->c->dt;
+    const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
+    const size_t esz = a->kv_type == KN_F16 ? 2 : 4;
+    const size_t row = (size_t)a->n_kv_head * hd;
+    float acc[KN_CPU_MAX_HEAD_DIM];
+    int64_t p0, p1;
+    split((int64_t)a->n_tok * a->n_head, ith, nth, &p0, &p1);
+    for (int64_t p = p0; p < p1; p++) {
+        const int t = (int)(p / a->n_head), h = (int)(p % a->n_head), kvh = h / group;
+        const int pos = a->tok_pos[t];
+        const int32_t *bt = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks;
+        const float *q = a->q + (size_t)p * hd;
+        float *out = a->out + (size_t)p * hd;
+        int start = a->window > 0 ? pos - a->window + 1 : 0;
+        if (start < 0)
+            start = 0;
+        float m = -INFINITY, l = 0.0f;
+        memset(acc, 0, (size_t)hd * sizeof(float));
+        for (int j = start; j <= pos; j++) {
+            const size_t idx =
+                ((size_t)bt[j / a->block_size] * a->block_size + j % a->block_size) * row + (size_t)kvh * hd;
+            float s = dt->dot_kv(q, (const uint8_t *)a->k_cache + idx * esz, a->kv_type, hd) * a->scale;
+            if (a->softcap > 0.0f)
+                s = a->softcap * tanhf(s / a->softcap);
+            const void *vr = (const uint8_t *)a->v_cache + idx * esz;
+            if (s > m) {
+                const float r = expf(m - s); // 0 on the first position
+                dt->axpby_kv(acc, r, 1.0f, vr, a->kv_type, hd);
+                l = l * r + 1.0f;
+                m = s;
+            } else {
+                const float e = expf(s - m);
+                dt->axpby_kv(acc, 1.0f, e, vr, a->kv_type, hd);
+                l += e;
+            }
+        }
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        for (int i = 0; i < hd; i++)
+            out[i] = acc[i] * inv;
+    }
+}
+
+static void cpu_attention(kn_backend *be, const kn_attn_args *a) {
+    kn_cpu *c = (kn_cpu *)be;
+    if (a->head_dim > KN_CPU_MAX_HEAD_DIM) {
+        for (size_t i = 0; i < (size_t)a->n_tok * a->n_head * a->head_dim; i++)
+            a->out[i] = NAN;
+        return;
+    }
+    attn_ctx x = {c, a};
+    // work estimate: pairs * head_dim * an average context guess
+    run(c, attn_run, &x, (int64_t)a->n_tok * a->n_head * a->head_dim * 64);
+}
+
+/* ---- lifetime ---- */
+
+static void cpu_destroy(kn_backend *be) {
+    kn_cpu *c = (kn_cpu *)be;
+    if (!c)
+        return;
+    kn_pool_destroy(c->pool);
+    free(c->deq);
+    free(c->act);
+    free(c);
+}
+
+static const kn_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .sync = cpu_sync,
+    .matmul = cpu_matmul,
+    .get_rows = cpu_get_rows,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .glu = cpu_glu,
+    .add = cpu_add,
+    .add_bias = cpu_add_bias,
+    .kv_store = cpu_kv_store,
+    .attention = cpu_attention,
+};
+
+kn_backend *kn_cpu_create_ex(int n_threads, int flags) {
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    kn_cpu *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->base.ops = &cpu_ops;
+    c->base.n_threads = n_threads;
+    kn_dot_table_scalar(&c->dt);
+    if (!(flags & KN_CPU_NO_SIMD) && kn_dot_table_avx2(&c->dt) == 0)
+        c->simd = 1;
+    c->pool = kn_pool_create(n_threads);
+    if (!c->pool || grow_act(c, KN_CPU_MIN_ACT) < 0)
+        goto fail;
+    return &c->base;
+fail:
+    cpu_destroy(&c->base);
+    return NULL;
+}
+
 kn_backend *kn_cpu_create(int n_threads) {
-    return kn_ref_create();
+    return kn_cpu_create_ex(n_threads, 0);
 }
 
 int kn_cpu_reserve(kn_backend *be, int64_t max_tok, int64_t max_n_in) {
-    return 0;
+    kn_cpu *c = (kn_cpu *)be;
+    // Q8_0 rows are the largest quantized activation rows (34 bytes per 32).
+    size_t need = (size_t)max_tok * (size_t)((max_n_in + 31) / 32) * sizeof(kn_block_q8_0);
+    size_t needk = (size_t)max_tok * (size_t)((max_n_in + 255) / 256) * sizeof(kn_block_q8_K);
+    if (grow_act(c, need > needk ? need : needk) < 0)
+        return -ENOMEM;
+    return grow_deq(c, (size_t)max_n_in);
 }
 
 int kn_cpu_simd(const kn_backend *be) {
-    return 0;
+    return ((const kn_cpu *)be)->simd;
 }

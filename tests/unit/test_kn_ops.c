@@ -1,0 +1,696 @@
+/* test_kn_ops: the kernels' unit test.
+ *
+ * (a) kn_dequant_row of hand-built blocks against values computed from an
+ *     element-wise encoder of each ggml layout;
+ * (b) every op on every available backend (cpu with 1 and 2 threads, and the
+ *     portable no-SIMD path) against the scalar reference kn_ref, tolerance
+ *     atol + |ref|*rtol, non-finite reference values skipped, first mismatches
+ *     printed; quantized matmul is compared tightly with the reference that uses
+ *     the same activation quantization and loosely with the pure float one;
+ * (c) paged attention over block sizes {1,3,7,16}, GQA 1/2/4, F16/F32 caches,
+ *     sliding window on/off, several sequences per batch, NaN in unused slots. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/kn_cpu.h"
+#include "kernels/kn.h"
+#include "kernels/kn_half.h"
+#include "kernels/kn_quant.h"
+#include "kernels/kn_ref.h"
+#include "tests/unit/kt.h"
+
+/* ---------------- helpers ---------------- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+
+static uint32_t rnd_u32(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+static float rnd_uniform(float lo, float hi) {
+    return lo + (hi - lo) * (float)(rnd_u32() & 0xffffff) / (float)0x1000000;
+}
+
+static void fill_uniform(float *x, size_t n, float lo, float hi) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = rnd_uniform(lo, hi);
+}
+
+/* Compares got against ref: |got-ref| <= atol + |ref|*rtol for finite ref.
+ * Prints the first few mismatches; returns the mismatch count (also counted as
+ * one failed check when nonzero). */
+static int check_close(const char *what, const float *ref, const float *got, size_t n, double atol, double rtol) {
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(ref[i]))
+            continue;
+        double d = fabs((double)got[i] - ref[i]);
+        if (!(d <= atol + fabs(ref[i]) * rtol)) {
+            if (bad < 5)
+                fprintf(stderr, "  %s: [%zu] ref %.9g got %.9g (diff %.3g, tol %.3g)\n", what, i, ref[i], got[i], d,
+                        atol + fabs(ref[i]) * rtol);
+            bad++;
+        }
+    }
+    kt_checks++;
+    if (bad) {
+        kt_failures++;
+        fprintf(stderr, "FAIL %s: %d of %zu mismatched\n", what, bad, n);
+    }
+    return bad;
+}
+
+static float max_abs(const float *x, size_t n) {
+    float m = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(x[i]) && fabsf(x[i]) > m)
+            m = fabsf(x[i]);
+    return m;
+}
+
+/* Backend memory helpers (identity on the CPU backends, copies on CUDA). */
+static void *dev_copy(kn_backend *be, const void *host, size_t bytes) {
+    void *p = be->ops->alloc(be, bytes);
+    if (p && host)
+        be->ops->upload(be, p, host, bytes);
+    return p;
+}
+
+static void to_host(kn_backend *be, void *host, const void *dev, size_t bytes) {
+    be->ops->download(be, host, dev, bytes);
+}
+
+/* ---------------- (a) dequant of hand-built blocks ---------------- */
+
+static void put_h(uint8_t *p, float f) {
+    uint16_t h = kn_f32_to_f16(f);
+    memcpy(p, &h, 2);
+}
+
+/* Element-wise packer of the Q4_K/Q5_K 6-bit scales/mins. */
+static void pack_k4(uint8_t s[12], const uint8_t sc[8], const uint8_t mn[8]) {
+    memset(s, 0, 12);
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            s[j] |= sc[j] & 63;
+            s[j + 4] |= mn[j] & 63;
+        } else {
+            s[j + 4] |= (uint8_t)((sc[j] & 0xF) | ((mn[j] & 0xF) << 4));
+            s[j - 4] |= (uint8_t)((sc[j] >> 4) << 6);
+            s[j] |= (uint8_t)((mn[j] >> 4) << 6);
+        }
+    }
+}
+
+static void test_half(void) {
+    ASSERT_EQ(kn_f32_to_f16(1.0f), 0x3c00);
+    ASSERT_EQ(kn_f32_to_f16(-2.0f), 0xc000);
+    ASSERT_EQ(kn_f32_to_f16(65504.0f), 0x7bff);
+    ASSERT_EQ(kn_f32_to_f16(65520.0f), 0x7c00);          // ties to even -> inf
+    ASSERT_EQ(kn_f32_to_f16(1.0f + 0x1p-11f), 0x3c00);   // tie, even stays
+    ASSERT_EQ(kn_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02); // tie, odd rounds up
+    ASSERT_EQ(kn_f32_to_f16(0x1p-24f), 0x0001);          // smallest subnormal
+    ASSERT_EQ(kn_f32_to_f16(0x1p-25f), 0x0000);          // tie to even zero
+    ASSERT_TRUE(isnan(kn_f16_to_f32(kn_f32_to_f16(NAN))));
+    ASSERT_NEAR(kn_f16_to_f32(0x0001), 0x1p-24, 0);
+    ASSERT_NEAR(kn_f16_to_f32(0x3555), 0.333251953125, 0);
+    ASSERT_EQ(kn_f32_to_bf16(1.0f), 0x3f80);
+    ASSERT_EQ(kn_f32_to_bf16(1.00390625f), 0x3f80); // tie to even
+    ASSERT_NEAR(kn_bf16_to_f32(0xc040), -3.0, 0);
+    // every f16 bit pattern round-trips
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff))
+            continue; // NaN payloads are quieted
+        if (kn_f32_to_f16(kn_f16_to_f32((uint16_t)h)) != h)
+            bad++;
+    }
+    ASSERT_EQ(bad, 0);
+}
+
+static void test_table(void) {
+    ASSERT_EQ(kn_type_block_bytes(KN_Q4_K), 144);
+    ASSERT_EQ(kn_type_block_bytes(KN_Q6_K), 210);
+    ASSERT_EQ(kn_type_block_elems(KN_Q8_0), 32);
+    ASSERT_EQ(kn_row_bytes(KN_Q8_0, 640), 680);
+    ASSERT_EQ(kn_row_bytes(KN_Q4_K, 640), 0); // not a block multiple
+    ASSERT_EQ(kn_row_bytes(KN_F16, 3), 6);
+    ASSERT_EQ(kn_row_bytes((kn_type)4, 32), 0); // removed Q4_2
+    ASSERT_STREQ(kn_type_name(KN_Q5_0), "q5_0");
+    ASSERT_TRUE(kn_type_supported(KN_Q6_K));
+    ASSERT_TRUE(!kn_type_supported(KN_Q8_K));
+    ASSERT_TRUE(!kn_type_supported((kn_type)40));
+}
+
+static int check_dq(const char *name, kn_type t, const void *blk, const float *want, int n) {
+    float got[256];
+    kn_dequant_row(t, blk, got, n);
+    return check_close(name, want, got, (size_t)n, 0.0, 0.0);
+}
+
+static void test_dequant(void) {
+    float want[256];
+    uint8_t b[292];
+    int q[256];
+
+    { // float types
+        float f[3] = {1.5f, -2.0f, 0.25f};
+        ASSERT_EQ(check_dq("f32", KN_F32, f, f, 3), 0);
+        uint16_t h[3] = {0x3e00, 0xc000, 0x3400};
+        ASSERT_EQ(check_dq("f16", KN_F16, h, f, 3), 0);
+        uint16_t bf[3] = {0x3fc0, 0xc000, 0x3e80};
+        ASSERT_EQ(check_dq("bf16", KN_BF16, bf, f, 3), 0);
+    }
+    // 32-element types: element j < 16 in the low nibble of qs[j], j >= 16 in the high one
+    for (int j = 0; j < 32; j++)
+        q[j] = (j * 7 + 3) % 16;
+    memset(b, 0, sizeof(b));
+    put_h(b, 0.5f);
+    for (int j = 0; j < 16; j++)
+        b[2 + j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+    for (int j = 0; j < 32; j++)
+        want[j] = (q[j] - 8) * 0.5f;
+    ASSERT_EQ(check_dq("q4_0", KN_Q4_0, b, want, 32), 0);
+
+    memset(b, 0, sizeof(b));
+    put_h(b, 0.5f);
+    put_h(b + 2, -1.25f);
+    for (int j = 0; j < 16; j++)
+        b[4 + j] = (uint8_t)(q[j] | (q[j + 16] << 4));
+    for (int j = 0; j < 32; j++)
+        want[j] = q[j] * 0.5f - 1.25f;
+    ASSERT_EQ(check_dq("q4_1", KN_Q4_1, b, want, 32), 0);
+
+    for (int j = 0; j < 32; j++)
+        q[j] = (j * 11 + 5) % 32; // 5-bit
+    memset(b, 0, sizeof(b));
+    put_h(b, 0.25f);
+    for (int j = 0; j < 32; j++)
+        if (q[j] & 16)
+            b[2 + j / 8] |= (uint8_t)(1 << (j % 8));
+    for (int j = 0; j < 16; j++)
+        b[6 + j] = (uint8_t)((q[j] & 15) | ((q[j + 16] & 15) << 4));
+    for (int j = 0; j < 32; j++)
+        want[j] = (q[j] - 16) * 0.25f;
+    ASSERT_EQ(check_dq("q5_0", KN_Q5_0, b, want, 32), 0);
+
+    memset(b, 0, sizeof(b));
+    put_h(b, 0.25f);
+    put_h(b + 2, 2.0f);
+    for (int j = 0; j < 32; j++)
+        if (q[j] & 16)
+            b[4 + j / 8] |= (uint8_t)(1 << (j % 8));
+    for (int j = 0; j < 16; j++)
+        b[8 + j] = (uint8_t)((q[j] & 15) | ((q[j + 16] & 15) << 4));
+    for (int j = 0; j < 32; j++)
+        want[j] = q[j] * 0.25f + 2.0f;
+    ASSERT_EQ(check_dq("q5_1", KN_Q5_1, b, want, 32), 0);
+
+    memset(b, 0, sizeof(b));
+    put_h(b, 0.125f);
+    for (int j = 0; j < 32; j++) {
+        int8_t v = (int8_t)(j * 9 - 128);
+        b[2 + j] = (uint8_t)v;
+        want[j] = v * 0.125f;
+    }
+    ASSERT_EQ(check_dq("q8_0", KN_Q8_0, b, want, 32), 0);
+
+    // K-quants: element e of 256 belongs to sub-block e/32 (Q4_K/Q5_K)
+    uint8_t sc[8] = {1, 63, 7, 20, 33, 45, 2, 60}, mn[8] = {0, 5, 63, 17, 40, 1, 30, 8};
+    for (int e = 0; e < 256; e++)
+        q[e] = (e * 13 + 1) % 32;
+    memset(b, 0, sizeof(b));
+    put_h(b, 0.5f);
+    put_h(b + 2, 0.25f);
+    pack_k4(b + 4, sc, mn);
+    for (int e = 0; e < 256; e++) {
+        int sb = e / 32, l = e % 32, byte = 16 + 32 * (sb / 2) + l;
+        b[byte] |= (uint8_t)((q[e] & 15) << (4 * (sb & 1)));
+        want[e] = 0.5f * sc[sb] * (q[e] & 15) - 0.25f * mn[sb];
+    }
+    ASSERT_EQ(check_dq("q4_K", KN_Q4_K, b, want, 256), 0);
+
+    memset(b, 0, sizeof(b));
+    put_h(b, 0.5f);
+    put_h(b + 2, 0.25f);
+    pack_k4(b + 4, sc, mn);
+    for (int e = 0; e < 256; e++) {
+        int sb = e / 32, l = e % 32;
+        b[48 + 32 * (sb / 2) + l] |= (uint8_t)((q[e] & 15) << (4 * (sb & 1)));
+        if (q[e] & 16)
+            b[16 + l] |= (uint8_t)(1 << sb);
+        want[e] = 0.5f * sc[sb] * q[e] - 0.25f * mn[sb];
+    }
+    ASSERT_EQ(check_dq("q5_K", KN_Q5_K, b, want, 256), 0);
+
+    // Q6_K: element e: half h=e/128, quarter k=(e%128)/32, l=e%32; scale e/16
+    memset(b, 0, sizeof(b));
+    for (int g = 0; g < 16; g++)
+        b[192 + g] = (uint8_t)(int8_t)(g * 9 - 70);
+    put_h(b + 208, 0.5f);
+    for (int e = 0; e < 256; e++) {
+        int v = (e * 29 + 7) % 64, h = e / 128, k = (e % 128) / 32, l = e % 32;
+        b[64 * h + l + 32 * (k & 1)] |= (uint8_t)((v & 15) << (4 * (k >> 1)));
+        b[128 + 32 * h + l] |= (uint8_t)((v >> 4) << (2 * k));
+        want[e] = 0.5f * (float)(int8_t)b[192 + e / 16] * (v - 32);
+    }
+    ASSERT_EQ(check_dq("q6_K", KN_Q6_K, b, want, 256), 0);
+
+    // Q2_K: {scales[16], qs[64], d, dmin}; 2-bit q of e in qs[32h + l] at shift 2k
+    memset(b, 0, sizeof(b));
+    for (int g = 0; g < 16; g++)
+        b[g] = (uint8_t)(((g * 5) & 15) | (((g * 3 + 1) & 15) << 4));
+    put_h(b + 80, 0.5f);
+    put_h(b + 82, 0.125f);
+    for (int e = 0; e < 256; e++) {
+        int v = (e * 3 + e / 7) % 4, h = e / 128, k = (e % 128) / 32, l = e % 32;
+        b[16 + 32 * h + l] |= (uint8_t)(v << (2 * k));
+        want[e] = 0.5f * (b[e / 16] & 15) * v - 0.125f * (b[e / 16] >> 4);
+    }
+    ASSERT_EQ(check_dq("q2_K", KN_Q2_K, b, want, 256), 0);
+
+    // Q3_K: {hmask[32], qs[64], scales[12], d}; value = q2 - (hbit ? 0 : 4); 6-bit scales - 32
+    memset(b, 0, sizeof(b));
+    int s6[16];
+    for (int g = 0; g < 16; g++) {
+        s6[g] = (g * 23 + 5) % 64;
+        if (g < 8)
+            b[96 + g] |= (uint8_t)(s6[g] & 15);
+        else
+            b[96 + g - 8] |= (uint8_t)((s6[g] & 15) << 4);
+        b[96 + 8 + g % 4] |= (uint8_t)((s6[g] >> 4) << (2 * (g / 4)));
+    }
+    put_h(b + 108, 0.25f);
+    for (int e = 0; e < 256; e++) {
+        int v = (e * 5 + 1) % 8, h = e / 128, k = (e % 128) / 32, l = e % 32; // 3-bit 0..7
+        b[32 + 32 * h + l] |= (uint8_t)((v & 3) << (2 * k));
+        if (v & 4)
+            b[l] |= (uint8_t)(1 << (4 * h + k));
+        want[e] = 0.25f * (s6[e / 16] - 32) * ((v & 3) - ((v & 4) ? 0 : 4));
+    }
+    ASSERT_EQ(check_dq("q3_K", KN_Q3_K, b, want, 256), 0);
+}
+
+static void test_quantize_act(void) {
+    float x[256];
+    fill_uniform(x, 256, -3.0f, 3.0f);
+    x[17] = 5.0f; // amax of block 0
+    kn_block_q8_0 q[8];
+    kn_quantize_row_q8_0(x, q, 256);
+    ASSERT_EQ(q[0].qs[17], 127);
+    ASSERT_NEAR(kn_f16_to_f32(q[0].d), 5.0 / 127, 1e-5);
+    int bad = 0;
+    for (int i = 0; i < 256; i++)
+        if (fabsf(q[i / 32].qs[i % 32] * kn_f16_to_f32(q[i / 32].d) - x[i]) > 0.51f * kn_f16_to_f32(q[i / 32].d) + 1e-3f)
+            bad++;
+    ASSERT_EQ(bad, 0);
+    kn_block_q8_K k;
+    x[40] = -7.0f;
+    kn_quantize_row_q8_K(x, &k, 256);
+    ASSERT_EQ(k.qs[40], -127);
+    int s = 0;
+    for (int i = 16; i < 32; i++)
+        s += k.qs[i];
+    ASSERT_EQ(k.bsums[1], s);
+}
+
+/* ---------------- (b) ops vs the reference ---------------- */
+
+/* Random weight bytes with sane f16 scales at the type's scale offsets. */
+static void *make_weight(kn_type t, int64_t n_out, int64_t n_in) {
+    const size_t rb = kn_row_bytes(t, n_in), bb = kn_type_block_bytes(t);
+    uint8_t *w = malloc(rb * (size_t)n_out);
+    if (!w)
+        return NULL;
+    for (size_t i = 0; i < rb * (size_t)n_out; i++)
+        w[i] = (uint8_t)rnd_u32();
+    int offs[2] = {-1, -1};
+    float dmax = 0.05f;
+    switch (t) {
+    case KN_Q4_0: case KN_Q5_0: case KN_Q8_0: offs[0] = 0; break;
+    case KN_Q4_1: case KN_Q5_1: case KN_Q4_K: case KN_Q5_K: offs[0] = 0; offs[1] = 2; break;
+    case KN_Q2_K: offs[0] = 80; offs[1] = 82; break;
+    case KN_Q3_K: offs[0] = 108; break;
+    case KN_Q6_K: offs[0] = 208; dmax = 0.002f; break;
+    case KN_F32:
+        for (int64_t i = 0; i < n_out * n_in; i++)
+            ((float *)w)[i] = rnd_uniform(-1, 1);
+        return w;
+    case KN_F16:
+        for (int64_t i = 0; i < n_out * n_in; i++)
+            ((uint16_t *)w)[i] = kn_f32_to_f16(rnd_uniform(-1, 1));
+        return w;
+    case KN_BF16:
+        for (int64_t i = 0; i < n_out * n_in; i++)
+            ((uint16_t *)w)[i] = kn_f32_to_bf16(rnd_uniform(-1, 1));
+        return w;
+    default: break;
+    }
+    for (size_t b = 0; b < rb * (size_t)n_out / bb; b++)
+        for (int k = 0; k < 2; k++)
+            if (offs[k] >= 0)
+                put_h(w + b * bb + offs[k], rnd_uniform(k ? 0 : -dmax, dmax));
+    return w;
+}
+
+typedef struct {
+    const char *name;
+    kn_backend *be;
+} backend_case;
+
+static void test_matmul(kn_backend *be, const char *bname) {
+    static const kn_type types[] = {KN_F32, KN_F16, KN_BF16, KN_Q4_0, KN_Q4_1, KN_Q5_0, KN_Q5_1,
+                                    KN_Q8_0, KN_Q2_K, KN_Q3_K, KN_Q4_K, KN_Q5_K, KN_Q6_K};
+    static const int64_t toks[] = {1, 2, 7, 33};
+    const int64_t n_in = 512, n_out = 37;
+    for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+        kn_type t = types[ti];
+        void *wh = make_weight(t, n_out, n_in);
+        const size_t wbytes = kn_row_bytes(t, n_in) * (size_t)n_out;
+        void *wd = dev_copy(be, wh, wbytes);
+        kn_weight w = {t, n_in, n_out, wd};
+        kn_weight wref = {t, n_in, n_out, wh};
+        for (size_t k = 0; k < sizeof(toks) / sizeof(toks[0]); k++) {
+            const int64_t nt = toks[k];
+            float *x = malloc((size_t)(nt * n_in) * sizeof(float));
+            float *yq = malloc((size_t)(nt * n_out) * sizeof(float));
+            float *yf = malloc((size_t)(nt * n_out) * sizeof(float));
+            float *y = malloc((size_t)(nt * n_out) * sizeof(float));
+            fill_uniform(x, (size_t)(nt * n_in), -1, 1);
+            x[3] = 4.0f; // an outlier, like real activations
+            kn_ref_matmul_qact(&wref, x, nt, yq);
+            kn_backend *ref = kn_ref_create();
+            ref->ops->matmul(ref, &wref, x, nt, yf);
+            ref->ops->destroy(ref);
+            float *xd = dev_copy(be, x, (size_t)(nt * n_in) * sizeof(float));
+            float *yd = be->ops->alloc(be, (size_t)(nt * n_out) * sizeof(float));
+            be->ops->matmul(be, &w, xd, nt, yd);
+            be->ops->sync(be);
+            to_host(be, y, yd, (size_t)(nt * n_out) * sizeof(float));
+            char what[96];
+            const float mq = max_abs(yq, (size_t)(nt * n_out));
+            snprintf(what, sizeof(what), "%s matmul %s n_tok=%lld vs qact ref", bname, kn_type_name(t), (long long)nt);
+            check_close(what, yq, y, (size_t)(nt * n_out), 2e-5 * mq, 1e-4);
+            snprintf(what, sizeof(what), "%s matmul %s n_tok=%lld vs f32 ref", bname, kn_type_name(t), (long long)nt);
+            check_close(what, yf, y, (size_t)(nt * n_out), 0.03 * max_abs(yf, (size_t)(nt * n_out)), 0.03);
+            be->ops->free(be, xd);
+            be->ops->free(be, yd);
+            free(x);
+            free(yq);
+            free(yf);
+            free(y);
+        }
+        be->ops->free(be, wd);
+        free(wh);
+    }
+}
+
+static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
+    char what[96];
+    // get_rows
+    {
+        const int64_t n_in = 256, n_out = 9, n = 5;
+        int32_t ids[5] = {8, 0, 3, 3, 7};
+        static const kn_type types[] = {KN_F32, KN_F16, KN_Q8_0, KN_Q5_0, KN_Q4_K, KN_Q6_K};
+        for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
+            void *wh = make_weight(types[ti], n_out, n_in);
+            size_t wb = kn_row_bytes(types[ti], n_in) * (size_t)n_out;
+            kn_weight wr = {types[ti], n_in, n_out, wh};
+            void *wd = dev_copy(be, wh, wb);
+            kn_weight w = {types[ti], n_in, n_out, wd};
+            float yr[5 * 256], y[5 * 256];
+            int32_t *idd = dev_copy(be, ids, sizeof(ids));
+            float *yd = be->ops->alloc(be, sizeof(y));
+            ref->ops->get_rows(ref, &wr, ids, n, 25.3f, yr);
+            be->ops->get_rows(be, &w, idd, n, 25.3f, yd);
+            to_host(be, y, yd, sizeof(y));
+            snprintf(what, sizeof(what), "%s get_rows %s", bname, kn_type_name(types[ti]));
+            check_close(what, yr, y, (size_t)(n * n_in), 1e-6, 1e-6);
+            be->ops->free(be, wd);
+            be->ops->free(be, idd);
+            be->ops->free(be, yd);
+            free(wh);
+        }
+    }
+    // rmsnorm (weighted, unweighted, in place)
+    {
+        const int64_t rows = 7, n = 640;
+        float *x = malloc(rows * n * sizeof(float)), *w = malloc(n * sizeof(float));
+        float *yr = malloc(rows * n * sizeof(float)), *y = malloc(rows * n * sizeof(float));
+        fill_uniform(x, (size_t)(rows * n), -3, 3);
+        fill_uniform(w, (size_t)n, -2, 2);
+        float *xd = dev_copy(be, x, rows * n * sizeof(float)), *wd = dev_copy(be, w, n * sizeof(float));
+        float *yd = be->ops->alloc(be, rows * n * sizeof(float));
+        for (int variant = 0; variant < 3; variant++) {
+            const float *wp = variant == 1 ? NULL : w;
+            memcpy(yr, x, rows * n * sizeof(float));
+            ref->ops->rmsnorm(ref, yr, wp, rows, n, 1e-6f, yr);
+            be->ops->upload(be, xd, x, rows * n * sizeof(float));
+            float *dst = variant == 2 ? xd : yd;
+            be->ops->rmsnorm(be, xd, variant == 1 ? NULL : wd, rows, n, 1e-6f, dst);
+            to_host(be, y, dst, rows * n * sizeof(float));
+            snprintf(what, sizeof(what), "%s rmsnorm variant %d", bname, variant);
+            check_close(what, yr, y, (size_t)(rows * n), 1e-5, 1e-5);
+        }
+        be->ops->free(be, xd);
+        be->ops->free(be, wd);
+        be->ops->free(be, yd);
+        free(x);
+        free(w);
+        free(yr);
+        free(y);
+    }
+    // rope: both modes, partial rotation, freq factors, large positions
+    {
+        const int nt = 5, nh = 3, hd = 64;
+        int32_t pos[5] = {0, 1, 17, 1000, 8191};
+        float ff[32];
+        for (int i = 0; i < 32; i++)
+            ff[i] = 1.0f + (float)i / 8;
+        const size_t n = (size_t)nt * nh * hd;
+        float *x = malloc(n * sizeof(float)), *yr = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+        fill_uniform(x, n, -2, 2);
+        float *xd = be->ops->alloc(be, n * sizeof(float));
+        int32_t *pd = dev_copy(be, pos, sizeof(pos));
+        float *ffd = dev_copy(be, ff, sizeof(ff));
+        for (int mode = 0; mode <= 2; mode += 2)
+            for (int n_rot = 32; n_rot <= 64; n_rot += 32)
+                for (int use_ff = 0; use_ff < 2; use_ff++) {
+                    memcpy(yr, x, n * sizeof(float));
+                    ref->ops->rope(ref, yr, pos, nt, nh, hd, n_rot, 10000.0f, 0.5f, use_ff ? ff : NULL, mode);
+                    be->ops->upload(be, xd, x, n * sizeof(float));
+                    be->ops->rope(be, xd, pd, nt, nh, hd, n_rot, 10000.0f, 0.5f, use_ff ? ffd : NULL, mode);
+                    to_host(be, y, xd, n * sizeof(float));
+                    snprintf(what, sizeof(what), "%s rope mode=%d n_rot=%d ff=%d", bname, mode, n_rot, use_ff);
+                    check_close(what, yr, y, n, 1e-5, 1e-5);
+                }
+        be->ops->free(be, xd);
+        be->ops->free(be, pd);
+        be->ops->free(be, ffd);
+        free(x);
+        free(yr);
+        free(y);
+    }
+    // glu, add, add_bias (sizes crossing the inline/parallel threshold)
+    for (int64_t n = 640; n <= 40000; n += 39360) {
+        float *g = malloc(n * sizeof(float)), *u = malloc(n * sizeof(float));
+        float *yr = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
+        fill_uniform(g, (size_t)n, -6, 6);
+        fill_uniform(u, (size_t)n, -2, 2);
+        float *gd = dev_copy(be, g, n * sizeof(float)), *ud = dev_copy(be, u, n * sizeof(float));
+        float *yd = be->ops->alloc(be, n * sizeof(float));
+        for (int act = 0; act < 2; act++) {
+            ref->ops->glu(ref, g, u, n, act, yr);
+            be->ops->glu(be, gd, ud, n, act, yd);
+            to_host(be, y, yd, n * sizeof(float));
+            snprintf(what, sizeof(what), "%s glu act=%d n=%lld", bname, act, (long long)n);
+            check_close(what, yr, y, (size_t)n, 1e-6, 1e-5);
+        }
+        ref->ops->add(ref, g, u, n, yr);
+        be->ops->add(be, gd, ud, n, gd); // in place
+        to_host(be, y, gd, n * sizeof(float));
+        snprintf(what, sizeof(what), "%s add n=%lld", bname, (long long)n);
+        check_close(what, yr, y, (size_t)n, 0, 0);
+        const int64_t cols = 40;
+        ref->ops->add_bias(ref, g, u, n / cols, cols, yr);
+        be->ops->upload(be, gd, g, n * sizeof(float));
+        be->ops->add_bias(be, gd, ud, n / cols, cols, yd);
+        to_host(be, y, yd, n * sizeof(float));
+        snprintf(what, sizeof(what), "%s add_bias n=%lld", bname, (long long)n);
+        check_close(what, yr, y, (size_t)(n / cols * cols), 0, 0);
+        be->ops->free(be, gd);
+        be->ops->free(be, ud);
+        be->ops->free(be, yd);
+        free(g);
+        free(u);
+        free(yr);
+        free(y);
+    }
+}
+
+/* ---------------- (c) paged attention ---------------- */
+
+static void test_attention_case(kn_backend *be, const char *bname, kn_backend *ref, int bs, int n_head, int n_kv,
+                                kn_type kvt, int window, float softcap) {
+    enum { N_SEQ = 3, HD = 32 };
+    const int lens[N_SEQ] = {1, 13, 29};  // tokens in the cache per sequence
+    const int n_new[N_SEQ] = {1, 4, 2};   // this batch's tokens: the last n_new positions
+    int max_blocks = (29 + bs - 1) / bs + 1;
+    int n_blocks = 0;
+    for (int s = 0; s < N_SEQ; s++)
+        n_blocks += (lens[s] + bs - 1) / bs;
+    n_blocks += 3; // never referenced
+    // block tables: a shuffled assignment of physical blocks; unused entries -1
+    int32_t *bt = malloc(sizeof(int32_t) * N_SEQ * max_blocks);
+    int32_t *perm = malloc(sizeof(int32_t) * n_blocks);
+    for (int i = 0; i < n_blocks; i++)
+        perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(rnd_u32() % (uint32_t)(i + 1)), tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+    int next = 0;
+    for (int s = 0; s < N_SEQ; s++)
+        for (int b = 0; b < max_blocks; b++)
+            bt[s * max_blocks + b] = b < (lens[s] + bs - 1) / bs ? perm[next++] : -1;
+    // every position of every sequence goes into the cache through kv_store
+    const int row = n_kv * HD;
+    int n_all = 0;
+    for (int s = 0; s < N_SEQ; s++)
+        n_all += lens[s];
+    float *k = malloc(sizeof(float) * n_all * row), *v = malloc(sizeof(float) * n_all * row);
+    int32_t *slots = malloc(sizeof(int32_t) * n_all);
+    fill_uniform(k, (size_t)n_all * row, -1, 1);
+    fill_uniform(v, (size_t)n_all * row, -1, 1);
+    for (int s = 0, i = 0; s < N_SEQ; s++)
+        for (int p = 0; p < lens[s]; p++, i++)
+            slots[i] = bt[s * max_blocks + p / bs] * bs + p % bs;
+    const size_t esz = kvt == KN_F16 ? 2 : 4;
+    const size_t cbytes = (size_t)n_blocks * bs * row * esz;
+    uint8_t *kc = malloc(cbytes), *vc = malloc(cbytes), *kc2 = malloc(cbytes), *vc2 = malloc(cbytes);
+    for (size_t i = 0; i < cbytes / esz; i++) { // NaN everywhere: unused slots must not leak
+        if (kvt == KN_F16) {
+            ((uint16_t *)kc)[i] = ((uint16_t *)vc)[i] = 0x7e00;
+        } else {
+            ((float *)kc)[i] = ((float *)vc)[i] = NAN;
+        }
+    }
+    void *kcd = dev_copy(be, kc, cbytes), *vcd = dev_copy(be, vc, cbytes);
+    float *kd = dev_copy(be, k, sizeof(float) * n_all * row), *vd = dev_copy(be, v, sizeof(float) * n_all * row);
+    int32_t *sd = dev_copy(be, slots, sizeof(int32_t) * n_all);
+    ref->ops->kv_store(ref, kc, vc, kvt, k, v, slots, n_all, row);
+    be->ops->kv_store(be, kcd, vcd, kvt, kd, vd, sd, n_all, row);
+    to_host(be, kc2, kcd, cbytes);
+    to_host(be, vc2, vcd, cbytes);
+    char what[160];
+    snprintf(what, sizeof(what), "%s kv_store %s bs=%d", bname, kn_type_name(kvt), bs);
+    kt_checks++;
+    if (memcmp(kc, kc2, cbytes) || memcmp(vc, vc2, cbytes)) {
+        kt_failures++;
+        fprintf(stderr, "FAIL %s: caches differ\n", what);
+    }
+    // the batch
+    int nt = 0;
+    int32_t tseq[8], tpos[8];
+    for (int s = 0; s < N_SEQ; s++)
+        for (int i = 0; i < n_new[s]; i++, nt++) {
+            tseq[nt] = s;
+            tpos[nt] = lens[s] - n_new[s] + i;
+        }
+    const size_t qn = (size_t)nt * n_head * HD;
+    float *q = malloc(qn * sizeof(float)), *or = malloc(qn * sizeof(float)), *o = malloc(qn * sizeof(float));
+    fill_uniform(q, qn, -2, 2);
+    float *qd = dev_copy(be, q, qn * sizeof(float)), *od = be->ops->alloc(be, qn * sizeof(float));
+    int32_t *tsd = dev_copy(be, tseq, sizeof(int32_t) * nt), *tpd = dev_copy(be, tpos, sizeof(int32_t) * nt);
+    int32_t *btd = dev_copy(be, bt, sizeof(int32_t) * N_SEQ * max_blocks);
+    kn_attn_args a = {.n_tok = nt, .n_head = n_head, .n_kv_head = n_kv, .head_dim = HD,
+                      .scale = 1.0f / sqrtf((float)HD), .softcap = softcap, .window = window,
+                      .q = q, .out = or, .k_cache = kc, .v_cache = vc, .kv_type = kvt, .block_size = bs,
+                      .tok_seq = tseq, .tok_pos = tpos, .block_tables = bt, .max_blocks = max_blocks};
+    ref->ops->attention(ref, &a);
+    kn_attn_args ad = a;
+    ad.q = qd;
+    ad.out = od;
+    ad.k_cache = kcd;
+    ad.v_cache = vcd;
+    ad.tok_seq = tsd;
+    ad.tok_pos = tpd;
+    ad.block_tables = btd;
+    be->ops->attention(be, &ad);
+    be->ops->sync(be);
+    to_host(be, o, od, qn * sizeof(float));
+    snprintf(what, sizeof(what), "%s attention bs=%d heads=%d/%d %s window=%d softcap=%g", bname, bs, n_head, n_kv,
+             kn_type_name(kvt), window, softcap);
+    int nonfinite = 0;
+    for (size_t i = 0; i < qn; i++)
+        nonfinite += !isfinite(or[i]) || !isfinite(o[i]);
+    ASSERT_EQ(nonfinite, 0); // NaN padding leaked into a result
+    check_close(what, or, o, qn, 2e-5, 1e-4);
+    be->ops->free(be, kcd);
+    be->ops->free(be, vcd);
+    be->ops->free(be, kd);
+    be->ops->free(be, vd);
+    be->ops->free(be, sd);
+    be->ops->free(be, qd);
+    be->ops->free(be, od);
+    be->ops->free(be, tsd);
+    be->ops->free(be, tpd);
+    be->ops->free(be, btd);
+    free(q);
+    free(or);
+    free(o);
+    free(kc);
+    free(vc);
+    free(kc2);
+    free(vc2);
+    free(k);
+    free(v);
+    free(slots);
+    free(bt);
+    free(perm);
+}
+
+static void test_attention(kn_backend *be, const char *bname, kn_backend *ref) {
+    static const int bss[] = {1, 3, 7, 16};
+    static const int ratios[] = {1, 2, 4};
+    for (size_t b = 0; b < 4; b++)
+        for (size_t r = 0; r < 3; r++)
+            for (int kv = 0; kv < 2; kv++)
+                for (int win = 0; win <= 5; win += 5)
+                    test_attention_case(be, bname, ref, bss[b], 2 * ratios[r], 2, kv ? KN_F32 : KN_F16, win,
+                                        (b & 1) && win ? 30.0f : 0.0f);
+}
+
+int main(void) {
+    test_half();
+    test_table();
+    test_dequant();
+    test_quantize_act();
+
+    kn_backend *ref = kn_ref_create();
+    ASSERT_TRUE(ref != NULL);
+    backend_case cases[4];
+    int n = 0;
+    cases[n++] = (backend_case){"cpu1", kn_cpu_create(1)};
+    cases[n++] = (backend_case){"cpu2", kn_cpu_create(2)};
+    cases[n++] = (backend_case){"cpu2-nosimd", kn_cpu_create_ex(2, KN_CPU_NO_SIMD)};
+    printf("cpu SIMD kernels: %s\n", kn_cpu_simd(cases[0].be) ? "avx2" : "portable");
+    for (int i = 0; i < n; i++) {
+        ASSERT_TRUE(cases[i].be != NULL);
+        if (!cases[i].be)
+            continue;
+        test_matmul(cases[i].be, cases[i].name);
+        test_small_ops(cases[i].be, cases[i].name, ref);
+        test_attention(cases[i].be, cases[i].name, ref);
+        cases[i].be->ops->destroy(cases[i].be);
+    }
+    ref->ops->destroy(ref);
+    return kt_done("test_kn_ops");
+}
