@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2317  # step functions are called indirectly by run_step
+# tests/run.sh: the whole kolm test suite, idempotent; what CI runs (.ci/run).
+#
+# Steps (each reported PASS / FAIL / SKIP in the summary line at the end):
+#   setup        deploy/setup.sh without the build: Debian packages, .venv, default model
+#   build        ./build, Release, -DKOLM_WERROR=ON, CPU only
+#   deps         tests/requirements.txt into .venv (skipped when every pin is installed;
+#                llama-cpp-python builds llama.cpp from source, ~10 min on 2 cores)
+#   unit         ctest in ./build
+#   asan         ./build-asan with -DKOLM_ASAN=ON (ASAN + UBSAN), ctest there
+#   cuda         when nvcc exists and the project has CUDA sources: ./build-cuda with
+#                -DKOLM_CUDA=ON (compile check; its ctest runs too when a GPU is visible)
+#   integration  pytest tests/integration against the real `kolm serve`
+# Exit status: 0 only when no step failed.
+#
+# Knobs: KOLM_JOBS (default 2), KOLM_HOME (where the default model lives),
+# KOLM_SKIP_ASAN=1, KOLM_SKIP_CUDA=1, KOLM_PYTEST_ARGS (extra pytest arguments),
+# KOLM_ALLOW_SKIP_ORACLE=1 (let the llama.cpp oracle tests skip if llama_cpp is absent).
+set -uo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO" || exit 1
+JOBS="${KOLM_JOBS:-2}"
+export MAKEFLAGS="-j$JOBS"
+export CMAKE_BUILD_PARALLEL_LEVEL="$JOBS"
+MODEL="${KOLM_HOME:-$HOME/.kolm}/models/gemma-3-270m-q4_k_m.gguf"
+VPY="$REPO/.venv/bin/python"
+
+declare -a SUMMARY=()
+FAILED=0
+T0=$(date +%s)
+
+log() { printf '\n[tests] ===== %s\n' "$*" >&2; }
+
+# record NAME STATUS [NOTE]
+record() {
+    SUMMARY+=("$1=$2${3:+ ($3)}")
+    [ "$2" = FAIL ] && FAILED=$((FAILED + 1))
+    printf '[tests] ----- %s: %s%s\n' "$1" "$2" "${3:+ ($3)}" >&2
+}
+
+# run_step NAME FUNCTION: runs FUNCTION, records PASS or FAIL with the elapsed time.
+run_step() {
+    local name="$1" fn="$2" t rc
+    log "$name"
+    t=$(date +%s)
+    "$fn"
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        record "$name" PASS "$(($(date +%s) - t))s"
+    else
+        record "$name" FAIL "exit $rc, $(($(date +%s) - t))s"
+    fi
+    return "$rc"
+}
+
+step_setup() { KOLM_SKIP_BUILD=1 bash "$REPO/deploy/setup.sh"; }
+
+step_build() {
+    cmake -S "$REPO" -B "$REPO/build" -DCMAKE_BUILD_TYPE=Release -DKOLM_WERROR=ON \
+        -DKOLM_CUDA=OFF &&
+        cmake --build "$REPO/build" -j "$JOBS"
+}
+
+# Exit 0 when every pin of the requirements file is installed in .venv.
+pins_installed() {
+    "$VPY" - "$1" <<'EOF'
+import importlib.metadata as md, re, sys
+ok = True
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    name, want = line.split("==")
+    name = re.sub(r"\[.*\]", "", name).strip()
+    try:
+        have = md.version(name)
+    except md.PackageNotFoundError:
+        have = None
+    if have != want.strip():
+        print(f"[tests] {name}: want {want.strip()}, have {have}", file=sys.stderr)
+        ok = False
+sys.exit(0 if ok else 1)
+EOF
+}
+
+step_deps() {
+    [ -x "$VPY" ] || { echo "no .venv (setup failed?)" >&2; return 1; }
+    if pins_installed "$REPO/tests/requirements.txt"; then
+        echo "[tests] test dependencies already installed at the pinned versions" >&2
+    else
+        # Only the llama.cpp library is needed by the oracle: no examples, tools,
+        # tests, server binary, multimodal library or curl.
+        CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF}" \
+            "$VPY" -m pip install -r "$REPO/tests/requirements.txt" || return 1
+    fi
+    "$VPY" -c 'import openai, jsonschema, nacl, pytest, gguf, numpy, llama_cpp' || return 1
+}
+
+step_unit() {
+    KOLM_TEST_MODEL="$MODEL" ctest --test-dir "$REPO/build" --output-on-failure \
+        --no-tests=error -j "$JOBS"
+}
+
+step_asan() {
+    cmake -S "$REPO" -B "$REPO/build-asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DKOLM_WERROR=ON -DKOLM_CUDA=OFF -DKOLM_ASAN=ON || return 1
+    cmake --build "$REPO/build-asan" -j "$JOBS" || return 1
+    ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:strict_string_checks=1:detect_stack_use_after_return=1" \
+        UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+        KOLM_TEST_MODEL="$MODEL" \
+        ctest --test-dir "$REPO/build-asan" --output-on-failure --no-tests=error -j "$JOBS"
+}
+
+NVCC=""
+find_nvcc() {
+    NVCC="$(command -v nvcc || true)"
+    [ -z "$NVCC" ] && [ -x /usr/local/cuda/bin/nvcc ] && NVCC=/usr/local/cuda/bin/nvcc
+    [ -n "$NVCC" ]
+}
+
+has_cuda_sources() {
+    grep -qE '\.cu\b|enable_language\(CUDA\)|KOLM_HAVE_CUDA' "$REPO/kernels/CMakeLists.txt" 2>/dev/null &&
+        compgen -G "$REPO/kernels/cuda/*.cu" >/dev/null
+}
+
+step_cuda() {
+    cmake -S "$REPO" -B "$REPO/build-cuda" -DCMAKE_BUILD_TYPE=Release -DKOLM_WERROR=ON \
+        -DKOLM_CUDA=ON -DCMAKE_CUDA_COMPILER="$NVCC" || return 1
+    cmake --build "$REPO/build-cuda" -j "$JOBS" || return 1
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        KOLM_TEST_MODEL="$MODEL" ctest --test-dir "$REPO/build-cuda" --output-on-failure -j 1
+    else
+        echo "[tests] no GPU visible: CUDA build compiled, GPU tests not run" >&2
+    fi
+}
+
+step_integration() {
+    local home rc
+    home="$(mktemp -d "${TMPDIR:-/tmp}/kolm-test-home.XXXXXX")"
+    # shellcheck disable=SC2086
+    KOLM_BUILD="$REPO/build" KOLM_TEST_MODEL="$MODEL" KOLM_HOME="$home" \
+        timeout 2700 "$VPY" -m pytest "$REPO/tests/integration" -v -rfEs \
+        -p no:cacheprovider ${KOLM_PYTEST_ARGS:-}
+    rc=$?
+    rm -rf "$home"
+    return "$rc"
+}
+
+# --- the run ------------------------------------------------------------------------
+setup_ok=0; build_ok=0; deps_ok=0
+run_step setup step_setup && setup_ok=1
+run_step build step_build && build_ok=1
+if [ "$setup_ok" = 1 ]; then
+    run_step deps step_deps && deps_ok=1
+else
+    record deps FAIL "setup failed"
+fi
+
+if [ "$build_ok" = 1 ]; then run_step unit step_unit; else record unit FAIL "build failed"; fi
+
+if [ "${KOLM_SKIP_ASAN:-0}" = 1 ]; then
+    record asan SKIP "KOLM_SKIP_ASAN=1"
+else
+    run_step asan step_asan
+fi
+
+if [ "${KOLM_SKIP_CUDA:-0}" = 1 ]; then
+    record cuda SKIP "KOLM_SKIP_CUDA=1"
+elif ! find_nvcc; then
+    record cuda SKIP "no nvcc"
+elif ! has_cuda_sources; then
+    record cuda SKIP "no CUDA sources in kernels/ yet"
+else
+    run_step cuda step_cuda
+fi
+
+if [ "$build_ok" = 1 ] && [ "$deps_ok" = 1 ]; then
+    run_step integration step_integration
+else
+    record integration FAIL "needs build and deps"
+fi
+
+echo
+echo "[tests] SUMMARY: ${SUMMARY[*]}"
+if [ "$FAILED" -eq 0 ]; then
+    echo "kolm tests: PASSED ($(($(date +%s) - T0))s)"
+    exit 0
+fi
+echo "kolm tests: FAILED ($FAILED failed step(s), $(($(date +%s) - T0))s)"
+exit 1
