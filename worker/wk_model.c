@@ -1,0 +1,677 @@
+/* wk_model: weight binding and the batched forward pass (see wk_model.h).
+ *
+ * Design note. The three supported architectures share one decoder-layer shape:
+ *
+ *   h = rmsnorm(x) * attn_norm
+ *   q, k, v = h Wq (+bq), h Wk (+bk), h Wv (+bv)
+ *   [gemma3] q, k = per-head rmsnorm(q) * q_norm, per-head rmsnorm(k) * k_norm
+ *   q, k = rope(q, k)            NEOX (gemma3, qwen2) or NORM (llama) pairs
+ *   store k, v in the paged cache; a = paged attention(q)
+ *   o = a Wo;  [gemma3] o = rmsnorm(o) * post_attention_norm
+ *   x = x + o
+ *   h = rmsnorm(x) * ffn_norm
+ *   f = (act(h Wgate) * h Wup) Wdown   act = GELU-tanh (gemma3) or SiLU
+ *   [gemma3] f = rmsnorm(f) * post_ffw_norm
+ *   x = x + f
+ *
+ * so an architecture is a handful of flags (which tensors exist, rope mode,
+ * activation, embedding scale, attention scale, per-layer rope base and window),
+ * not separate code. Gemma 3 follows llama.cpp's gemma3 graph: embeddings scaled
+ * by sqrt(n_embd); GGUF norm weights already carry Gemma's "+1"; every 6th layer
+ * (il % 6 == 5) is global with rope.freq_base, the others use a sliding window of
+ * attention.sliding_window positions and rope base 10000; q is scaled by
+ * 1/sqrt(head_dim) (1/sqrt(n_embd/n_head) for the 62-layer 27B).
+ *
+ * Every token of the batch goes through each weight in one matmul call. Only the
+ * rows named in logit_rows get the final norm and the LM head. All activations
+ * live in one backend allocation made by wk_model_reserve and carved into named
+ * buffers; the forward pass allocates nothing. On host backends (cpu, ref) the
+ * weights are used in place in the GGUF mapping; otherwise each is uploaded once. */
+#include "worker/wk_model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/kn_cpu.h"
+
+typedef struct wk_layer {
+    const float *attn_norm, *ffn_norm;          // [n_embd]
+    const float *post_attn_norm, *post_ffw_norm; // [n_embd] or NULL
+    const float *q_norm, *k_norm;               // [head_dim] or NULL
+    const float *bq, *bk, *bv;                  // [n_head*head_dim], [n_kv*head_dim] x2, or NULL
+    kn_weight wq, wk, wv, wo;
+    kn_weight gate, up, down;
+    float rope_base, rope_scale;
+    int window; // 0 = full causal
+} wk_layer;
+
+struct wk_model {
+    const wk_gguf *g;
+    kn_backend *be;
+    int host; // weights used in place (host-memory backend)
+    wk_hparams hp;
+
+    kn_weight tok_embd, output;
+    const float *output_norm; // [n_embd]
+    const float *rope_freqs;  // [n_rot/2] or NULL
+    wk_layer *layers;         // [n_layer]
+
+    float embd_scale, attn_scale, final_softcap;
+    int rope_mode, act;
+
+    void **owned; // backend allocations made at load (uploaded weights)
+    int n_owned, cap_owned;
+
+    // wk_model_reserve
+    int max_tokens, max_logits, max_seq, max_blocks;
+    void *arena;
+    float *x, *h, *q, *k, *v, *att, *o, *fg, *fu; // activations, [max_tokens, ...]
+    float *xl, *logits;                          // [max_logits, n_embd], [max_logits, n_vocab]
+    int32_t *d_tok, *d_pos, *d_seq, *d_slot, *d_rows, *d_bt; // backend copies of the batch
+    int32_t *h_slot;                                         // [max_tokens] host
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int own(wk_model *m, void *p) {
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **n = realloc(m->owned, (size_t)cap * sizeof(void *));
+        if (!n)
+            return -ENOMEM;
+        m->owned = n;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return 0;
+}
+
+/* Copies host bytes into a new backend allocation owned by the model. */
+static const void *to_backend(wk_model *m, const void *src, size_t bytes) {
+    void *p = m->be->ops->alloc(m->be, bytes);
+    if (!p)
+        return NULL;
+    if (own(m, p) < 0) {
+        m->be->ops->free(m->be, p);
+        return NULL;
+    }
+    m->be->ops->upload(m->be, p, src, bytes);
+    return p;
+}
+
+/* ---- hparams ---------------------------------------------------------------- */
+
+static int key_i64(const wk_gguf *g, const char *arch, const char *suffix, int64_t *out, int required, char *err,
+                   size_t errlen) {
+    char key[128];
+    snprintf(key, sizeof(key), "%s.%s", arch, suffix);
+    int rc = wk_gguf_get_i64(g, key, out);
+    if (rc == -ENOENT && !required)
+        return 1;
+    if (rc < 0)
+        set_err(err, errlen, "metadata %s: %s", key, rc == -ENOENT ? "missing" : "wrong type or out of range");
+    return rc;
+}
+
+static int key_f32(const wk_gguf *g, const char *arch, const char *suffix, float *out, int required, char *err,
+                   size_t errlen) {
+    char key[128];
+    snprintf(key, sizeof(key), "%s.%s", arch, suffix);
+    int rc = wk_gguf_get_f32(g, key, out);
+    if (rc == -ENOENT && !required)
+        return 1;
+    if (rc < 0)
+        set_err(err, errlen, "metadata %s: %s", key, rc == -ENOENT ? "missing" : "wrong type");
+    return rc;
+}
+
+static int positive_int(int64_t v, const char *what, int *out, char *err, size_t errlen) {
+    if (v <= 0 || v > (1 << 24)) {
+        set_err(err, errlen, "metadata %s = %lld is out of range", what, (long long)v);
+        return -EINVAL;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int load_hparams(wk_model *m, char *err, size_t errlen) {
+    const wk_gguf *g = m->g;
+    wk_hparams *hp = &m->hp;
+    const char *s;
+    size_t len;
+    int rc;
+    if (wk_gguf_get_str(g, "general.architecture", &s, &len) < 0) {
+        set_err(err, errlen, "metadata general.architecture missing");
+        return -EINVAL;
+    }
+    if (len == 6 && !memcmp(s, "gemma3", 6))
+        hp->arch = WK_ARCH_GEMMA3;
+    else if (len == 5 && !memcmp(s, "qwen2", 5))
+        hp->arch = WK_ARCH_QWEN2;
+    else if (len == 5 && !memcmp(s, "llama", 5))
+        hp->arch = WK_ARCH_LLAMA;
+    else {
+        set_err(err, errlen, "unsupported architecture '%.*s' (supported: gemma3, qwen2, llama)",
+                (int)(len > 64 ? 64 : len), s);
+        return -ENOTSUP;
+    }
+    memcpy(hp->arch_name, s, len);
+    hp->arch_name[len] = '\0';
+    const char *a = hp->arch_name;
+
+    int64_t v;
+    if ((rc = key_i64(g, a, "embedding_length", &v, 1, err, errlen)) < 0 ||
+        (rc = positive_int(v, "embedding_length", &hp->n_embd, err, errlen)) < 0)
+        return rc;
+    if ((rc = key_i64(g, a, "block_count", &v, 1, err, errlen)) < 0 ||
+        (rc = positive_int(v, "block_count", &hp->n_layer, err, errlen)) < 0)
+        return rc;
+    if ((rc = key_i64(g, a, "feed_forward_length", &v, 1, err, errlen)) < 0 ||
+        (rc = positive_int(v, "feed_forward_length", &hp->n_ff, err, errlen)) < 0)
+        return rc;
+    if ((rc = key_i64(g, a, "attention.head_count", &v, 1, err, errlen)) < 0 ||
+        (rc = positive_int(v, "attention.head_count", &hp->n_head, err, errlen)) < 0)
+        return rc;
+    hp->n_head_kv = hp->n_head;
+    if ((rc = key_i64(g, a, "attention.head_count_kv", &v, 0, err, errlen)) < 0)
+        return rc;
+    if (rc == 0 && (rc = positive_int(v, "attention.head_count_kv", &hp->n_head_kv, err, errlen)) < 0)
+        return rc;
+    if (hp->n_head % hp->n_head_kv) {
+        set_err(err, errlen, "attention.head_count %d is not a multiple of head_count_kv %d", hp->n_head,
+                hp->n_head_kv);
+        return -EINVAL;
+    }
+    hp->head_dim = hp->n_embd / hp->n_head;
+    if ((rc = key_i64(g, a, "attention.key_length", &v, 0, err, errlen)) < 0)
+        return rc;
+    if (rc == 0 && (rc = positive_int(v, "attention.key_length", &hp->head_dim, err, errlen)) < 0)
+        return rc;
+    if ((rc = key_i64(g, a, "attention.value_length", &v, 0, err, errlen)) < 0)
+        return rc;
+    if (rc == 0 && v != hp->head_dim) {
+        set_err(err, errlen, "attention.value_length %lld != key_length %d is not supported", (long long)v,
+                hp->head_dim);
+        return -ENOTSUP;
+    }
+    hp->n_ctx_train = 0;
+    if ((rc = key_i64(g, a, "context_length", &v, 0, err, errlen)) < 0)
+        return rc;
+    if (rc == 0 && (rc = positive_int(v, "context_length", &hp->n_ctx_train, err, errlen)) < 0)
+        return rc;
+    if ((rc = key_f32(g, a, "attention.layer_norm_rms_epsilon", &hp->norm_eps, 1, err, errlen)) < 0)
+        return rc;
+    hp->rope_base = 10000.0f;
+    if ((rc = key_f32(g, a, "rope.freq_base", &hp->rope_base, 0, err, errlen)) < 0)
+        return rc;
+    hp->rope_base_swa = hp->arch == WK_ARCH_GEMMA3 ? 10000.0f : hp->rope_base;
+    hp->n_rot = hp->head_dim;
+    if ((rc = key_i64(g, a, "rope.dimension_count", &v, 0, err, errlen)) < 0)
+        return rc;
+    if (rc == 0 && (rc = positive_int(v, "rope.dimension_count", &hp->n_rot, err, errlen)) < 0)
+        return rc;
+    if (hp->n_rot > hp->head_dim || hp->n_rot % 2) {
+        set_err(err, errlen, "rope.dimension_count %d is odd or exceeds head dim %d", hp->n_rot, hp->head_dim);
+        return -EINVAL;
+    }
+
+    // rope scaling: none or linear (factor f => positions scaled by 1/f)
+    hp->rope_freq_scale = 1.0f;
+    char key[128];
+    snprintf(key, sizeof(key), "%s.rope.scaling.type", a);
+    rc = wk_gguf_get_str(g, key, &s, &len);
+    if (rc == 0 && !(len == 4 && !memcmp(s, "none", 4))) {
+        if (!(len == 6 && !memcmp(s, "linear", 6))) {
+            set_err(err, errlen, "%s '%.*s' is not supported (none, linear)", key, (int)(len > 32 ? 32 : len), s);
+            return -ENOTSUP;
+        }
+        float factor = 1.0f;
+        if ((rc = key_f32(g, a, "rope.scaling.factor", &factor, 1, err, errlen)) < 0)
+            return rc;
+        if (!(factor > 0.0f)) {
+            set_err(err, errlen, "%s.rope.scaling.factor %g is not positive", a, (double)factor);
+            return -EINVAL;
+        }
+        hp->rope_freq_scale = 1.0f / factor;
+    } else if (rc == 0 || rc == -ENOENT) {
+        // no scaling type: a bare factor is still honored as linear (older converters)
+        float factor = 0.0f;
+        if ((rc = key_f32(g, a, "rope.scale_linear", &factor, 0, err, errlen)) < 0)
+            return rc;
+        if (rc == 0 && factor > 0.0f)
+            hp->rope_freq_scale = 1.0f / factor;
+    }
+
+    hp->sliding_window = 0;
+    if (hp->arch == WK_ARCH_GEMMA3) {
+        if ((rc = key_i64(g, a, "attention.sliding_window", &v, 1, err, errlen)) < 0 ||
+            (rc = positive_int(v, "attention.sliding_window", &hp->sliding_window, err, errlen)) < 0)
+            return rc;
+    }
+
+    m->final_softcap = 0.0f;
+    if ((rc = key_f32(g, a, "final_logit_softcapping", &m->final_softcap, 0, err, errlen)) < 0)
+        return rc;
+    return 0;
+}
+
+/* ---- weights ---------------------------------------------------------------- */
+
+/* Binds a 2-D weight [n_out rows of n_in]. Returns 0, 1 (absent and optional) or
+ * a negative errno with err naming the tensor. */
+static int bind_matrix(wk_model *m, const char *name, int64_t n_in, int64_t n_out, int required, kn_weight *w,
+                       char *err, size_t errlen) {
+    const wk_gguf_tensor *t = wk_gguf_tensor_get(m->g, name);
+    if (!t) {
+        if (!required)
+            return 1;
+        set_err(err, errlen, "missing tensor %s", name);
+        return -EINVAL;
+    }
+    if (t->n_dims > 2 || t->ne[0] != n_in || t->ne[1] != n_out || t->ne[2] != 1 || t->ne[3] != 1) {
+        set_err(err, errlen, "tensor %s has shape [%lld, %lld], expected [%lld, %lld]", name, (long long)t->ne[0],
+                (long long)t->ne[1], (long long)n_in, (long long)n_out);
+        return -EINVAL;
+    }
+    size_t rb = kn_row_bytes(t->type, n_in);
+    if (!kn_type_supported(t->type) || !rb) {
+        set_err(err, errlen, "tensor %s has unsupported type %s", name, kn_type_name(t->type));
+        return -ENOTSUP;
+    }
+    if (t->size < rb * (size_t)n_out) {
+        set_err(err, errlen, "tensor %s is truncated", name);
+        return -EINVAL;
+    }
+    w->type = t->type;
+    w->n_in = n_in;
+    w->n_out = n_out;
+    w->data = m->host ? t->data : to_backend(m, t->data, rb * (size_t)n_out);
+    if (!w->data) {
+        set_err(err, errlen, "out of backend memory for %s", name);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Binds a 1-D vector of n floats (dequantized to f32 if stored otherwise).
+ * Returns 0, 1 (absent and optional) or a negative errno. */
+static int bind_vector(wk_model *m, const char *name, int64_t n, int required, const float **out, char *err,
+                       size_t errlen) {
+    const wk_gguf_tensor *t = wk_gguf_tensor_get(m->g, name);
+    *out = NULL;
+    if (!t) {
+        if (!required)
+            return 1;
+        set_err(err, errlen, "missing tensor %s", name);
+        return -EINVAL;
+    }
+    if (t->n_dims != 1 || t->ne[0] != n) {
+        set_err(err, errlen, "tensor %s has shape [%lld, %lld], expected [%lld]", name, (long long)t->ne[0],
+                (long long)t->ne[1], (long long)n);
+        return -EINVAL;
+    }
+    size_t rb = kn_row_bytes(t->type, n);
+    if (!rb || t->size < rb || (t->type != KN_F32 && t->type != KN_F16 && t->type != KN_BF16)) {
+        set_err(err, errlen, "tensor %s has unsupported type %s for a vector", name, kn_type_name(t->type));
+        return -ENOTSUP;
+    }
+    if (t->type == KN_F32 && m->host && ((uintptr_t)t->data % sizeof(float)) == 0) {
+        *out = t->data;
+        return 0;
+    }
+    float *tmp = malloc((size_t)n * sizeof(float));
+    if (!tmp) {
+        set_err(err, errlen, "out of memory for %s", name);
+        return -ENOMEM;
+    }
+    kn_dequant_row(t->type, t->data, tmp, n);
+    *out = to_backend(m, tmp, (size_t)n * sizeof(float));
+    free(tmp);
+    if (!*out) {
+        set_err(err, errlen, "out of backend memory for %s", name);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static int bind_layer(wk_model *m, int il, char *err, size_t errlen) {
+    const wk_hparams *hp = &m->hp;
+    wk_layer *L = &m->layers[il];
+    const int64_t E = hp->n_embd, QD = (int64_t)hp->n_head * hp->head_dim;
+    const int64_t KD = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int gemma = hp->arch == WK_ARCH_GEMMA3;
+    char n[96];
+    int rc;
+#define NAME(s) (snprintf(n, sizeof(n), "blk.%d.%s", il, s), n)
+    if ((rc = bind_vector(m, NAME("attn_norm.weight"), E, 1, &L->attn_norm, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("ffn_norm.weight"), E, 1, &L->ffn_norm, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("attn_q.weight"), E, QD, 1, &L->wq, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("attn_k.weight"), E, KD, 1, &L->wk, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("attn_v.weight"), E, KD, 1, &L->wv, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("attn_output.weight"), QD, E, 1, &L->wo, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("ffn_gate.weight"), E, hp->n_ff, 1, &L->gate, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("ffn_up.weight"), E, hp->n_ff, 1, &L->up, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("ffn_down.weight"), hp->n_ff, E, 1, &L->down, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("attn_q.bias"), QD, 0, &L->bq, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("attn_k.bias"), KD, 0, &L->bk, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("attn_v.bias"), KD, 0, &L->bv, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("attn_q_norm.weight"), hp->head_dim, gemma, &L->q_norm, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("attn_k_norm.weight"), hp->head_dim, gemma, &L->k_norm, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("post_attention_norm.weight"), E, gemma, &L->post_attn_norm, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("post_ffw_norm.weight"), E, gemma, &L->post_ffw_norm, err, errlen)) < 0)
+        return rc;
+#undef NAME
+    if (hp->arch == WK_ARCH_QWEN2 && (!L->bq || !L->bk || !L->bv)) {
+        set_err(err, errlen, "qwen2 layer %d lacks attn_q/k/v.bias", il);
+        return -EINVAL;
+    }
+    // gemma3: 5 sliding-window layers, then 1 global (llama.cpp set_swa_pattern(6))
+    int swa = gemma && (il % 6) < 5;
+    L->window = swa ? hp->sliding_window : 0;
+    L->rope_base = swa ? hp->rope_base_swa : hp->rope_base;
+    L->rope_scale = swa ? 1.0f : hp->rope_freq_scale;
+    return 0;
+}
+
+/* Binds g's weights on be. On success *out owns everything but g. */
+int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, size_t errlen) {
+    int rc;
+    *out = NULL;
+    set_err(err, errlen, "no error");
+    wk_model *m = calloc(1, sizeof(*m));
+    if (!m) {
+        set_err(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    m->g = g;
+    m->be = be;
+    m->host = !strcmp(be->ops->name, "cpu") || !strcmp(be->ops->name, "ref");
+    if ((rc = load_hparams(m, err, errlen)) < 0)
+        goto fail;
+    wk_hparams *hp = &m->hp;
+
+    const wk_gguf_tensor *te = wk_gguf_tensor_get(g, "token_embd.weight");
+    if (!te) {
+        set_err(err, errlen, "missing tensor token_embd.weight");
+        rc = -EINVAL;
+        goto fail;
+    }
+    if (te->n_dims != 2 || te->ne[0] != hp->n_embd || te->ne[1] <= 0 || te->ne[1] > INT32_MAX) {
+        set_err(err, errlen, "tensor token_embd.weight has shape [%lld, %lld], expected [%d, n_vocab]",
+                (long long)te->ne[0], (long long)te->ne[1], hp->n_embd);
+        rc = -EINVAL;
+        goto fail;
+    }
+    hp->n_vocab = (int)te->ne[1];
+    if ((rc = bind_matrix(m, "token_embd.weight", hp->n_embd, hp->n_vocab, 1, &m->tok_embd, err, errlen)) < 0)
+        goto fail;
+    rc = bind_matrix(m, "output.weight", hp->n_embd, hp->n_vocab, 0, &m->output, err, errlen);
+    if (rc < 0)
+        goto fail;
+    if (rc == 1)
+        m->output = m->tok_embd; // tied embeddings
+    if ((rc = bind_vector(m, "output_norm.weight", hp->n_embd, 1, &m->output_norm, err, errlen)) < 0)
+        goto fail;
+    if ((rc = bind_vector(m, "rope_freqs.weight", hp->n_rot / 2, 0, &m->rope_freqs, err, errlen)) < 0)
+        goto fail;
+    m->layers = calloc((size_t)hp->n_layer, sizeof(wk_layer));
+    if (!m->layers) {
+        set_err(err, errlen, "out of memory");
+        rc = -ENOMEM;
+        goto fail;
+    }
+    for (int il = 0; il < hp->n_layer; il++)
+        if ((rc = bind_layer(m, il, err, errlen)) < 0)
+            goto fail;
+
+    m->embd_scale = hp->arch == WK_ARCH_GEMMA3 ? sqrtf((float)hp->n_embd) : 1.0f;
+    m->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    if (hp->arch == WK_ARCH_GEMMA3 && hp->n_layer == 62) // gemma 3 27B: query_pre_attn_scalar = n_embd / n_head
+        m->attn_scale = 1.0f / sqrtf((float)(hp->n_embd / hp->n_head));
+    m->rope_mode = hp->arch == WK_ARCH_LLAMA ? KN_ROPE_NORM : KN_ROPE_NEOX;
+    m->act = hp->arch == WK_ARCH_GEMMA3 ? 1 : 0;
+    *out = m;
+    set_err(err, errlen, "ok");
+    return 0;
+fail:
+    wk_model_free(m);
+    return rc;
+}
+
+/* Frees the model, its uploaded weights and its activations; g is untouched. */
+void wk_model_free(wk_model *m) {
+    if (!m)
+        return;
+    for (int i = 0; i < m->n_owned; i++)
+        m->be->ops->free(m->be, m->owned[i]);
+    free(m->owned);
+    if (m->arena)
+        m->be->ops->free(m->be, m->arena);
+    free(m->h_slot);
+    free(m->layers);
+    free(m);
+}
+
+const wk_hparams *wk_model_hparams(const wk_model *m) {
+    return &m->hp;
+}
+
+/* ---- activations ------------------------------------------------------------ */
+
+static size_t align64(size_t n) {
+    return (n + 63) & ~(size_t)63;
+}
+
+/* Replaces any earlier reservation. The arena is one backend allocation. */
+int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks) {
+    const wk_hparams *hp = &m->hp;
+    if (max_tokens <= 0 || max_logits <= 0 || max_seq <= 0 || max_blocks <= 0)
+        return -EINVAL;
+    if (m->arena)
+        m->be->ops->free(m->be, m->arena);
+    m->arena = NULL;
+    free(m->h_slot);
+    m->h_slot = NULL;
+    m->max_tokens = m->max_logits = m->max_seq = m->max_blocks = 0;
+
+    const size_t T = (size_t)max_tokens, L = (size_t)max_logits, F = sizeof(float), I = sizeof(int32_t);
+    const size_t E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
+    const size_t KD = (size_t)hp->n_head_kv * hp->head_dim, FF = (size_t)hp->n_ff;
+    struct {
+        void **dst;
+        size_t bytes;
+    } parts[] = {
+        {(void **)&m->x, T * E * F},     {(void **)&m->h, T * E * F},
+        {(void **)&m->q, T * QD * F},    {(void **)&m->k, T * KD * F},
+        {(void **)&m->v, T * KD * F},    {(void **)&m->att, T * QD * F},
+        {(void **)&m->o, T * E * F},     {(void **)&m->fg, T * FF * F},
+        {(void **)&m->fu, T * FF * F},   {(void **)&m->xl, L * E * F},
+        {(void **)&m->logits, L * (size_t)hp->n_vocab * F},
+        {(void **)&m->d_tok, T * I},     {(void **)&m->d_pos, T * I},
+        {(void **)&m->d_seq, T * I},     {(void **)&m->d_slot, T * I},
+        {(void **)&m->d_rows, L * I},    {(void **)&m->d_bt, (size_t)max_seq * (size_t)max_blocks * I},
+    };
+    const size_t n_parts = sizeof(parts) / sizeof(parts[0]);
+    size_t total = 0;
+    for (size_t i = 0; i < n_parts; i++)
+        total += align64(parts[i].bytes);
+    m->arena = m->be->ops->alloc(m->be, total);
+    m->h_slot = malloc(T * I);
+    if (!m->arena || !m->h_slot) {
+        if (m->arena)
+            m->be->ops->free(m->be, m->arena);
+        m->arena = NULL;
+        free(m->h_slot);
+        m->h_slot = NULL;
+        return -ENOMEM;
+    }
+    size_t off = 0;
+    for (size_t i = 0; i < n_parts; i++) {
+        *parts[i].dst = (char *)m->arena + off;
+        off += align64(parts[i].bytes);
+    }
+    if (!strcmp(m->be->ops->name, "cpu")) {
+        size_t max_in = (size_t)hp->n_ff > QD ? (size_t)hp->n_ff : QD;
+        if (E > max_in)
+            max_in = E;
+        (void)kn_cpu_reserve(m->be, max_tokens, (int64_t)max_in); // optional: failure only means smaller chunks
+    }
+    m->max_tokens = max_tokens;
+    m->max_logits = max_logits;
+    m->max_seq = max_seq;
+    m->max_blocks = max_blocks;
+    return 0;
+}
+
+/* ---- forward ---------------------------------------------------------------- */
+
+/* Checks the batch against the reservation, the vocabulary and the cache, and
+ * computes each token's physical cache slot into m->h_slot. */
+static int check_batch(wk_model *m, wk_kv *kv, const wk_batch *b) {
+    const int bs = wk_kv_block_size(kv), nb = wk_kv_n_blocks(kv);
+    if (b->n_tok <= 0 || b->n_tok > m->max_tokens || b->n_logits < 0 || b->n_logits > m->max_logits ||
+        b->n_seq <= 0 || b->n_seq > m->max_seq || b->max_blocks <= 0 || b->max_blocks > m->max_blocks ||
+        (int64_t)b->n_seq * b->max_blocks > (int64_t)m->max_seq * m->max_blocks)
+        return -EINVAL;
+    if (!b->tokens || !b->pos || !b->seq || !b->block_tables || (b->n_logits && !b->logit_rows))
+        return -EINVAL;
+    if (wk_kv_k(kv, m->hp.n_layer - 1) == NULL)
+        return -EINVAL;
+    for (int t = 0; t < b->n_tok; t++) {
+        int32_t tok = b->tokens[t], pos = b->pos[t], s = b->seq[t];
+        if (tok < 0 || tok >= m->hp.n_vocab || pos < 0 || s < 0 || s >= b->n_seq)
+            return -EINVAL;
+        if (pos / bs >= b->max_blocks)
+            return -EINVAL;
+        const int32_t *bt = b->block_tables + (size_t)s * b->max_blocks;
+        for (int j = 0; j <= pos / bs; j++) // every block attention will read
+            if (bt[j] < 0 || bt[j] >= nb)
+                return -EINVAL;
+        m->h_slot[t] = bt[pos / bs] * bs + pos % bs;
+    }
+    for (int i = 0; i < b->n_logits; i++)
+        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= b->n_tok)
+            return -EINVAL;
+    return 0;
+}
+
+static void forward_layer(wk_model *m, wk_kv *kv, int il, const wk_batch *b) {
+    kn_backend *be = m->be;
+    const kn_backend_ops *op = be->ops;
+    const wk_hparams *hp = &m->hp;
+    const wk_layer *L = &m->layers[il];
+    const int64_t T = b->n_tok, E = hp->n_embd, hd = hp->head_dim;
+    const int64_t QD = (int64_t)hp->n_head * hd, KD = (int64_t)hp->n_head_kv * hd;
+
+    // attention block
+    op->rmsnorm(be, m->x, L->attn_norm, T, E, hp->norm_eps, m->h);
+    op->matmul(be, &L->wq, m->h, T, m->q);
+    op->matmul(be, &L->wk, m->h, T, m->k);
+    op->matmul(be, &L->wv, m->h, T, m->v);
+    if (L->bq)
+        op->add_bias(be, m->q, L->bq, T, QD, m->q);
+    if (L->bk)
+        op->add_bias(be, m->k, L->bk, T, KD, m->k);
+    if (L->bv)
+        op->add_bias(be, m->v, L->bv, T, KD, m->v);
+    if (L->q_norm)
+        op->rmsnorm(be, m->q, L->q_norm, T * hp->n_head, hd, hp->norm_eps, m->q);
+    if (L->k_norm)
+        op->rmsnorm(be, m->k, L->k_norm, T * hp->n_head_kv, hd, hp->norm_eps, m->k);
+    op->rope(be, m->q, m->d_pos, T, hp->n_head, (int)hd, hp->n_rot, L->rope_base, L->rope_scale, m->rope_freqs,
+             m->rope_mode);
+    op->rope(be, m->k, m->d_pos, T, hp->n_head_kv, (int)hd, hp->n_rot, L->rope_base, L->rope_scale,
+             m->rope_freqs, m->rope_mode);
+    void *kc = wk_kv_k(kv, il), *vc = wk_kv_v(kv, il);
+    op->kv_store(be, kc, vc, wk_kv_type(kv), m->k, m->v, m->d_slot, T, KD);
+    kn_attn_args a = {
+        .n_tok = (int)T,
+        .n_head = hp->n_head,
+        .n_kv_head = hp->n_head_kv,
+        .head_dim = (int)hd,
+        .scale = m->attn_scale,
+        .softcap = 0.0f,
+        .window = L->window,
+        .q = m->q,
+        .out = m->att,
+        .k_cache = kc,
+        .v_cache = vc,
+        .kv_type = wk_kv_type(kv),
+        .block_size = wk_kv_block_size(kv),
+        .tok_seq = m->d_seq,
+        .tok_pos = m->d_pos,
+        .block_tables = m->d_bt,
+        .max_blocks = b->max_blocks,
+    };
+    op->attention(be, &a);
+    op->matmul(be, &L->wo, m->att, T, m->o);
+    if (L->post_attn_norm)
+        op->rmsnorm(be, m->o, L->post_attn_norm, T, E, hp->norm_eps, m->o);
+    op->add(be, m->x, m->o, T * E, m->x);
+
+    // feed-forward block
+    op->rmsnorm(be, m->x, L->ffn_norm, T, E, hp->norm_eps, m->h);
+    op->matmul(be, &L->gate, m->h, T, m->fg);
+    op->matmul(be, &L->up, m->h, T, m->fu);
+    op->glu(be, m->fg, m->fu, T * hp->n_ff, m->act, m->fg);
+    op->matmul(be, &L->down, m->fg, T, m->o);
+    if (L->post_ffw_norm)
+        op->rmsnorm(be, m->o, L->post_ffw_norm, T, E, hp->norm_eps, m->o);
+    op->add(be, m->x, m->o, T * E, m->x);
+}
+
+/* Runs b; logits (host, [n_logits, n_vocab]) are written by the call. */
+int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
+    if (!m->arena || !b || !kv)
+        return -EINVAL;
+    int rc = check_batch(m, kv, b);
+    if (rc < 0)
+        return rc;
+    kn_backend *be = m->be;
+    const kn_backend_ops *op = be->ops;
+    const wk_hparams *hp = &m->hp;
+    const size_t T = (size_t)b->n_tok, I = sizeof(int32_t);
+
+    op->upload(be, m->d_tok, b->tokens, T * I);
+    op->upload(be, m->d_pos, b->pos, T * I);
+    op->upload(be, m->d_seq, b->seq, T * I);
+    op->upload(be, m->d_slot, m->h_slot, T * I);
+    op->upload(be, m->d_bt, b->block_tables, (size_t)b->n_seq * (size_t)b->max_blocks * I);
+    if (b->n_logits)
+        op->upload(be, m->d_rows, b->logit_rows, (size_t)b->n_logits * I);
+
+    op->get_rows(be, &m->tok_embd, m->d_tok, b->n_tok, m->embd_scale, m->x);
+    for (int il = 0; il < hp->n_layer; il++)
+        forward_layer(m, kv, il, b);
+    if (!b->n_logits) {
+        op->sync(be);
+        return 0;
+    }
+
+    // final norm and LM head on the requested rows only
+    kn_weight xw = {.type = KN_F32, .n_in = hp->n_embd, .n_out = b->n_tok, .data = m->x};
+    op->get_rows(be, &xw, m->d_rows, b->n_logits, 1.0f, m->xl);
+    op->rmsnorm(be, m->xl, m->output_norm, b->n_logits, hp->n_embd, hp->norm_eps, m->xl);
+    op->matmul(be, &m->output, m->xl, b->n_logits, m->logits);
+    const size_t n_out = (size_t)b->n_logits * (size_t)hp->n_vocab;
+    op->download(be, logits, m->logits, n_out * sizeof(float));
+    op->sync(be);
+    if (m->final_softcap > 0.0f) {
+        const float c = m->final_softcap;
+        for (size_t i = 0; i < n_out; i++)
+            logits[i] = c * tanhf(logits[i] / c);
+    }
+    return 0;
+}
