@@ -1,7 +1,8 @@
 /* test_model: the KV block pool and the forward pass's self-consistency.
  *
  * The pool checks need nothing. The model checks run on the Gemma 3 GGUF at
- * $KOLM_TEST_MODEL (default /tmp/gemma.gguf) and are skipped, with a line saying
+ * $KOLM_TEST_MODEL (default $KOLM_HOME or ~/.kolm models/gemma-3-270m-q4_k_m.gguf,
+ * then /tmp/gemma.gguf) and are skipped, with a line saying
  * so, when it is absent. They assert that the same tokens give the same logits
  * however they are scheduled: one prefill batch vs one token per step; alone vs
  * interleaved with three other sequences in mixed prefill/decode batches; block
@@ -242,8 +243,19 @@ cleanup:
 }
 
 int main(void) {
-    const char *path = getenv("KOLM_TEST_MODEL");
+    const char *path = getenv("KOLM_TEST_MODEL"), *home = getenv("KOLM_HOME"), *user = getenv("HOME");
+    char def[1024] = "/tmp/gemma.gguf";
+    if (!path || !*path) {
+        char cand[1024];
+        if (home && *home)
+            snprintf(cand, sizeof(cand), "%s/models/gemma-3-270m-q4_k_m.gguf", home);
+        else
+            snprintf(cand, sizeof(cand), "%s/.kolm/models/gemma-3-270m-q4_k_m.gguf", user ? user : "");
+        if (access(cand, R_OK) == 0)
+            snprintf(def, sizeof(def), "%s", cand);
+        path = def;
+    }
     test_kv_pool();
-    test_gemma(path && *path ? path : "/tmp/gemma.gguf");
+    test_gemma(path);
     return kt_done("test_model");
 }
