@@ -120,9 +120,10 @@ find_nvcc() {
     [ -n "$NVCC" ]
 }
 
+# CUDA sources exist under kernels/ and kernels/CMakeLists.txt refers to CUDA.
 has_cuda_sources() {
-    grep -qE '\.cu\b|enable_language\(CUDA\)|KOLM_HAVE_CUDA' "$REPO/kernels/CMakeLists.txt" 2>/dev/null &&
-        compgen -G "$REPO/kernels/cuda/*.cu" >/dev/null
+    grep -qi 'cuda' "$REPO/kernels/CMakeLists.txt" 2>/dev/null &&
+        [ -n "$(find "$REPO/kernels" -name '*.cu' -print -quit)" ]
 }
 
 step_cuda() {

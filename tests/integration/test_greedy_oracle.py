@@ -105,35 +105,22 @@ def incomplete_utf8(b):
         return e.reason == "unexpected end of data"
 
 
-@pytest.mark.parametrize("prompt", PROMPTS)
-def test_greedy_matches_llama_cpp(openai_client, model_id, llama, prompt):
-    ref = Greedy(llama, prompt)
-    r = openai_client.chat.completions.create(
-        model=model_id, messages=[{"role": "user", "content": prompt}],
-        max_tokens=N_TOKENS, temperature=0)
-    ch = r.choices[0]
-    got = (ch.message.content or "").encode("utf-8")
+def compare(ref, prompt, got, finish, completion_tokens):
+    """kolm's completion (got: UTF-8 bytes, finish, completion_tokens) against llama.cpp's
+    greedy run ref. Returns "exact" or "near-tie"; fails the test otherwise."""
     want = ref.text()
-
-    # Same template, same tokenizer: the prompt token counts agree.
-    assert r.usage.prompt_tokens == len(ref.prompt_tokens), (
-        f"prompt_tokens {r.usage.prompt_tokens} != llama.cpp's {len(ref.prompt_tokens)} "
-        f"for {TEMPLATE.format(prompt)!r}")
-
     if got == want:
         want_finish = "stop" if ref.stopped else "length"
-        assert ch.finish_reason == want_finish, (ch.finish_reason, want_finish)
+        assert finish == want_finish, (finish, want_finish)
         # A stop token may or may not be counted as a completion token.
         ok_counts = {len(ref.tokens), len(ref.tokens) + 1} if ref.stopped else {N_TOKENS}
-        assert r.usage.completion_tokens in ok_counts, (r.usage.completion_tokens, ok_counts)
-        RESULTS[prompt] = "exact"
-        return
+        assert completion_tokens in ok_counts, (completion_tokens, ok_counts)
+        return "exact"
 
     # A token cut by max_tokens inside a UTF-8 sequence may be held back by kolm.
-    if (want.startswith(got) and ch.finish_reason == "length" and not ref.stopped
+    if (want.startswith(got) and finish == "length" and not ref.stopped
             and incomplete_utf8(want[len(got):])):
-        RESULTS[prompt] = "exact"
-        return
+        return "exact"
 
     # First llama.cpp token whose text leaves kolm's text.
     k = 0
@@ -153,13 +140,29 @@ def test_greedy_matches_llama_cpp(openai_client, model_id, llama, prompt):
               f"  full kolm:   {got!r}\n  full llama:  {want!r}")
     assert gap <= TIE_TOL, f"not a near-tie (gap > {TIE_TOL}):\n{detail}"
     if ref.is_eog(t2):
-        assert rest == b"" and ch.finish_reason == "stop", f"runner-up is EOG but:\n{detail}"
+        assert rest == b"" and finish == "stop", f"runner-up is EOG but:\n{detail}"
     else:
         p2 = ref.piece(t2, k)
-        assert rest.startswith(p2) or (p2.startswith(rest) and ch.finish_reason == "length"), \
+        assert rest.startswith(p2) or (p2.startswith(rest) and finish == "length"), \
             f"kolm did not continue with llama.cpp's runner-up:\n{detail}"
-    RESULTS[prompt] = "near-tie"
     print(f"accepted near-tie: {detail}")
+    return "near-tie"
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_greedy_matches_llama_cpp(openai_client, model_id, llama, prompt):
+    ref = Greedy(llama, prompt)
+    r = openai_client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": prompt}],
+        max_tokens=N_TOKENS, temperature=0)
+    ch = r.choices[0]
+
+    # Same template, same tokenizer: the prompt token counts agree.
+    assert r.usage.prompt_tokens == len(ref.prompt_tokens), (
+        f"prompt_tokens {r.usage.prompt_tokens} != llama.cpp's {len(ref.prompt_tokens)} "
+        f"for {TEMPLATE.format(prompt)!r}")
+    RESULTS[prompt] = compare(ref, prompt, (ch.message.content or "").encode("utf-8"),
+                              ch.finish_reason, r.usage.completion_tokens)
 
 
 def test_most_prompts_match_exactly():
