@@ -7,7 +7,7 @@ GGUFs ("gpt2" tokenizer with the qwen2, llama-bpe, gpt-2 and default
 pre-tokenizers) written here with the gguf package.
 
 Env: KOLM_BUILD (build dir, default /work/main/build), KOLM_TEST_MODEL (Gemma GGUF,
-default $KOLM_HOME/models/gemma-3-270m.gguf, falling back to /tmp/gemma.gguf).
+default $KOLM_HOME/models/gemma-3-270m-q4_k_m.gguf, falling back to /tmp/gemma.gguf).
 """
 
 import json
@@ -27,7 +27,7 @@ def _gemma_path():
     if p:
         return p
     home = os.environ.get("KOLM_HOME", os.path.expanduser("~/.kolm"))
-    for cand in (os.path.join(home, "models", "gemma-3-270m.gguf"), "/tmp/gemma.gguf"):
+    for cand in (os.path.join(home, "models", "gemma-3-270m-q4_k_m.gguf"), "/tmp/gemma.gguf"):
         if os.path.exists(cand):
             return cand
     return "/tmp/gemma.gguf"
