@@ -1,9 +1,13 @@
 /* kn_bench: matmul throughput of the CPU backend per weight type.
  *
  * Usage: kn_bench [n_threads] [n_in] [weight_mib]
+ *        kn_bench [n_threads] model
  * For each type, a random weight of about weight_mib MiB (larger than the caches)
  * is multiplied at n_tok 1 and 8; prints ms per call, weight GB/s (bytes of the
- * weight matrix per second) and GFLOP/s. Not a test: numbers only. */
+ * weight matrix per second) and GFLOP/s. With "model", the matmul shapes and
+ * types of the default model (Gemma 3 270M Q4_K_M) at n_tok 1, 4, 8 and 16, plus
+ * microseconds per token and the cost of n_tok tokens relative to one.
+ * Not a test: numbers only. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +23,96 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Random weight bytes with small sane f16 scales at every block's scale offsets. */
+static void fill_weight(kn_type t, uint8_t *w, size_t bytes) {
+    for (size_t i = 0; i < bytes; i++)
+        w[i] = (uint8_t)(i * 2654435761u >> 13);
+    int off[2] = {-1, -1};
+    switch (t) {
+    case KN_Q4_0: case KN_Q5_0: case KN_Q8_0: off[0] = 0; break;
+    case KN_Q4_1: case KN_Q5_1: case KN_Q4_K: case KN_Q5_K: off[0] = 0; off[1] = 2; break;
+    case KN_Q6_K: off[0] = 208; break;
+    default: break;
+    }
+    const size_t bb = kn_type_block_bytes(t);
+    for (size_t b = 0; off[0] >= 0 && b < bytes / bb; b++)
+        for (int k = 0; k < 2; k++)
+            if (off[k] >= 0) {
+                uint16_t h = kn_f32_to_f16(0.01f);
+                memcpy(w + b * bb + off[k], &h, 2);
+            }
+}
+
+/* Seconds per call: the best of 7 windows of >= 0.08 s (the machine is shared). */
+static double time_mm(kn_backend *be, const kn_weight *wt, const float *x, int nt, float *y) {
+    be->ops->matmul(be, wt, x, nt, y); // warm-up
+    double best = 1e30;
+    for (int win = 0; win < 7; win++) {
+        int reps = 0;
+        double t0 = now_s(), el;
+        do {
+            be->ops->matmul(be, wt, x, nt, y);
+            reps++;
+            el = now_s() - t0;
+        } while (el < 0.08);
+        if (el / reps < best)
+            best = el / reps;
+    }
+    return best;
+}
+
+static int bench_model(kn_backend *be) {
+    static const struct {
+        const char *what;
+        kn_type t;
+        int64_t n_in, n_out;
+    } shapes[] = {
+        {"attn_q", KN_Q5_0, 640, 1024},    {"ffn_up", KN_Q5_0, 640, 2048}, {"ffn_down", KN_Q6_K, 2048, 640},
+        {"attn_out", KN_Q4_K, 1024, 640}, {"attn_v", KN_Q8_0, 640, 256},  {"lm_head", KN_Q8_0, 640, 262144},
+    };
+    static const int toks[] = {1, 4, 8, 16};
+    float *x = malloc(sizeof(float) * 16 * 2048);
+    if (!x)
+        return 1;
+    for (int64_t i = 0; i < 16 * 2048; i++)
+        x[i] = (float)((i * 7919) % 1000) / 500.0f - 1.0f;
+    printf("%-9s %-5s %6s %7s %5s %10s %9s %8s\n", "tensor", "type", "n_in", "n_out", "n_tok", "us/call",
+           "us/tok", "vs 1tok");
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+        size_t bytes = kn_row_bytes(shapes[si].t, shapes[si].n_in) * (size_t)shapes[si].n_out;
+        uint8_t *w = be->ops->alloc(be, bytes);
+        float *y = malloc(sizeof(float) * 16 * (size_t)shapes[si].n_out);
+        if (!w || !y)
+            return 1;
+        fill_weight(shapes[si].t, w, bytes);
+        kn_weight wt = {shapes[si].t, shapes[si].n_in, shapes[si].n_out, w};
+        double one = 0;
+        for (size_t k = 0; k < sizeof(toks) / sizeof(toks[0]); k++) {
+            double per = time_mm(be, &wt, x, toks[k], y);
+            if (k == 0)
+                one = per;
+            printf("%-9s %-5s %6lld %7lld %5d %10.1f %9.1f %8.2f\n", shapes[si].what, kn_type_name(shapes[si].t),
+                   (long long)shapes[si].n_in, (long long)shapes[si].n_out, toks[k], per * 1e6,
+                   per * 1e6 / toks[k], per / one);
+        }
+        be->ops->free(be, w);
+        free(y);
+    }
+    free(x);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int n_threads = argc > 1 ? atoi(argv[1]) : 0;
+    if (argc > 2 && !strcmp(argv[2], "model")) {
+        kn_backend *be = kn_cpu_create(n_threads);
+        if (!be)
+            return 1;
+        printf("cpu backend: %d threads, %s kernels\n", be->n_threads, kn_cpu_simd(be) == 2 ? "avx2+vnni" : kn_cpu_simd(be) ? "avx2" : "portable");
+        int rc = bench_model(be);
+        be->ops->destroy(be);
+        return rc;
+    }
     int64_t n_in = argc > 2 ? atoll(argv[2]) : 2048;
     double mib = argc > 3 ? atof(argv[3]) : 128;
     static const kn_type types[] = {KN_Q8_0, KN_Q5_0, KN_Q4_0, KN_Q4_K, KN_Q5_K, KN_Q6_K, KN_F16, KN_F32};
@@ -29,7 +121,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kn_bench: cannot create the cpu backend\n");
         return 1;
     }
-    printf("cpu backend: %d threads, %s kernels, n_in %lld\n", be->n_threads, kn_cpu_simd(be) ? "avx2" : "portable",
+    printf("cpu backend: %d threads, %s kernels, n_in %lld\n", be->n_threads, kn_cpu_simd(be) == 2 ? "avx2+vnni" : kn_cpu_simd(be) ? "avx2" : "portable",
            (long long)n_in);
     printf("%-6s %6s %9s %10s %9s %9s\n", "type", "n_tok", "n_out", "ms/call", "GB/s", "GFLOP/s");
     float *x = malloc(sizeof(float) * 8 * n_in);

@@ -104,7 +104,23 @@ typedef struct {
     float *y; // [n_tok, n_out]
     kn_type vt;
     size_t xrow; // bytes per activation row as the dot kernel reads it
+    int split;   // Q8_0 activations in dotn's split layout (kn_cpu_dot.h)
 } mm_ctx;
+
+/* Quantizes a row of n floats to Q8_0 in the split layout of kn_cpu_dot.h: the
+ * same codes and scales as kn_quantize_row_q8_0, codes ^ 0x80 when xu. */
+static void quantize_split(const float *x, uint8_t *dst, int64_t n, int xu) {
+    const int64_t nb = n / KN_QK;
+    float *d = (float *)(dst + (size_t)32 * nb);
+    for (int64_t b = 0; b < nb; b++) {
+        kn_block_q8_0 blk;
+        kn_quantize_row_q8_0(x + b * KN_QK, &blk, KN_QK);
+        uint8_t *q = dst + 32 * b;
+        for (int j = 0; j < 32; j++)
+            q[j] = (uint8_t)blk.qs[j] ^ (xu ? 0x80u : 0u);
+        d[b] = kn_f16_to_f32(blk.d);
+    }
+}
 
 static void mm_quantize(void *vctx, int ith, int nth) {
     mm_ctx *m = vctx;
@@ -112,7 +128,9 @@ static void mm_quantize(void *vctx, int ith, int nth) {
     split(m->n_tok, ith, nth, &t0, &t1);
     for (int64_t t = t0; t < t1; t++) {
         void *dst = m->c->act + (size_t)t * m->xrow;
-        if (m->vt == KN_Q8_0)
+        if (m->split)
+            quantize_split(m->x + t * m->w->n_in, dst, m->w->n_in, m->c->dt.act_xu);
+        else if (m->vt == KN_Q8_0)
             kn_quantize_row_q8_0(m->x + t * m->w->n_in, dst, m->w->n_in);
         else
             kn_quantize_row_q8_K(m->x + t * m->w->n_in, dst, m->w->n_in);
@@ -125,6 +143,7 @@ static void mm_rows(void *vctx, int ith, int nth) {
     const size_t wrow = kn_row_bytes(w->type, w->n_in);
     const uint8_t *xb = m->vt == KN_F32 ? (const uint8_t *)m->x : m->c->act;
     kn_dot_fn dot = m->c->dt.dot[w->type];
+    kn_dotn_fn dotn = m->c->dt.dotn[w->type];
     float *deq = m->c->deq ? m->c->deq + (size_t)ith * m->c->deq_cap : NULL;
     int64_t chunk = (int64_t)(KN_CPU_CHUNK_BYTES / (wrow ? wrow : 1));
     if (chunk < 1)
@@ -133,7 +152,16 @@ static void mm_rows(void *vctx, int ith, int nth) {
     split(w->n_out, ith, nth, &r0, &r1);
     for (int64_t rc = r0; rc < r1; rc += chunk) {
         const int64_t re = rc + chunk < r1 ? rc + chunk : r1;
-        if (dot) {
+        if (dotn) {
+            for (int64_t r = rc; r < re; r++) {
+                const uint8_t *wr = (const uint8_t *)w->data + (size_t)r * wrow;
+                for (int64_t t = 0; t < m->n_tok; t += KN_DOTN_MAX) {
+                    const int nx = m->n_tok - t < KN_DOTN_MAX ? (int)(m->n_tok - t) : KN_DOTN_MAX;
+                    dotn(wr, xb + (size_t)t * m->xrow, m->xrow, nx, w->n_in, m->y + t * w->n_out + r,
+                         (size_t)w->n_out);
+                }
+            }
+        } else if (dot) {
             for (int64_t t = 0; t < m->n_tok; t++) {
                 const void *xt = xb + (size_t)t * m->xrow;
                 float *yt = m->y + t * w->n_out;
@@ -158,7 +186,10 @@ static void cpu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64
             y[i] = NAN;
         return;
     }
-    m.xrow = m.vt == KN_F32 ? (size_t)w->n_in * sizeof(float) : kn_row_bytes(m.vt, w->n_in);
+    m.split = m.vt == KN_Q8_0 && c->dt.dotn[w->type];
+    m.xrow = m.vt == KN_F32 ? (size_t)w->n_in * sizeof(float)
+             : m.split      ? KN_DOTN_Q8_ROW(w->n_in)
+                            : kn_row_bytes(m.vt, w->n_in);
     int64_t step = n_tok;
     if (m.vt != KN_F32) {
         // NOTE: if growing fails, fall back to as many tokens as the scratch holds.
@@ -473,8 +504,11 @@ kn_backend *kn_cpu_create_ex(int n_threads, int flags) {
     c->base.ops = &cpu_ops;
     c->base.n_threads = n_threads;
     kn_dot_table_scalar(&c->dt);
-    if (!(flags & KN_CPU_NO_SIMD) && kn_dot_table_avx2(&c->dt) == 0)
+    if (!(flags & KN_CPU_NO_SIMD) && kn_dot_table_avx2(&c->dt) == 0) {
         c->simd = 1;
+        if (!(flags & KN_CPU_NO_VNNI) && kn_dot_table_vnni(&c->dt) == 0)
+            c->simd = 2;
+    }
     c->pool = kn_pool_create(n_threads);
     if (!c->pool || grow_act(c, KN_CPU_MIN_ACT) < 0)
         goto fail;
@@ -490,8 +524,8 @@ kn_backend *kn_cpu_create(int n_threads) {
 
 int kn_cpu_reserve(kn_backend *be, int64_t max_tok, int64_t max_n_in) {
     kn_cpu *c = (kn_cpu *)be;
-    // Q8_0 rows are the largest quantized activation rows (34 bytes per 32).
-    size_t need = (size_t)max_tok * (size_t)((max_n_in + 31) / 32) * sizeof(kn_block_q8_0);
+    // split Q8_0 rows are the largest quantized activation rows (36 bytes per 32).
+    size_t need = (size_t)max_tok * KN_DOTN_Q8_ROW(max_n_in + 31);
     size_t needk = (size_t)max_tok * (size_t)((max_n_in + 255) / 256) * sizeof(kn_block_q8_K);
     if (grow_act(c, need > needk ? need : needk) < 0)
         return -ENOMEM;

@@ -7,9 +7,10 @@
  *
  * Matmul follows ggml: activation rows are quantized once per call to Q8_0 (for
  * Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 weights) or Q8_K (Q4_K/Q5_K/Q6_K), then each thread
- * walks its range of output rows once, computing every token of the batch for a
- * cache-sized chunk of rows (weights are read once per batch). Q2_K/Q3_K go
- * through dequantized f32 rows. */
+ * walks its range of output rows once; each weight row is unpacked once per group
+ * of up to 4 tokens by the multi-token kernels (kn_cpu_dot.h), so a batch of 8
+ * costs far less than 8 single-token calls. Q2_K/Q3_K go through dequantized f32
+ * rows. */
 #ifndef KN_CPU_H
 #define KN_CPU_H
 
@@ -19,6 +20,7 @@
 
 enum {
     KN_CPU_NO_SIMD = 1, // use the portable kernels even if AVX2 is available
+    KN_CPU_NO_VNNI = 2, // use the AVX2 multi-token kernels even if AVX512-VNNI is available
 };
 
 /* kn_cpu_create with flags (KN_CPU_*). n_threads 0 = online CPUs. NULL on failure. */
@@ -30,7 +32,8 @@ kn_backend *kn_cpu_create_ex(int n_threads, int flags);
  * backend still works, processing tokens in smaller chunks. */
 int kn_cpu_reserve(kn_backend *be, int64_t max_tok, int64_t max_n_in);
 
-/* 1 if the AVX2/FMA/F16C kernels are in use, 0 for the portable path. */
+/* 0 for the portable path, 1 if the AVX2/FMA/F16C kernels are in use, 2 if the
+ * multi-token matmul kernels also use AVX512-VNNI. */
 int kn_cpu_simd(const kn_backend *be);
 
 #endif

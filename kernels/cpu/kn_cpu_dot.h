@@ -16,8 +16,26 @@
 /* w: one weight row of n elements; x: the activation row (quantized or f32). */
 typedef float (*kn_dot_fn)(const void *w, const void *x, int64_t n);
 
+/* The most activation rows one multi-token kernel call handles. */
+#define KN_DOTN_MAX 8
+
+/* Multi-token dot: one weight row of n elements against nx (1..KN_DOTN_MAX)
+ * quantized activation rows x + t * xs bytes; writes y[t * ys]. Each weight block
+ * is unpacked once per call. A token's result is bit-identical to the dot_fn of
+ * the same build and does not depend on nx or on the other rows.
+ *
+ * Activation rows for the Q8_0-paired types (kn_vec_dot_type == KN_Q8_0) use the
+ * split layout: the n/32 blocks' 32 int8 codes back to back, then their n/32
+ * scales as f32 (KN_DOTN_Q8_ROW bytes per row); with act_xu set the codes are
+ * stored offset binary (code ^ 0x80, i.e. code + 128 as a uint8). Rows for the
+ * Q8_K-paired types are plain kn_block_q8_K arrays. */
+#define KN_DOTN_Q8_ROW(n) ((size_t)((n) / 32) * 36)
+typedef void (*kn_dotn_fn)(const void *w, const void *x, size_t xs, int nx, int64_t n, float *y, size_t ys);
+
 typedef struct kn_dot_table {
     kn_dot_fn dot[KN_TYPE_COUNT]; // NULL: no direct kernel (use dequant + f32 dot)
+    kn_dotn_fn dotn[KN_TYPE_COUNT]; // NULL: call dot once per token
+    int act_xu;                     // dotn's Q8_0 activation codes are offset binary
     float (*dot_f32)(const float *a, const float *b, int64_t n);
     /* Attention helpers over one cache row of n elements in kv_type (F16/F32). */
     float (*dot_kv)(const float *q, const void *k, int kv_type, int64_t n);
@@ -31,5 +49,9 @@ void kn_dot_table_scalar(kn_dot_table *t);
 /* Fills t with the AVX2 kernels; returns 0, or -1 if the CPU lacks AVX2/FMA/F16C
  * (t unchanged). */
 int kn_dot_table_avx2(kn_dot_table *t);
+/* Replaces t's multi-token kernels with AVX512-VNNI (256-bit vpdpbusd) ones;
+ * returns 0, or -1 if the CPU lacks AVX512F/BW/VL/VNNI (t unchanged). Call after
+ * kn_dot_table_avx2 succeeded. */
+int kn_dot_table_vnni(kn_dot_table *t);
 
 #endif

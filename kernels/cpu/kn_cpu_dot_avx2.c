@@ -303,6 +303,10 @@ static void to_f16(const float *x, uint16_t *y, int64_t n) {
         y[i] = kn_f32_to_f16(x[i]);
 }
 
+#define KN_MM(name) name##_avx2
+#define KN_DOT_I8(a, b) _mm256_madd_epi16(_mm256_maddubs_epi16((a), (b)), _mm256_set1_epi16(1))
+#include "kernels/cpu/kn_cpu_mm_x86.inc"
+
 #pragma GCC pop_options
 
 int kn_dot_table_avx2(kn_dot_table *t) {
@@ -324,6 +328,7 @@ int kn_dot_table_avx2(kn_dot_table *t) {
     t->dot_kv = dot_kv;
     t->axpby_kv = axpby_kv;
     t->to_f16 = to_f16;
+    fill_avx2(t);
     return 0;
 }
 

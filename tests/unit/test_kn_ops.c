@@ -6,7 +6,8 @@
  *     portable no-SIMD path) against the scalar reference kn_ref, tolerance
  *     atol + |ref|*rtol, non-finite reference values skipped, first mismatches
  *     printed; quantized matmul is compared tightly with the reference that uses
- *     the same activation quantization and loosely with the pure float one;
+ *     the same activation quantization and loosely with the pure float one, and
+ *     each token of a batch must match the same token multiplied alone exactly;
  * (c) paged attention over block sizes {1,3,7,16}, GQA 1/2/4, F16/F32 caches,
  *     sliding window on/off, several sequences per batch, NaN in unused slots. */
 #include <math.h>
@@ -399,6 +400,15 @@ static void test_matmul(kn_backend *be, const char *bname) {
             check_close(what, yq, y, (size_t)(nt * n_out), 2e-5 * mq, 1e-4);
             snprintf(what, sizeof(what), "%s matmul %s n_tok=%lld vs f32 ref", bname, kn_type_name(t), (long long)nt);
             check_close(what, yf, y, (size_t)(nt * n_out), 0.03 * max_abs(yf, (size_t)(nt * n_out)), 0.03);
+            // batch invariance: each token alone gives bit-identical results
+            for (int64_t tk = 0; tk < nt && nt > 1; tk++) {
+                be->ops->matmul(be, &w, xd + tk * n_in, 1, yd);
+                be->ops->sync(be);
+                to_host(be, yf, yd, (size_t)n_out * sizeof(float));
+                snprintf(what, sizeof(what), "%s matmul %s token %lld of %lld alone", bname, kn_type_name(t),
+                         (long long)tk, (long long)nt);
+                check_close(what, y + tk * n_out, yf, (size_t)n_out, 0, 0);
+            }
             be->ops->free(be, xd);
             be->ops->free(be, yd);
             free(x);
@@ -681,7 +691,10 @@ int main(void) {
     cases[n++] = (backend_case){"cpu1", kn_cpu_create(1)};
     cases[n++] = (backend_case){"cpu2", kn_cpu_create(2)};
     cases[n++] = (backend_case){"cpu2-nosimd", kn_cpu_create_ex(2, KN_CPU_NO_SIMD)};
-    printf("cpu SIMD kernels: %s\n", kn_cpu_simd(cases[0].be) ? "avx2" : "portable");
+    const int simd = cases[0].be ? kn_cpu_simd(cases[0].be) : 0;
+    printf("cpu SIMD kernels: %s\n", simd == 2 ? "avx2+vnni" : simd ? "avx2" : "portable");
+    if (simd == 2) // also the AVX2 multi-token kernels on a VNNI machine
+        cases[n++] = (backend_case){"cpu2-novnni", kn_cpu_create_ex(2, KN_CPU_NO_VNNI)};
     for (int i = 0; i < n; i++) {
         ASSERT_TRUE(cases[i].be != NULL);
         if (!cases[i].be)
