@@ -102,6 +102,54 @@ static int bench_model(kn_backend *be) {
     return 0;
 }
 
+/* Paged attention at the default model's shape (4 query heads on 1 KV head of
+ * 256, f16 cache, block 16): n_seq sequences decoding one token each at
+ * context ctx. */
+static int bench_attn(kn_backend *be, int n_seq, int ctx) {
+    enum { NH = 4, NKV = 1, HD = 256, BS = 16 };
+    const int max_blocks = (ctx + BS - 1) / BS;
+    const size_t cache_elems = (size_t)n_seq * max_blocks * BS * NKV * HD;
+    uint16_t *kc = be->ops->alloc(be, cache_elems * 2), *vc = be->ops->alloc(be, cache_elems * 2);
+    float *q = malloc(sizeof(float) * n_seq * NH * HD), *out = malloc(sizeof(float) * n_seq * NH * HD);
+    int32_t *bt = malloc(sizeof(int32_t) * n_seq * max_blocks), seq[64], pos[64];
+    if (!kc || !vc || !q || !out || !bt || n_seq > 64)
+        return 1;
+    for (size_t i = 0; i < cache_elems; i++)
+        kc[i] = vc[i] = kn_f32_to_f16((float)((i * 7919) % 1000) / 1000.0f - 0.5f);
+    for (int i = 0; i < n_seq * NH * HD; i++)
+        q[i] = (float)((i * 31) % 100) / 100.0f - 0.5f;
+    for (int i = 0; i < n_seq * max_blocks; i++)
+        bt[i] = i;
+    for (int i = 0; i < n_seq; i++) {
+        seq[i] = i;
+        pos[i] = ctx - 1;
+    }
+    kn_attn_args a = {.n_tok = n_seq, .n_head = NH, .n_kv_head = NKV, .head_dim = HD, .scale = 0.0625f,
+                      .q = q, .out = out, .k_cache = kc, .v_cache = vc, .kv_type = KN_F16, .block_size = BS,
+                      .tok_seq = seq, .tok_pos = pos, .block_tables = bt, .max_blocks = max_blocks};
+    be->ops->attention(be, &a);
+    double best = 1e30;
+    for (int win = 0; win < 7; win++) {
+        int reps = 0;
+        double t0 = now_s(), el;
+        do {
+            be->ops->attention(be, &a);
+            reps++;
+            el = now_s() - t0;
+        } while (el < 0.05);
+        if (el / reps < best)
+            best = el / reps;
+    }
+    printf("attention 4q/1kv hd256 f16: %2d seqs x 1 tok, ctx %5d: %9.1f us/call %8.1f us/tok\n", n_seq, ctx,
+           best * 1e6, best * 1e6 / n_seq);
+    be->ops->free(be, kc);
+    be->ops->free(be, vc);
+    free(q);
+    free(out);
+    free(bt);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int n_threads = argc > 1 ? atoi(argv[1]) : 0;
     if (argc > 2 && !strcmp(argv[2], "model")) {
@@ -110,6 +158,7 @@ int main(int argc, char **argv) {
             return 1;
         printf("cpu backend: %d threads, %s kernels\n", be->n_threads, kn_cpu_simd(be) == 2 ? "avx2+vnni" : kn_cpu_simd(be) ? "avx2" : "portable");
         int rc = bench_model(be);
+        rc |= bench_attn(be, 1, 512) | bench_attn(be, 8, 512) | bench_attn(be, 1, 4096) | bench_attn(be, 8, 4096);
         be->ops->destroy(be);
         return rc;
     }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kn_act.h"
 #include "kernels/kn_half.h"
 #include "kernels/kn_quant.h"
 
@@ -136,14 +137,17 @@ static void ref_rope(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok
     }
 }
 
+/* SiLU exact in double; GELU by the shared table definition of kn_act.h (the
+ * definition itself rounds through f16, so there is nothing to gain in double). */
 static void ref_glu(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y) {
+    const uint16_t *tab = kn_gelu_table();
     for (int64_t i = 0; i < n; i++) {
-        double x = g[i], a;
-        if (act == 0)
-            a = x / (1.0 + exp(-x));
-        else
-            a = 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-        y[i] = (float)(a * u[i]);
+        if (act == 0) {
+            double x = g[i];
+            y[i] = (float)(x / (1.0 + exp(-x)) * u[i]);
+        } else {
+            y[i] = kn_gelu(tab, g[i]) * u[i];
+        }
     }
 }
 
@@ -268,5 +272,6 @@ kn_backend *kn_ref_create(void) {
         return NULL;
     be->ops = &ref_ops;
     be->n_threads = 1;
+    (void)kn_gelu_table(); // build it now, not inside the first op
     return be;
 }

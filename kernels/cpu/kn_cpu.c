@@ -14,6 +14,7 @@
 
 #include "kernels/cpu/kn_cpu_dot.h"
 #include "kernels/cpu/kn_pool.h"
+#include "kernels/kn_act.h"
 #include "kernels/kn_half.h"
 #include "kernels/kn_quant.h"
 
@@ -31,6 +32,7 @@ typedef struct kn_cpu {
     size_t act_cap;
     float *deq; // per-thread dequantized weight row [n_threads, deq_cap]
     size_t deq_cap;
+    const uint16_t *gelu; // kn_gelu_table(), static storage
 } kn_cpu;
 
 static inline void split(int64_t n, int ith, int nth, int64_t *a, int64_t *b) {
@@ -333,6 +335,7 @@ typedef struct {
     const float *a, *b;
     int64_t n, n_row;
     int act;
+    const uint16_t *gelu; // kn_gelu_table()
     float *y;
 } ew_ctx;
 
@@ -340,19 +343,18 @@ static void glu_run(void *vctx, int ith, int nth) {
     ew_ctx *e = vctx;
     int64_t a, b;
     split(e->n, ith, nth, &a, &b);
-    for (int64_t i = a; i < b; i++) {
-        const float g = e->a[i];
-        float v;
-        if (e->act == 0)
-            v = g / (1.0f + expf(-g));
-        else
-            v = 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g)));
-        e->y[i] = v * e->b[i];
+    if (e->act == 0) {
+        for (int64_t i = a; i < b; i++)
+            e->y[i] = kn_silu(e->a[i]) * e->b[i];
+    } else {
+        // NOTE: llama.cpp's table GELU (kn_act.h), not an exact tanh GELU.
+        for (int64_t i = a; i < b; i++)
+            e->y[i] = kn_gelu(e->gelu, e->a[i]) * e->b[i];
     }
 }
 
 static void cpu_glu(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y) {
-    ew_ctx e = {.a = g, .b = u, .n = n, .act = act, .y = y};
+    ew_ctx e = {.a = g, .b = u, .n = n, .act = act, .gelu = ((kn_cpu *)be)->gelu, .y = y};
     run((kn_cpu *)be, glu_run, &e, n * 8);
 }
 
@@ -403,61 +405,102 @@ static void cpu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type k
 typedef struct {
     kn_cpu *c;
     const kn_attn_args *a;
+    int hchunk; // query heads of one KV group handled per work item (<= KN_KV_NQ)
+    int n_hc;   // chunks per KV group
 } attn_ctx;
 
-/* One (token, head) pair per work item, online softmax over its positions. */
+#define KN_ATT_TILE 64 // positions per softmax tile
+
+/* One work item = (token, KV head, chunk of that KV head's query heads): each
+ * cached K/V row is read (and converted) once for all heads of the chunk. The
+ * positions go in tiles: scores of the tile, then a per-head running max/sum
+ * (flash-attention style: acc rescaled once per tile when the max grows), then
+ * one weighted sum of the tile's V rows with the accumulators in registers. */
 static void attn_run(void *vctx, int ith, int nth) {
-    const kn_attn_args *a = ((attn_ctx *)vctx)->a;
-    const kn_dot_table *dt = &((attn_ctx *)vctx)->c->dt;
+    const attn_ctx *x = vctx;
+    const kn_attn_args *a = x->a;
+    const kn_dot_table *dt = &x->c->dt;
     const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
     const size_t esz = a->kv_type == KN_F16 ? 2 : 4;
     const size_t row = (size_t)a->n_kv_head * hd;
-    float acc[KN_CPU_MAX_HEAD_DIM];
+    float acc[KN_KV_NQ * KN_CPU_MAX_HEAD_DIM];
+    float sc[KN_KV_NQ * KN_ATT_TILE], m[KN_KV_NQ], l[KN_KV_NQ], s[KN_KV_NQ];
+    const void *vr[KN_ATT_TILE];
     int64_t p0, p1;
-    split((int64_t)a->n_tok * a->n_head, ith, nth, &p0, &p1);
+    split((int64_t)a->n_tok * a->n_kv_head * x->n_hc, ith, nth, &p0, &p1);
     for (int64_t p = p0; p < p1; p++) {
-        const int t = (int)(p / a->n_head), h = (int)(p % a->n_head), kvh = h / group;
+        const int t = (int)(p / ((int64_t)a->n_kv_head * x->n_hc));
+        const int kvh = (int)(p / x->n_hc % a->n_kv_head), hc = (int)(p % x->n_hc);
+        const int h0 = kvh * group + hc * x->hchunk;
+        const int nq = group - hc * x->hchunk < x->hchunk ? group - hc * x->hchunk : x->hchunk;
         const int pos = a->tok_pos[t];
         const int32_t *bt = a->block_tables + (size_t)a->tok_seq[t] * a->max_blocks;
-        const float *q = a->q + (size_t)p * hd;
-        float *out = a->out + (size_t)p * hd;
+        const float *q = a->q + ((size_t)t * a->n_head + h0) * hd;
+        float *out = a->out + ((size_t)t * a->n_head + h0) * hd;
         int start = a->window > 0 ? pos - a->window + 1 : 0;
         if (start < 0)
             start = 0;
-        float m = -INFINITY, l = 0.0f;
-        memset(acc, 0, (size_t)hd * sizeof(float));
-        for (int j = start; j <= pos; j++) {
-            const size_t idx =
-                ((size_t)bt[j / a->block_size] * a->block_size + j % a->block_size) * row + (size_t)kvh * hd;
-            float s = dt->dot_kv(q, (const uint8_t *)a->k_cache + idx * esz, a->kv_type, hd) * a->scale;
-            if (a->softcap > 0.0f)
-                s = a->softcap * tanhf(s / a->softcap);
-            const void *vr = (const uint8_t *)a->v_cache + idx * esz;
-            if (s > m) {
-                const float r = expf(m - s); // 0 on the first position
-                dt->axpby_kv(acc, r, 1.0f, vr, a->kv_type, hd);
-                l = l * r + 1.0f;
-                m = s;
-            } else {
-                const float e = expf(s - m);
-                dt->axpby_kv(acc, 1.0f, e, vr, a->kv_type, hd);
-                l += e;
-            }
+        for (int g = 0; g < nq; g++) {
+            m[g] = -INFINITY;
+            l[g] = 0.0f;
         }
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        for (int i = 0; i < hd; i++)
-            out[i] = acc[i] * inv;
+        memset(acc, 0, (size_t)nq * hd * sizeof(float));
+        for (int j0 = start; j0 <= pos; j0 += KN_ATT_TILE) {
+            const int nj = pos - j0 + 1 < KN_ATT_TILE ? pos - j0 + 1 : KN_ATT_TILE;
+            for (int jj = 0; jj < nj; jj++) {
+                const int j = j0 + jj;
+                const size_t idx =
+                    ((size_t)bt[j / a->block_size] * a->block_size + j % a->block_size) * row + (size_t)kvh * hd;
+                vr[jj] = (const uint8_t *)a->v_cache + idx * esz;
+                dt->dot_kv_n(q, nq, (const uint8_t *)a->k_cache + idx * esz, a->kv_type, hd, s);
+                for (int g = 0; g < nq; g++) {
+                    float sg = s[g] * a->scale;
+                    if (a->softcap > 0.0f)
+                        sg = a->softcap * tanhf(sg / a->softcap);
+                    sc[g * KN_ATT_TILE + jj] = sg;
+                }
+            }
+            for (int g = 0; g < nq; g++) {
+                float *sg = sc + g * KN_ATT_TILE;
+                float mt = m[g];
+                for (int jj = 0; jj < nj; jj++)
+                    mt = sg[jj] > mt ? sg[jj] : mt;
+                if (mt > m[g]) { // rescale what came before (nothing on the first tile)
+                    const float r = expf(m[g] - mt);
+                    l[g] *= r;
+                    for (int i = 0; i < hd; i++)
+                        acc[(size_t)g * hd + i] *= r;
+                    m[g] = mt;
+                }
+                for (int jj = 0; jj < nj; jj++) {
+                    sg[jj] = expf(sg[jj] - mt);
+                    l[g] += sg[jj];
+                }
+            }
+            dt->wsum_kv(acc, nq, sc, KN_ATT_TILE, vr, nj, a->kv_type, hd);
+        }
+        for (int g = 0; g < nq; g++) {
+            const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+            for (int i = 0; i < hd; i++)
+                out[(size_t)g * hd + i] = acc[(size_t)g * hd + i] * inv;
+        }
     }
 }
 
 static void cpu_attention(kn_backend *be, const kn_attn_args *a) {
     kn_cpu *c = (kn_cpu *)be;
-    if (a->head_dim > KN_CPU_MAX_HEAD_DIM) {
+    if (a->head_dim > KN_CPU_MAX_HEAD_DIM || a->n_kv_head <= 0 || a->n_head % a->n_kv_head) {
         for (size_t i = 0; i < (size_t)a->n_tok * a->n_head * a->head_dim; i++)
             a->out[i] = NAN;
         return;
     }
-    attn_ctx x = {c, a};
+    const int group = a->n_head / a->n_kv_head;
+    const int64_t items = (int64_t)a->n_tok * a->n_kv_head;
+    // whole groups per item unless that leaves threads idle (single-token decode)
+    int hchunk = group < KN_KV_NQ ? group : KN_KV_NQ;
+    while (hchunk > 1 && items * ((group + hchunk - 1) / hchunk) < c->base.n_threads)
+        hchunk = (hchunk + 1) / 2;
+    attn_ctx x = {c, a, hchunk, (group + hchunk - 1) / hchunk};
     // work estimate: pairs * head_dim * an average context guess
     run(c, attn_run, &x, (int64_t)a->n_tok * a->n_head * a->head_dim * 64);
 }
@@ -503,6 +546,7 @@ kn_backend *kn_cpu_create_ex(int n_threads, int flags) {
         return NULL;
     c->base.ops = &cpu_ops;
     c->base.n_threads = n_threads;
+    c->gelu = kn_gelu_table();
     kn_dot_table_scalar(&c->dt);
     if (!(flags & KN_CPU_NO_SIMD) && kn_dot_table_avx2(&c->dt) == 0) {
         c->simd = 1;

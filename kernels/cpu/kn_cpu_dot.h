@@ -29,6 +29,8 @@ typedef float (*kn_dot_fn)(const void *w, const void *x, int64_t n);
  * scales as f32 (KN_DOTN_Q8_ROW bytes per row); with act_xu set the codes are
  * stored offset binary (code ^ 0x80, i.e. code + 128 as a uint8). Rows for the
  * Q8_K-paired types are plain kn_block_q8_K arrays. */
+#define KN_KV_NQ 8
+
 #define KN_DOTN_Q8_ROW(n) ((size_t)((n) / 32) * 36)
 typedef void (*kn_dotn_fn)(const void *w, const void *x, size_t xs, int nx, int64_t n, float *y, size_t ys);
 
@@ -41,6 +43,13 @@ typedef struct kn_dot_table {
     float (*dot_kv)(const float *q, const void *k, int kv_type, int64_t n);
     /* acc[i] = acc[i] * a + b * v[i] */
     void (*axpby_kv)(float *acc, float a, float b, const void *v, int kv_type, int64_t n);
+    /* GQA forms for nq query heads sharing one KV head (each cache element loaded
+     * and converted once for all of them):
+     * out[g] = dot_kv(q + g * n, k) with the lane order of dot_kv, and
+     * acc[g * n + i] += sum_j w[g * ws + j] * v[j][i] over nv cache rows v[j]. */
+    void (*dot_kv_n)(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out);
+    void (*wsum_kv)(float *acc, int nq, const float *w, size_t ws, const void *const *v, int nv, int kv_type,
+                    int64_t n);
     /* F32 -> F16 conversion of n values. */
     void (*to_f16)(const float *x, uint16_t *y, int64_t n);
 } kn_dot_table;

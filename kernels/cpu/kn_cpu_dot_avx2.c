@@ -295,6 +295,97 @@ static void axpby_kv(float *acc, float a, float b, const void *v, int kv_type, i
     }
 }
 
+/* dot_kv for nq heads: the lane accumulation of dot_f16w / dot_f32 (two
+ * accumulators over 16-element steps, scalar tail), per head; nq constant in
+ * the always-inlined body so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void dot_kv_t(const float *q, const int nq, const void *k, int kv_type,
+                                                           int64_t n, float *out) {
+    __m256 a0[4], a1[4];
+    _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) a0[g] = a1[g] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 k0, k1;
+        if (kv_type == KN_F16) {
+            k0 = load_h8((const uint16_t *)k + i);
+            k1 = load_h8((const uint16_t *)k + i + 8);
+        } else {
+            k0 = _mm256_loadu_ps((const float *)k + i);
+            k1 = _mm256_loadu_ps((const float *)k + i + 8);
+        }
+        _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) {
+            a0[g] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + g * n + i), a0[g]);
+            a1[g] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + g * n + i + 8), a1[g]);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) {
+        float s = hsum8(_mm256_add_ps(a0[g], a1[g]));
+        for (int64_t j = i; j < n; j++)
+            s += (kv_type == KN_F16 ? h2f(((const uint16_t *)k)[j]) : ((const float *)k)[j]) * q[g * n + j];
+        out[g] = s;
+    }
+}
+
+static void dot_kv_n(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out) {
+    for (; nq > 0; nq -= 4, q += 4 * n, out += 4) {
+        switch (nq) {
+        case 1: dot_kv_t(q, 1, k, kv_type, n, out); break;
+        case 2: dot_kv_t(q, 2, k, kv_type, n, out); break;
+        case 3: dot_kv_t(q, 3, k, kv_type, n, out); break;
+        default: dot_kv_t(q, 4, k, kv_type, n, out); break;
+        }
+    }
+}
+
+/* wsum_kv for nq (constant) heads: 16 elements at a time, the accumulators of
+ * all heads in registers across the rows. */
+static inline __attribute__((always_inline)) void wsum_kv_t(float *acc, const int nq, const float *w, size_t ws,
+                                                            const void *const *v, int nv, int kv_type, int64_t n) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 a0[4], a1[4];
+        _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) {
+            a0[g] = _mm256_loadu_ps(acc + g * n + i);
+            a1[g] = _mm256_loadu_ps(acc + g * n + i + 8);
+        }
+        for (int j = 0; j < nv; j++) {
+            __m256 v0, v1;
+            if (kv_type == KN_F16) {
+                v0 = load_h8((const uint16_t *)v[j] + i);
+                v1 = load_h8((const uint16_t *)v[j] + i + 8);
+            } else {
+                v0 = _mm256_loadu_ps((const float *)v[j] + i);
+                v1 = _mm256_loadu_ps((const float *)v[j] + i + 8);
+            }
+            _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) {
+                const __m256 wj = _mm256_broadcast_ss(w + g * ws + j);
+                a0[g] = _mm256_fmadd_ps(wj, v0, a0[g]);
+                a1[g] = _mm256_fmadd_ps(wj, v1, a1[g]);
+            }
+        }
+        _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) {
+            _mm256_storeu_ps(acc + g * n + i, a0[g]);
+            _mm256_storeu_ps(acc + g * n + i + 8, a1[g]);
+        }
+    }
+    for (; i < n; i++)
+        for (int g = 0; g < nq; g++)
+            for (int j = 0; j < nv; j++)
+                acc[g * n + i] += w[g * ws + j] *
+                                  (kv_type == KN_F16 ? h2f(((const uint16_t *)v[j])[i]) : ((const float *)v[j])[i]);
+}
+
+static void wsum_kv(float *acc, int nq, const float *w, size_t ws, const void *const *v, int nv, int kv_type,
+                    int64_t n) {
+    for (; nq > 0; nq -= 4, acc += 4 * n, w += 4 * ws) {
+        switch (nq) {
+        case 1: wsum_kv_t(acc, 1, w, ws, v, nv, kv_type, n); break;
+        case 2: wsum_kv_t(acc, 2, w, ws, v, nv, kv_type, n); break;
+        case 3: wsum_kv_t(acc, 3, w, ws, v, nv, kv_type, n); break;
+        default: wsum_kv_t(acc, 4, w, ws, v, nv, kv_type, n); break;
+        }
+    }
+}
+
 static void to_f16(const float *x, uint16_t *y, int64_t n) {
     int64_t i = 0;
     for (; i + 8 <= n; i += 8)
@@ -327,6 +418,8 @@ int kn_dot_table_avx2(kn_dot_table *t) {
     t->dot_f32 = dot_f32;
     t->dot_kv = dot_kv;
     t->axpby_kv = axpby_kv;
+    t->dot_kv_n = dot_kv_n;
+    t->wsum_kv = wsum_kv;
     t->to_f16 = to_f16;
     fill_avx2(t);
     return 0;

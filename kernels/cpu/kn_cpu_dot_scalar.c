@@ -198,6 +198,22 @@ static void axpby_kv(float *acc, float a, float b, const void *v, int kv_type, i
     }
 }
 
+static void dot_kv_n(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out) {
+    for (int g = 0; g < nq; g++)
+        out[g] = dot_kv(q + g * n, k, kv_type, n);
+}
+
+static void wsum_kv(float *acc, int nq, const float *w, size_t ws, const void *const *v, int nv, int kv_type,
+                    int64_t n) {
+    for (int g = 0; g < nq; g++)
+        for (int64_t i = 0; i < n; i++) {
+            float a = acc[g * n + i];
+            for (int j = 0; j < nv; j++)
+                a += w[g * ws + j] * (kv_type == KN_F16 ? kn_f16_to_f32(((const uint16_t *)v[j])[i]) : ((const float *)v[j])[i]);
+            acc[g * n + i] = a;
+        }
+}
+
 static void to_f16(const float *x, uint16_t *y, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         y[i] = kn_f32_to_f16(x[i]);
@@ -219,5 +235,7 @@ void kn_dot_table_scalar(kn_dot_table *t) {
     t->dot_f32 = dot_f32;
     t->dot_kv = dot_kv;
     t->axpby_kv = axpby_kv;
+    t->dot_kv_n = dot_kv_n;
+    t->wsum_kv = wsum_kv;
     t->to_f16 = to_f16;
 }
