@@ -88,7 +88,7 @@ void kn_quantize_row_q8_0(const float *x, kn_block_q8_0 *dst, int64_t n) {
     for (int64_t b = 0; b < n / KN_QK; b++, x += KN_QK) {
         float amax = 0.0f;
         for (int j = 0; j < KN_QK; j++)
-            amax = fmaxf(amax, fabsf(x[j]));
+            amax = fabsf(x[j]) > amax ? fabsf(x[j]) : amax; // fmaxf is a libm call at -O2
         // NOTE: llama.cpp's x86 path multiplies by 127/amax (not 1/d) and rounds
         // ties to even; we do the same so the int8 codes match bit for bit.
         const float d = amax / 127.0f;

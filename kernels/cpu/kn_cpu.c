@@ -2,12 +2,14 @@
  *
  * Every op packs its arguments into a small context on the caller's stack and
  * runs it on the pool; each thread takes a contiguous share [ith*n/nth,
- * (ith+1)*n/nth) of the op's natural work items (output rows, token-head pairs,
- * rows, elements). Ops too small to amortize the hand-off run on the caller. */
+ * (ith+1)*n/nth) of the op's natural work items (token-head pairs, rows,
+ * elements), except matmul, whose threads claim chunks of output rows from an
+ * atomic counter. Ops too small to amortize the hand-off run on the caller. */
 #include "kernels/cpu/kn_cpu.h"
 
 #include <errno.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -107,6 +109,7 @@ typedef struct {
     kn_type vt;
     size_t xrow; // bytes per activation row as the dot kernel reads it
     int split;   // Q8_0 activations in dotn's split layout (kn_cpu_dot.h)
+    atomic_llong next; // next unclaimed output row (threads claim chunks dynamically)
 } mm_ctx;
 
 /* Quantizes a row of n floats to Q8_0 in the split layout of kn_cpu_dot.h: the
@@ -148,12 +151,18 @@ static void mm_rows(void *vctx, int ith, int nth) {
     kn_dotn_fn dotn = m->c->dt.dotn[w->type];
     float *deq = m->c->deq ? m->c->deq + (size_t)ith * m->c->deq_cap : NULL;
     int64_t chunk = (int64_t)(KN_CPU_CHUNK_BYTES / (wrow ? wrow : 1));
+    // big matrices: fewer, longer claims keep each thread's weight stream sequential
+    if (chunk < w->n_out / (16 * nth))
+        chunk = w->n_out / (16 * nth);
     if (chunk < 1)
         chunk = 1;
-    int64_t r0, r1;
-    split(w->n_out, ith, nth, &r0, &r1);
-    for (int64_t rc = r0; rc < r1; rc += chunk) {
-        const int64_t re = rc + chunk < r1 ? rc + chunk : r1;
+    // NOTE: rows are claimed chunk by chunk, not split statically: on a shared
+    // machine one thread is often descheduled and the other picks up its share.
+    for (;;) {
+        const int64_t rc = atomic_fetch_add_explicit(&m->next, chunk, memory_order_relaxed);
+        if (rc >= w->n_out)
+            break;
+        const int64_t re = rc + chunk < w->n_out ? rc + chunk : w->n_out;
         if (dotn) {
             for (int64_t r = rc; r < re; r++) {
                 const uint8_t *wr = (const uint8_t *)w->data + (size_t)r * wrow;
@@ -210,6 +219,7 @@ static void cpu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64
         m.n_tok = n_tok - t < step ? n_tok - t : step;
         if (m.vt != KN_F32)
             run(c, mm_quantize, &m, m.n_tok * w->n_in);
+        atomic_store_explicit(&m.next, 0, memory_order_relaxed);
         run(c, mm_rows, &m, work);
     }
 }
