@@ -346,6 +346,7 @@ typedef struct {
     int64_t n, n_row;
     int act;
     const uint16_t *gelu; // kn_gelu_table()
+    kn_cpu *c;
     float *y;
 } ew_ctx;
 
@@ -358,13 +359,12 @@ static void glu_run(void *vctx, int ith, int nth) {
             e->y[i] = kn_silu(e->a[i]) * e->b[i];
     } else {
         // NOTE: llama.cpp's table GELU (kn_act.h), not an exact tanh GELU.
-        for (int64_t i = a; i < b; i++)
-            e->y[i] = kn_gelu(e->gelu, e->a[i]) * e->b[i];
+        e->c->dt.geglu(e->gelu, e->a + a, e->b + a, b - a, e->y + a);
     }
 }
 
 static void cpu_glu(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y) {
-    ew_ctx e = {.a = g, .b = u, .n = n, .act = act, .gelu = ((kn_cpu *)be)->gelu, .y = y};
+    ew_ctx e = {.a = g, .b = u, .n = n, .act = act, .gelu = ((kn_cpu *)be)->gelu, .c = (kn_cpu *)be, .y = y};
     run((kn_cpu *)be, glu_run, &e, n * 8);
 }
 

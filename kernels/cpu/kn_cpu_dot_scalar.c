@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kernels/cpu/kn_cpu_dot.h"
+#include "kernels/kn_act.h"
 #include "kernels/kn_half.h"
 #include "kernels/kn_quant.h"
 
@@ -214,6 +215,11 @@ static void wsum_kv(float *acc, int nq, const float *w, size_t ws, const void *c
         }
 }
 
+static void geglu(const uint16_t *tab, const float *g, const float *u, int64_t n, float *y) {
+    for (int64_t i = 0; i < n; i++)
+        y[i] = kn_gelu(tab, g[i]) * u[i];
+}
+
 static void to_f16(const float *x, uint16_t *y, int64_t n) {
     for (int64_t i = 0; i < n; i++)
         y[i] = kn_f32_to_f16(x[i]);
@@ -237,5 +243,6 @@ void kn_dot_table_scalar(kn_dot_table *t) {
     t->axpby_kv = axpby_kv;
     t->dot_kv_n = dot_kv_n;
     t->wsum_kv = wsum_kv;
+    t->geglu = geglu;
     t->to_f16 = to_f16;
 }
