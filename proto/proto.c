@@ -1,0 +1,677 @@
+/* proto.c: frame encoding and strict decoding (see proto.h for the contract).
+ *
+ * Design note: msgpack-c's unpacker sizes its allocations from the element
+ * counts written in the input, so a 20-byte payload claiming a 2^32-element array
+ * would make it try to allocate tens of gigabytes. proto_decode therefore walks
+ * the raw payload first (check_payload) and rejects any array or map whose
+ * remaining element count exceeds the remaining bytes (every element takes at
+ * least one byte), and any string over PROTO_MAX_STR. Only then does msgpack-c
+ * unpack it, and the typed walkers below copy what they need out of the zone. */
+#include "proto/proto.h"
+
+#include <errno.h>
+#include <msgpack.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- encoding ---------------------------------------------------------- */
+
+static int buf_write(void *data, const char *p, size_t n) {
+    return cm_buf_append((cm_buf *)data, p, n) ? -1 : 0;
+}
+
+static void put_be32(uint8_t *p, uint32_t v) {
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Starts a frame: appends the header with a zero length; returns its offset. */
+static int frame_begin(cm_buf *out, proto_type type, size_t *hdr_at) {
+    uint8_t h[PROTO_HDR_SIZE];
+    put_be32(h, PROTO_MAGIC);
+    h[4] = (uint8_t)(PROTO_VERSION >> 8);
+    h[5] = (uint8_t)PROTO_VERSION;
+    h[6] = (uint8_t)(type >> 8);
+    h[7] = (uint8_t)type;
+    put_be32(h + 8, 0);
+    *hdr_at = out->len;
+    return cm_buf_append(out, h, sizeof h);
+}
+
+/* Finishes a frame: patches the length, or rolls the frame back on error. */
+static int frame_end(cm_buf *out, size_t hdr_at, int rc) {
+    size_t payload = out->len - hdr_at - PROTO_HDR_SIZE;
+    if (!rc && payload > PROTO_MAX_PAYLOAD)
+        rc = -EMSGSIZE;
+    if (rc) {
+        out->len = hdr_at;
+        return rc;
+    }
+    put_be32(out->data + hdr_at + 8, (uint32_t)payload);
+    return 0;
+}
+
+static int pk_key(msgpack_packer *pk, const char *k) {
+    return msgpack_pack_str_with_body(pk, k, strlen(k));
+}
+
+static int pk_str(msgpack_packer *pk, const char *k, const proto_str *s) {
+    if (s->len > PROTO_MAX_STR)
+        return -EMSGSIZE;
+    return pk_key(pk, k) || msgpack_pack_str_with_body(pk, s->p ? s->p : "", s->len) ? -ENOMEM : 0;
+}
+
+static int pk_u64(msgpack_packer *pk, const char *k, uint64_t v) {
+    return pk_key(pk, k) || msgpack_pack_uint64(pk, v) ? -ENOMEM : 0;
+}
+
+static int pk_i64(msgpack_packer *pk, const char *k, int64_t v) {
+    return pk_key(pk, k) || msgpack_pack_int64(pk, v) ? -ENOMEM : 0;
+}
+
+static int pk_f32(msgpack_packer *pk, const char *k, float v) {
+    return pk_key(pk, k) || msgpack_pack_float(pk, v) ? -ENOMEM : 0;
+}
+
+int proto_encode_hello(cm_buf *out, const proto_hello *h) {
+    size_t at;
+    int rc = frame_begin(out, PROTO_HELLO, &at);
+    if (rc)
+        return rc;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    rc = msgpack_pack_map(&pk, 6) ? -ENOMEM : 0;
+    if (!rc)
+        rc = pk_u64(&pk, "wid", h->worker_id);
+    if (!rc)
+        rc = pk_i64(&pk, "pid", h->pid);
+    if (!rc)
+        rc = pk_str(&pk, "model", &h->model_id);
+    if (!rc)
+        rc = pk_str(&pk, "arch", &h->arch);
+    if (!rc)
+        rc = pk_u64(&pk, "n_ctx", h->n_ctx);
+    if (!rc)
+        rc = pk_u64(&pk, "n_vocab", h->n_vocab);
+    return frame_end(out, at, rc);
+}
+
+int proto_encode_submit(cm_buf *out, const proto_submit *s) {
+    if (s->n_msgs > PROTO_MAX_MESSAGES || s->n_stop > PROTO_MAX_STOP)
+        return -EMSGSIZE;
+    for (uint32_t i = 0; i < s->n_stop; i++)
+        if (s->stop[i].len > PROTO_MAX_STOP_LEN)
+            return -EMSGSIZE;
+    size_t at;
+    int rc = frame_begin(out, PROTO_SUBMIT, &at);
+    if (rc)
+        return rc;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    rc = msgpack_pack_map(&pk, 7 + (s->has_seed ? 1 : 0) + (s->n_stop ? 1 : 0)) ? -ENOMEM : 0;
+    if (!rc)
+        rc = pk_u64(&pk, "job", s->job_id);
+    if (!rc)
+        rc = pk_key(&pk, "msgs") || msgpack_pack_array(&pk, s->n_msgs) ? -ENOMEM : 0;
+    for (uint32_t i = 0; !rc && i < s->n_msgs; i++) {
+        rc = msgpack_pack_map(&pk, 2) ? -ENOMEM : 0;
+        if (!rc)
+            rc = pk_str(&pk, "role", &s->msgs[i].role);
+        if (!rc)
+            rc = pk_str(&pk, "content", &s->msgs[i].content);
+    }
+    if (!rc)
+        rc = pk_i64(&pk, "max_tokens", s->max_tokens);
+    if (!rc)
+        rc = pk_f32(&pk, "temp", s->temperature);
+    if (!rc)
+        rc = pk_f32(&pk, "top_p", s->top_p);
+    if (!rc)
+        rc = pk_i64(&pk, "top_k", s->top_k);
+    if (!rc)
+        rc = pk_u64(&pk, "n", 1);
+    if (!rc && s->has_seed)
+        rc = pk_u64(&pk, "seed", s->seed);
+    if (!rc && s->n_stop) {
+        rc = pk_key(&pk, "stop") || msgpack_pack_array(&pk, s->n_stop) ? -ENOMEM : 0;
+        for (uint32_t i = 0; !rc && i < s->n_stop; i++)
+            rc = msgpack_pack_str_with_body(&pk, s->stop[i].p ? s->stop[i].p : "", s->stop[i].len) ? -ENOMEM : 0;
+    }
+    return frame_end(out, at, rc);
+}
+
+static int encode_job_only(cm_buf *out, proto_type type, uint64_t job_id) {
+    size_t at;
+    int rc = frame_begin(out, type, &at);
+    if (rc)
+        return rc;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    rc = msgpack_pack_map(&pk, 1) ? -ENOMEM : 0;
+    if (!rc)
+        rc = pk_u64(&pk, "job", job_id);
+    return frame_end(out, at, rc);
+}
+
+int proto_encode_cancel(cm_buf *out, uint64_t job_id) {
+    return encode_job_only(out, PROTO_CANCEL, job_id);
+}
+
+static int encode_empty(cm_buf *out, proto_type type) {
+    size_t at;
+    int rc = frame_begin(out, type, &at);
+    if (rc)
+        return rc;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    rc = msgpack_pack_map(&pk, 0) ? -ENOMEM : 0;
+    return frame_end(out, at, rc);
+}
+
+int proto_encode_stats_req(cm_buf *out) {
+    return encode_empty(out, PROTO_STATS_REQ);
+}
+
+int proto_encode_shutdown(cm_buf *out) {
+    return encode_empty(out, PROTO_SHUTDOWN);
+}
+
+int proto_encode_event(cm_buf *out, const proto_event *e) {
+    size_t at;
+    int rc = frame_begin(out, PROTO_EVENT, &at);
+    if (rc)
+        return rc;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    int n = 3;
+    switch (e->kind) {
+    case PROTO_EV_ACCEPTED: n += 1; break;
+    case PROTO_EV_DELTA: n += 1; break;
+    case PROTO_EV_FINISH: n += 4; break;
+    case PROTO_EV_ERROR: n += 4; break;
+    default: break;
+    }
+    rc = msgpack_pack_map(&pk, (size_t)n) ? -ENOMEM : 0;
+    if (!rc)
+        rc = pk_u64(&pk, "job", e->job_id);
+    if (!rc)
+        rc = pk_u64(&pk, "kind", e->kind);
+    if (!rc)
+        rc = pk_u64(&pk, "choice", e->choice);
+    switch (e->kind) {
+    case PROTO_EV_ACCEPTED:
+        if (!rc)
+            rc = pk_u64(&pk, "pt", e->prompt_tokens);
+        break;
+    case PROTO_EV_DELTA:
+        if (!rc)
+            rc = pk_str(&pk, "text", &e->text);
+        break;
+    case PROTO_EV_FINISH:
+        if (!rc)
+            rc = pk_u64(&pk, "finish", e->finish_reason);
+        if (!rc)
+            rc = pk_u64(&pk, "pt", e->prompt_tokens);
+        if (!rc)
+            rc = pk_u64(&pk, "ct", e->completion_tokens);
+        if (!rc)
+            rc = pk_u64(&pk, "cached", e->cached_tokens);
+        break;
+    case PROTO_EV_ERROR:
+        if (!rc)
+            rc = pk_u64(&pk, "status", e->status);
+        if (!rc)
+            rc = pk_str(&pk, "code", &e->code);
+        if (!rc)
+            rc = pk_str(&pk, "msg", &e->message);
+        if (!rc)
+            rc = pk_str(&pk, "param", &e->param);
+        break;
+    default:
+        break;
+    }
+    return frame_end(out, at, rc);
+}
+
+int proto_encode_stats(cm_buf *out, const proto_stats *s) {
+    size_t at;
+    int rc = frame_begin(out, PROTO_STATS, &at);
+    if (rc)
+        return rc;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    rc = msgpack_pack_map(&pk, 6) ? -ENOMEM : 0;
+    if (!rc)
+        rc = pk_u64(&pk, "running", s->running);
+    if (!rc)
+        rc = pk_u64(&pk, "waiting", s->waiting);
+    if (!rc)
+        rc = pk_u64(&pk, "kv_free", s->kv_blocks_free);
+    if (!rc)
+        rc = pk_u64(&pk, "kv_total", s->kv_blocks_total);
+    if (!rc)
+        rc = pk_u64(&pk, "tok_gen", s->tokens_generated);
+    if (!rc)
+        rc = pk_u64(&pk, "tok_prompt", s->tokens_prompt);
+    return frame_end(out, at, rc);
+}
+
+/* ---- raw payload check --------------------------------------------------- */
+
+static uint64_t get_be(const uint8_t *p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Walks one payload of len bytes: exactly one top-level object, every length in
+ * bounds, every container count <= the bytes left. 0 or -EBADMSG / -EMSGSIZE. */
+static int check_payload(const uint8_t *p, size_t len) {
+    size_t i = 0;
+    uint64_t pending = 1; // objects still to read
+    while (pending) {
+        if (i >= len)
+            return -EBADMSG;
+        uint8_t b = p[i++];
+        pending--;
+        uint64_t body = 0, items = 0;
+        int lenbytes = 0;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+            // fixint, negative fixint, nil, false, true
+        } else if ((b & 0xf0) == 0x80) {
+            items = 2u * (b & 0x0f);
+        } else if ((b & 0xf0) == 0x90) {
+            items = b & 0x0f;
+        } else if ((b & 0xe0) == 0xa0) {
+            body = b & 0x1f;
+        } else {
+            switch (b) {
+            case 0xc4: case 0xd9: lenbytes = 1; break;           // bin8, str8
+            case 0xc5: case 0xda: lenbytes = 2; break;           // bin16, str16
+            case 0xc6: case 0xdb: lenbytes = 4; break;           // bin32, str32
+            case 0xcc: case 0xd0: body = 1; break;               // u8, i8
+            case 0xcd: case 0xd1: body = 2; break;
+            case 0xca: case 0xce: case 0xd2: body = 4; break;
+            case 0xcb: case 0xcf: case 0xd3: body = 8; break;
+            case 0xd4: body = 2; break;                          // fixext1 (type + data)
+            case 0xd5: body = 3; break;
+            case 0xd6: body = 5; break;
+            case 0xd7: body = 9; break;
+            case 0xd8: body = 17; break;
+            case 0xc7: case 0xc8: case 0xc9: {                   // ext8/16/32
+                int n = b == 0xc7 ? 1 : b == 0xc8 ? 2 : 4;
+                if (len - i < (size_t)n)
+                    return -EBADMSG;
+                body = get_be(p + i, n) + 1;
+                i += (size_t)n;
+                break;
+            }
+            case 0xdc: case 0xdd: {                              // array16/32
+                int n = b == 0xdc ? 2 : 4;
+                if (len - i < (size_t)n)
+                    return -EBADMSG;
+                items = get_be(p + i, n);
+                i += (size_t)n;
+                break;
+            }
+            case 0xde: case 0xdf: {                              // map16/32
+                int n = b == 0xde ? 2 : 4;
+                if (len - i < (size_t)n)
+                    return -EBADMSG;
+                items = 2 * get_be(p + i, n);
+                i += (size_t)n;
+                break;
+            }
+            default:
+                return -EBADMSG; // 0xc1 is never used
+            }
+        }
+        if (lenbytes) {
+            if (len - i < (size_t)lenbytes)
+                return -EBADMSG;
+            body = get_be(p + i, lenbytes);
+            i += (size_t)lenbytes;
+            if (body > PROTO_MAX_STR)
+                return -EMSGSIZE;
+        }
+        if (body > len - i)
+            return -EBADMSG;
+        i += (size_t)body;
+        pending += items;
+        if (pending > len - i)
+            return -EBADMSG;
+    }
+    return i == len ? 0 : -EBADMSG;
+}
+
+/* ---- typed decoding ------------------------------------------------------ */
+
+static const msgpack_object *map_get(const msgpack_object *m, const char *key) {
+    size_t kl = strlen(key);
+    for (uint32_t i = 0; i < m->via.map.size; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == kl && !memcmp(k->via.str.ptr, key, kl))
+            return &m->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+/* Unsigned integer field: 0, -ENOENT if absent (when optional), -EBADMSG. */
+static int get_uint(const msgpack_object *m, const char *key, uint64_t max, int required, uint64_t *out) {
+    const msgpack_object *o = map_get(m, key);
+    if (!o)
+        return required ? -EBADMSG : -ENOENT;
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > max)
+        return -EBADMSG;
+    *out = o->via.u64;
+    return 0;
+}
+
+static int get_int(const msgpack_object *m, const char *key, int64_t min, int64_t max, int64_t *out) {
+    const msgpack_object *o = map_get(m, key);
+    if (!o)
+        return -ENOENT;
+    int64_t v;
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        if (o->via.u64 > (uint64_t)INT64_MAX)
+            return -EBADMSG;
+        v = (int64_t)o->via.u64;
+    } else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        v = o->via.i64;
+    } else {
+        return -EBADMSG;
+    }
+    if (v < min || v > max)
+        return -EBADMSG;
+    *out = v;
+    return 0;
+}
+
+static int get_float(const msgpack_object *m, const char *key, float *out) {
+    const msgpack_object *o = map_get(m, key);
+    if (!o)
+        return -ENOENT;
+    switch (o->type) {
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: *out = (float)o->via.f64; return 0;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: *out = (float)o->via.u64; return 0;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: *out = (float)o->via.i64; return 0;
+    default: return -EBADMSG;
+    }
+}
+
+static int copy_str(const msgpack_object *o, uint32_t max, proto_str *out) {
+    if (o->type != MSGPACK_OBJECT_STR)
+        return -EBADMSG;
+    if (o->via.str.size > max)
+        return -EMSGSIZE;
+    out->p = malloc((size_t)o->via.str.size + 1);
+    if (!out->p)
+        return -ENOMEM;
+    memcpy(out->p, o->via.str.ptr, o->via.str.size);
+    out->p[o->via.str.size] = 0;
+    out->len = o->via.str.size;
+    return 0;
+}
+
+/* String field: required or optional (absent -> empty string). */
+static int get_str(const msgpack_object *m, const char *key, int required, proto_str *out) {
+    const msgpack_object *o = map_get(m, key);
+    if (!o) {
+        if (required)
+            return -EBADMSG;
+        out->p = calloc(1, 1);
+        out->len = 0;
+        return out->p ? 0 : -ENOMEM;
+    }
+    return copy_str(o, PROTO_MAX_STR, out);
+}
+
+#define OPT(call) ((rc = (call)) == -ENOENT ? (rc = 0) : rc)
+
+static int decode_hello(const msgpack_object *m, proto_hello *h) {
+    int rc;
+    uint64_t u = 0;
+    int64_t i = 0;
+    if (OPT(get_uint(m, "wid", UINT32_MAX, 0, &u)))
+        return rc;
+    h->worker_id = (uint32_t)u;
+    if (OPT(get_int(m, "pid", INT32_MIN, INT32_MAX, &i)))
+        return rc;
+    h->pid = (int32_t)i;
+    if ((rc = get_str(m, "model", 1, &h->model_id)) || (rc = get_str(m, "arch", 0, &h->arch)))
+        return rc;
+    if ((rc = get_uint(m, "n_ctx", UINT32_MAX, 1, &u)))
+        return rc;
+    h->n_ctx = (uint32_t)u;
+    u = 0;
+    if (OPT(get_uint(m, "n_vocab", UINT32_MAX, 0, &u)))
+        return rc;
+    h->n_vocab = (uint32_t)u;
+    return 0;
+}
+
+static int decode_submit(const msgpack_object *m, proto_submit *s) {
+    int rc;
+    if ((rc = get_uint(m, "job", UINT64_MAX, 1, &s->job_id)))
+        return rc;
+    const msgpack_object *msgs = map_get(m, "msgs");
+    if (!msgs || msgs->type != MSGPACK_OBJECT_ARRAY)
+        return -EBADMSG;
+    if (msgs->via.array.size > PROTO_MAX_MESSAGES)
+        return -EMSGSIZE;
+    if (msgs->via.array.size) {
+        s->msgs = calloc(msgs->via.array.size, sizeof *s->msgs);
+        if (!s->msgs)
+            return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < msgs->via.array.size; i++) {
+        const msgpack_object *e = &msgs->via.array.ptr[i];
+        if (e->type != MSGPACK_OBJECT_MAP)
+            return -EBADMSG;
+        s->n_msgs = i + 1; // so that proto_frame_free releases what was copied
+        if ((rc = get_str(e, "role", 1, &s->msgs[i].role)) || (rc = get_str(e, "content", 1, &s->msgs[i].content)))
+            return rc;
+    }
+    int64_t v = -1;
+    s->max_tokens = -1;
+    if (OPT(get_int(m, "max_tokens", -1, INT32_MAX, &v)))
+        return rc;
+    s->max_tokens = (int32_t)v;
+    s->temperature = 1.0f;
+    s->top_p = 1.0f;
+    if (OPT(get_float(m, "temp", &s->temperature)) || OPT(get_float(m, "top_p", &s->top_p)))
+        return rc;
+    v = 0;
+    if (OPT(get_int(m, "top_k", 0, INT32_MAX, &v)))
+        return rc;
+    s->top_k = (int32_t)v;
+    rc = get_uint(m, "seed", UINT64_MAX, 0, &s->seed);
+    if (rc && rc != -ENOENT)
+        return rc;
+    s->has_seed = rc == 0;
+    const msgpack_object *stop = map_get(m, "stop");
+    if (stop) {
+        if (stop->type != MSGPACK_OBJECT_ARRAY)
+            return -EBADMSG;
+        if (stop->via.array.size > PROTO_MAX_STOP)
+            return -EMSGSIZE;
+        if (stop->via.array.size) {
+            s->stop = calloc(stop->via.array.size, sizeof *s->stop);
+            if (!s->stop)
+                return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < stop->via.array.size; i++) {
+            s->n_stop = i + 1;
+            if ((rc = copy_str(&stop->via.array.ptr[i], PROTO_MAX_STOP_LEN, &s->stop[i])))
+                return rc;
+        }
+    }
+    return 0;
+}
+
+static int decode_event(const msgpack_object *m, proto_event *e) {
+    int rc;
+    uint64_t u = 0;
+    if ((rc = get_uint(m, "job", UINT64_MAX, 1, &e->job_id)) || (rc = get_uint(m, "kind", 255, 1, &u)))
+        return rc;
+    if (u < PROTO_EV_ACCEPTED || u > PROTO_EV_ERROR)
+        return -EBADMSG;
+    e->kind = (uint8_t)u;
+    u = 0;
+    if (OPT(get_uint(m, "choice", UINT32_MAX, 0, &u)))
+        return rc;
+    e->choice = (uint32_t)u;
+    u = 0;
+    if (OPT(get_uint(m, "finish", 255, 0, &u)))
+        return rc;
+    e->finish_reason = (uint8_t)u;
+    if (e->kind == PROTO_EV_FINISH && (u < PROTO_FINISH_STOP || u > PROTO_FINISH_CANCELLED))
+        return -EBADMSG;
+    u = 0;
+    if (OPT(get_uint(m, "pt", UINT32_MAX, 0, &u)))
+        return rc;
+    e->prompt_tokens = (uint32_t)u;
+    u = 0;
+    if (OPT(get_uint(m, "ct", UINT32_MAX, 0, &u)))
+        return rc;
+    e->completion_tokens = (uint32_t)u;
+    u = 0;
+    if (OPT(get_uint(m, "cached", UINT32_MAX, 0, &u)))
+        return rc;
+    e->cached_tokens = (uint32_t)u;
+    u = 0;
+    if (OPT(get_uint(m, "status", 999, 0, &u)))
+        return rc;
+    e->status = (uint16_t)u;
+    if ((rc = get_str(m, "text", e->kind == PROTO_EV_DELTA, &e->text)) || (rc = get_str(m, "code", 0, &e->code)) ||
+        (rc = get_str(m, "msg", 0, &e->message)) || (rc = get_str(m, "param", 0, &e->param)))
+        return rc;
+    if (e->kind == PROTO_EV_ERROR && (e->status < 400 || e->status > 599))
+        return -EBADMSG;
+    return 0;
+}
+
+static int decode_stats(const msgpack_object *m, proto_stats *s) {
+    static const char *keys[] = {"running", "waiting", "kv_free", "kv_total", "tok_gen", "tok_prompt"};
+    uint64_t v[6] = {0};
+    int rc;
+    for (int i = 0; i < 6; i++)
+        if (OPT(get_uint(m, keys[i], i < 4 ? UINT32_MAX : UINT64_MAX, 0, &v[i])))
+            return rc;
+    s->running = (uint32_t)v[0];
+    s->waiting = (uint32_t)v[1];
+    s->kv_blocks_free = (uint32_t)v[2];
+    s->kv_blocks_total = (uint32_t)v[3];
+    s->tokens_generated = v[4];
+    s->tokens_prompt = v[5];
+    return 0;
+}
+
+ssize_t proto_decode(const uint8_t *buf, size_t len, proto_frame *out) {
+    memset(out, 0, sizeof *out);
+    // Check what is already here before waiting for more: a bad magic is
+    // reported as soon as its first bytes arrive.
+    static const uint8_t magic[4] = {0x4B, 0x4C, 0x4D, 0x46};
+    if (memcmp(buf, magic, len < 4 ? len : 4))
+        return -EPROTO;
+    if (len < PROTO_HDR_SIZE)
+        return 0;
+    uint16_t version = (uint16_t)(buf[4] << 8 | buf[5]);
+    uint16_t type = (uint16_t)(buf[6] << 8 | buf[7]);
+    uint32_t plen = get_be32(buf + 8);
+    if (version != PROTO_VERSION)
+        return -EPROTONOSUPPORT;
+    if (type < PROTO_HELLO || type > PROTO_SHUTDOWN)
+        return -EPROTO;
+    if (plen > PROTO_MAX_PAYLOAD)
+        return -EMSGSIZE;
+    if (len - PROTO_HDR_SIZE < plen)
+        return 0;
+    const uint8_t *payload = buf + PROTO_HDR_SIZE;
+    int rc = check_payload(payload, plen);
+    if (rc)
+        return rc;
+
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    if (msgpack_unpack_next(&u, (const char *)payload, plen, &off) != MSGPACK_UNPACK_SUCCESS || off != plen) {
+        rc = -EBADMSG;
+        goto done;
+    }
+    if (u.data.type != MSGPACK_OBJECT_MAP) {
+        rc = -EBADMSG;
+        goto done;
+    }
+    out->type = type;
+    switch (type) {
+    case PROTO_HELLO: rc = decode_hello(&u.data, &out->u.hello); break;
+    case PROTO_SUBMIT: rc = decode_submit(&u.data, &out->u.submit); break;
+    case PROTO_CANCEL: rc = get_uint(&u.data, "job", UINT64_MAX, 1, &out->u.cancel_job_id); break;
+    case PROTO_EVENT: rc = decode_event(&u.data, &out->u.event); break;
+    case PROTO_STATS: rc = decode_stats(&u.data, &out->u.stats); break;
+    default: rc = 0; break; // STATS_REQ, SHUTDOWN carry nothing
+    }
+done:
+    msgpack_unpacked_destroy(&u);
+    if (rc) {
+        proto_frame_free(out);
+        return rc;
+    }
+    return (ssize_t)(PROTO_HDR_SIZE + plen);
+}
+
+static void str_free(proto_str *s) {
+    free(s->p);
+    s->p = NULL;
+    s->len = 0;
+}
+
+void proto_frame_free(proto_frame *f) {
+    if (!f)
+        return;
+    switch (f->type) {
+    case PROTO_HELLO:
+        str_free(&f->u.hello.model_id);
+        str_free(&f->u.hello.arch);
+        break;
+    case PROTO_SUBMIT:
+        for (uint32_t i = 0; i < f->u.submit.n_msgs; i++) {
+            str_free(&f->u.submit.msgs[i].role);
+            str_free(&f->u.submit.msgs[i].content);
+        }
+        free(f->u.submit.msgs);
+        for (uint32_t i = 0; i < f->u.submit.n_stop; i++)
+            str_free(&f->u.submit.stop[i]);
+        free(f->u.submit.stop);
+        break;
+    case PROTO_EVENT:
+        str_free(&f->u.event.text);
+        str_free(&f->u.event.code);
+        str_free(&f->u.event.message);
+        str_free(&f->u.event.param);
+        break;
+    default:
+        break;
+    }
+    memset(f, 0, sizeof *f);
+}
+
+const char *proto_strerror(int err) {
+    switch (err) {
+    case -EPROTO: return "bad magic or unknown frame type";
+    case -EPROTONOSUPPORT: return "protocol version mismatch (gateway and worker binaries differ; rebuild both)";
+    case -EMSGSIZE: return "frame or field over its size cap";
+    case -EBADMSG: return "malformed frame payload";
+    case -ENOMEM: return "out of memory";
+    default: return "unknown error";
+    }
+}

@@ -1,0 +1,251 @@
+/* Unit tests for proto/: round trips, partial input, bad headers, corrupt payloads. */
+#include "proto/proto.c"
+
+#include "tests/unit/kt.h"
+
+static proto_str S(const char *s) {
+    proto_str r = {(char *)s, (uint32_t)strlen(s)};
+    return r;
+}
+
+/* Decodes exactly one frame from b, expecting success. */
+static ssize_t decode_one(const cm_buf *b, proto_frame *f) {
+    ssize_t n = proto_decode(b->data, b->len, f);
+    ASSERT_EQ(n, (ssize_t)b->len);
+    return n;
+}
+
+static void test_submit_roundtrip(void) {
+    cm_buf b = CM_BUF_INIT;
+    proto_msg msgs[3] = {{S("system"), S("be brief")}, {S("user"), S("h\xc3\xa9llo")}, {S("assistant"), S("")}};
+    msgs[2].content.p = "a\0b";
+    msgs[2].content.len = 3; // embedded NUL survives
+    proto_str stop[2] = {S("\n\n"), S("END")};
+    proto_submit s = {.job_id = UINT64_MAX - 1, .n_msgs = 3, .msgs = msgs, .max_tokens = 77, .temperature = 0.25f,
+                      .top_p = 0.5f, .top_k = 40, .has_seed = 1, .seed = 12345678901234ULL, .n_stop = 2, .stop = stop};
+    ASSERT_EQ(proto_encode_submit(&b, &s), 0);
+    proto_frame f;
+    decode_one(&b, &f);
+    ASSERT_EQ(f.type, PROTO_SUBMIT);
+    ASSERT_TRUE(f.u.submit.job_id == UINT64_MAX - 1);
+    ASSERT_EQ(f.u.submit.n_msgs, 3);
+    ASSERT_STREQ(f.u.submit.msgs[1].content.p, "h\xc3\xa9llo");
+    ASSERT_EQ(f.u.submit.msgs[2].content.len, 3);
+    ASSERT_TRUE(!memcmp(f.u.submit.msgs[2].content.p, "a\0b", 3));
+    ASSERT_EQ(f.u.submit.max_tokens, 77);
+    ASSERT_NEAR(f.u.submit.temperature, 0.25, 0);
+    ASSERT_NEAR(f.u.submit.top_p, 0.5, 0);
+    ASSERT_EQ(f.u.submit.top_k, 40);
+    ASSERT_EQ(f.u.submit.has_seed, 1);
+    ASSERT_TRUE(f.u.submit.seed == 12345678901234ULL);
+    ASSERT_EQ(f.u.submit.n_stop, 2);
+    ASSERT_STREQ(f.u.submit.stop[1].p, "END");
+    proto_frame_free(&f);
+
+    // defaults when optional fields are absent
+    cm_buf_free(&b);
+    proto_submit d = {.job_id = 1, .n_msgs = 1, .msgs = msgs, .max_tokens = -1, .temperature = 1, .top_p = 1};
+    ASSERT_EQ(proto_encode_submit(&b, &d), 0);
+    decode_one(&b, &f);
+    ASSERT_EQ(f.u.submit.has_seed, 0);
+    ASSERT_EQ(f.u.submit.max_tokens, -1);
+    ASSERT_EQ(f.u.submit.n_stop, 0);
+    proto_frame_free(&f);
+    cm_buf_free(&b);
+
+    // caps are enforced on encode
+    proto_str longstop = {(char *)"x", PROTO_MAX_STOP_LEN + 1};
+    proto_submit bad = d;
+    bad.n_stop = 1;
+    bad.stop = &longstop;
+    ASSERT_EQ(proto_encode_submit(&b, &bad), -EMSGSIZE);
+    ASSERT_EQ(b.len, 0);
+    cm_buf_free(&b);
+}
+
+static void test_events_and_others(void) {
+    cm_buf b = CM_BUF_INIT;
+    proto_event evs[4] = {
+        {.job_id = 9, .kind = PROTO_EV_ACCEPTED, .prompt_tokens = 12},
+        {.job_id = 9, .kind = PROTO_EV_DELTA, .text = S("\xf0\x9f\x98\x80 hi")},
+        {.job_id = 9, .kind = PROTO_EV_FINISH, .finish_reason = PROTO_FINISH_LENGTH, .prompt_tokens = 12,
+         .completion_tokens = 5, .cached_tokens = 3},
+        {.job_id = 10, .kind = PROTO_EV_ERROR, .status = 400, .code = S("context_length_exceeded"),
+         .message = S("too long"), .param = S("messages")},
+    };
+    for (int i = 0; i < 4; i++)
+        ASSERT_EQ(proto_encode_event(&b, &evs[i]), 0);
+    proto_hello h = {.worker_id = 2, .pid = 4242, .model_id = S("m.gguf"), .arch = S("gemma3"), .n_ctx = 8192,
+                     .n_vocab = 262144};
+    ASSERT_EQ(proto_encode_hello(&b, &h), 0);
+    ASSERT_EQ(proto_encode_cancel(&b, 77), 0);
+    proto_stats st = {1, 2, 3, 4, 5, 6};
+    ASSERT_EQ(proto_encode_stats(&b, &st), 0);
+    ASSERT_EQ(proto_encode_stats_req(&b), 0);
+    ASSERT_EQ(proto_encode_shutdown(&b), 0);
+
+    // Feed the stream byte by byte: every prefix short of a frame says "need more".
+    size_t off = 0;
+    int idx = 0;
+    uint16_t want[] = {PROTO_EVENT, PROTO_EVENT, PROTO_EVENT, PROTO_EVENT, PROTO_HELLO,
+                       PROTO_CANCEL, PROTO_STATS, PROTO_STATS_REQ, PROTO_SHUTDOWN};
+    while (off < b.len) {
+        proto_frame f;
+        size_t avail = 0;
+        ssize_t n = 0;
+        while (!n && off + avail < b.len) {
+            avail++;
+            n = proto_decode(b.data + off, avail, &f);
+        }
+        ASSERT_TRUE(n > 0);
+        if (n <= 0)
+            break;
+        ASSERT_EQ(f.type, want[idx]);
+        if (idx == 1)
+            ASSERT_STREQ(f.u.event.text.p, "\xf0\x9f\x98\x80 hi");
+        if (idx == 2) {
+            ASSERT_EQ(f.u.event.finish_reason, PROTO_FINISH_LENGTH);
+            ASSERT_EQ(f.u.event.completion_tokens, 5);
+            ASSERT_EQ(f.u.event.cached_tokens, 3);
+        }
+        if (idx == 3) {
+            ASSERT_EQ(f.u.event.status, 400);
+            ASSERT_STREQ(f.u.event.code.p, "context_length_exceeded");
+            ASSERT_STREQ(f.u.event.param.p, "messages");
+        }
+        if (idx == 4) {
+            ASSERT_STREQ(f.u.hello.model_id.p, "m.gguf");
+            ASSERT_EQ(f.u.hello.n_ctx, 8192);
+            ASSERT_EQ(f.u.hello.pid, 4242);
+        }
+        if (idx == 5)
+            ASSERT_TRUE(f.u.cancel_job_id == 77);
+        if (idx == 6)
+            ASSERT_TRUE(f.u.stats.tokens_prompt == 6);
+        proto_frame_free(&f);
+        off += (size_t)n;
+        idx++;
+    }
+    ASSERT_EQ(idx, 9);
+    cm_buf_free(&b);
+}
+
+static void test_bad_headers(void) {
+    cm_buf b = CM_BUF_INIT;
+    ASSERT_EQ(proto_encode_cancel(&b, 1), 0);
+    proto_frame f;
+    uint8_t *d = b.data;
+
+    d[0] ^= 1;
+    ASSERT_EQ(proto_decode(d, 1, &f), -EPROTO); // rejected at the first byte
+    d[0] ^= 1;
+    d[5] = 9;
+    ASSERT_EQ(proto_decode(d, b.len, &f), -EPROTONOSUPPORT);
+    d[5] = PROTO_VERSION;
+    d[7] = 99;
+    ASSERT_EQ(proto_decode(d, b.len, &f), -EPROTO);
+    d[7] = PROTO_CANCEL;
+    uint8_t big[PROTO_HDR_SIZE];
+    memcpy(big, d, PROTO_HDR_SIZE);
+    put_be32(big + 8, PROTO_MAX_PAYLOAD + 1);
+    ASSERT_EQ(proto_decode(big, sizeof big, &f), -EMSGSIZE);
+    cm_buf_free(&b);
+}
+
+/* Builds a frame with a hand-written payload. */
+static void raw_frame(cm_buf *b, proto_type type, const uint8_t *payload, size_t n) {
+    size_t at;
+    b->len = 0;
+    frame_begin(b, type, &at);
+    cm_buf_append(b, payload, n);
+    frame_end(b, at, 0);
+}
+
+static void test_bad_payloads(void) {
+    cm_buf b = CM_BUF_INIT;
+    proto_frame f;
+    // {"job": 1} as a cancel is fine
+    const uint8_t ok[] = {0x81, 0xa3, 'j', 'o', 'b', 0x01};
+    raw_frame(&b, PROTO_CANCEL, ok, sizeof ok);
+    ASSERT_TRUE(proto_decode(b.data, b.len, &f) > 0);
+    proto_frame_free(&f);
+    // wrong type: job is a string
+    const uint8_t wrongtype[] = {0x81, 0xa3, 'j', 'o', 'b', 0xa1, 'x'};
+    raw_frame(&b, PROTO_CANCEL, wrongtype, sizeof wrongtype);
+    ASSERT_EQ(proto_decode(b.data, b.len, &f), -EBADMSG);
+    // missing required key
+    const uint8_t missing[] = {0x80};
+    raw_frame(&b, PROTO_CANCEL, missing, sizeof missing);
+    ASSERT_EQ(proto_decode(b.data, b.len, &f), -EBADMSG);
+    // payload is not a map
+    const uint8_t notmap[] = {0x01};
+    raw_frame(&b, PROTO_CANCEL, notmap, sizeof notmap);
+    ASSERT_EQ(proto_decode(b.data, b.len, &f), -EBADMSG);
+    // trailing garbage after the map
+    const uint8_t trailing[] = {0x81, 0xa3, 'j', 'o', 'b', 0x01, 0x00};
+    raw_frame(&b, PROTO_CANCEL, trailing, sizeof trailing);
+    ASSERT_EQ(proto_decode(b.data, b.len, &f), -EBADMSG);
+    // an array claiming 2^32-1 elements in a few bytes
+    const uint8_t hugearr[] = {0x81, 0xa3, 'j', 'o', 'b', 0xdd, 0xff, 0xff, 0xff, 0xff};
+    raw_frame(&b, PROTO_CANCEL, hugearr, sizeof hugearr);
+    ASSERT_EQ(proto_decode(b.data, b.len, &f), -EBADMSG);
+    // a string claiming to be longer than the cap
+    const uint8_t hugestr[] = {0x81, 0xa3, 'j', 'o', 'b', 0xdb, 0x7f, 0xff, 0xff, 0xff};
+    raw_frame(&b, PROTO_CANCEL, hugestr, sizeof hugestr);
+    ASSERT_EQ(proto_decode(b.data, b.len, &f), -EMSGSIZE);
+    // 0xc1 is never valid
+    const uint8_t never[] = {0xc1};
+    raw_frame(&b, PROTO_CANCEL, never, sizeof never);
+    ASSERT_EQ(proto_decode(b.data, b.len, &f), -EBADMSG);
+    // error event with an impossible status
+    proto_event e = {.job_id = 1, .kind = PROTO_EV_ERROR, .status = 200};
+    b.len = 0;
+    proto_encode_event(&b, &e);
+    ASSERT_EQ(proto_decode(b.data, b.len, &f), -EBADMSG);
+    cm_buf_free(&b);
+}
+
+/* Random corruption of valid frames: decode returns an error or a frame, never
+ * crashes or leaks (run under ASAN). */
+static void test_corruption(void) {
+    cm_buf b = CM_BUF_INIT;
+    proto_msg msgs[2] = {{S("user"), S("hello there")}, {S("assistant"), S("hi")}};
+    proto_str stop[1] = {S("###")};
+    proto_submit s = {.job_id = 5, .n_msgs = 2, .msgs = msgs, .max_tokens = 10, .temperature = 0.7f, .top_p = 0.9f,
+                      .n_stop = 1, .stop = stop};
+    proto_encode_submit(&b, &s);
+    uint8_t *copy = malloc(b.len);
+    uint64_t rng = 0x9E3779B97F4A7C15ULL;
+    int decoded = 0, rejected = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        memcpy(copy, b.data, b.len);
+        int flips = 1 + iter % 4;
+        for (int k = 0; k < flips; k++) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            size_t pos = PROTO_HDR_SIZE + rng % (b.len - PROTO_HDR_SIZE);
+            copy[pos] = (uint8_t)(rng >> 32);
+        }
+        size_t len = iter % 3 == 0 ? b.len - (rng >> 40) % 5 : b.len;
+        proto_frame f;
+        ssize_t n = proto_decode(copy, len, &f);
+        if (n > 0) {
+            decoded++;
+            proto_frame_free(&f);
+        } else if (n < 0) {
+            rejected++;
+        }
+    }
+    ASSERT_TRUE(rejected > 0);
+    ASSERT_TRUE(decoded + rejected > 10000);
+    free(copy);
+    cm_buf_free(&b);
+}
+
+int main(void) {
+    test_submit_roundtrip();
+    test_events_and_others();
+    test_bad_headers();
+    test_bad_payloads();
+    test_corruption();
+    return kt_done("test_proto");
+}
