@@ -9,6 +9,7 @@
 #                llama-cpp-python builds llama.cpp from source, ~10 min on 2 cores)
 #   unit         ctest in ./build
 #   asan         ./build-asan with -DKOLM_ASAN=ON (ASAN + UBSAN), ctest there
+#   fuzz         libFuzzer run of the frame decoder (build-fuzz, clang), 60 s
 #   cuda         when nvcc exists and the project has CUDA sources: ./build-cuda with
 #                -DKOLM_CUDA=ON (compile check; its ctest runs too when a GPU is visible)
 #   integration  pytest tests/integration against the real `kolm serve`
@@ -113,6 +114,20 @@ step_asan() {
         ctest --test-dir "$REPO/build-asan" --output-on-failure --no-tests=error -j "$JOBS"
 }
 
+# libFuzzer smoke run of the frame decoder (seeded with one valid frame).
+step_fuzz() {
+    CC=clang cmake -S "$REPO" -B "$REPO/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DKOLM_CUDA=OFF -DKOLM_FUZZ=ON -DKOLM_ASAN=ON || return 1
+    cmake --build "$REPO/build-fuzz" --target fuzz_proto -j "$JOBS" || return 1
+    local corpus
+    corpus="$(mktemp -d "${TMPDIR:-/tmp}/kolm-fuzz.XXXXXX")"
+    printf 'KLMF\x00\x01\x00\x03\x00\x00\x00\x06\x81\xa3job\x01' >"$corpus/seed"
+    "$REPO/build-fuzz/bin/fuzz_proto" -max_total_time="${KOLM_FUZZ_SECONDS:-60}" "$corpus" 2>&1 | tail -n 3
+    local rc=${PIPESTATUS[0]}
+    rm -rf "$corpus"
+    return "$rc"
+}
+
 NVCC=""
 find_nvcc() {
     NVCC="$(command -v nvcc || true)"
@@ -166,6 +181,8 @@ if [ "${KOLM_SKIP_ASAN:-0}" = 1 ]; then
 else
     run_step asan step_asan
 fi
+
+if command -v clang >/dev/null 2>&1; then run_step fuzz step_fuzz; else record fuzz FAIL "no clang (setup installs it)"; fi
 
 if [ "${KOLM_SKIP_CUDA:-0}" = 1 ]; then
     record cuda SKIP "KOLM_SKIP_CUDA=1"
