@@ -1,0 +1,401 @@
+/* kolm-worker: one model on one device, serving jobs from the gateway.
+ *
+ *   kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]
+ *               [--ctx N] [--kv-mib M] [--block-size B] [--max-seqs S]
+ *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
+ *               [--seed S] [--stop S]...      (standalone: one request, text to stdout)
+ *
+ * With --fd the worker speaks proto/ frames on that Unix socket: HELLO once the
+ * model is loaded, then SUBMIT/CANCEL/STATS_REQ/SHUTDOWN in, EVENT/STATS out. The
+ * loop alternates non-blocking socket I/O with one scheduler step; it blocks in
+ * poll() only when no job is pending. EOF on the socket means the gateway is gone:
+ * the worker exits at once. A malformed frame is a gateway bug: log and exit 1 (the
+ * gateway respawns workers). */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/cm_buf.h"
+#include "common/cm_log.h"
+#include "kernels/cpu/kn_cpu.h"
+#include "proto/proto.h"
+#include "worker/wk_gguf.h"
+#include "worker/wk_kv.h"
+#include "worker/wk_model.h"
+#include "worker/wk_sched.h"
+#include "worker/wk_template.h"
+#include "worker/wk_tok.h"
+
+#define MAX_OUT_BUF (256u << 20) // a gateway that stops reading this long is gone
+
+typedef struct opts {
+    int fd;
+    const char *model;
+    const char *model_id;
+    int worker_id, threads, ctx, kv_mib, block_size, max_seqs;
+    const char *prompt;
+    int max_tokens;
+    float temperature;
+    int has_seed;
+    uint64_t seed;
+    proto_str stop[PROTO_MAX_STOP];
+    int n_stop;
+} opts;
+
+typedef struct worker {
+    opts o;
+    wk_gguf *g;
+    wk_tok *tok;
+    wk_model *m;
+    wk_kv *kv;
+    kn_backend *be;
+    wk_sched *sched;
+    wk_template_family tmpl;
+    int n_ctx;
+    cm_buf out; // frames waiting to be written (socket mode)
+    // standalone mode
+    cm_buf text;
+    int done;
+    int failed;
+} worker;
+
+static void usage(void) {
+    fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]\n"
+                    "                   [--ctx N] [--kv-mib M] [--block-size B] [--max-seqs S]\n"
+                    "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
+                    "                   [--seed S] [--stop S]...\n");
+}
+
+static int parse_int(const char *s, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, opts *o) {
+    *o = (opts){.fd = -1, .threads = 0, .ctx = 8192, .kv_mib = 512, .block_size = 16, .max_seqs = 32,
+                .max_tokens = 128, .temperature = 0};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage();
+            exit(0);
+        }
+        if (!v) {
+            fprintf(stderr, "kolm-worker: %s needs a value\n", a);
+            return -1;
+        }
+        i++;
+        if (!strcmp(a, "--fd"))
+            bad = parse_int(v, 0, INT_MAX, &o->fd);
+        else if (!strcmp(a, "--model"))
+            o->model = v;
+        else if (!strcmp(a, "--model-id"))
+            o->model_id = v;
+        else if (!strcmp(a, "--worker-id"))
+            bad = parse_int(v, 0, 1 << 20, &o->worker_id);
+        else if (!strcmp(a, "--threads"))
+            bad = parse_int(v, 0, 1024, &o->threads);
+        else if (!strcmp(a, "--ctx"))
+            bad = parse_int(v, 16, 1 << 20, &o->ctx);
+        else if (!strcmp(a, "--kv-mib"))
+            bad = parse_int(v, 1, 1 << 20, &o->kv_mib);
+        else if (!strcmp(a, "--block-size"))
+            bad = parse_int(v, 1, 1024, &o->block_size);
+        else if (!strcmp(a, "--max-seqs"))
+            bad = parse_int(v, 1, 1024, &o->max_seqs);
+        else if (!strcmp(a, "--prompt"))
+            o->prompt = v;
+        else if (!strcmp(a, "--max-tokens"))
+            bad = parse_int(v, 1, 1 << 20, &o->max_tokens);
+        else if (!strcmp(a, "--temperature"))
+            o->temperature = strtof(v, NULL);
+        else if (!strcmp(a, "--seed")) {
+            o->has_seed = 1;
+            o->seed = strtoull(v, NULL, 10);
+        } else if (!strcmp(a, "--stop") && o->n_stop < PROTO_MAX_STOP) {
+            o->stop[o->n_stop].p = (char *)v;
+            o->stop[o->n_stop++].len = (uint32_t)strlen(v);
+        } else {
+            fprintf(stderr, "kolm-worker: unknown option %s\n", a);
+            return -1;
+        }
+        if (bad) {
+            fprintf(stderr, "kolm-worker: bad value for %s: %s\n", a, v);
+            return -1;
+        }
+    }
+    if (!o->model || (o->fd < 0 && !o->prompt)) {
+        usage();
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- events out ---- */
+
+static void on_event(void *ud, const proto_event *ev) {
+    worker *w = ud;
+    if (w->o.fd >= 0) {
+        if (proto_encode_event(&w->out, ev))
+            cm_error("cannot encode event for job %llu", (unsigned long long)ev->job_id);
+        return;
+    }
+    switch (ev->kind) {
+    case PROTO_EV_DELTA: cm_buf_append(&w->text, ev->text.p, ev->text.len); break;
+    case PROTO_EV_FINISH: w->done = 1; break;
+    case PROTO_EV_ERROR:
+        fprintf(stderr, "kolm-worker: %s: %.*s\n", ev->code.p, (int)ev->message.len, ev->message.p);
+        w->done = w->failed = 1;
+        break;
+    default: break;
+    }
+}
+
+/* ---- loading ---- */
+
+static int load(worker *w) {
+    char err[512] = "";
+    int rc = wk_gguf_open(w->o.model, &w->g, err, sizeof err);
+    if (rc) {
+        cm_error("cannot open model %s: %s", w->o.model, err);
+        return rc;
+    }
+    if ((rc = wk_tok_load(w->g, &w->tok, err, sizeof err))) {
+        cm_error("cannot load the tokenizer of %s: %s", w->o.model, err);
+        return rc;
+    }
+    w->be = kn_cpu_create(w->o.threads);
+    if (!w->be) {
+        cm_error("cannot create the CPU backend");
+        return -ENOMEM;
+    }
+    if ((rc = wk_model_load(w->g, w->be, &w->m, err, sizeof err))) {
+        cm_error("cannot load model %s: %s", w->o.model, err);
+        return rc;
+    }
+    const wk_hparams *hp = wk_model_hparams(w->m);
+    w->n_ctx = w->o.ctx < hp->n_ctx_train ? w->o.ctx : hp->n_ctx_train;
+    size_t per_block = (size_t)2 * hp->n_layer * w->o.block_size * hp->n_head_kv * hp->head_dim * 2; // f16 K+V
+    long n_blocks = (long)(((size_t)w->o.kv_mib << 20) / per_block);
+    if (n_blocks < 2) {
+        cm_error("--kv-mib %d is too small for one block of this model", w->o.kv_mib);
+        return -EINVAL;
+    }
+    w->kv = wk_kv_create(w->be, hp->n_layer, hp->n_head_kv, hp->head_dim, w->o.block_size, (int)n_blocks, KN_F16);
+    if (!w->kv) {
+        cm_error("cannot allocate the KV cache (%d MiB)", w->o.kv_mib);
+        return -ENOMEM;
+    }
+    w->tmpl = wk_template_detect(w->g, hp->arch_name);
+    wk_sched_config cfg = {.n_ctx = w->n_ctx, .max_seqs = w->o.max_seqs, .step_tokens = 512};
+    w->sched = wk_sched_create(w->m, w->kv, w->tok, &cfg, on_event, w);
+    if (!w->sched) {
+        cm_error("cannot create the scheduler");
+        return -ENOMEM;
+    }
+    cm_info("loaded %s (%s, %d layers, ctx %d, %ld KV blocks of %d, template %s, %d threads)", w->o.model,
+            hp->arch_name, hp->n_layer, w->n_ctx, n_blocks, w->o.block_size, wk_template_name(w->tmpl),
+            w->be->n_threads);
+    return 0;
+}
+
+static void unload(worker *w) {
+    wk_sched_free(w->sched);
+    wk_kv_free(w->kv);
+    wk_model_free(w->m);
+    if (w->be)
+        w->be->ops->destroy(w->be);
+    wk_tok_free(w->tok);
+    wk_gguf_close(w->g);
+    cm_buf_free(&w->out);
+    cm_buf_free(&w->text);
+}
+
+/* Renders and queues a submit; errors go back as events. */
+static void submit(worker *w, const proto_submit *sub) {
+    char err[256] = "";
+    wk_chat_msg *msgs = calloc(sub->n_msgs ? sub->n_msgs : 1, sizeof *msgs);
+    if (!msgs) {
+        proto_event ev = {.job_id = sub->job_id, .kind = PROTO_EV_ERROR, .status = 503};
+        ev.code = (proto_str){"server_overloaded", 17};
+        ev.message = (proto_str){"out of memory", 13};
+        on_event(w, &ev);
+        return;
+    }
+    for (uint32_t i = 0; i < sub->n_msgs; i++)
+        msgs[i] = (wk_chat_msg){sub->msgs[i].role.p, sub->msgs[i].content.p, sub->msgs[i].content.len};
+    int32_t *toks = NULL;
+    int n = 0;
+    int rc = wk_template_render(w->tmpl, w->tok, msgs, (int)sub->n_msgs, &toks, &n, err, sizeof err);
+    free(msgs);
+    if (rc) {
+        proto_event ev = {.job_id = sub->job_id, .kind = PROTO_EV_ERROR, .status = 400};
+        ev.code = (proto_str){"invalid_request_error", 21};
+        ev.message = (proto_str){err, (uint32_t)strlen(err)};
+        ev.param = (proto_str){"messages", 8};
+        on_event(w, &ev);
+        return;
+    }
+    wk_sched_submit(w->sched, sub, toks, n);
+    free(toks);
+}
+
+/* ---- standalone ---- */
+
+static int run_standalone(worker *w) {
+    proto_msg msg = {{"user", 4}, {(char *)w->o.prompt, (uint32_t)strlen(w->o.prompt)}};
+    proto_submit sub = {.job_id = 1, .n_msgs = 1, .msgs = &msg, .max_tokens = w->o.max_tokens,
+                        .temperature = w->o.temperature, .top_p = 1, .has_seed = (uint8_t)w->o.has_seed,
+                        .seed = w->o.seed, .n_stop = (uint32_t)w->o.n_stop, .stop = w->o.stop};
+    submit(w, &sub);
+    while (!w->done && wk_sched_busy(w->sched))
+        if (wk_sched_step(w->sched))
+            return 1;
+    fwrite(w->text.data, 1, w->text.len, stdout);
+    fputc('\n', stdout);
+    return w->failed;
+}
+
+/* ---- socket mode ---- */
+
+/* Writes as much of w->out as the socket takes. 0, or -1 when the peer is gone. */
+static int flush_out(worker *w) {
+    while (w->out.len) {
+        ssize_t n = write(w->o.fd, w->out.data, w->out.len);
+        if (n > 0) {
+            cm_buf_consume(&w->out, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        return -1;
+    }
+    if (w->out.len > MAX_OUT_BUF) {
+        cm_error("the gateway stopped reading (%zu bytes queued)", w->out.len);
+        return -1;
+    }
+    return 0;
+}
+
+/* Handles one frame. Returns 1 to shut down, 0 to go on. */
+static int handle(worker *w, const proto_frame *f) {
+    switch (f->type) {
+    case PROTO_SUBMIT: submit(w, &f->u.submit); return 0;
+    case PROTO_CANCEL: wk_sched_cancel(w->sched, f->u.cancel_job_id); return 0;
+    case PROTO_STATS_REQ: {
+        proto_stats st;
+        wk_sched_stats(w->sched, &st);
+        proto_encode_stats(&w->out, &st);
+        return 0;
+    }
+    case PROTO_SHUTDOWN: return 1;
+    default: cm_warn("ignoring frame type %d from the gateway", f->type); return 0;
+    }
+}
+
+static int run_socket(worker *w) {
+    int fd = w->o.fd;
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    const wk_hparams *hp = wk_model_hparams(w->m);
+    const char *base = strrchr(w->o.model, '/');
+    const char *id = w->o.model_id ? w->o.model_id : base ? base + 1 : w->o.model;
+    proto_hello h = {.worker_id = (uint32_t)w->o.worker_id, .pid = (int32_t)getpid(),
+                     .model_id = {(char *)id, (uint32_t)strlen(id)},
+                     .arch = {(char *)hp->arch_name, (uint32_t)strlen(hp->arch_name)},
+                     .n_ctx = (uint32_t)w->n_ctx, .n_vocab = (uint32_t)hp->n_vocab};
+    if (proto_encode_hello(&w->out, &h) || flush_out(w))
+        return 1;
+    cm_buf in = CM_BUF_INIT;
+    int rc = 0;
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN | (w->out.len ? POLLOUT : 0)};
+        int timeout = wk_sched_busy(w->sched) ? 0 : -1;
+        if (poll(&p, 1, timeout) < 0 && errno != EINTR) {
+            rc = 1;
+            break;
+        }
+        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+            int eof = 0;
+            for (;;) {
+                if (cm_buf_reserve(&in, 65536)) {
+                    rc = 1;
+                    goto out;
+                }
+                ssize_t n = read(fd, in.data + in.len, in.cap - in.len);
+                if (n > 0) {
+                    in.len += (size_t)n;
+                    continue;
+                }
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+                    eof = 1;
+                break;
+            }
+            size_t off = 0;
+            while (off < in.len) {
+                proto_frame f;
+                ssize_t n = proto_decode(in.data + off, in.len - off, &f);
+                if (n == 0)
+                    break;
+                if (n < 0) {
+                    cm_error("bad frame from the gateway: %s", proto_strerror((int)n));
+                    rc = 1;
+                    goto out;
+                }
+                off += (size_t)n;
+                int stop = handle(w, &f);
+                proto_frame_free(&f);
+                if (stop) {
+                    cm_info("shutdown requested");
+                    flush_out(w);
+                    goto out;
+                }
+            }
+            cm_buf_consume(&in, off);
+            if (eof) {
+                cm_info("the gateway closed the socket; exiting");
+                goto out;
+            }
+        }
+        if (wk_sched_busy(w->sched) && wk_sched_step(w->sched)) {
+            rc = 1;
+            break;
+        }
+        if (flush_out(w)) {
+            rc = 1;
+            break;
+        }
+    }
+out:
+    cm_buf_free(&in);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    worker w = {0};
+    if (parse_args(argc, argv, &w.o))
+        return 2;
+    char tag[32];
+    snprintf(tag, sizeof tag, "worker%d", w.o.worker_id);
+    cm_log_init(tag, CM_LOG_INFO);
+    signal(SIGPIPE, SIG_IGN);
+    int rc = load(&w) ? 1 : w.o.fd >= 0 ? run_socket(&w) : run_standalone(&w);
+    unload(&w);
+    return rc;
+}
