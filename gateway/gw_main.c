@@ -1,0 +1,187 @@
+/* kolm: the command-line entry. `kolm serve` runs the gateway: it spawns the
+ * worker pool, listens for HTTP, and runs the h2o event loop until SIGINT/SIGTERM,
+ * then stops the workers and exits 0. */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/cm_log.h"
+#include "gateway/gw_http.h"
+#include "gateway/gw_pool.h"
+
+#define DEFAULT_MODEL "gemma-3-270m-q4_k_m.gguf"
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop = 1;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: kolm serve [--http] [MODEL_PATH] [--port 8765] [--host 127.0.0.1] [--workers N]\n"
+               "                  [--threads T] [--ctx N] [--max-body BYTES]\n"
+               "\n"
+               "Serves MODEL_PATH (a GGUF file; default $KOLM_HOME/models/" DEFAULT_MODEL ",\n"
+               "KOLM_HOME defaulting to ~/.kolm) with an OpenAI-compatible API on http://HOST:PORT/v1.\n"
+               "  --http          serve HTTP (the default and only transport)\n"
+               "  --port N        TCP port (default 8765)\n"
+               "  --host ADDR     bind address (default 127.0.0.1: loopback only)\n"
+               "  --workers N     worker processes (default 1)\n"
+               "  --threads T     compute threads per worker (default: all cores / workers)\n"
+               "  --ctx N         context window in tokens (default min(model, 8192))\n"
+               "  --max-body B    largest request body in bytes (default 8388608)\n");
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Path of kolm-worker beside this executable. */
+static int worker_path(char *out, size_t n) {
+    char self[PATH_MAX];
+    ssize_t l = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (l <= 0)
+        return -1;
+    self[l] = 0;
+    char *slash = strrchr(self, '/');
+    if (!slash)
+        return -1;
+    *slash = 0;
+    if ((size_t)snprintf(out, n, "%s/kolm-worker", self) >= n)
+        return -1;
+    return access(out, X_OK);
+}
+
+static int serve(int argc, char **argv) {
+    const char *model = NULL, *host = "127.0.0.1";
+    long port = 8765, workers = 1, threads = 0, ctx = 0, max_body = 8L << 20;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--http"))
+            continue;
+        if (a[0] != '-') {
+            if (model) {
+                fprintf(stderr, "kolm serve: more than one model given (%s, %s)\n", model, a);
+                return 2;
+            }
+            model = a;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "kolm serve: %s needs a value\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        int bad = 0;
+        if (!strcmp(a, "--port"))
+            bad = parse_long(v, 1, 65535, &port);
+        else if (!strcmp(a, "--host"))
+            host = v;
+        else if (!strcmp(a, "--workers"))
+            bad = parse_long(v, 1, 256, &workers);
+        else if (!strcmp(a, "--threads"))
+            bad = parse_long(v, 1, 1024, &threads);
+        else if (!strcmp(a, "--ctx"))
+            bad = parse_long(v, 16, 1 << 20, &ctx);
+        else if (!strcmp(a, "--max-body"))
+            bad = parse_long(v, 1024, 1L << 30, &max_body);
+        else {
+            fprintf(stderr, "kolm serve: unknown option %s (see kolm serve --help)\n", a);
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "kolm serve: bad value for %s: %s\n", a, v);
+            return 2;
+        }
+    }
+    char defpath[PATH_MAX];
+    if (!model) {
+        const char *home = getenv("KOLM_HOME");
+        const char *uhome = getenv("HOME");
+        if (home)
+            snprintf(defpath, sizeof defpath, "%s/models/" DEFAULT_MODEL, home);
+        else
+            snprintf(defpath, sizeof defpath, "%s/.kolm/models/" DEFAULT_MODEL, uhome ? uhome : ".");
+        model = defpath;
+    }
+    struct stat stb;
+    if (stat(model, &stb) || !S_ISREG(stb.st_mode)) {
+        fprintf(stderr,
+                "kolm serve: model file %s not found.\n"
+                "Install the embedded default model with deploy/serve-default.sh (or deploy/setup.sh),\n"
+                "or pass the path of a GGUF file.\n",
+                model);
+        return 1;
+    }
+    char wexe[PATH_MAX];
+    if (worker_path(wexe, sizeof wexe)) {
+        fprintf(stderr, "kolm serve: cannot find the kolm-worker executable next to kolm\n");
+        return 1;
+    }
+    if (!threads) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cpus / workers > 0 ? cpus / workers : 1;
+    }
+    const char *slash = strrchr(model, '/');
+    const char *model_id = slash ? slash + 1 : model;
+
+    cm_log_init("gateway", CM_LOG_INFO);
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    h2o_evloop_t *loop = h2o_evloop_create();
+    gw_pool_config pc = {.worker_exe = wexe, .model_path = model, .model_id = model_id, .n_workers = (int)workers,
+                         .threads = (int)threads, .ctx = (int)ctx};
+    gw_pool *pool = gw_pool_create(loop, &pc);
+    if (!pool) {
+        fprintf(stderr, "kolm serve: cannot start the worker pool\n");
+        return 1;
+    }
+    gw_http_config hc = {.host = host, .port = (int)port, .model_id = model_id, .max_body = (size_t)max_body};
+    gw_http *http = gw_http_create(loop, pool, &hc);
+    if (!http) {
+        gw_pool_shutdown(pool, 2000);
+        gw_pool_free(pool);
+        return 1;
+    }
+    cm_info("serving %s as '%s' on http://%s:%ld/v1 (%ld worker(s), %ld thread(s) each)", model, model_id, host, port,
+            workers, threads);
+    while (!g_stop) {
+        h2o_evloop_run(loop, 100);
+        gw_pool_tick(pool);
+    }
+    cm_info("shutting down");
+    gw_pool_shutdown(pool, 5000);
+    gw_http_free(http);
+    gw_pool_free(pool);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "serve"))
+        return serve(argc - 2, argv + 2);
+    fprintf(stderr, "kolm: unknown command '%s' (see kolm --help)\n", argv[1]);
+    return 2;
+}

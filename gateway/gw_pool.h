@@ -1,0 +1,64 @@
+/* gw_pool: the worker processes of one model and the jobs running on them.
+ *
+ * The pool spawns `kolm-worker` processes (socketpair + fork + exec), owns one
+ * h2o socket per worker on the gateway's loop, writes frames with one write in
+ * flight and a queue behind it, and parses the frames that come back. Each job is
+ * owned by its HTTP request (gateway/gw_http.c); the pool only keeps a pointer
+ * and calls the job's callbacks. A worker whose socket closes is dead: its jobs
+ * get on_dead, it is reaped, and it is respawned with backoff. */
+#ifndef GW_POOL_H
+#define GW_POOL_H
+
+#include <h2o.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/cm_buf.h"
+#include "proto/proto.h"
+
+typedef struct gw_pool gw_pool;
+typedef struct gw_job gw_job;
+
+typedef struct gw_job_ops {
+    void (*on_event)(gw_job *job, const proto_event *ev); // a FINISH or ERROR detaches the job first
+    void (*on_dead)(gw_job *job);                          // the worker died; the job is already detached
+} gw_job_ops;
+
+/* Embedded in the request's state; the pool fills the private part. */
+struct gw_job {
+    const gw_job_ops *ops;
+    uint64_t id;
+    int worker; // index, -1 when detached
+};
+
+typedef struct gw_pool_config {
+    const char *worker_exe; // path of kolm-worker
+    const char *model_path;
+    const char *model_id;
+    int n_workers;
+    int threads;
+    int ctx; // 0 = worker default
+} gw_pool_config;
+
+/* Creates the pool and spawns the workers on loop. NULL on failure. */
+gw_pool *gw_pool_create(h2o_loop_t *loop, const gw_pool_config *cfg);
+/* Sends SHUTDOWN, waits up to timeout_ms for the workers to exit, kills the rest. */
+void gw_pool_shutdown(gw_pool *p, int timeout_ms);
+void gw_pool_free(gw_pool *p);
+
+/* Reaps exited workers and respawns dead ones whose backoff has passed. Call
+ * periodically from the loop. */
+void gw_pool_tick(gw_pool *p);
+
+/* Number of workers that said HELLO and are alive. */
+int gw_pool_ready(const gw_pool *p);
+/* Context window reported by the workers (0 before the first HELLO). */
+uint32_t gw_pool_n_ctx(const gw_pool *p);
+
+/* Sends sub (its job_id is set here) on the least-loaded ready worker and attaches
+ * job. 0, or -EAGAIN (no worker ready), -ENOMEM, -EMSGSIZE. */
+int gw_pool_submit(gw_pool *p, gw_job *job, proto_submit *sub);
+/* Detaches job and sends CANCEL if it is still attached. Safe on detached jobs. */
+void gw_pool_cancel(gw_pool *p, gw_job *job);
+
+#endif
