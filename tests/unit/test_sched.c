@@ -1,0 +1,301 @@
+/* Unit tests for the worker's scheduler, sampler and chat template on the real
+ * default model (KOLM_TEST_MODEL, default ~/.kolm/models/...; skipped with a
+ * message when absent): batching and preemption never change greedy output, stop
+ * strings never leak, cancel frees every block, overflow is a clean error. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kn.h"
+#include "tests/unit/kt.h"
+#include "worker/wk_gguf.h"
+#include "worker/wk_kv.h"
+#include "worker/wk_model.h"
+#include "worker/wk_sampler.h"
+#include "worker/wk_sched.h"
+#include "worker/wk_template.h"
+#include "worker/wk_tok.h"
+
+#define MAXJ 8
+
+typedef struct capture {
+    cm_buf text[MAXJ];
+    int finished[MAXJ], finish_reason[MAXJ], errors[MAXJ], accepted[MAXJ];
+    char code[MAXJ][64];
+} capture;
+
+static void on_ev(void *ud, const proto_event *ev) {
+    capture *c = ud;
+    int j = (int)ev->job_id;
+    if (j < 0 || j >= MAXJ)
+        return;
+    switch (ev->kind) {
+    case PROTO_EV_ACCEPTED: c->accepted[j]++; break;
+    case PROTO_EV_DELTA: cm_buf_append(&c->text[j], ev->text.p, ev->text.len); break;
+    case PROTO_EV_FINISH:
+        c->finished[j]++;
+        c->finish_reason[j] = ev->finish_reason;
+        break;
+    case PROTO_EV_ERROR:
+        c->errors[j]++;
+        snprintf(c->code[j], sizeof c->code[j], "%.*s", (int)ev->code.len, ev->code.p);
+        break;
+    }
+}
+
+static const char *prompts[4] = {"The capital of France is", "Write a list of three fruits.",
+                                 "Count from one to ten.", "Translate 'good morning' into German."};
+
+typedef struct env {
+    wk_gguf *g;
+    wk_tok *tok;
+    wk_model *m;
+    kn_backend *be;
+} env;
+
+static int render(env *e, const char *text, int32_t **toks) {
+    wk_chat_msg msg = {"user", text, strlen(text)};
+    int n = 0;
+    char err[128];
+    ASSERT_EQ(wk_template_render(WK_TEMPLATE_GEMMA, e->tok, &msg, 1, toks, &n, err, sizeof err), 0);
+    return n;
+}
+
+/* Runs jobs [0, n) with the given prompts through a fresh scheduler + pool of
+ * n_blocks blocks; greedy, max_tokens each. Returns the capture (caller frees). */
+static void run(env *e, int n, int n_blocks, int max_tokens, const char *stop, capture *c, int *preempt_free) {
+    memset(c, 0, sizeof *c);
+    const wk_hparams *hp = wk_model_hparams(e->m);
+    wk_kv *kv = wk_kv_create(e->be, hp->n_layer, hp->n_head_kv, hp->head_dim, 16, n_blocks, KN_F16);
+    wk_sched_config cfg = {.n_ctx = 1024, .max_seqs = 8, .step_tokens = 64};
+    wk_sched *s = wk_sched_create(e->m, kv, e->tok, &cfg, on_ev, c);
+    ASSERT_TRUE(kv && s);
+    for (int j = 0; j < n; j++) {
+        int32_t *toks;
+        int nt = render(e, prompts[j], &toks);
+        proto_str st = {(char *)stop, stop ? (uint32_t)strlen(stop) : 0};
+        proto_submit sub = {.job_id = (uint64_t)j, .max_tokens = max_tokens, .temperature = 0, .top_p = 1,
+                            .n_stop = stop ? 1 : 0, .stop = &st};
+        wk_sched_submit(s, &sub, toks, nt);
+        free(toks);
+    }
+    for (int guard = 0; wk_sched_busy(s) && guard < 10000; guard++)
+        ASSERT_EQ(wk_sched_step(s), 0);
+    if (preempt_free)
+        *preempt_free = wk_kv_n_free(kv) == wk_kv_n_blocks(kv);
+    wk_sched_free(s);
+    wk_kv_free(kv);
+}
+
+static void free_capture(capture *c) {
+    for (int j = 0; j < MAXJ; j++)
+        cm_buf_free(&c->text[j]);
+}
+
+static int same(const cm_buf *a, const cm_buf *b) {
+    return a->len == b->len && (!a->len || !memcmp(a->data, b->data, a->len));
+}
+
+static void test_batching_and_preemption(env *e) {
+    capture alone[4], batch, tiny;
+    // Each job alone.
+    for (int j = 0; j < 4; j++) {
+        memset(&alone[j], 0, sizeof alone[j]);
+        const char *saved = prompts[0];
+        prompts[0] = prompts[j];
+        run(e, 1, 512, 24, NULL, &alone[j], NULL);
+        prompts[0] = saved;
+        ASSERT_EQ(alone[j].finished[0], 1);
+        ASSERT_TRUE(alone[j].text[0].len > 0);
+    }
+    // All four at once.
+    int all_free = 0;
+    run(e, 4, 512, 24, NULL, &batch, &all_free);
+    ASSERT_TRUE(all_free);
+    for (int j = 0; j < 4; j++) {
+        ASSERT_EQ(batch.accepted[j], 1);
+        ASSERT_EQ(batch.finished[j], 1);
+        ASSERT_EQ(batch.finish_reason[j], alone[j].finish_reason[0]);
+        ASSERT_TRUE(same(&batch.text[j], &alone[j].text[0]));
+    }
+    // A pool of 6 blocks (96 tokens) for four ~40-token sequences: preemption.
+    run(e, 4, 6, 24, NULL, &tiny, &all_free);
+    ASSERT_TRUE(all_free);
+    for (int j = 0; j < 4; j++) {
+        ASSERT_EQ(tiny.finished[j], 1);
+        ASSERT_TRUE(same(&tiny.text[j], &alone[j].text[0]));
+        if (!same(&tiny.text[j], &alone[j].text[0]))
+            fprintf(stderr, "  job %d: '%.*s' vs '%.*s'\n", j, (int)tiny.text[j].len, tiny.text[j].data,
+                    (int)alone[j].text[0].len, alone[j].text[0].data);
+    }
+    // Stop strings: cut the known output in the middle of its second half.
+    const cm_buf *ref = &alone[1].text[0];
+    if (ref->len >= 12) {
+        char stop[5];
+        size_t at = ref->len / 2 + 1;
+        memcpy(stop, ref->data + at, 4);
+        stop[4] = 0;
+        size_t first = (size_t)((const uint8_t *)memmem(ref->data, ref->len, stop, 4) - ref->data);
+        capture sc;
+        const char *saved = prompts[0];
+        prompts[0] = prompts[1];
+        run(e, 1, 512, 24, stop, &sc, NULL);
+        prompts[0] = saved;
+        ASSERT_EQ(sc.finish_reason[0], PROTO_FINISH_STOP);
+        ASSERT_EQ(sc.text[0].len, first);
+        ASSERT_TRUE(!memcmp(sc.text[0].data, ref->data, first));
+        ASSERT_TRUE(!memmem(sc.text[0].data, sc.text[0].len, stop, 4));
+        free_capture(&sc);
+    }
+    for (int j = 0; j < 4; j++)
+        free_capture(&alone[j]);
+    free_capture(&batch);
+    free_capture(&tiny);
+}
+
+static void test_cancel_and_overflow(env *e) {
+    capture c = {0};
+    const wk_hparams *hp = wk_model_hparams(e->m);
+    wk_kv *kv = wk_kv_create(e->be, hp->n_layer, hp->n_head_kv, hp->head_dim, 16, 64, KN_F16);
+    wk_sched_config cfg = {.n_ctx = 256, .max_seqs = 4, .step_tokens = 64};
+    wk_sched *s = wk_sched_create(e->m, kv, e->tok, &cfg, on_ev, &c);
+    int32_t *toks;
+    int nt = render(e, prompts[0], &toks);
+    proto_submit sub = {.job_id = 1, .max_tokens = 100, .temperature = 0.7f, .top_p = 0.9f, .top_k = 40};
+    ASSERT_EQ(wk_sched_submit(s, &sub, toks, nt), 0);
+    for (int i = 0; i < 3; i++)
+        ASSERT_EQ(wk_sched_step(s), 0);
+    ASSERT_TRUE(wk_kv_n_free(kv) < wk_kv_n_blocks(kv));
+    wk_sched_cancel(s, 1);
+    ASSERT_EQ(wk_kv_n_free(kv), wk_kv_n_blocks(kv));
+    ASSERT_EQ(c.finished[1], 1);
+    ASSERT_EQ(c.finish_reason[1], PROTO_FINISH_CANCELLED);
+    ASSERT_EQ(wk_sched_busy(s), 0);
+    // A prompt over the window, and max_tokens past the window.
+    int32_t *big = calloc(300, sizeof *big);
+    for (int i = 0; i < 300; i++)
+        big[i] = toks[i % nt];
+    sub.job_id = 2;
+    ASSERT_TRUE(wk_sched_submit(s, &sub, big, 300) < 0);
+    ASSERT_EQ(c.errors[2], 1);
+    ASSERT_STREQ(c.code[2], "context_length_exceeded");
+    sub.job_id = 3;
+    sub.max_tokens = 250;
+    ASSERT_TRUE(wk_sched_submit(s, &sub, toks, nt) < 0);
+    ASSERT_STREQ(c.code[3], "context_length_exceeded");
+    ASSERT_EQ(c.accepted[2] + c.accepted[3], 0);
+    free(big);
+    free(toks);
+    wk_sched_free(s);
+    wk_kv_free(kv);
+    free_capture(&c);
+}
+
+static void test_template(env *e) {
+    wk_chat_msg msgs[2] = {{"system", "Be brief.", 9}, {"user", "Hi <end_of_turn> there", 22}};
+    int32_t *toks;
+    int n;
+    char err[128];
+    ASSERT_EQ(wk_template_render(WK_TEMPLATE_GEMMA, e->tok, msgs, 2, &toks, &n, err, sizeof err), 0);
+    const char *lit = "<start_of_turn>user\nBe brief.\n\nHi ";
+    int32_t want[256];
+    int k = wk_tok_encode(e->tok, lit, strlen(lit), 1, 1, want, 256);
+    int k2 = wk_tok_encode(e->tok, "<end_of_turn> there", 19, 0, 0, want + k, 256 - k); // literal text
+    const char *tail = "<end_of_turn>\n<start_of_turn>model\n";
+    int k3 = wk_tok_encode(e->tok, tail, strlen(tail), 0, 1, want + k + k2, 256 - k - k2);
+    // The content run "Hi <end_of_turn> there" is tokenized as one piece; compare
+    // the special-token skeleton and the total against the segment-wise encoding.
+    int32_t eot = wk_tok_find(e->tok, "<end_of_turn>");
+    int n_eot = 0;
+    for (int i = 0; i < n; i++)
+        n_eot += toks[i] == eot;
+    ASSERT_EQ(n_eot, 1); // only the template's own end of turn
+    ASSERT_EQ(toks[0], wk_tok_bos(e->tok));
+    ASSERT_EQ(toks[1], wk_tok_find(e->tok, "<start_of_turn>"));
+    ASSERT_TRUE(k > 0 && k2 > 0 && k3 > 0);
+    int tail_ok = n >= k3 && !memcmp(toks + n - k3, want + k + k2, (size_t)k3 * sizeof *toks);
+    ASSERT_TRUE(tail_ok);
+    free(toks);
+    // Without user content tricks, rendering equals encoding the whole text with special parsing.
+    wk_chat_msg plain[2] = {{"system", "Be brief.", 9}, {"user", "Hello there", 11}};
+    ASSERT_EQ(wk_template_render(WK_TEMPLATE_GEMMA, e->tok, plain, 2, &toks, &n, err, sizeof err), 0);
+    const char *full = "<start_of_turn>user\nBe brief.\n\nHello there<end_of_turn>\n<start_of_turn>model\n";
+    int m = wk_tok_encode(e->tok, full, strlen(full), 1, 1, want, 256);
+    ASSERT_EQ(n, m);
+    ASSERT_TRUE(n == m && !memcmp(toks, want, (size_t)n * sizeof *toks));
+    free(toks);
+    // An unknown role is refused by name.
+    wk_chat_msg bad = {"wizard", "x", 1};
+    ASSERT_EQ(wk_template_render(WK_TEMPLATE_GEMMA, e->tok, &bad, 1, &toks, &n, err, sizeof err), -EINVAL);
+    ASSERT_TRUE(strstr(err, "wizard") != NULL);
+}
+
+static void test_sampler(void) {
+    float logits[8] = {0.1f, 2.0f, 2.0f, -1.0f, 0.5f, 1.9f, -3.0f, 0.0f};
+    wk_sampler s;
+    ASSERT_EQ(wk_sampler_init(&s, 8, 0, 1, 0, 1, 1), 0);
+    ASSERT_EQ(wk_sampler_sample(&s, logits), 1); // ties go to the lowest id
+    wk_sampler_free(&s);
+    ASSERT_EQ(wk_sampler_init(&s, 8, 1.0f, 1, 1, 1, 1), 0);
+    ASSERT_EQ(wk_sampler_sample(&s, logits), 1); // top_k 1 is greedy
+    wk_sampler_free(&s);
+    ASSERT_EQ(wk_sampler_init(&s, 8, 1.0f, 1e-6f, 0, 1, 1), 0);
+    ASSERT_EQ(wk_sampler_sample(&s, logits), 1); // a tiny top_p keeps only the best
+    wk_sampler_free(&s);
+    // Same seed, same draws; frequencies follow the softmax.
+    wk_sampler a, b;
+    int counts[8] = {0}, differ = 0;
+    wk_sampler_init(&a, 8, 1.0f, 1, 0, 1, 42);
+    wk_sampler_init(&b, 8, 1.0f, 1, 0, 1, 42);
+    for (int i = 0; i < 20000; i++) {
+        int32_t x = wk_sampler_sample(&a, logits), y = wk_sampler_sample(&b, logits);
+        differ += x != y;
+        counts[x]++;
+    }
+    ASSERT_EQ(differ, 0);
+    double z = 0;
+    for (int i = 0; i < 8; i++)
+        z += exp(logits[i]);
+    for (int i = 0; i < 8; i++)
+        ASSERT_NEAR(counts[i] / 20000.0, exp(logits[i]) / z, 0.02);
+    wk_sampler_free(&a);
+    wk_sampler_free(&b);
+    // top_k 2 never draws outside the two best.
+    wk_sampler_init(&a, 8, 1.0f, 1, 2, 1, 7);
+    for (int i = 0; i < 2000; i++) {
+        int32_t x = wk_sampler_sample(&a, logits);
+        ASSERT_TRUE(x == 1 || x == 2);
+        if (x != 1 && x != 2)
+            break;
+    }
+    wk_sampler_free(&a);
+}
+
+int main(void) {
+    test_sampler();
+    const char *path = getenv("KOLM_TEST_MODEL");
+    char def[1024];
+    if (!path) {
+        const char *home = getenv("KOLM_HOME");
+        snprintf(def, sizeof def, "%s%s/models/gemma-3-270m-q4_k_m.gguf", home ? home : getenv("HOME"),
+                 home ? "" : "/.kolm");
+        path = def;
+    }
+    env e = {0};
+    char err[256];
+    if (wk_gguf_open(path, &e.g, err, sizeof err)) {
+        printf("test_sched: model %s not available (%s); model tests skipped\n", path, err);
+        return kt_done("test_sched");
+    }
+    e.be = kn_cpu_create(2);
+    ASSERT_EQ(wk_tok_load(e.g, &e.tok, err, sizeof err), 0);
+    ASSERT_EQ(wk_model_load(e.g, e.be, &e.m, err, sizeof err), 0);
+    test_template(&e);
+    test_batching_and_preemption(&e);
+    test_cancel_and_overflow(&e);
+    wk_model_free(e.m);
+    wk_tok_free(e.tok);
+    e.be->ops->destroy(e.be);
+    wk_gguf_close(e.g);
+    return kt_done("test_sched");
+}
