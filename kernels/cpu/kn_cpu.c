@@ -34,7 +34,6 @@ typedef struct kn_cpu {
     size_t act_cap;
     float *deq; // per-thread dequantized weight row [n_threads, deq_cap]
     size_t deq_cap;
-    const uint16_t *gelu; // kn_gelu_table(), static storage
 } kn_cpu;
 
 static inline void split(int64_t n, int ith, int nth, int64_t *a, int64_t *b) {
@@ -345,7 +344,6 @@ typedef struct {
     const float *a, *b;
     int64_t n, n_row;
     int act;
-    const uint16_t *gelu; // kn_gelu_table()
     kn_cpu *c;
     float *y;
 } ew_ctx;
@@ -358,13 +356,12 @@ static void glu_run(void *vctx, int ith, int nth) {
         for (int64_t i = a; i < b; i++)
             e->y[i] = kn_silu(e->a[i]) * e->b[i];
     } else {
-        // NOTE: llama.cpp's table GELU (kn_act.h), not an exact tanh GELU.
-        e->c->dt.geglu(e->gelu, e->a + a, e->b + a, b - a, e->y + a);
+        e->c->dt.geglu(e->a + a, e->b + a, b - a, e->y + a);
     }
 }
 
 static void cpu_glu(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y) {
-    ew_ctx e = {.a = g, .b = u, .n = n, .act = act, .gelu = ((kn_cpu *)be)->gelu, .c = (kn_cpu *)be, .y = y};
+    ew_ctx e = {.a = g, .b = u, .n = n, .act = act, .c = (kn_cpu *)be, .y = y};
     run((kn_cpu *)be, glu_run, &e, n * 8);
 }
 
@@ -556,7 +553,6 @@ kn_backend *kn_cpu_create_ex(int n_threads, int flags) {
         return NULL;
     c->base.ops = &cpu_ops;
     c->base.n_threads = n_threads;
-    c->gelu = kn_gelu_table();
     kn_dot_table_scalar(&c->dt);
     if (!(flags & KN_CPU_NO_SIMD) && kn_dot_table_avx2(&c->dt) == 0) {
         c->simd = 1;

@@ -50,8 +50,8 @@ typedef struct kn_dot_table {
     void (*dot_kv_n)(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out);
     void (*wsum_kv)(float *acc, int nq, const float *w, size_t ws, const void *const *v, int nv, int kv_type,
                     int64_t n);
-    /* y[i] = kn_gelu(tab, g[i]) * u[i] (kn_act.h), bit for bit. */
-    void (*geglu)(const uint16_t *tab, const float *g, const float *u, int64_t n, float *y);
+    /* y[i] = kn_gelu(g[i]) * u[i] (kn_act.h). */
+    void (*geglu)(const float *g, const float *u, int64_t n, float *y);
     /* F32 -> F16 conversion of n values. */
     void (*to_f16)(const float *x, uint16_t *y, int64_t n);
 } kn_dot_table;

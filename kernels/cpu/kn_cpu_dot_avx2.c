@@ -387,24 +387,11 @@ static void wsum_kv(float *acc, int nq, const float *w, size_t ws, const void *c
     }
 }
 
-/* kn_gelu 8 at a time: F16C rounds to f16 exactly as kn_f32_to_f16 (nearest
- * even, subnormals kept), the table is read by scalar loads, F16C converts back. */
-static void geglu(const uint16_t *tab, const float *g, const float *u, int64_t n, float *y) {
-    const __m256 lo = _mm256_set1_ps(-10.0f), hi = _mm256_set1_ps(10.0f);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 x = _mm256_loadu_ps(g + i);
-        uint16_t h[8], r[8];
-        _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
-        for (int k = 0; k < 8; k++)
-            r[k] = tab[h[k]];
-        __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)r));
-        v = _mm256_blendv_ps(v, x, _mm256_cmp_ps(x, hi, _CMP_GE_OQ));
-        v = _mm256_blendv_ps(v, _mm256_setzero_ps(), _mm256_cmp_ps(x, lo, _CMP_LE_OQ));
-        _mm256_storeu_ps(y + i, _mm256_mul_ps(v, _mm256_loadu_ps(u + i)));
-    }
-    for (; i < n; i++)
-        y[i] = kn_gelu(tab, g[i]) * u[i];
+/* kn_gelu(g) * u (tanhf has no vector form here; the FFN's GELU is a small
+ * fraction of a step next to its matmuls). */
+static void geglu(const float *g, const float *u, int64_t n, float *y) {
+    for (int64_t i = 0; i < n; i++)
+        y[i] = kn_gelu(g[i]) * u[i];
 }
 
 static void to_f16(const float *x, uint16_t *y, int64_t n) {

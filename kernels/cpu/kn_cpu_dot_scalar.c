@@ -215,9 +215,9 @@ static void wsum_kv(float *acc, int nq, const float *w, size_t ws, const void *c
         }
 }
 
-static void geglu(const uint16_t *tab, const float *g, const float *u, int64_t n, float *y) {
+static void geglu(const float *g, const float *u, int64_t n, float *y) {
     for (int64_t i = 0; i < n; i++)
-        y[i] = kn_gelu(tab, g[i]) * u[i];
+        y[i] = kn_gelu(g[i]) * u[i];
 }
 
 static void to_f16(const float *x, uint16_t *y, int64_t n) {
