@@ -66,7 +66,16 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited ({self.proc.returncode}); see {self.log.name}")
             try:
+                # kolm answers /health 200 once a worker is ready (503 before);
+                # a server without /health (404) is ready when it answers at all.
                 c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                c.request("GET", "/health")
+                r = c.getresponse()
+                r.read()
+                if r.status not in (200, 404):
+                    c.close()
+                    time.sleep(0.2)
+                    continue
                 c.request("GET", "/v1/models")
                 r = c.getresponse()
                 body = r.read()
