@@ -44,3 +44,12 @@ void cm_assert_fail(const char *expr, const char *file, int line) {
             line);
     abort();
 }
+
+void cm_set_err(char *err, size_t errlen, const char *fmt, ...) {
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}

@@ -8,6 +8,7 @@
 #define CM_LOG_H
 
 #include <stdarg.h>
+#include <stddef.h>
 
 typedef enum cm_log_level {
     CM_LOG_DEBUG = 0,
@@ -25,6 +26,10 @@ void cm_log(cm_log_level level, const char *fmt, ...) __attribute__((format(prin
 #define cm_info(...) cm_log(CM_LOG_INFO, __VA_ARGS__)
 #define cm_warn(...) cm_log(CM_LOG_WARN, __VA_ARGS__)
 #define cm_error(...) cm_log(CM_LOG_ERROR, __VA_ARGS__)
+
+/* Formats an error message into err[0..errlen) (the "char *err, size_t errlen"
+ * out-parameters of loaders); a NULL err or zero errlen is allowed and ignored. */
+void cm_set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Logs file, line and the failed expression, then aborts. */
 void cm_assert_fail(const char *expr, const char *file, int line) __attribute__((noreturn));

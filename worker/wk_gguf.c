@@ -11,10 +11,10 @@
  * String arrays get a table of offsets at open so wk_gguf_arr_str is O(1) even for
  * the 262144-entry token list. */
 #include "worker/wk_gguf.h"
+#include "common/cm_log.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,14 +54,6 @@ typedef struct cursor {
     size_t size, pos;
 } cursor;
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int cur_need(const cursor *c, uint64_t n) { return c->size - c->pos >= n; }
 
@@ -149,11 +141,11 @@ static int parse_kv(cursor *c, wk_kv *kv, uint64_t idx, char *err, size_t errlen
     uint64_t klen;
     uint32_t type;
     if (cur_str(c, &key, &klen) < 0) {
-        set_err(err, errlen, "truncated metadata key #%llu", (unsigned long long)idx);
+        cm_set_err(err, errlen, "truncated metadata key #%llu", (unsigned long long)idx);
         return -1;
     }
     if (klen == 0 || klen > WK_GGUF_MAX_KEY || memchr(key, 0, klen)) {
-        set_err(err, errlen, "bad metadata key #%llu (length %llu)", (unsigned long long)idx,
+        cm_set_err(err, errlen, "bad metadata key #%llu (length %llu)", (unsigned long long)idx,
                 (unsigned long long)klen);
         return -1;
     }
@@ -161,7 +153,7 @@ static int parse_kv(cursor *c, wk_kv *kv, uint64_t idx, char *err, size_t errlen
     kv->key_len = klen;
     int kl = (int)klen;
     if (cur_u32(c, &type) < 0) {
-        set_err(err, errlen, "truncated type of metadata key %.*s", kl, key);
+        cm_set_err(err, errlen, "truncated type of metadata key %.*s", kl, key);
         return -1;
     }
     kv->type = (wk_gguf_vtype)type;
@@ -170,7 +162,7 @@ static int parse_kv(cursor *c, wk_kv *kv, uint64_t idx, char *err, size_t errlen
         const char *s;
         uint64_t n;
         if (cur_str(c, &s, &n) < 0) {
-            set_err(err, errlen, "truncated string value of %.*s", kl, key);
+            cm_set_err(err, errlen, "truncated string value of %.*s", kl, key);
             return -1;
         }
         return 0;
@@ -178,11 +170,11 @@ static int parse_kv(cursor *c, wk_kv *kv, uint64_t idx, char *err, size_t errlen
     if (type != WK_GGUF_ARRAY) {
         size_t sz = vtype_size(type);
         if (!sz) {
-            set_err(err, errlen, "unknown value type %u for %.*s", type, kl, key);
+            cm_set_err(err, errlen, "unknown value type %u for %.*s", type, kl, key);
             return -1;
         }
         if (!cur_need(c, sz)) {
-            set_err(err, errlen, "truncated value of %.*s", kl, key);
+            cm_set_err(err, errlen, "truncated value of %.*s", kl, key);
             return -1;
         }
         c->pos += sz;
@@ -191,24 +183,24 @@ static int parse_kv(cursor *c, wk_kv *kv, uint64_t idx, char *err, size_t errlen
     uint32_t et;
     uint64_t n;
     if (cur_u32(c, &et) < 0 || cur_u64(c, &n) < 0) {
-        set_err(err, errlen, "truncated array header of %.*s", kl, key);
+        cm_set_err(err, errlen, "truncated array header of %.*s", kl, key);
         return -1;
     }
     kv->etype = (wk_gguf_vtype)et;
     kv->n = n;
     kv->val = c->base + c->pos;
     if (et == WK_GGUF_ARRAY) {
-        set_err(err, errlen, "nested arrays are not supported (%.*s)", kl, key);
+        cm_set_err(err, errlen, "nested arrays are not supported (%.*s)", kl, key);
         return -1;
     }
     if (et == WK_GGUF_STRING) {
         if (n > (c->size - c->pos) / 8) {
-            set_err(err, errlen, "string array %.*s: count %llu exceeds the file", kl, key, (unsigned long long)n);
+            cm_set_err(err, errlen, "string array %.*s: count %llu exceeds the file", kl, key, (unsigned long long)n);
             return -1;
         }
         kv->str_offs = malloc((n ? n : 1) * sizeof(uint64_t));
         if (!kv->str_offs) {
-            set_err(err, errlen, "out of memory for string array %.*s", kl, key);
+            cm_set_err(err, errlen, "out of memory for string array %.*s", kl, key);
             return -2;
         }
         for (uint64_t i = 0; i < n; i++) {
@@ -216,7 +208,7 @@ static int parse_kv(cursor *c, wk_kv *kv, uint64_t idx, char *err, size_t errlen
             uint64_t sl;
             kv->str_offs[i] = c->pos;
             if (cur_str(c, &s, &sl) < 0) {
-                set_err(err, errlen, "truncated string %llu of array %.*s", (unsigned long long)i, kl, key);
+                cm_set_err(err, errlen, "truncated string %llu of array %.*s", (unsigned long long)i, kl, key);
                 return -1;
             }
         }
@@ -224,11 +216,11 @@ static int parse_kv(cursor *c, wk_kv *kv, uint64_t idx, char *err, size_t errlen
     }
     size_t sz = vtype_size(et);
     if (!sz) {
-        set_err(err, errlen, "unknown array element type %u for %.*s", et, kl, key);
+        cm_set_err(err, errlen, "unknown array element type %u for %.*s", et, kl, key);
         return -1;
     }
     if (n > (c->size - c->pos) / sz) {
-        set_err(err, errlen, "array %.*s: %llu elements exceed the file", kl, key, (unsigned long long)n);
+        cm_set_err(err, errlen, "array %.*s: %llu elements exceed the file", kl, key, (unsigned long long)n);
         return -1;
     }
     c->pos += n * sz;
@@ -246,7 +238,7 @@ static int index_tensors(wk_gguf *g, char *err, size_t errlen) {
     g->t_hcap = hash_cap((uint64_t)g->n_tensors);
     g->t_hash = calloc(g->t_hcap, sizeof(uint32_t));
     if (!g->t_hash) {
-        set_err(err, errlen, "out of memory");
+        cm_set_err(err, errlen, "out of memory");
         return -ENOMEM;
     }
     uint32_t mask = g->t_hcap - 1;
@@ -255,7 +247,7 @@ static int index_tensors(wk_gguf *g, char *err, size_t errlen) {
         uint32_t h = fnv1a(name, strlen(name)) & mask;
         for (; g->t_hash[h]; h = (h + 1) & mask) {
             if (!strcmp(g->tensors[g->t_hash[h] - 1].name, name)) {
-                set_err(err, errlen, "duplicate tensor name %s", name);
+                cm_set_err(err, errlen, "duplicate tensor name %s", name);
                 return -EINVAL;
             }
         }
@@ -268,7 +260,7 @@ static int index_kv(wk_gguf *g, char *err, size_t errlen) {
     g->kv_hcap = hash_cap(g->n_kv);
     g->kv_hash = calloc(g->kv_hcap, sizeof(uint32_t));
     if (!g->kv_hash) {
-        set_err(err, errlen, "out of memory");
+        cm_set_err(err, errlen, "out of memory");
         return -ENOMEM;
     }
     uint32_t mask = g->kv_hcap - 1;
@@ -278,7 +270,7 @@ static int index_kv(wk_gguf *g, char *err, size_t errlen) {
         for (; g->kv_hash[h]; h = (h + 1) & mask) {
             const wk_kv *o = &g->kv[g->kv_hash[h] - 1];
             if (o->key_len == kv->key_len && !memcmp(o->key, kv->key, kv->key_len)) {
-                set_err(err, errlen, "duplicate metadata key %.*s", (int)kv->key_len, kv->key);
+                cm_set_err(err, errlen, "duplicate metadata key %.*s", (int)kv->key_len, kv->key);
                 return -EINVAL;
             }
         }
@@ -293,27 +285,27 @@ static int parse_tensor(cursor *c, wk_gguf_tensor *t, uint64_t *rel_off, int idx
     uint64_t nlen;
     uint32_t n_dims, type;
     if (cur_str(c, &name, &nlen) < 0) {
-        set_err(err, errlen, "truncated name of tensor #%d", idx);
+        cm_set_err(err, errlen, "truncated name of tensor #%d", idx);
         return -1;
     }
     if (nlen == 0 || nlen >= WK_GGUF_MAX_NAME || memchr(name, 0, nlen)) {
-        set_err(err, errlen, "bad name of tensor #%d (length %llu)", idx, (unsigned long long)nlen);
+        cm_set_err(err, errlen, "bad name of tensor #%d (length %llu)", idx, (unsigned long long)nlen);
         return -1;
     }
     char *copy = malloc(nlen + 1);
     if (!copy) {
-        set_err(err, errlen, "out of memory");
+        cm_set_err(err, errlen, "out of memory");
         return -2;
     }
     memcpy(copy, name, nlen);
     copy[nlen] = 0;
     t->name = copy;
     if (cur_u32(c, &n_dims) < 0) {
-        set_err(err, errlen, "truncated descriptor of tensor %s", copy);
+        cm_set_err(err, errlen, "truncated descriptor of tensor %s", copy);
         return -1;
     }
     if (n_dims < 1 || n_dims > 4) {
-        set_err(err, errlen, "tensor %s has %u dims (expected 1..4)", copy, n_dims);
+        cm_set_err(err, errlen, "tensor %s has %u dims (expected 1..4)", copy, n_dims);
         return -1;
     }
     t->n_dims = (int)n_dims;
@@ -323,34 +315,34 @@ static int parse_tensor(cursor *c, wk_gguf_tensor *t, uint64_t *rel_off, int idx
     for (uint32_t d = 0; d < n_dims; d++) {
         uint64_t ne;
         if (cur_u64(c, &ne) < 0) {
-            set_err(err, errlen, "truncated dims of tensor %s", copy);
+            cm_set_err(err, errlen, "truncated dims of tensor %s", copy);
             return -1;
         }
         if (ne == 0 || ne > (uint64_t)INT64_MAX || (int64_t)ne > INT64_MAX / nel) {
-            set_err(err, errlen, "tensor %s: bad dim %u = %llu", copy, d, (unsigned long long)ne);
+            cm_set_err(err, errlen, "tensor %s: bad dim %u = %llu", copy, d, (unsigned long long)ne);
             return -1;
         }
         t->ne[d] = (int64_t)ne;
         nel *= (int64_t)ne;
     }
     if (cur_u32(c, &type) < 0 || cur_u64(c, rel_off) < 0) {
-        set_err(err, errlen, "truncated descriptor of tensor %s", copy);
+        cm_set_err(err, errlen, "truncated descriptor of tensor %s", copy);
         return -1;
     }
     if (type >= KN_TYPE_COUNT || !kn_type_supported((kn_type)type)) {
-        set_err(err, errlen, "tensor %s has unsupported type %u (%s)", copy, type, kn_type_name((kn_type)type));
+        cm_set_err(err, errlen, "tensor %s has unsupported type %u (%s)", copy, type, kn_type_name((kn_type)type));
         return -1;
     }
     t->type = (kn_type)type;
     size_t row = kn_row_bytes(t->type, t->ne[0]);
     if (!row) {
-        set_err(err, errlen, "tensor %s: row length %lld is not a multiple of the %s block (%lld)", copy,
+        cm_set_err(err, errlen, "tensor %s: row length %lld is not a multiple of the %s block (%lld)", copy,
                 (long long)t->ne[0], kn_type_name(t->type), (long long)kn_type_block_elems(t->type));
         return -1;
     }
     uint64_t rows = (uint64_t)(nel / t->ne[0]);
     if (rows > SIZE_MAX / row) {
-        set_err(err, errlen, "tensor %s is too large", copy);
+        cm_set_err(err, errlen, "tensor %s is too large", copy);
         return -1;
     }
     t->size = row * rows;
@@ -365,29 +357,29 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
     if (err && errlen)
         err[0] = 0;
     if (!out || !path) {
-        set_err(err, errlen, "bad arguments");
+        cm_set_err(err, errlen, "bad arguments");
         return -EINVAL;
     }
     *out = NULL;
     g = calloc(1, sizeof(*g));
     if (!g) {
-        set_err(err, errlen, "out of memory");
+        cm_set_err(err, errlen, "out of memory");
         return -ENOMEM;
     }
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         rc = -errno;
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        cm_set_err(err, errlen, "%s: %s", path, strerror(errno));
         goto fail;
     }
     struct stat st;
     if (fstat(fd, &st) < 0) {
         rc = -errno;
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+        cm_set_err(err, errlen, "%s: %s", path, strerror(errno));
         goto fail;
     }
     if (!S_ISREG(st.st_mode) || st.st_size < 24) {
-        set_err(err, errlen, "%s: not a GGUF file (too small: %lld bytes)", path, (long long)st.st_size);
+        cm_set_err(err, errlen, "%s: not a GGUF file (too small: %lld bytes)", path, (long long)st.st_size);
         goto fail;
     }
     g->map_size = (size_t)st.st_size;
@@ -395,7 +387,7 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
     if (g->map == MAP_FAILED) {
         g->map = NULL;
         rc = -errno;
-        set_err(err, errlen, "%s: mmap: %s", path, strerror(errno));
+        cm_set_err(err, errlen, "%s: mmap: %s", path, strerror(errno));
         goto fail;
     }
     close(fd);
@@ -406,12 +398,12 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
     uint64_t n_tensors = 0, n_kv = 0;
     (void)cur_u32(&c, &magic);
     if (memcmp(g->map, "GGUF", 4)) {
-        set_err(err, errlen, "%s: bad magic (not a GGUF file)", path);
+        cm_set_err(err, errlen, "%s: bad magic (not a GGUF file)", path);
         goto fail;
     }
     (void)cur_u32(&c, &g->version);
     if (g->version != 2 && g->version != 3) {
-        set_err(err, errlen, "%s: GGUF version %u is not supported (need 2 or 3; re-convert the model)", path,
+        cm_set_err(err, errlen, "%s: GGUF version %u is not supported (need 2 or 3; re-convert the model)", path,
                 g->version);
         goto fail;
     }
@@ -420,11 +412,11 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
     // Smallest descriptor: name len + 1 byte + n_dims + 1 dim + type + offset = 33 bytes;
     // smallest kv: key len + 1 byte + type + 1 byte value = 14 bytes.
     if (n_tensors > (g->map_size - c.pos) / 33 || n_tensors > INT32_MAX) {
-        set_err(err, errlen, "%s: tensor count %llu does not fit the file", path, (unsigned long long)n_tensors);
+        cm_set_err(err, errlen, "%s: tensor count %llu does not fit the file", path, (unsigned long long)n_tensors);
         goto fail;
     }
     if (n_kv > (g->map_size - c.pos) / 14) {
-        set_err(err, errlen, "%s: metadata count %llu does not fit the file", path, (unsigned long long)n_kv);
+        cm_set_err(err, errlen, "%s: metadata count %llu does not fit the file", path, (unsigned long long)n_kv);
         goto fail;
     }
     g->kv = calloc(n_kv ? n_kv : 1, sizeof(wk_kv));
@@ -432,7 +424,7 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
     rel = calloc(n_tensors ? n_tensors : 1, sizeof(uint64_t));
     if (!g->kv || !g->tensors || !rel) {
         rc = -ENOMEM;
-        set_err(err, errlen, "out of memory");
+        cm_set_err(err, errlen, "out of memory");
         goto fail;
     }
     for (uint64_t i = 0; i < n_kv; i++) {
@@ -451,12 +443,12 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
     if (ak) {
         uint32_t a;
         if (ak->type != WK_GGUF_U32) {
-            set_err(err, errlen, "general.alignment must be a u32");
+            cm_set_err(err, errlen, "general.alignment must be a u32");
             goto fail;
         }
         memcpy(&a, ak->val, 4);
         if (a == 0 || (a & (a - 1))) {
-            set_err(err, errlen, "general.alignment %u is not a power of two", a);
+            cm_set_err(err, errlen, "general.alignment %u is not a power of two", a);
             goto fail;
         }
         align = a;
@@ -477,13 +469,13 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
     for (int i = 0; i < g->n_tensors; i++) {
         wk_gguf_tensor *t = &g->tensors[i];
         if (rel[i] % align) {
-            set_err(err, errlen, "tensor %s: data offset %llu is not aligned to %llu", t->name,
+            cm_set_err(err, errlen, "tensor %s: data offset %llu is not aligned to %llu", t->name,
                     (unsigned long long)rel[i], (unsigned long long)align);
             goto fail;
         }
         if (data_start > g->map_size || rel[i] > g->map_size - data_start ||
             t->size > g->map_size - data_start - rel[i]) {
-            set_err(err, errlen, "truncated tensor data for %s (offset %llu + %zu bytes past the end of the file)",
+            cm_set_err(err, errlen, "truncated tensor data for %s (offset %llu + %zu bytes past the end of the file)",
                     t->name, (unsigned long long)rel[i], t->size);
             goto fail;
         }
@@ -494,7 +486,7 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
         order = malloc((size_t)g->n_tensors * sizeof(*order));
         if (!order) {
             rc = -ENOMEM;
-            set_err(err, errlen, "out of memory");
+            cm_set_err(err, errlen, "out of memory");
             goto fail;
         }
         for (int i = 0; i < g->n_tensors; i++)
@@ -503,7 +495,7 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
         for (int i = 1; i < g->n_tensors; i++) {
             const uint8_t *end = (const uint8_t *)order[i - 1]->data + order[i - 1]->size;
             if ((const uint8_t *)order[i]->data < end) {
-                set_err(err, errlen, "tensor %s overlaps tensor %s", order[i]->name, order[i - 1]->name);
+                cm_set_err(err, errlen, "tensor %s overlaps tensor %s", order[i]->name, order[i - 1]->name);
                 goto fail;
             }
         }

@@ -28,10 +28,10 @@
  * buffers; the forward pass allocates nothing. On host backends (cpu, ref) the
  * weights are used in place in the GGUF mapping; otherwise each is uploaded once. */
 #include "worker/wk_model.h"
+#include "common/cm_log.h"
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,15 +75,6 @@ struct wk_model {
     int32_t *h_slot;                                         // [max_tokens] host
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static int own(wk_model *m, void *p) {
     if (m->n_owned == m->cap_owned) {
@@ -121,7 +112,7 @@ static int key_i64(const wk_gguf *g, const char *arch, const char *suffix, int64
     if (rc == -ENOENT && !required)
         return 1;
     if (rc < 0)
-        set_err(err, errlen, "metadata %s: %s", key, rc == -ENOENT ? "missing" : "wrong type or out of range");
+        cm_set_err(err, errlen, "metadata %s: %s", key, rc == -ENOENT ? "missing" : "wrong type or out of range");
     return rc;
 }
 
@@ -133,13 +124,13 @@ static int key_f32(const wk_gguf *g, const char *arch, const char *suffix, float
     if (rc == -ENOENT && !required)
         return 1;
     if (rc < 0)
-        set_err(err, errlen, "metadata %s: %s", key, rc == -ENOENT ? "missing" : "wrong type");
+        cm_set_err(err, errlen, "metadata %s: %s", key, rc == -ENOENT ? "missing" : "wrong type");
     return rc;
 }
 
 static int positive_int(int64_t v, const char *what, int *out, char *err, size_t errlen) {
     if (v <= 0 || v > (1 << 24)) {
-        set_err(err, errlen, "metadata %s = %lld is out of range", what, (long long)v);
+        cm_set_err(err, errlen, "metadata %s = %lld is out of range", what, (long long)v);
         return -EINVAL;
     }
     *out = (int)v;
@@ -153,7 +144,7 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
     size_t len;
     int rc;
     if (wk_gguf_get_str(g, "general.architecture", &s, &len) < 0) {
-        set_err(err, errlen, "metadata general.architecture missing");
+        cm_set_err(err, errlen, "metadata general.architecture missing");
         return -EINVAL;
     }
     if (len == 6 && !memcmp(s, "gemma3", 6))
@@ -163,7 +154,7 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
     else if (len == 5 && !memcmp(s, "llama", 5))
         hp->arch = WK_ARCH_LLAMA;
     else {
-        set_err(err, errlen, "unsupported architecture '%.*s' (supported: gemma3, qwen2, llama)",
+        cm_set_err(err, errlen, "unsupported architecture '%.*s' (supported: gemma3, qwen2, llama)",
                 (int)(len > 64 ? 64 : len), s);
         return -ENOTSUP;
     }
@@ -190,7 +181,7 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
     if (rc == 0 && (rc = positive_int(v, "attention.head_count_kv", &hp->n_head_kv, err, errlen)) < 0)
         return rc;
     if (hp->n_head % hp->n_head_kv) {
-        set_err(err, errlen, "attention.head_count %d is not a multiple of head_count_kv %d", hp->n_head,
+        cm_set_err(err, errlen, "attention.head_count %d is not a multiple of head_count_kv %d", hp->n_head,
                 hp->n_head_kv);
         return -EINVAL;
     }
@@ -202,7 +193,7 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
     if ((rc = key_i64(g, a, "attention.value_length", &v, 0, err, errlen)) < 0)
         return rc;
     if (rc == 0 && v != hp->head_dim) {
-        set_err(err, errlen, "attention.value_length %lld != key_length %d is not supported", (long long)v,
+        cm_set_err(err, errlen, "attention.value_length %lld != key_length %d is not supported", (long long)v,
                 hp->head_dim);
         return -ENOTSUP;
     }
@@ -223,7 +214,7 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
     if (rc == 0 && (rc = positive_int(v, "rope.dimension_count", &hp->n_rot, err, errlen)) < 0)
         return rc;
     if (hp->n_rot > hp->head_dim || hp->n_rot % 2) {
-        set_err(err, errlen, "rope.dimension_count %d is odd or exceeds head dim %d", hp->n_rot, hp->head_dim);
+        cm_set_err(err, errlen, "rope.dimension_count %d is odd or exceeds head dim %d", hp->n_rot, hp->head_dim);
         return -EINVAL;
     }
 
@@ -234,14 +225,14 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
     rc = wk_gguf_get_str(g, key, &s, &len);
     if (rc == 0 && !(len == 4 && !memcmp(s, "none", 4))) {
         if (!(len == 6 && !memcmp(s, "linear", 6))) {
-            set_err(err, errlen, "%s '%.*s' is not supported (none, linear)", key, (int)(len > 32 ? 32 : len), s);
+            cm_set_err(err, errlen, "%s '%.*s' is not supported (none, linear)", key, (int)(len > 32 ? 32 : len), s);
             return -ENOTSUP;
         }
         float factor = 1.0f;
         if ((rc = key_f32(g, a, "rope.scaling.factor", &factor, 1, err, errlen)) < 0)
             return rc;
         if (!(factor > 0.0f)) {
-            set_err(err, errlen, "%s.rope.scaling.factor %g is not positive", a, (double)factor);
+            cm_set_err(err, errlen, "%s.rope.scaling.factor %g is not positive", a, (double)factor);
             return -EINVAL;
         }
         hp->rope_freq_scale = 1.0f / factor;
@@ -277,21 +268,21 @@ static int bind_matrix(wk_model *m, const char *name, int64_t n_in, int64_t n_ou
     if (!t) {
         if (!required)
             return 1;
-        set_err(err, errlen, "missing tensor %s", name);
+        cm_set_err(err, errlen, "missing tensor %s", name);
         return -EINVAL;
     }
     if (t->n_dims > 2 || t->ne[0] != n_in || t->ne[1] != n_out || t->ne[2] != 1 || t->ne[3] != 1) {
-        set_err(err, errlen, "tensor %s has shape [%lld, %lld], expected [%lld, %lld]", name, (long long)t->ne[0],
+        cm_set_err(err, errlen, "tensor %s has shape [%lld, %lld], expected [%lld, %lld]", name, (long long)t->ne[0],
                 (long long)t->ne[1], (long long)n_in, (long long)n_out);
         return -EINVAL;
     }
     size_t rb = kn_row_bytes(t->type, n_in);
     if (!kn_type_supported(t->type) || !rb) {
-        set_err(err, errlen, "tensor %s has unsupported type %s", name, kn_type_name(t->type));
+        cm_set_err(err, errlen, "tensor %s has unsupported type %s", name, kn_type_name(t->type));
         return -ENOTSUP;
     }
     if (t->size < rb * (size_t)n_out) {
-        set_err(err, errlen, "tensor %s is truncated", name);
+        cm_set_err(err, errlen, "tensor %s is truncated", name);
         return -EINVAL;
     }
     w->type = t->type;
@@ -299,7 +290,7 @@ static int bind_matrix(wk_model *m, const char *name, int64_t n_in, int64_t n_ou
     w->n_out = n_out;
     w->data = m->host ? t->data : to_backend(m, t->data, rb * (size_t)n_out);
     if (!w->data) {
-        set_err(err, errlen, "out of backend memory for %s", name);
+        cm_set_err(err, errlen, "out of backend memory for %s", name);
         return -ENOMEM;
     }
     return 0;
@@ -314,17 +305,17 @@ static int bind_vector(wk_model *m, const char *name, int64_t n, int required, c
     if (!t) {
         if (!required)
             return 1;
-        set_err(err, errlen, "missing tensor %s", name);
+        cm_set_err(err, errlen, "missing tensor %s", name);
         return -EINVAL;
     }
     if (t->n_dims != 1 || t->ne[0] != n) {
-        set_err(err, errlen, "tensor %s has shape [%lld, %lld], expected [%lld]", name, (long long)t->ne[0],
+        cm_set_err(err, errlen, "tensor %s has shape [%lld, %lld], expected [%lld]", name, (long long)t->ne[0],
                 (long long)t->ne[1], (long long)n);
         return -EINVAL;
     }
     size_t rb = kn_row_bytes(t->type, n);
     if (!rb || t->size < rb || (t->type != KN_F32 && t->type != KN_F16 && t->type != KN_BF16)) {
-        set_err(err, errlen, "tensor %s has unsupported type %s for a vector", name, kn_type_name(t->type));
+        cm_set_err(err, errlen, "tensor %s has unsupported type %s for a vector", name, kn_type_name(t->type));
         return -ENOTSUP;
     }
     if (t->type == KN_F32 && m->host && ((uintptr_t)t->data % sizeof(float)) == 0) {
@@ -333,14 +324,14 @@ static int bind_vector(wk_model *m, const char *name, int64_t n, int required, c
     }
     float *tmp = malloc((size_t)n * sizeof(float));
     if (!tmp) {
-        set_err(err, errlen, "out of memory for %s", name);
+        cm_set_err(err, errlen, "out of memory for %s", name);
         return -ENOMEM;
     }
     kn_dequant_row(t->type, t->data, tmp, n);
     *out = to_backend(m, tmp, (size_t)n * sizeof(float));
     free(tmp);
     if (!*out) {
-        set_err(err, errlen, "out of backend memory for %s", name);
+        cm_set_err(err, errlen, "out of backend memory for %s", name);
         return -ENOMEM;
     }
     return 0;
@@ -374,7 +365,7 @@ static int bind_layer(wk_model *m, int il, char *err, size_t errlen) {
         return rc;
 #undef NAME
     if (hp->arch == WK_ARCH_QWEN2 && (!L->bq || !L->bk || !L->bv)) {
-        set_err(err, errlen, "qwen2 layer %d lacks attn_q/k/v.bias", il);
+        cm_set_err(err, errlen, "qwen2 layer %d lacks attn_q/k/v.bias", il);
         return -EINVAL;
     }
     // gemma3: 5 sliding-window layers, then 1 global (llama.cpp set_swa_pattern(6))
@@ -389,10 +380,10 @@ static int bind_layer(wk_model *m, int il, char *err, size_t errlen) {
 int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, size_t errlen) {
     int rc;
     *out = NULL;
-    set_err(err, errlen, "no error");
+    cm_set_err(err, errlen, "no error");
     wk_model *m = calloc(1, sizeof(*m));
     if (!m) {
-        set_err(err, errlen, "out of memory");
+        cm_set_err(err, errlen, "out of memory");
         return -ENOMEM;
     }
     m->g = g;
@@ -404,12 +395,12 @@ int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, s
 
     const wk_gguf_tensor *te = wk_gguf_tensor_get(g, "token_embd.weight");
     if (!te) {
-        set_err(err, errlen, "missing tensor token_embd.weight");
+        cm_set_err(err, errlen, "missing tensor token_embd.weight");
         rc = -EINVAL;
         goto fail;
     }
     if (te->n_dims != 2 || te->ne[0] != hp->n_embd || te->ne[1] <= 0 || te->ne[1] > INT32_MAX) {
-        set_err(err, errlen, "tensor token_embd.weight has shape [%lld, %lld], expected [%d, n_vocab]",
+        cm_set_err(err, errlen, "tensor token_embd.weight has shape [%lld, %lld], expected [%d, n_vocab]",
                 (long long)te->ne[0], (long long)te->ne[1], hp->n_embd);
         rc = -EINVAL;
         goto fail;
@@ -428,7 +419,7 @@ int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, s
         goto fail;
     m->layers = calloc((size_t)hp->n_layer, sizeof(wk_layer));
     if (!m->layers) {
-        set_err(err, errlen, "out of memory");
+        cm_set_err(err, errlen, "out of memory");
         rc = -ENOMEM;
         goto fail;
     }
@@ -443,7 +434,7 @@ int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, s
     m->rope_mode = hp->arch == WK_ARCH_LLAMA ? KN_ROPE_NORM : KN_ROPE_NEOX;
     m->act = hp->arch == WK_ARCH_GEMMA3 ? 1 : 0;
     *out = m;
-    set_err(err, errlen, "ok");
+    cm_set_err(err, errlen, "ok");
     return 0;
 fail:
     wk_model_free(m);

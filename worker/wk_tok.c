@@ -21,9 +21,9 @@
  * Lookups go through open-addressing FNV-1a hash tables over piece bytes; the
  * token texts stay in the GGUF mapping. Decoded pieces are built once at load. */
 #include "worker/wk_tok.h"
+#include "common/cm_log.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -88,14 +88,6 @@ struct wk_tok {
     uint8_t bpe_enc_len[256];
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...) {
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static uint32_t fnv1a(const char *s, size_t n) {
     uint32_t h = 2166136261u;
@@ -1135,11 +1127,11 @@ static int load_bpe(wk_tok *t, const wk_gguf *g, char *err, size_t errlen) {
     wk_gguf_vtype et;
     uint64_t n;
     if (wk_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &n, NULL) < 0 || et != WK_GGUF_STRING) {
-        set_err(err, errlen, "gpt2 tokenizer without tokenizer.ggml.merges (string array)");
+        cm_set_err(err, errlen, "gpt2 tokenizer without tokenizer.ggml.merges (string array)");
         return -EINVAL;
     }
     if (n > INT32_MAX) {
-        set_err(err, errlen, "tokenizer.ggml.merges too large");
+        cm_set_err(err, errlen, "tokenizer.ggml.merges too large");
         return -EINVAL;
     }
     t->n_merges = (int)n;
@@ -1172,7 +1164,7 @@ static int load_bpe(wk_tok *t, const wk_gguf *g, char *err, size_t errlen) {
     } else if (PRE_IS("default")) {
         t->pre = PRE_DEFAULT;
     } else {
-        set_err(err, errlen, "unsupported pre-tokenizer tokenizer.ggml.pre = \"%.*s\"", (int)pl, pre);
+        cm_set_err(err, errlen, "unsupported pre-tokenizer tokenizer.ggml.pre = \"%.*s\"", (int)pl, pre);
         return -ENOTSUP;
     }
 #undef PRE_IS
@@ -1195,7 +1187,7 @@ int wk_tok_load(const wk_gguf *g, wk_tok **out, char *err, size_t errlen) {
     if (!t)
         return -ENOMEM;
     if (wk_gguf_get_str(g, "tokenizer.ggml.model", &model, &ml) < 0) {
-        set_err(err, errlen, "missing tokenizer.ggml.model");
+        cm_set_err(err, errlen, "missing tokenizer.ggml.model");
         goto fail;
     }
     if (ml == 5 && !memcmp(model, "llama", 5)) {
@@ -1207,25 +1199,25 @@ int wk_tok_load(const wk_gguf *g, wk_tok **out, char *err, size_t errlen) {
         t->kind = KIND_BPE;
         t->bos = 11, t->eos = 11, t->unk = -1;
     } else {
-        set_err(err, errlen, "unsupported tokenizer.ggml.model \"%.*s\" (need llama or gpt2)", (int)ml, model);
+        cm_set_err(err, errlen, "unsupported tokenizer.ggml.model \"%.*s\" (need llama or gpt2)", (int)ml, model);
         rc = -ENOTSUP;
         goto fail;
     }
     t->eot = t->eom = -1;
     if (wk_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n, NULL) < 0 || et != WK_GGUF_STRING || n == 0 ||
         n > INT32_MAX / 2) {
-        set_err(err, errlen, "missing or bad tokenizer.ggml.tokens");
+        cm_set_err(err, errlen, "missing or bad tokenizer.ggml.tokens");
         goto fail;
     }
     t->n_vocab = (int)n;
     if (wk_gguf_get_arr(g, "tokenizer.ggml.scores", &et, &n, &scores) == 0 &&
         (et != WK_GGUF_F32 || n < (uint64_t)t->n_vocab)) {
-        set_err(err, errlen, "bad tokenizer.ggml.scores");
+        cm_set_err(err, errlen, "bad tokenizer.ggml.scores");
         goto fail;
     }
     if (wk_gguf_get_arr(g, "tokenizer.ggml.token_type", &et, &n, &types) == 0 &&
         (et != WK_GGUF_I32 || n < (uint64_t)t->n_vocab)) {
-        set_err(err, errlen, "bad tokenizer.ggml.token_type");
+        cm_set_err(err, errlen, "bad tokenizer.ggml.token_type");
         goto fail;
     }
     size_t V = (size_t)t->n_vocab;
@@ -1241,7 +1233,7 @@ int wk_tok_load(const wk_gguf *g, wk_tok **out, char *err, size_t errlen) {
     for (size_t i = 0; i < V; i++) {
         size_t l;
         if (wk_gguf_arr_str(g, "tokenizer.ggml.tokens", i, &t->text[i], &l) < 0 || l > UINT32_MAX) {
-            set_err(err, errlen, "bad token %zu", i);
+            cm_set_err(err, errlen, "bad token %zu", i);
             goto fail;
         }
         t->len[i] = (uint32_t)l;
@@ -1335,14 +1327,14 @@ int wk_tok_load(const wk_gguf *g, wk_tok **out, char *err, size_t errlen) {
     if (t->kind == KIND_SPM && t->unk < 0)
         t->unk = 0;
     if ((rc = build_specials(t)) < 0 || (rc = build_pieces(t)) < 0) {
-        set_err(err, errlen, "out of memory building the tokenizer");
+        cm_set_err(err, errlen, "out of memory building the tokenizer");
         goto fail;
     }
     *out = t;
     return 0;
 fail:
     if (err && errlen && !err[0])
-        set_err(err, errlen, "tokenizer load failed (%d)", rc);
+        cm_set_err(err, errlen, "tokenizer load failed (%d)", rc);
     wk_tok_free(t);
     return rc;
 }
