@@ -296,7 +296,10 @@ static int flush_out(worker *w) {
 static int handle(worker *w, const proto_frame *f) {
     switch (f->type) {
     case PROTO_SUBMIT: submit(w, &f->u.submit); return 0;
-    case PROTO_CANCEL: wk_sched_cancel(w->sched, f->u.cancel_job_id); return 0;
+    case PROTO_CANCEL:
+        cm_debug("job %llu cancelled by the gateway", (unsigned long long)f->u.cancel_job_id);
+        wk_sched_cancel(w->sched, f->u.cancel_job_id);
+        return 0;
     case PROTO_STATS_REQ: {
         proto_stats st;
         wk_sched_stats(w->sched, &st);
