@@ -111,3 +111,34 @@ def test_unknown_model_is_404(openai_client):
     assert e.code == "model_not_found", e.body
     assert isinstance(e.body, dict) and isinstance(e.body.get("message"), str), e.body
     assert isinstance(e.body.get("type"), str), e.body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_over_context_window_is_400(openai_client, model_id, stream):
+    # ~12k tokens against the default 8192-token window; a stream fails before headers.
+    with pytest.raises(openai.BadRequestError) as ei:
+        r = openai_client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "hello " * 12000}],
+            max_tokens=4, stream=stream)
+        if stream:
+            list(r)
+    e = ei.value
+    assert e.status_code == 400
+    assert e.code == "context_length_exceeded", e.body
+    assert e.body.get("param") == "messages", e.body
+    assert "maximum context length is 8192 tokens" in e.body.get("message", ""), e.body
+
+
+def test_max_tokens_past_context_window_is_400(openai_client, model_id):
+    with pytest.raises(openai.BadRequestError) as ei:
+        openai_client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=100000)
+    assert ei.value.code == "context_length_exceeded", ei.value.body
+
+
+def test_seed_makes_sampling_repeatable(openai_client, model_id):
+    kw = dict(model=model_id, messages=[{"role": "user", "content": "Tell me a story."}],
+              max_tokens=16, temperature=1.0, top_p=0.95, seed=1234)
+    a = openai_client.chat.completions.create(**kw).choices[0].message.content
+    b = openai_client.chat.completions.create(**kw).choices[0].message.content
+    assert a == b and a
