@@ -191,6 +191,16 @@ def measure(srv, args, log):
     res["prompt tok/s"] = (statistics.median(rates) if rates else None, "usage")
     log(f"{srv.name}: prompt {res['prompt tok/s']}")
 
+    # The gateway + proto + worker round trip with no model step: max_tokens past
+    # the context window is refused by the worker right after tokenizing "Hi".
+    rtt = []
+    for _ in range(20 if srv.name == "kolm" else 0):
+        r = chat(port, model, "Hi", 10 ** 6, False)
+        if r["status"] == 400:
+            rtt.append((time.monotonic() - r["t0"]) * 1000)
+    res["round trip ms (no model step)"] = (statistics.median(rtt) if rtt else None, "")
+    log(f"{srv.name}: round trip {res['round trip ms (no model step)']}")
+
     ttfb, ttft = [], []
     for i in range(args.reps + 2):
         r = chat(port, model, PROMPTS[i % len(PROMPTS)], 4, True)
