@@ -164,15 +164,21 @@ static int serve(int argc, char **argv) {
     }
     cm_info("serving %s as '%s' on http://%s:%ld/v1 (%ld worker(s), %ld thread(s) each)", model, model_id, host, port,
             workers, threads);
+    int rc = 0;
     while (!g_stop) {
         h2o_evloop_run(loop, 100);
         gw_pool_tick(pool);
+        if (gw_pool_failed_to_start(pool)) {
+            cm_error("the worker could not load %s (its error is above); exiting", model);
+            rc = 1;
+            break;
+        }
     }
     cm_info("shutting down");
     gw_pool_shutdown(pool, 5000);
     gw_http_free(http);
     gw_pool_free(pool);
-    return 0;
+    return rc;
 }
 
 int main(int argc, char **argv) {

@@ -46,6 +46,8 @@ struct gw_pool {
     uint64_t next_job;
     uint32_t n_ctx;
     int shutting_down;
+    int ever_ready;      // some worker said HELLO
+    int failed_to_start; // a worker died before any HELLO
 };
 
 static double now_s(void) {
@@ -124,6 +126,7 @@ static void handle_frame(worker *w, proto_frame *f) {
         w->failures = 0;
         w->n_ctx = f->u.hello.n_ctx;
         w->pool->n_ctx = f->u.hello.n_ctx;
+        w->pool->ever_ready = 1;
         cm_info("worker %d (pid %d) ready: %s, %s, context %u", w->idx, (int)w->pid, f->u.hello.model_id.p,
                 f->u.hello.arch.p, f->u.hello.n_ctx);
         break;
@@ -229,6 +232,8 @@ static void worker_dead(worker *w, const char *why) {
         return;
     if (!w->pool->shutting_down)
         cm_warn("worker %d (pid %d) is gone (%s)", w->idx, (int)w->pid, why);
+    if (!w->pool->ever_ready && !w->pool->shutting_down)
+        w->pool->failed_to_start = 1;
     h2o_socket_close(w->sock);
     w->sock = NULL;
     w->ready = 0;
@@ -337,6 +342,10 @@ void gw_pool_free(gw_pool *p) {
     }
     free(p->w);
     free(p);
+}
+
+int gw_pool_failed_to_start(const gw_pool *p) {
+    return p->failed_to_start;
 }
 
 int gw_pool_ready(const gw_pool *p) {

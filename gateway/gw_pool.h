@@ -50,6 +50,10 @@ void gw_pool_free(gw_pool *p);
  * periodically from the loop. */
 void gw_pool_tick(gw_pool *p);
 
+/* 1 when a worker died before any worker ever said HELLO: the model cannot be
+ * loaded (bad file, too little memory), so respawning would only loop. */
+int gw_pool_failed_to_start(const gw_pool *p);
+
 /* Number of workers that said HELLO and are alive. */
 int gw_pool_ready(const gw_pool *p);
 /* Context window reported by the workers (0 before the first HELLO). */

@@ -1,0 +1,34 @@
+"""`kolm serve` on a model it cannot use fails at once with a clear message instead of
+respawning workers forever: a missing file, a truncated GGUF, a file that is not GGUF."""
+
+import subprocess
+
+import pytest
+
+from conftest import free_port
+
+
+def serve(kolm_bin, path):
+    return subprocess.run([str(kolm_bin), "serve", str(path), "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_missing_model_file(kolm_bin, tmp_path):
+    r = serve(kolm_bin, tmp_path / "nope.gguf")
+    assert r.returncode != 0
+    assert "nope.gguf" in r.stderr and "not found" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not-gguf", "bad-version"])
+def test_corrupt_model_exits_with_the_reason(kolm_bin, kolm_model, tmp_path, kind):
+    data = open(kolm_model, "rb").read(1 << 20)
+    if kind == "not-gguf":
+        data = b"PK\x03\x04" + data[4:]
+    elif kind == "bad-version":
+        data = data[:4] + (99).to_bytes(4, "little") + data[8:]
+    path = tmp_path / f"{kind}.gguf"
+    path.write_bytes(data)
+    r = serve(kolm_bin, path)
+    assert r.returncode == 1, r.stderr
+    assert "cannot open model" in r.stderr, r.stderr
+    assert "could not load" in r.stderr, r.stderr
