@@ -14,9 +14,8 @@
  *     concatenation is the vocab piece with the highest score is merged
  *     repeatedly (ties: leftmost); leftover pieces fall back to <0xNN> tokens.
  *     "gpt2": the pre-tokenizer named by tokenizer.ggml.pre splits the text into
- *     words (hand-written matchers equal to llama.cpp's regexes, with Unicode
- *     categories from wk_unicode_data.c), each word is mapped byte-to-unicode and
- *     merged by rank (lowest first, ties leftmost).
+ *     words (wk_pretok), each word is mapped byte-to-unicode and merged by rank
+ *     (lowest first, ties leftmost).
  *  3. BOS (and EOS when the model asks) around it.
  * Lookups go through open-addressing FNV-1a hash tables over piece bytes; the
  * token texts stay in the GGUF mapping. Decoded pieces are built once at load. */
@@ -28,10 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/wk_unicode.h"
+#include "worker/wk_pretok.h"
 
 enum { KIND_SPM, KIND_BPE };
-enum { PRE_DEFAULT, PRE_GPT2, PRE_LLAMA3, PRE_QWEN2 };
 
 // llama.cpp token attributes (bit flags)
 enum {
@@ -42,8 +40,6 @@ enum {
     A_USER_DEFINED = 1 << 4,
     A_BYTE = 1 << 5,
 };
-
-#define U_VALID 128u // in-range codepoint marker added to the wk_unicode flags
 
 typedef struct hmap { // piece bytes -> value; slots hold index+1
     uint32_t *slot;
@@ -57,7 +53,8 @@ typedef struct prefix_ent {
 } prefix_ent;
 
 struct wk_tok {
-    int kind, pre;
+    int kind;
+    wk_pretok_kind pre;
     int n_vocab;
     const char **text; // [n_vocab] into the mapping
     uint32_t *len;     // [n_vocab]
@@ -206,24 +203,6 @@ static void emit(obuf *o, int32_t id) {
     if (o->n < o->cap)
         o->out[o->n] = id;
     o->n++;
-}
-
-typedef struct sizevec {
-    size_t *v;
-    size_t n, cap;
-} sizevec;
-
-static int sv_push(sizevec *s, size_t x) {
-    if (s->n == s->cap) {
-        size_t nc = s->cap ? s->cap * 2 : 64;
-        size_t *nv = realloc(s->v, nc * sizeof(size_t));
-        if (!nv)
-            return -ENOMEM;
-        s->v = nv;
-        s->cap = nc;
-    }
-    s->v[s->n++] = x;
-    return 0;
 }
 
 /* ---- merge queue shared by both algorithms ---- */
@@ -377,256 +356,6 @@ static int spm_fragment(const wk_tok *t, work *w, const char *buf, size_t n, obu
     return 0;
 }
 
-/* ---- BPE pre-tokenizers: word boundaries over codepoints ---- */
-
-typedef struct cpview {
-    const uint32_t *cp;
-    const uint8_t *fl; // wk_unicode flags | U_VALID
-    size_t end;
-} cpview;
-
-static inline uint32_t CP(const cpview *v, size_t i) { return i < v->end ? v->cp[i] : 0xFFFFFFFFu; }
-static inline unsigned FL(const cpview *v, size_t i) { return i < v->end ? v->fl[i] : 0; }
-
-static uint32_t ascii_lower(uint32_t c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
-
-/* Contraction at pos ('s 't 'm 'd 're 've 'll); returns its length or 0. */
-static size_t contraction(const cpview *v, size_t pos, int icase) {
-    if (CP(v, pos) != '\'' || pos + 1 >= v->end)
-        return 0;
-    uint32_t a = CP(v, pos + 1);
-    if (icase)
-        a = ascii_lower(a);
-    if (a == 's' || a == 't' || a == 'm' || a == 'd')
-        return 2;
-    if (pos + 2 < v->end) {
-        uint32_t b = CP(v, pos + 2);
-        if (icase)
-            b = ascii_lower(b);
-        if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l'))
-            return 3;
-    }
-    return 0;
-}
-
-#define WLN (WK_U_WHITESPACE | WK_U_LETTER | WK_U_NUMBER)
-
-/* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
-static int split_gpt2(const cpview *v, size_t ini, sizevec *out) {
-    size_t pos = ini, prev = ini;
-    int rc = 0;
-#define ADD(e)                                                                                                 \
-    do {                                                                                                       \
-        size_t e_ = (e);                                                                                       \
-        if (e_ > prev && (rc = sv_push(out, e_ - prev)) < 0)                                                   \
-            return rc;                                                                                         \
-        prev = e_;                                                                                             \
-    } while (0)
-    while (pos < v->end) {
-        uint32_t c = CP(v, pos);
-        unsigned f = FL(v, pos);
-        size_t k = contraction(v, pos, 0);
-        if (k) {
-            pos += k;
-            ADD(pos);
-            continue;
-        }
-        unsigned f2 = c == ' ' ? FL(v, pos + 1) : f;
-        if (f2 & WK_U_LETTER) {
-            pos += c == ' ';
-            while (FL(v, pos) & WK_U_LETTER)
-                pos++;
-            ADD(pos);
-            continue;
-        }
-        if (f2 & WK_U_NUMBER) {
-            pos += c == ' ';
-            while (FL(v, pos) & WK_U_NUMBER)
-                pos++;
-            ADD(pos);
-            continue;
-        }
-        if (!(f2 & WLN) && f2) {
-            pos += c == ' ';
-            while (!(FL(v, pos) & WLN) && FL(v, pos))
-                pos++;
-            ADD(pos);
-            continue;
-        }
-        size_t nws = 0;
-        while (FL(v, pos + nws) & WK_U_WHITESPACE)
-            nws++;
-        if (nws > 1 && pos + nws < v->end) {
-            pos += nws - 1;
-            ADD(pos);
-            continue;
-        }
-        if (nws > 0) {
-            pos += nws;
-            ADD(pos);
-            continue;
-        }
-        ADD(++pos);
-    }
-    return 0;
-}
-
-/* Llama 3 (max_digits 3) and Qwen2 (max_digits 1):
- * (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,n}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+ */
-static int split_llama3(const cpview *v, size_t ini, size_t max_digits, sizevec *out) {
-    size_t pos = ini, prev = ini;
-    int rc = 0;
-    while (pos < v->end) {
-        uint32_t c = CP(v, pos);
-        unsigned f = FL(v, pos);
-        size_t k = contraction(v, pos, 1);
-        if (k) {
-            pos += k;
-            ADD(pos);
-            continue;
-        }
-        if (!(c == '\r' || c == '\n' || (f & WK_U_NUMBER)) &&
-            ((f & WK_U_LETTER) || (FL(v, pos + 1) & WK_U_LETTER))) {
-            pos++;
-            while (FL(v, pos) & WK_U_LETTER)
-                pos++;
-            ADD(pos);
-            continue;
-        }
-        if (f & WK_U_NUMBER) {
-            size_t run = pos;
-            while (FL(v, pos) & WK_U_NUMBER) {
-                if (++pos - run >= max_digits) {
-                    ADD(pos);
-                    run = pos;
-                }
-            }
-            ADD(pos);
-            continue;
-        }
-        unsigned f2 = c == ' ' ? FL(v, pos + 1) : f;
-        if (!(f2 & WLN) && f) {
-            pos += c == ' ';
-            while (!(FL(v, pos) & WLN) && FL(v, pos))
-                pos++;
-            while (CP(v, pos) == '\r' || CP(v, pos) == '\n')
-                pos++;
-            ADD(pos);
-            continue;
-        }
-        size_t nws = 0, last_rn = 0;
-        while (FL(v, pos + nws) & WK_U_WHITESPACE) {
-            uint32_t c2 = CP(v, pos + nws);
-            if (c2 == '\r' || c2 == '\n')
-                last_rn = pos + nws + 1;
-            nws++;
-        }
-        if (last_rn > 0) {
-            pos = last_rn;
-            ADD(pos);
-            continue;
-        }
-        if (nws > 1 && pos + nws < v->end) {
-            pos += nws - 1;
-            ADD(pos);
-            continue;
-        }
-        if (nws > 0) {
-            pos += nws;
-            ADD(pos);
-            continue;
-        }
-        ADD(++pos);
-    }
-    return 0;
-}
-#undef ADD
-
-/* Splits [ini, end) into maximal runs of chars in / not in a class (the regex
- * "[class]+" applied with gaps kept as words). */
-static int split_runs(const cpview *v, size_t ini, int (*in)(const cpview *, size_t), sizevec *out) {
-    size_t s = ini;
-    int rc;
-    while (s < v->end) {
-        int cls = in(v, s);
-        size_t e = s + 1;
-        while (e < v->end && in(v, e) == cls)
-            e++;
-        if ((rc = sv_push(out, e - s)) < 0)
-            return rc;
-        s = e;
-    }
-    return 0;
-}
-
-static int in_default_punct(const cpview *v, size_t i) { // [\p{P}\$\+<=>\^~\|]
-    uint32_t c = v->cp[i];
-    if (c < 128)
-        return (c < 128 && (v->fl[i] & WK_U_PUNCT)) || (c && strchr("$+<=>^~|", (int)c) != NULL);
-    return (v->fl[i] & WK_U_PUNCT) && !(v->fl[i] & WK_U_WHITESPACE);
-}
-
-static int in_number(const cpview *v, size_t i) { // \p{N} (collapsed: whitespace wins)
-    return (v->fl[i] & WK_U_NUMBER) && !(v->fl[i] & WK_U_WHITESPACE);
-}
-
-/* [0-9][0-9][0-9]: leftmost non-overlapping triples, gaps kept. */
-static int split_digit3(const cpview *v, size_t ini, sizevec *out) {
-    size_t s = ini, i = ini;
-    int rc;
-#define DIG(k) (v->cp[k] >= '0' && v->cp[k] <= '9')
-    while (i + 3 <= v->end) {
-        if (DIG(i) && DIG(i + 1) && DIG(i + 2)) {
-            if (i > s && (rc = sv_push(out, i - s)) < 0)
-                return rc;
-            if ((rc = sv_push(out, 3)) < 0)
-                return rc;
-            i += 3;
-            s = i;
-        } else {
-            i++;
-        }
-    }
-#undef DIG
-    if (v->end > s && (rc = sv_push(out, v->end - s)) < 0)
-        return rc;
-    return 0;
-}
-
-/* Applies stage to every word of in (lengths over cp[]), producing out. */
-static int split_stage(const uint32_t *cp, const uint8_t *fl, const sizevec *in, int stage, sizevec *out) {
-    size_t start = 0;
-    int rc = 0;
-    out->n = 0;
-    for (size_t w = 0; w < in->n; w++) {
-        cpview v = {cp, fl, start + in->v[w]};
-        switch (stage) {
-        case 0:
-            rc = split_runs(&v, start, in_default_punct, out);
-            break;
-        case 1:
-            rc = split_gpt2(&v, start, out);
-            break;
-        case 2:
-            rc = split_runs(&v, start, in_number, out);
-            break;
-        case 3:
-            rc = split_digit3(&v, start, out);
-            break;
-        case 4:
-            rc = split_llama3(&v, start, 3, out);
-            break;
-        case 5:
-            rc = split_llama3(&v, start, 1, out);
-            break;
-        }
-        if (rc < 0)
-            return rc;
-        start += in->v[w];
-    }
-    return 0;
-}
-
 /* ---- BPE ---- */
 
 static int bpe_add(const wk_tok *t, work *w, const char *buf, int l, int r) {
@@ -698,49 +427,19 @@ static int bpe_word(const wk_tok *t, work *w, const char *buf, size_t n, obuf *o
 static int bpe_fragment(const wk_tok *t, work *w, const char *text, size_t n, obuf *o) {
     int rc = -ENOMEM;
     uint32_t *cp = malloc((n + 1) * sizeof(uint32_t));
-    uint8_t *fl = malloc(n + 1);
     char *wbuf = malloc(n * 6 + 8);
-    sizevec a = {0}, b = {0};
-    if (!cp || !fl || !wbuf)
+    size_t *lens = NULL, n_words = 0;
+    if (!cp || !wbuf)
         goto done;
     size_t ncp = 0;
-    for (size_t i = 0; i < n;) {
-        uint32_t c = utf8_next((const uint8_t *)text, n, &i);
-        cp[ncp] = c;
-        fl[ncp] = (uint8_t)(wk_unicode_flags(c) | U_VALID);
-        ncp++;
-    }
-    if ((rc = sv_push(&a, ncp)) < 0)
+    for (size_t i = 0; i < n;)
+        cp[ncp++] = utf8_next((const uint8_t *)text, n, &i);
+    if ((rc = wk_pretok_split(t->pre, cp, ncp, &lens, &n_words)) < 0)
         goto done;
-    static const int stages_default[] = {0, 1, 2, 3}, stages_gpt2[] = {1}, stages_llama3[] = {4},
-                     stages_qwen2[] = {5};
-    const int *st;
-    int nst;
-    switch (t->pre) {
-    case PRE_GPT2:
-        st = stages_gpt2, nst = 1;
-        break;
-    case PRE_LLAMA3:
-        st = stages_llama3, nst = 1;
-        break;
-    case PRE_QWEN2:
-        st = stages_qwen2, nst = 1;
-        break;
-    default:
-        st = stages_default, nst = 4;
-        break;
-    }
-    for (int s = 0; s < nst; s++) {
-        if ((rc = split_stage(cp, fl, &a, st[s], &b)) < 0)
-            goto done;
-        sizevec tmp = a;
-        a = b;
-        b = tmp;
-    }
     size_t start = 0;
-    for (size_t k = 0; k < a.n; k++) {
+    for (size_t k = 0; k < n_words; k++) {
         size_t wl = 0;
-        for (size_t i = start; i < start + a.v[k]; i++) {
+        for (size_t i = start; i < start + lens[k]; i++) {
             char u[4];
             size_t ul = utf8_put(cp[i], u);
             for (size_t j = 0; j < ul; j++) {
@@ -749,17 +448,15 @@ static int bpe_fragment(const wk_tok *t, work *w, const char *text, size_t n, ob
                 wl += t->bpe_enc_len[by];
             }
         }
-        start += a.v[k];
+        start += lens[k];
         if (wl && (rc = bpe_word(t, w, wbuf, wl, o)) < 0)
             goto done;
     }
     rc = 0;
 done:
     free(cp);
-    free(fl);
     free(wbuf);
-    free(a.v);
-    free(b.v);
+    free(lens);
     return rc;
 }
 
@@ -1153,16 +850,16 @@ static int load_bpe(wk_tok *t, const wk_gguf *g, char *err, size_t errlen) {
     t->add_bos = 0;
     if (PRE_IS("llama3") || PRE_IS("llama-v3") || PRE_IS("llama-bpe") || PRE_IS("falcon3") || PRE_IS("pixtral") ||
         PRE_IS("smaug-bpe") || PRE_IS("dbrx")) {
-        t->pre = PRE_LLAMA3;
+        t->pre = WK_PRETOK_LLAMA3;
         t->ignore_merges = !(PRE_IS("smaug-bpe") || PRE_IS("dbrx"));
         t->add_bos = t->ignore_merges;
     } else if (PRE_IS("qwen2") || PRE_IS("deepseek-r1-qwen") || PRE_IS("megrez") || PRE_IS("stablelm2")) {
-        t->pre = PRE_QWEN2;
+        t->pre = WK_PRETOK_QWEN2;
     } else if (PRE_IS("gpt-2") || PRE_IS("gpt2") || PRE_IS("phi-2") || PRE_IS("mpt") || PRE_IS("olmo") ||
                PRE_IS("jais")) {
-        t->pre = PRE_GPT2;
+        t->pre = WK_PRETOK_GPT2;
     } else if (PRE_IS("default")) {
-        t->pre = PRE_DEFAULT;
+        t->pre = WK_PRETOK_DEFAULT;
     } else {
         cm_set_err(err, errlen, "unsupported pre-tokenizer tokenizer.ggml.pre = \"%.*s\"", (int)pl, pre);
         return -ENOTSUP;
