@@ -36,7 +36,7 @@ MODEL_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 MODEL_PATH="$KOLM_HOME/models/$MODEL_NAME"
 
 DEB_PACKAGES=(build-essential cmake pkg-config libh2o-evloop-dev libmsgpack-dev
-    libsodium-dev libhiredis-dev libjansson-dev redis-server python3-venv clang)
+    libsodium-dev libhiredis-dev libjansson-dev redis-server python3-venv clang curl)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }

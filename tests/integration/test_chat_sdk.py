@@ -3,6 +3,7 @@ object shapes of chat completions (plain and streamed), streamed text equal to t
 non-streamed text at temperature 0, /v1/models, and the unknown-model error."""
 
 import json
+import subprocess
 import time
 
 import openai
@@ -142,3 +143,21 @@ def test_seed_makes_sampling_repeatable(openai_client, model_id):
     a = openai_client.chat.completions.create(**kw).choices[0].message.content
     b = openai_client.chat.completions.create(**kw).choices[0].message.content
     assert a == b and a
+
+
+def test_http2_prior_knowledge_stream(kolm_server, model_id):
+    # HTTP/2 over cleartext with prior knowledge (h2o), driven by curl.
+    body = json.dumps({"model": model_id, "messages": [{"role": "user", "content": "Hi"}],
+                       "max_tokens": 4, "temperature": 0, "stream": True})
+    r = subprocess.run(["curl", "-sS", "-N", "--http2-prior-knowledge", "-w", "\n%{http_version} %{http_code}",
+                        "-H", "content-type: application/json", "--data-binary", body,
+                        f"http://127.0.0.1:{kolm_server.port}/v1/chat/completions"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out, _, tail = r.stdout.rpartition("\n")
+    assert tail == "2 200", tail
+    events = [line[6:] for line in out.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]) == 1
