@@ -38,13 +38,43 @@ static int dump_into(cm_buf *out, json_t *j) {
     return rc;
 }
 
+/* A JSON string from n bytes of s that need not be valid UTF-8 (a message cut
+ * by %.*s mid-character, a worker that broke the contract): invalid bytes become
+ * U+FFFD. Never NULL unless out of memory. The caller owns the result. */
+static json_t *jstr(const char *s, size_t n) {
+    json_t *j = json_stringn(s, n);
+    if (j)
+        return j;
+    cm_buf b = CM_BUF_INIT;
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+        uint32_t cp = k == 2 ? c & 0x1F : k == 3 ? c & 0x0F : c & 0x07;
+        int ok = k > 0 && i + k <= n;
+        for (size_t m = 1; ok && m < k; m++) {
+            ok = (u[i + m] & 0xC0) == 0x80;
+            cp = (cp << 6) | (u[i + m] & 0x3F);
+        }
+        if (ok && k > 1)
+            ok = !(k == 2 && cp < 0x80) && !(k == 3 && cp < 0x800) && !(k == 4 && (cp < 0x10000 || cp > 0x10FFFF)) &&
+                 !(cp >= 0xD800 && cp <= 0xDFFF);
+        if (cm_buf_append(&b, ok ? s + i : "\xEF\xBF\xBD", ok ? k : 3))
+            break;
+        i += ok ? k : 1;
+    }
+    j = json_stringn(b.data ? (const char *)b.data : "", b.len);
+    cm_buf_free(&b);
+    return j;
+}
+
 static json_t *str_or_null(const char *s) {
-    return s ? json_string(s) : json_null();
+    return s ? jstr(s, strlen(s)) : json_null();
 }
 
 static json_t *error_json(const gw_error *err) {
     json_t *e = json_object();
-    json_object_set_new(e, "message", json_string(err->message));
+    json_object_set_new(e, "message", jstr(err->message, strlen(err->message)));
     json_object_set_new(e, "type", json_string(err->type ? err->type : INVALID));
     json_object_set_new(e, "param", str_or_null(err->param));
     json_object_set_new(e, "code", str_or_null(err->code));
@@ -67,6 +97,12 @@ int gw_render_sse_error(cm_buf *out, const gw_error *err) {
 }
 
 /* ---- parsing ---- */
+
+/* 1 when v is the JSON string lit exactly (length-aware: "user\u0000x" is not "user"). */
+static int jeq(const json_t *v, const char *lit) {
+    size_t n = strlen(lit);
+    return json_is_string(v) && json_string_length(v) == n && !memcmp(json_string_value(v), lit, n);
+}
 
 static int is_num(const json_t *v) {
     return json_is_integer(v) || json_is_real(v);
@@ -166,7 +202,7 @@ static int parse_content(gw_chat_req *req, json_t *m, int idx, proto_str *out, g
             gw_error_set(err, 400, INVALID, param, "invalid_type", "Invalid content part at '%s'.", param);
             goto fail;
         }
-        if (strcmp(json_string_value(type), "text")) {
+        if (!jeq(type, "text")) {
             snprintf(param, sizeof param, "messages[%d].content[%zu].type", idx, i);
             gw_error_set(err, 400, INVALID, param, "invalid_value",
                          "Content parts of type '%s' are not supported by this model; only 'text' is.",
@@ -237,8 +273,8 @@ static int parse_messages(gw_chat_req *req, json_t *root, gw_error *err) {
         }
         json_t *role = json_object_get(m, "role");
         const char *r = json_string_value(role);
-        if (!r || (strcmp(r, "system") && strcmp(r, "developer") && strcmp(r, "user") && strcmp(r, "assistant") &&
-                   strcmp(r, "tool"))) {
+        if (!r || !(jeq(role, "system") || jeq(role, "developer") || jeq(role, "user") || jeq(role, "assistant") ||
+                    jeq(role, "tool"))) {
             snprintf(param, sizeof param, "messages[%zu].role", i);
             gw_error_set(err, 400, INVALID, param, role ? "invalid_value" : "missing_required_parameter",
                          "Invalid '%s': expected one of 'system', 'developer', 'user', 'assistant', 'tool'.", param);
@@ -351,14 +387,14 @@ static int refuse_unsupported(json_t *root, gw_error *err) {
     const char *tooly[] = {"tools", "tool_choice"};
     for (int i = 0; i < 2; i++)
         if ((v = json_object_get(root, tooly[i])) && !json_is_null(v) &&
-            !(json_is_array(v) && json_array_size(v) == 0) && !(json_is_string(v) && !strcmp(json_string_value(v), "none"))) {
+            !(json_is_array(v) && json_array_size(v) == 0) && !jeq(v, "none")) {
             gw_error_set(err, 400, INVALID, tooly[i], "unsupported_parameter",
                          "Tool calling is not supported by this server yet.");
             return -1;
         }
     if ((v = json_object_get(root, "response_format")) && !json_is_null(v)) {
         json_t *t = json_object_get(v, "type");
-        if (!json_is_object(v) || !json_is_string(t) || strcmp(json_string_value(t), "text")) {
+        if (!json_is_object(v) || !jeq(t, "text")) {
             gw_error_set(err, 400, INVALID, "response_format", "unsupported_parameter",
                          "Only response_format {\"type\":\"text\"} is supported by this server yet.");
             return -1;
@@ -383,7 +419,7 @@ static int refuse_unsupported(json_t *root, gw_error *err) {
 int gw_chat_parse(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err) {
     memset(req, 0, sizeof *req);
     json_error_t jerr;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
     if (!root) {
         gw_error_set(err, 400, INVALID, NULL, "invalid_json",
                      "We could not parse the JSON body of your request (%s at line %d column %d).", jerr.text,
@@ -406,7 +442,7 @@ int gw_chat_parse(const char *body, size_t len, const char *model_id, gw_chat_re
     }
     if (parse_messages(req, root, err) || refuse_unsupported(root, err))
         goto fail;
-    if (strcmp(json_string_value(model), model_id)) {
+    if (!jeq(model, model_id)) {
         gw_error_set(err, 404, INVALID, "model", "model_not_found",
                      "The model '%.200s' does not exist or you do not have access to it.", json_string_value(model));
         goto fail;
@@ -491,7 +527,7 @@ static json_t *head_json(const gw_completion *c, const char *object) {
     json_object_set_new(j, "id", json_string(c->id));
     json_object_set_new(j, "object", json_string(object));
     json_object_set_new(j, "created", json_integer(c->created));
-    json_object_set_new(j, "model", json_string(c->model));
+    json_object_set_new(j, "model", str_or_null(c->model));
     json_object_set_new(j, "system_fingerprint", json_string("fp_kolm"));
     return j;
 }
@@ -501,7 +537,7 @@ int gw_render_completion(cm_buf *out, const gw_completion *c, const char *text, 
     json_t *j = head_json(c, "chat.completion");
     json_t *msg = json_object();
     json_object_set_new(msg, "role", json_string("assistant"));
-    json_object_set_new(msg, "content", json_stringn(text ? text : "", text ? text_len : 0));
+    json_object_set_new(msg, "content", jstr(text ? text : "", text ? text_len : 0));
     json_object_set_new(msg, "refusal", json_null());
     json_t *ch = json_object();
     json_object_set_new(ch, "index", json_integer(0));
@@ -533,7 +569,7 @@ int gw_render_chunk(cm_buf *out, const gw_completion *c, int role, const char *t
     if (role)
         json_object_set_new(delta, "role", json_string("assistant"));
     if (text)
-        json_object_set_new(delta, "content", json_stringn(text, text_len));
+        json_object_set_new(delta, "content", jstr(text, text_len));
     json_t *ch = json_object();
     json_object_set_new(ch, "index", json_integer(0));
     json_object_set_new(ch, "delta", delta);

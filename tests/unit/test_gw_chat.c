@@ -158,9 +158,72 @@ static void test_render(void) {
     cm_buf_free(&b);
 }
 
+/* NUL characters (\u0000) are ordinary text in content, but never make a fixed
+ * value match: "user\u0000x" is not the role "user", nor the model id. */
+static void test_nul(void) {
+    gw_chat_req r;
+    gw_error e;
+    const char *ok = "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]}";
+    int rc = gw_chat_parse(ok, strlen(ok), MODEL, &r, &e);
+    ASSERT_EQ(rc, 0);
+    if (rc == 0) {
+        ASSERT_EQ(r.submit.msgs[0].content.len, 3);
+        ASSERT_TRUE(!memcmp(r.submit.msgs[0].content.p, "a\0b", 3));
+        gw_chat_req_free(&r);
+    }
+    expect_error("{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\\u0000x\",\"content\":\"a\"}]}", 400,
+                 "messages[0].role", "invalid_value");
+    expect_error("{\"model\":\"" MODEL "\\u0000x\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}", 404,
+                 "model", "model_not_found");
+    expect_error("{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\\u0000\","
+                 "\"text\":\"a\"}]}]}",
+                 400, "messages[0].content[0].type", "invalid_value");
+}
+
+/* Invalid UTF-8 (a worker breaking the contract, a message cut mid-character)
+ * still renders as JSON with every field present, invalid bytes as U+FFFD. */
+static void test_render_bad_utf8(void) {
+    gw_completion c = {"chatcmpl-x", MODEL, 123};
+    gw_usage u = {1, 1, 0};
+    cm_buf b = CM_BUF_INIT;
+    ASSERT_EQ(gw_render_completion(&b, &c, "a\xC3(\xED\xA0\x80z\xF0\x9F", 9, PROTO_FINISH_STOP, &u), 0);
+    json_t *j = load((const char *)b.data, b.len);
+    json_t *msg = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message");
+    ASSERT_STREQ(json_string_value(json_object_get(msg, "content")),
+                 "a\xEF\xBF\xBD(\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBDz\xEF\xBF\xBD\xEF\xBF\xBD");
+    json_decref(j);
+
+    b.len = 0;
+    ASSERT_EQ(gw_render_chunk(&b, &c, 0, "\xFFok", 3, 0, 0), 0);
+    j = load((const char *)b.data + 6, b.len - 8);
+    json_t *d = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "delta");
+    ASSERT_STREQ(json_string_value(json_object_get(d, "content")), "\xEF\xBF\xBDok");
+    json_decref(j);
+
+    /* A model name of 'a' + 150 x U+00E9, cut to 200 bytes by the 404 message. */
+    char body[1024], name[400];
+    int n = snprintf(name, sizeof name, "a");
+    for (int i = 0; i < 150; i++)
+        n += snprintf(name + n, sizeof name - (size_t)n, "\xC3\xA9");
+    snprintf(body, sizeof body, "{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}", name);
+    gw_chat_req r;
+    gw_error e;
+    ASSERT_EQ(gw_chat_parse(body, strlen(body), MODEL, &r, &e), -1);
+    ASSERT_EQ(e.status, 404);
+    b.len = 0;
+    ASSERT_EQ(gw_render_error(&b, &e), 0);
+    j = load((const char *)b.data, b.len);
+    const char *m = json_string_value(json_object_get(json_object_get(j, "error"), "message"));
+    ASSERT_TRUE(m != NULL && strstr(m, "does not exist") != NULL);
+    json_decref(j);
+    cm_buf_free(&b);
+}
+
 int main(void) {
     test_errors();
     test_accepts();
     test_render();
+    test_nul();
+    test_render_bad_utf8();
     return kt_done("test_gw_chat");
 }
