@@ -118,8 +118,8 @@ static void respond_simple_error(h2o_req_t *req, int status, const char *type, c
 /* Hands the queued SSE bytes to h2o when nothing is in flight. `final` ends the
  * response with this send. After a final send st may be gone: callers return. */
 static void stream_send(req_state *st, int final) {
-    if (!st->req || st->sending || st->final_sent)
-        return;
+    if (!st->req || !st->started || st->sending || st->final_sent)
+        return; // nothing may reach h2o_send before h2o_start_response
     if (!st->pending.len && !final)
         return;
     cm_buf t = st->flight;
@@ -193,11 +193,13 @@ static void on_event(gw_job *job, const proto_event *ev) {
     gw_usage u = {ev->prompt_tokens, ev->completion_tokens, ev->cached_tokens};
     switch (ev->kind) {
     case PROTO_EV_ACCEPTED:
-        if (st->stream)
+        if (st->stream && !st->started) // a repeated ACCEPTED must not restart the response
             start_stream(st);
         break;
     case PROTO_EV_DELTA:
         if (st->stream) {
+            if (!st->started) // a worker that skipped ACCEPTED still streams
+                start_stream(st);
             gw_render_chunk(&st->pending, &st->comp, 0, ev->text.p, ev->text.len, 0, st->include_usage);
             stream_send(st, 0);
         } else {
