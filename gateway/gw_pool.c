@@ -134,7 +134,7 @@ static void handle_frame(worker *w, proto_frame *f) {
         gw_job *job = find_job(w, f->u.event.job_id);
         if (!job)
             break; // cancelled: late events are dropped
-        if (f->u.event.kind == PROTO_EV_FINISH || f->u.event.kind == PROTO_EV_ERROR)
+        if ((f->u.event.kind == PROTO_EV_FINISH && f->u.event.last) || f->u.event.kind == PROTO_EV_ERROR)
             detach(w, job);
         job->ops->on_event(job, &f->u.event);
         break;

@@ -61,10 +61,16 @@ static int pk_key(msgpack_packer *pk, const char *k) {
     return msgpack_pack_str_with_body(pk, k, strlen(k));
 }
 
+static int pk_str_val(msgpack_packer *pk, const proto_str *s);
+
 static int pk_str(msgpack_packer *pk, const char *k, const proto_str *s) {
+    return pk_key(pk, k) ? -ENOMEM : pk_str_val(pk, s);
+}
+
+static int pk_str_val(msgpack_packer *pk, const proto_str *s) {
     if (s->len > PROTO_MAX_STR)
         return -EMSGSIZE;
-    return pk_key(pk, k) || msgpack_pack_str_with_body(pk, s->p ? s->p : "", s->len) ? -ENOMEM : 0;
+    return msgpack_pack_str_with_body(pk, s->p ? s->p : "", s->len) ? -ENOMEM : 0;
 }
 
 static int pk_u64(msgpack_packer *pk, const char *k, uint64_t v) {
@@ -103,10 +109,14 @@ int proto_encode_hello(cm_buf *out, const proto_hello *h) {
 }
 
 int proto_encode_submit(cm_buf *out, const proto_submit *s) {
-    if (s->n_msgs > PROTO_MAX_MESSAGES || s->n_stop > PROTO_MAX_STOP)
+    if (s->n_msgs > PROTO_MAX_MESSAGES || s->n_stop > PROTO_MAX_STOP || s->n_prompts > PROTO_MAX_PROMPTS ||
+        s->n_bias > PROTO_MAX_BIAS || s->n > PROTO_MAX_N || s->top_logprobs > PROTO_MAX_TOP_LOGPROBS)
         return -EMSGSIZE;
     for (uint32_t i = 0; i < s->n_stop; i++)
         if (s->stop[i].len > PROTO_MAX_STOP_LEN)
+            return -EMSGSIZE;
+    for (uint32_t i = 0; i < s->n_prompts; i++)
+        if (s->prompts[i].n_tokens > PROTO_MAX_PROMPT_TOKENS)
             return -EMSGSIZE;
     size_t at;
     int rc = frame_begin(out, PROTO_SUBMIT, &at);
@@ -114,7 +124,10 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
         return rc;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);
-    rc = msgpack_pack_map(&pk, 7 + (s->has_seed ? 1 : 0) + (s->n_stop ? 1 : 0)) ? -ENOMEM : 0;
+    rc = msgpack_pack_map(&pk, 12 + (s->has_seed ? 1 : 0) + (s->n_stop ? 1 : 0) + (s->n_prompts ? 1 : 0) +
+                                   (s->n_bias ? 1 : 0))
+             ? -ENOMEM
+             : 0;
     if (!rc)
         rc = pk_u64(&pk, "job", s->job_id);
     if (!rc)
@@ -126,6 +139,21 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
         if (!rc)
             rc = pk_str(&pk, "content", &s->msgs[i].content);
     }
+    if (!rc && s->n_prompts) {
+        rc = pk_key(&pk, "prompts") || msgpack_pack_array(&pk, s->n_prompts) ? -ENOMEM : 0;
+        for (uint32_t i = 0; !rc && i < s->n_prompts; i++) {
+            const proto_prompt *pr = &s->prompts[i];
+            if (!pr->tokens) {
+                rc = pk_str_val(&pk, &pr->text);
+                continue;
+            }
+            rc = msgpack_pack_array(&pk, pr->n_tokens) ? -ENOMEM : 0;
+            for (uint32_t t = 0; !rc && t < pr->n_tokens; t++)
+                rc = msgpack_pack_int32(&pk, pr->tokens[t]) ? -ENOMEM : 0;
+        }
+    }
+    if (!rc)
+        rc = pk_u64(&pk, "n", s->n ? s->n : 1);
     if (!rc)
         rc = pk_i64(&pk, "max_tokens", s->max_tokens);
     if (!rc)
@@ -135,13 +163,29 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
     if (!rc)
         rc = pk_i64(&pk, "top_k", s->top_k);
     if (!rc)
-        rc = pk_u64(&pk, "n", 1);
+        rc = pk_f32(&pk, "pres", s->presence_penalty);
+    if (!rc)
+        rc = pk_f32(&pk, "freq", s->frequency_penalty);
+    if (!rc)
+        rc = pk_u64(&pk, "lp", s->logprobs);
+    if (!rc)
+        rc = pk_u64(&pk, "top_lp", s->top_logprobs);
+    if (!rc)
+        rc = pk_u64(&pk, "echo", s->echo);
+    if (!rc && s->n_bias) {
+        rc = pk_key(&pk, "bias") || msgpack_pack_array(&pk, s->n_bias) ? -ENOMEM : 0;
+        for (uint32_t i = 0; !rc && i < s->n_bias; i++)
+            rc = msgpack_pack_array(&pk, 2) || msgpack_pack_int32(&pk, s->bias[i].token) ||
+                         msgpack_pack_float(&pk, s->bias[i].bias)
+                     ? -ENOMEM
+                     : 0;
+    }
     if (!rc && s->has_seed)
         rc = pk_u64(&pk, "seed", s->seed);
     if (!rc && s->n_stop) {
         rc = pk_key(&pk, "stop") || msgpack_pack_array(&pk, s->n_stop) ? -ENOMEM : 0;
         for (uint32_t i = 0; !rc && i < s->n_stop; i++)
-            rc = msgpack_pack_str_with_body(&pk, s->stop[i].p ? s->stop[i].p : "", s->stop[i].len) ? -ENOMEM : 0;
+            rc = pk_str_val(&pk, &s->stop[i]);
     }
     return frame_end(out, at, rc);
 }
@@ -182,6 +226,27 @@ int proto_encode_shutdown(cm_buf *out) {
     return encode_empty(out, PROTO_SHUTDOWN);
 }
 
+/* "lp": [[tok, logprob, [[tok, logprob], ...]], ...] */
+static int pk_logprobs(msgpack_packer *pk, const proto_event *e) {
+    if (e->n_lp > PROTO_MAX_LOGPROBS)
+        return -EMSGSIZE;
+    int rc = pk_key(pk, "lp") || msgpack_pack_array(pk, e->n_lp) ? -ENOMEM : 0;
+    for (uint32_t i = 0; !rc && i < e->n_lp; i++) {
+        const proto_logprob *l = &e->lp[i];
+        if (l->n_top > PROTO_MAX_TOP_LOGPROBS)
+            return -EMSGSIZE;
+        rc = msgpack_pack_array(pk, 3) ? -ENOMEM : pk_str_val(pk, &l->tok);
+        if (!rc)
+            rc = msgpack_pack_float(pk, l->logprob) || msgpack_pack_array(pk, l->n_top) ? -ENOMEM : 0;
+        for (uint32_t t = 0; !rc && t < l->n_top; t++) {
+            rc = msgpack_pack_array(pk, 2) ? -ENOMEM : pk_str_val(pk, &l->top[t].tok);
+            if (!rc)
+                rc = msgpack_pack_float(pk, l->top[t].logprob) ? -ENOMEM : 0;
+        }
+    }
+    return rc;
+}
+
 int proto_encode_event(cm_buf *out, const proto_event *e) {
     size_t at;
     int rc = frame_begin(out, PROTO_EVENT, &at);
@@ -192,8 +257,8 @@ int proto_encode_event(cm_buf *out, const proto_event *e) {
     int n = 3;
     switch (e->kind) {
     case PROTO_EV_ACCEPTED: n += 1; break;
-    case PROTO_EV_DELTA: n += 1; break;
-    case PROTO_EV_FINISH: n += 4; break;
+    case PROTO_EV_DELTA: n += 1 + (e->n_lp ? 1 : 0); break;
+    case PROTO_EV_FINISH: n += 5; break;
     case PROTO_EV_ERROR: n += 4; break;
     default: break;
     }
@@ -212,10 +277,14 @@ int proto_encode_event(cm_buf *out, const proto_event *e) {
     case PROTO_EV_DELTA:
         if (!rc)
             rc = pk_str(&pk, "text", &e->text);
+        if (!rc && e->n_lp)
+            rc = pk_logprobs(&pk, e);
         break;
     case PROTO_EV_FINISH:
         if (!rc)
             rc = pk_u64(&pk, "finish", e->finish_reason);
+        if (!rc)
+            rc = pk_u64(&pk, "last", e->last);
         if (!rc)
             rc = pk_u64(&pk, "pt", e->prompt_tokens);
         if (!rc)
@@ -239,6 +308,16 @@ int proto_encode_event(cm_buf *out, const proto_event *e) {
     return frame_end(out, at, rc);
 }
 
+static const char *const stats_keys[] = {"jobs", "running", "waiting", "kv_free", "kv_cached", "kv_total",
+                                         "tok_gen", "tok_prompt"};
+#define N_STATS (sizeof stats_keys / sizeof *stats_keys)
+
+static void stats_values(const proto_stats *s, uint64_t v[N_STATS]) {
+    uint64_t t[N_STATS] = {s->jobs,           s->running,         s->waiting,          s->kv_blocks_free,
+                           s->kv_blocks_cached, s->kv_blocks_total, s->tokens_generated, s->tokens_prompt};
+    memcpy(v, t, sizeof t);
+}
+
 int proto_encode_stats(cm_buf *out, const proto_stats *s) {
     size_t at;
     int rc = frame_begin(out, PROTO_STATS, &at);
@@ -246,19 +325,11 @@ int proto_encode_stats(cm_buf *out, const proto_stats *s) {
         return rc;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);
-    rc = msgpack_pack_map(&pk, 6) ? -ENOMEM : 0;
-    if (!rc)
-        rc = pk_u64(&pk, "running", s->running);
-    if (!rc)
-        rc = pk_u64(&pk, "waiting", s->waiting);
-    if (!rc)
-        rc = pk_u64(&pk, "kv_free", s->kv_blocks_free);
-    if (!rc)
-        rc = pk_u64(&pk, "kv_total", s->kv_blocks_total);
-    if (!rc)
-        rc = pk_u64(&pk, "tok_gen", s->tokens_generated);
-    if (!rc)
-        rc = pk_u64(&pk, "tok_prompt", s->tokens_prompt);
+    uint64_t v[N_STATS];
+    stats_values(s, v);
+    rc = msgpack_pack_map(&pk, N_STATS) ? -ENOMEM : 0;
+    for (size_t i = 0; !rc && i < N_STATS; i++)
+        rc = pk_u64(&pk, stats_keys[i], v[i]);
     return frame_end(out, at, rc);
 }
 
@@ -480,6 +551,48 @@ static int decode_submit(const msgpack_object *m, proto_submit *s) {
         if ((rc = get_str(e, "role", 1, &s->msgs[i].role)) || (rc = get_str(e, "content", 1, &s->msgs[i].content)))
             return rc;
     }
+    const msgpack_object *prompts = map_get(m, "prompts");
+    if (prompts) {
+        if (prompts->type != MSGPACK_OBJECT_ARRAY)
+            return -EBADMSG;
+        if (prompts->via.array.size > PROTO_MAX_PROMPTS)
+            return -EMSGSIZE;
+        if (prompts->via.array.size) {
+            s->prompts = calloc(prompts->via.array.size, sizeof *s->prompts);
+            if (!s->prompts)
+                return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < prompts->via.array.size; i++) {
+            const msgpack_object *e = &prompts->via.array.ptr[i];
+            proto_prompt *pr = &s->prompts[i];
+            s->n_prompts = i + 1;
+            if (e->type == MSGPACK_OBJECT_STR) {
+                if ((rc = copy_str(e, PROTO_MAX_STR, &pr->text)))
+                    return rc;
+                continue;
+            }
+            if (e->type != MSGPACK_OBJECT_ARRAY)
+                return -EBADMSG;
+            if (e->via.array.size > PROTO_MAX_PROMPT_TOKENS)
+                return -EMSGSIZE;
+            pr->tokens = malloc(((size_t)e->via.array.size + 1) * sizeof *pr->tokens);
+            if (!pr->tokens)
+                return -ENOMEM;
+            for (uint32_t t = 0; t < e->via.array.size; t++) {
+                const msgpack_object *o = &e->via.array.ptr[t];
+                if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > INT32_MAX)
+                    return -EBADMSG;
+                pr->tokens[t] = (int32_t)o->via.u64;
+            }
+            pr->n_tokens = e->via.array.size;
+        }
+    }
+    uint64_t u = 1;
+    if (OPT(get_uint(m, "n", PROTO_MAX_N, 0, &u)))
+        return rc;
+    if (u < 1)
+        return -EBADMSG;
+    s->n = (uint32_t)u;
     int64_t v = -1;
     s->max_tokens = -1;
     if (OPT(get_int(m, "max_tokens", -1, INT32_MAX, &v)))
@@ -487,12 +600,50 @@ static int decode_submit(const msgpack_object *m, proto_submit *s) {
     s->max_tokens = (int32_t)v;
     s->temperature = 1.0f;
     s->top_p = 1.0f;
-    if (OPT(get_float(m, "temp", &s->temperature)) || OPT(get_float(m, "top_p", &s->top_p)))
+    if (OPT(get_float(m, "temp", &s->temperature)) || OPT(get_float(m, "top_p", &s->top_p)) ||
+        OPT(get_float(m, "pres", &s->presence_penalty)) || OPT(get_float(m, "freq", &s->frequency_penalty)))
         return rc;
     v = 0;
     if (OPT(get_int(m, "top_k", 0, INT32_MAX, &v)))
         return rc;
     s->top_k = (int32_t)v;
+    u = 0;
+    if (OPT(get_uint(m, "lp", 1, 0, &u)))
+        return rc;
+    s->logprobs = (uint8_t)u;
+    u = 0;
+    if (OPT(get_uint(m, "top_lp", PROTO_MAX_TOP_LOGPROBS, 0, &u)))
+        return rc;
+    s->top_logprobs = (uint8_t)u;
+    u = 0;
+    if (OPT(get_uint(m, "echo", 1, 0, &u)))
+        return rc;
+    s->echo = (uint8_t)u;
+    const msgpack_object *bias = map_get(m, "bias");
+    if (bias) {
+        if (bias->type != MSGPACK_OBJECT_ARRAY)
+            return -EBADMSG;
+        if (bias->via.array.size > PROTO_MAX_BIAS)
+            return -EMSGSIZE;
+        if (bias->via.array.size) {
+            s->bias = calloc(bias->via.array.size, sizeof *s->bias);
+            if (!s->bias)
+                return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < bias->via.array.size; i++) {
+            const msgpack_object *e = &bias->via.array.ptr[i];
+            if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 2)
+                return -EBADMSG;
+            const msgpack_object *t = &e->via.array.ptr[0], *b = &e->via.array.ptr[1];
+            if (t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 > INT32_MAX)
+                return -EBADMSG;
+            if (b->type != MSGPACK_OBJECT_FLOAT32 && b->type != MSGPACK_OBJECT_FLOAT64)
+                return -EBADMSG;
+            s->bias[i].token = (int32_t)t->via.u64;
+            s->bias[i].bias = (float)b->via.f64;
+            s->n_bias = i + 1;
+        }
+    }
     rc = get_uint(m, "seed", UINT64_MAX, 0, &s->seed);
     if (rc && rc != -ENOENT)
         return rc;
@@ -511,6 +662,56 @@ static int decode_submit(const msgpack_object *m, proto_submit *s) {
         for (uint32_t i = 0; i < stop->via.array.size; i++) {
             s->n_stop = i + 1;
             if ((rc = copy_str(&stop->via.array.ptr[i], PROTO_MAX_STOP_LEN, &s->stop[i])))
+                return rc;
+        }
+    }
+    return 0;
+}
+
+/* [tok, logprob] -> *out (tok copied). */
+static int decode_top(const msgpack_object *o, proto_top *out) {
+    if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size < 2)
+        return -EBADMSG;
+    const msgpack_object *lp = &o->via.array.ptr[1];
+    if (lp->type != MSGPACK_OBJECT_FLOAT32 && lp->type != MSGPACK_OBJECT_FLOAT64)
+        return -EBADMSG;
+    out->logprob = (float)lp->via.f64;
+    return copy_str(&o->via.array.ptr[0], PROTO_MAX_STR, &out->tok);
+}
+
+static int decode_logprobs(const msgpack_object *lp, proto_event *e) {
+    if (lp->type != MSGPACK_OBJECT_ARRAY)
+        return -EBADMSG;
+    if (lp->via.array.size > PROTO_MAX_LOGPROBS)
+        return -EMSGSIZE;
+    if (!lp->via.array.size)
+        return 0;
+    e->lp = calloc(lp->via.array.size, sizeof *e->lp);
+    if (!e->lp)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < lp->via.array.size; i++) {
+        const msgpack_object *o = &lp->via.array.ptr[i];
+        proto_logprob *l = &e->lp[i];
+        e->n_lp = i + 1;
+        proto_top self;
+        int rc = decode_top(o, &self);
+        if (rc)
+            return rc;
+        l->tok = self.tok;
+        l->logprob = self.logprob;
+        if (o->via.array.size != 3 || o->via.array.ptr[2].type != MSGPACK_OBJECT_ARRAY)
+            return -EBADMSG;
+        const msgpack_object *top = &o->via.array.ptr[2];
+        if (top->via.array.size > PROTO_MAX_TOP_LOGPROBS)
+            return -EMSGSIZE;
+        if (top->via.array.size) {
+            l->top = calloc(top->via.array.size, sizeof *l->top);
+            if (!l->top)
+                return -ENOMEM;
+        }
+        for (uint32_t t = 0; t < top->via.array.size; t++) {
+            l->n_top = t + 1;
+            if ((rc = decode_top(&top->via.array.ptr[t], &l->top[t])))
                 return rc;
         }
     }
@@ -536,6 +737,10 @@ static int decode_event(const msgpack_object *m, proto_event *e) {
     if (e->kind == PROTO_EV_FINISH && (u < PROTO_FINISH_STOP || u > PROTO_FINISH_CANCELLED))
         return -EBADMSG;
     u = 0;
+    if (OPT(get_uint(m, "last", 1, 0, &u)))
+        return rc;
+    e->last = (uint8_t)u;
+    u = 0;
     if (OPT(get_uint(m, "pt", UINT32_MAX, 0, &u)))
         return rc;
     e->prompt_tokens = (uint32_t)u;
@@ -556,22 +761,24 @@ static int decode_event(const msgpack_object *m, proto_event *e) {
         return rc;
     if (e->kind == PROTO_EV_ERROR && (e->status < 400 || e->status > 599))
         return -EBADMSG;
-    return 0;
+    const msgpack_object *lp = map_get(m, "lp");
+    return lp ? decode_logprobs(lp, e) : 0;
 }
 
 static int decode_stats(const msgpack_object *m, proto_stats *s) {
-    static const char *keys[] = {"running", "waiting", "kv_free", "kv_total", "tok_gen", "tok_prompt"};
-    uint64_t v[6] = {0};
+    uint64_t v[N_STATS] = {0};
     int rc;
-    for (int i = 0; i < 6; i++)
-        if (OPT(get_uint(m, keys[i], i < 4 ? UINT32_MAX : UINT64_MAX, 0, &v[i])))
+    for (size_t i = 0; i < N_STATS; i++)
+        if (OPT(get_uint(m, stats_keys[i], i < 6 ? UINT32_MAX : UINT64_MAX, 0, &v[i])))
             return rc;
-    s->running = (uint32_t)v[0];
-    s->waiting = (uint32_t)v[1];
-    s->kv_blocks_free = (uint32_t)v[2];
-    s->kv_blocks_total = (uint32_t)v[3];
-    s->tokens_generated = v[4];
-    s->tokens_prompt = v[5];
+    *s = (proto_stats){.jobs = (uint32_t)v[0],
+                       .running = (uint32_t)v[1],
+                       .waiting = (uint32_t)v[2],
+                       .kv_blocks_free = (uint32_t)v[3],
+                       .kv_blocks_cached = (uint32_t)v[4],
+                       .kv_blocks_total = (uint32_t)v[5],
+                       .tokens_generated = v[6],
+                       .tokens_prompt = v[7]};
     return 0;
 }
 
@@ -652,8 +859,21 @@ void proto_frame_free(proto_frame *f) {
         for (uint32_t i = 0; i < f->u.submit.n_stop; i++)
             str_free(&f->u.submit.stop[i]);
         free(f->u.submit.stop);
+        for (uint32_t i = 0; i < f->u.submit.n_prompts; i++) {
+            str_free(&f->u.submit.prompts[i].text);
+            free(f->u.submit.prompts[i].tokens);
+        }
+        free(f->u.submit.prompts);
+        free(f->u.submit.bias);
         break;
     case PROTO_EVENT:
+        for (uint32_t i = 0; i < f->u.event.n_lp; i++) {
+            str_free(&f->u.event.lp[i].tok);
+            for (uint32_t t = 0; t < f->u.event.lp[i].n_top; t++)
+                str_free(&f->u.event.lp[i].top[t].tok);
+            free(f->u.event.lp[i].top);
+        }
+        free(f->u.event.lp);
         str_free(&f->u.event.text);
         str_free(&f->u.event.code);
         str_free(&f->u.event.message);

@@ -9,8 +9,14 @@
  *
  * Jobs are multiplexed on one socket by job_id (chosen by the gateway, unique per
  * socket). Flow: worker -> HELLO once after connecting; gateway -> SUBMIT, CANCEL,
- * STATS_REQ, SHUTDOWN; worker -> EVENT (ACCEPTED, then DELTAs, then exactly one
- * FINISH or ERROR per job), STATS.
+ * STATS_REQ, SHUTDOWN; worker -> EVENT, STATS (on request, and unprompted whenever
+ * its job counts change).
+ *
+ * A job has n_choices = n * max(1, n_prompts) choices (choice c belongs to prompt
+ * c / n). Its events: one ACCEPTED, then DELTAs tagged with their choice, one FINISH
+ * per choice, the job's last FINISH flagged `last` and carrying the job's usage; or
+ * an ERROR, which ends the whole job at any point. A cancelled job ends with one
+ * FINISH (cancelled, last).
  *
  * Ownership: encoders append to a cm_buf and never take ownership of inputs.
  * proto_decode fills a proto_frame whose strings and arrays are heap copies owned
@@ -25,7 +31,7 @@
 #include "common/cm_buf.h"
 
 #define PROTO_MAGIC 0x4B4C4D46u /* "KLMF" */
-#define PROTO_VERSION 1
+#define PROTO_VERSION 2
 #define PROTO_HDR_SIZE 12
 
 /* Caps checked on decode (and on encode, returning -EMSGSIZE). */
@@ -34,6 +40,12 @@
 #define PROTO_MAX_STR (16u << 20)     /* one string */
 #define PROTO_MAX_STOP 16             /* stop strings */
 #define PROTO_MAX_STOP_LEN 1024
+#define PROTO_MAX_N 128               /* choices per prompt */
+#define PROTO_MAX_PROMPTS 64          /* prompts in one legacy completion */
+#define PROTO_MAX_PROMPT_TOKENS (1u << 20)
+#define PROTO_MAX_BIAS 1024           /* logit_bias entries */
+#define PROTO_MAX_TOP_LOGPROBS 20
+#define PROTO_MAX_LOGPROBS 65536      /* token entries in one DELTA */
 
 typedef enum proto_type {
     PROTO_HELLO = 1,
@@ -66,16 +78,38 @@ typedef struct proto_msg {
     proto_str content; // UTF-8 text
 } proto_msg;
 
+/* One raw prompt of a legacy completion: text (tokenized by the worker, BOS added
+ * as the model wants) or token ids given by the client (used as they are). */
+typedef struct proto_prompt {
+    proto_str text;
+    int32_t *tokens; // [n_tokens], NULL when text is used
+    uint32_t n_tokens;
+} proto_prompt;
+
+typedef struct proto_bias {
+    int32_t token;
+    float bias; // added to the token's logit before sampling
+} proto_bias;
+
 typedef struct proto_submit {
     uint64_t job_id;
     uint32_t n_msgs;
-    proto_msg *msgs;     // [n_msgs]
-    int32_t max_tokens;  // completion cap; -1 = up to the context window
+    proto_msg *msgs;     // [n_msgs] chat messages (rendered with the chat template)
+    uint32_t n_prompts;
+    proto_prompt *prompts; // [n_prompts] raw prompts instead of msgs (legacy completions)
+    uint32_t n;          // choices per prompt, 1..PROTO_MAX_N (0 is sent as 1)
+    int32_t max_tokens;  // completion cap per choice; -1 = up to the context window
     float temperature;   // 0 = greedy
     float top_p;         // (0, 1]
     int32_t top_k;       // 0 = off
+    float presence_penalty, frequency_penalty; // [-2, 2], over the choice's own output
+    uint32_t n_bias;
+    proto_bias *bias;    // [n_bias]
+    uint8_t logprobs;    // 1: DELTAs carry the sampled tokens' logprobs
+    uint8_t top_logprobs; // alternatives per token, 0..PROTO_MAX_TOP_LOGPROBS
+    uint8_t echo;        // legacy completions: the prompt text leads each choice's output
     uint8_t has_seed;
-    uint64_t seed;
+    uint64_t seed;       // choice c samples from seed + c
     uint32_t n_stop;
     proto_str *stop;     // [n_stop]
 } proto_submit;
@@ -93,15 +127,34 @@ typedef enum proto_finish {
     PROTO_FINISH_CANCELLED = 3,
 } proto_finish;
 
+/* One alternative token and its log-probability. tok holds the token's bytes
+ * (not necessarily whole UTF-8 characters). */
+typedef struct proto_top {
+    proto_str tok;
+    float logprob;
+} proto_top;
+
+/* One sampled token: its bytes, log-probability, and the most likely alternatives
+ * at that position (best first). */
+typedef struct proto_logprob {
+    proto_str tok;
+    float logprob;
+    uint32_t n_top;
+    proto_top *top; // [n_top]
+} proto_logprob;
+
 typedef struct proto_event {
     uint64_t job_id;
     uint8_t kind;          // proto_event_kind
-    uint32_t choice;       // choice index (0 for now)
+    uint32_t choice;       // choice index
     proto_str text;        // DELTA
+    uint32_t n_lp;
+    proto_logprob *lp;     // DELTA: [n_lp] the tokens whose text ends in this delta
     uint8_t finish_reason; // FINISH: proto_finish
-    uint32_t prompt_tokens;     // ACCEPTED, FINISH
-    uint32_t completion_tokens; // FINISH
-    uint32_t cached_tokens;     // FINISH
+    uint8_t last;          // FINISH: the job's last event
+    uint32_t prompt_tokens;     // ACCEPTED; the last FINISH (whole job)
+    uint32_t completion_tokens; // FINISH: this choice's; the last FINISH: the whole job's
+    uint32_t cached_tokens;     // the last FINISH: prompt tokens served from the prefix cache
     uint16_t status;       // ERROR: HTTP status to report (400, 500, 503, ...)
     proto_str code;        // ERROR: OpenAI error code ("context_length_exceeded")
     proto_str message;     // ERROR: human-readable message
@@ -109,9 +162,11 @@ typedef struct proto_event {
 } proto_event;
 
 typedef struct proto_stats {
-    uint32_t running;
+    uint32_t jobs;    // jobs accepted and not ended
+    uint32_t running; // sequences (choices) in the running batch
     uint32_t waiting;
-    uint32_t kv_blocks_free;
+    uint32_t kv_blocks_free;   // on the free list
+    uint32_t kv_blocks_cached; // held only by the prefix cache (reclaimable)
     uint32_t kv_blocks_total;
     uint64_t tokens_generated;
     uint64_t tokens_prompt;

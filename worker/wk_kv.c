@@ -128,6 +128,10 @@ void wk_kv_release(wk_kv *kv, int32_t block) {
         kv->free_list[kv->n_free++] = block;
 }
 
+int wk_kv_refs(const wk_kv *kv, int32_t block) {
+    return block >= 0 && block < kv->n_blocks ? kv->refs[block] : 0;
+}
+
 void *wk_kv_k(wk_kv *kv, int layer) {
     return layer >= 0 && layer < kv->n_layer ? kv->k[layer] : NULL;
 }

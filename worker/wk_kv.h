@@ -30,6 +30,8 @@ int32_t wk_kv_alloc(wk_kv *kv);
 void wk_kv_ref(wk_kv *kv, int32_t block);
 /* Drops a reference; the block returns to the free list at zero. */
 void wk_kv_release(wk_kv *kv, int32_t block);
+/* The block's reference count (0 = free). */
+int wk_kv_refs(const wk_kv *kv, int32_t block);
 
 void *wk_kv_k(wk_kv *kv, int layer); // [n_blocks, block_size, n_kv_head, head_dim]
 void *wk_kv_v(wk_kv *kv, int layer);

@@ -59,6 +59,8 @@ typedef struct worker {
     wk_template_family tmpl;
     int n_ctx;
     cm_buf out; // frames waiting to be written (socket mode)
+    proto_stats last; // the last STATS sent
+    int stats_sent;
     // standalone mode
     cm_buf text;
     int done;
@@ -224,40 +226,80 @@ static void unload(worker *w) {
     cm_buf_free(&w->text);
 }
 
-/* Renders and queues a submit; errors go back as events. */
+static void submit_error(worker *w, uint64_t job, int status, const char *code, const char *param, const char *msg) {
+    proto_event ev = {.job_id = job, .kind = PROTO_EV_ERROR, .status = (uint16_t)status};
+    ev.code = (proto_str){(char *)code, (uint32_t)strlen(code)};
+    ev.message = (proto_str){(char *)msg, (uint32_t)strlen(msg)};
+    ev.param = (proto_str){(char *)param, (uint32_t)strlen(param)};
+    on_event(w, &ev);
+}
+
+/* Renders (chat) or tokenizes (raw prompts) and queues a submit; errors go back
+ * as events. */
 static void submit(worker *w, const proto_submit *sub) {
     char err[256] = "";
+    int np = sub->n_prompts ? (int)sub->n_prompts : 1;
+    int32_t **toks = calloc((size_t)np, sizeof *toks);
+    int *nt = calloc((size_t)np, sizeof *nt);
     wk_chat_msg *msgs = calloc(sub->n_msgs ? sub->n_msgs : 1, sizeof *msgs);
-    if (!msgs) {
-        proto_event ev = {.job_id = sub->job_id, .kind = PROTO_EV_ERROR, .status = 503};
-        ev.code = (proto_str){"server_overloaded", 17};
-        ev.message = (proto_str){"out of memory", 13};
-        on_event(w, &ev);
-        return;
+    if (!toks || !nt || !msgs)
+        goto nomem;
+    if (!sub->n_prompts) {
+        for (uint32_t i = 0; i < sub->n_msgs; i++)
+            msgs[i] = (wk_chat_msg){sub->msgs[i].role.p, sub->msgs[i].content.p, sub->msgs[i].content.len};
+        int rc = wk_template_render(w->tmpl, w->tok, msgs, (int)sub->n_msgs, &toks[0], &nt[0], err, sizeof err);
+        if (rc == -ENOMEM)
+            goto nomem;
+        if (rc) {
+            submit_error(w, sub->job_id, 400, "invalid_request_error", "messages", err);
+            goto out;
+        }
     }
-    for (uint32_t i = 0; i < sub->n_msgs; i++)
-        msgs[i] = (wk_chat_msg){sub->msgs[i].role.p, sub->msgs[i].content.p, sub->msgs[i].content.len};
-    int32_t *toks = NULL;
-    int n = 0;
-    int rc = wk_template_render(w->tmpl, w->tok, msgs, (int)sub->n_msgs, &toks, &n, err, sizeof err);
-    free(msgs);
-    if (rc) {
-        proto_event ev = {.job_id = sub->job_id, .kind = PROTO_EV_ERROR, .status = 400};
-        ev.code = (proto_str){"invalid_request_error", 21};
-        ev.message = (proto_str){err, (uint32_t)strlen(err)};
-        ev.param = (proto_str){"messages", 8};
-        on_event(w, &ev);
-        return;
+    for (uint32_t p = 0; p < sub->n_prompts; p++) {
+        const proto_prompt *pr = &sub->prompts[p];
+        if (pr->tokens) {
+            toks[p] = malloc(((size_t)pr->n_tokens + 1) * sizeof **toks);
+            if (!toks[p])
+                goto nomem;
+            memcpy(toks[p], pr->tokens, (size_t)pr->n_tokens * sizeof **toks);
+            nt[p] = (int)pr->n_tokens;
+            continue;
+        }
+        size_t cap = (size_t)pr->text.len + 2; // tokens rarely outnumber bytes; retried if they do
+        toks[p] = malloc(cap * sizeof **toks);
+        if (!toks[p])
+            goto nomem;
+        int n = wk_tok_encode(w->tok, pr->text.p, pr->text.len, 1, 0, toks[p], (int)cap);
+        if (n > (int)cap) {
+            int32_t *bigger = realloc(toks[p], (size_t)n * sizeof **toks);
+            if (!bigger)
+                goto nomem;
+            toks[p] = bigger;
+            n = wk_tok_encode(w->tok, pr->text.p, pr->text.len, 1, 0, toks[p], n);
+        }
+        if (n < 0) {
+            submit_error(w, sub->job_id, 400, "invalid_request_error", "prompt", "the prompt cannot be tokenized");
+            goto out;
+        }
+        nt[p] = n;
     }
-    wk_sched_submit(w->sched, sub, toks, n);
+    wk_sched_submit(w->sched, sub, np, (const int32_t *const *)toks, nt);
+    goto out;
+nomem:
+    submit_error(w, sub->job_id, 503, "server_overloaded", "", "out of memory");
+out:
+    for (int p = 0; toks && p < np; p++)
+        free(toks[p]);
     free(toks);
+    free(nt);
+    free(msgs);
 }
 
 /* ---- standalone ---- */
 
 static int run_standalone(worker *w) {
     proto_msg msg = {{"user", 4}, {(char *)w->o.prompt, (uint32_t)strlen(w->o.prompt)}};
-    proto_submit sub = {.job_id = 1, .n_msgs = 1, .msgs = &msg, .max_tokens = w->o.max_tokens,
+    proto_submit sub = {.job_id = 1, .n = 1, .n_msgs = 1, .msgs = &msg, .max_tokens = w->o.max_tokens,
                         .temperature = w->o.temperature, .top_p = 1, .has_seed = (uint8_t)w->o.has_seed,
                         .seed = w->o.seed, .n_stop = (uint32_t)w->o.n_stop, .stop = w->o.stop};
     submit(w, &sub);
@@ -292,6 +334,19 @@ static int flush_out(worker *w) {
     return 0;
 }
 
+/* Sends STATS unprompted when the job or sequence counts changed since the last
+ * STATS sent, so the gateway's view (/metrics) follows admissions and ends. */
+static void push_stats(worker *w) {
+    proto_stats st;
+    wk_sched_stats(w->sched, &st);
+    if (w->stats_sent && st.jobs == w->last.jobs && st.running == w->last.running && st.waiting == w->last.waiting)
+        return;
+    if (!proto_encode_stats(&w->out, &st)) {
+        w->last = st;
+        w->stats_sent = 1;
+    }
+}
+
 /* Handles one frame. Returns 1 to shut down, 0 to go on. */
 static int handle(worker *w, const proto_frame *f) {
     switch (f->type) {
@@ -303,7 +358,10 @@ static int handle(worker *w, const proto_frame *f) {
     case PROTO_STATS_REQ: {
         proto_stats st;
         wk_sched_stats(w->sched, &st);
-        proto_encode_stats(&w->out, &st);
+        if (!proto_encode_stats(&w->out, &st)) {
+            w->last = st;
+            w->stats_sent = 1;
+        }
         return 0;
     }
     case PROTO_SHUTDOWN: return 1;
@@ -380,6 +438,7 @@ static int run_socket(worker *w) {
             rc = 1;
             break;
         }
+        push_stats(w);
         if (flush_out(w)) {
             rc = 1;
             break;

@@ -33,33 +33,81 @@ static double next_unit(uint64_t *s) {
     return (double)(next_u64(s) >> 11) * 0x1.0p-53;
 }
 
-int wk_sampler_init(wk_sampler *s, int n_vocab, float temperature, float top_p, int top_k, int has_seed,
-                    uint64_t seed) {
+int wk_sampler_init(wk_sampler *s, int n_vocab, const wk_sampler_params *p) {
     memset(s, 0, sizeof *s);
-    s->temperature = temperature;
-    s->top_p = top_p;
-    s->top_k = top_k;
+    s->p = *p;
+    s->p.bias = NULL;
     s->n_vocab = n_vocab;
-    if (!has_seed && getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
+    uint64_t seed = p->seed;
+    if (!p->has_seed && getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed)
         seed ^= (uint64_t)(uintptr_t)s;
     for (int i = 0; i < 4; i++)
         s->rng[i] = splitmix64(&seed);
-    if (temperature > 0) {
+    if (p->temperature > 0) {
         s->heap = malloc((size_t)n_vocab * sizeof *s->heap);
         s->prob = malloc((size_t)n_vocab * sizeof *s->prob);
-        if (!s->heap || !s->prob) {
-            wk_sampler_free(s);
-            return -ENOMEM;
-        }
+        if (!s->heap || !s->prob)
+            goto nomem;
+    }
+    if (p->n_bias) {
+        proto_bias *b = malloc((size_t)p->n_bias * sizeof *b);
+        if (!b)
+            goto nomem;
+        memcpy(b, p->bias, (size_t)p->n_bias * sizeof *b);
+        s->p.bias = b;
+    }
+    if (p->presence_penalty != 0 || p->frequency_penalty != 0) {
+        s->count = calloc((size_t)n_vocab, sizeof *s->count);
+        if (!s->count)
+            goto nomem;
     }
     return 0;
+nomem:
+    wk_sampler_free(s);
+    return -ENOMEM;
 }
 
 void wk_sampler_free(wk_sampler *s) {
     free(s->heap);
     free(s->prob);
+    free((void *)s->p.bias);
+    free(s->count);
+    free(s->seen);
     s->heap = NULL;
     s->prob = NULL;
+    s->p.bias = NULL;
+    s->count = NULL;
+    s->seen = NULL;
+    s->n_seen = s->cap_seen = 0;
+}
+
+int wk_sampler_accept(wk_sampler *s, int32_t id) {
+    if (!s->count || id < 0 || id >= s->n_vocab)
+        return 0;
+    if (s->count[id] == 0) {
+        if (s->n_seen == s->cap_seen) {
+            int cap = s->cap_seen ? s->cap_seen * 2 : 64;
+            int32_t *p = realloc(s->seen, (size_t)cap * sizeof *p);
+            if (!p)
+                return -ENOMEM;
+            s->seen = p;
+            s->cap_seen = cap;
+        }
+        s->seen[s->n_seen++] = id;
+    }
+    if (s->count[id] < UINT16_MAX)
+        s->count[id]++;
+    return 0;
+}
+
+/* Bias and penalties, in place. */
+static void adjust(const wk_sampler *s, float *logits) {
+    for (int i = 0; i < s->p.n_bias; i++)
+        logits[s->p.bias[i].token] += s->p.bias[i].bias;
+    for (int i = 0; i < s->n_seen; i++) {
+        int32_t id = s->seen[i];
+        logits[id] -= s->p.frequency_penalty * (float)s->count[id] + s->p.presence_penalty;
+    }
 }
 
 static int32_t argmax(const float *l, int n) {
@@ -91,17 +139,18 @@ static void sift_down(int32_t *h, int n, int i, const float *l) {
     }
 }
 
-int32_t wk_sampler_sample(wk_sampler *s, const float *logits) {
+int32_t wk_sampler_sample(wk_sampler *s, float *logits) {
     const int n = s->n_vocab;
-    if (s->temperature <= 0 || s->top_k == 1)
+    adjust(s, logits);
+    if (s->p.temperature <= 0 || s->p.top_k == 1)
         return argmax(logits, n);
-    const double inv_t = 1.0 / s->temperature;
+    const double inv_t = 1.0 / s->p.temperature;
     const float mx = logits[argmax(logits, n)];
     double total = 0;
     for (int i = 0; i < n; i++)
         total += exp((double)(logits[i] - mx) * inv_t);
 
-    if ((s->top_k <= 0 || s->top_k >= n) && s->top_p >= 1.0f) {
+    if ((s->p.top_k <= 0 || s->p.top_k >= n) && s->p.top_p >= 1.0f) {
         // The full distribution: one draw, one scan.
         double r = next_unit(s->rng) * total, acc = 0;
         for (int i = 0; i < n; i++) {
@@ -118,7 +167,7 @@ int32_t wk_sampler_sample(wk_sampler *s, const float *logits) {
         h[i] = i;
     for (int i = n / 2 - 1; i >= 0; i--)
         sift_down(h, n, i, logits);
-    int limit = s->top_k > 0 && s->top_k < n ? s->top_k : n;
+    int limit = s->p.top_k > 0 && s->p.top_k < n ? s->p.top_k : n;
     int hn = n, k = 0;
     double cum = 0;
     while (k < limit && hn > 0) {
@@ -130,7 +179,7 @@ int32_t wk_sampler_sample(wk_sampler *s, const float *logits) {
         h[n - 1 - k] = id; // popped ids collect at the tail of the array
         k++;
         cum += p;
-        if (cum >= s->top_p)
+        if (cum >= s->p.top_p)
             break;
     }
     double r = next_unit(s->rng) * cum, acc = 0;
@@ -140,4 +189,28 @@ int32_t wk_sampler_sample(wk_sampler *s, const float *logits) {
             return h[n - 1 - i];
     }
     return h[n - 1 - (k - 1)];
+}
+
+float wk_sampler_logprobs(const float *logits, int n_vocab, int32_t id, int n_top, int32_t *top_id, float *top_lp) {
+    const float mx = logits[argmax(logits, n_vocab)];
+    double total = 0;
+    for (int i = 0; i < n_vocab; i++)
+        total += exp((double)(logits[i] - mx));
+    const double lse = (double)mx + log(total);
+    // Top n_top by insertion into a short sorted list (n_top <= 20).
+    int k = 0;
+    for (int i = 0; i < n_vocab && n_top > 0; i++) {
+        float l = logits[i];
+        if (k == n_top && l <= logits[top_id[k - 1]])
+            continue;
+        int j = k < n_top ? k++ : k - 1;
+        while (j > 0 && l > logits[top_id[j - 1]]) {
+            top_id[j] = top_id[j - 1];
+            j--;
+        }
+        top_id[j] = i;
+    }
+    for (int i = 0; i < k; i++)
+        top_lp[i] = (float)((double)logits[top_id[i]] - lse);
+    return (float)((double)logits[id] - lse);
 }

@@ -5,29 +5,54 @@
  * smallest set whose probability reaches top_p, then one draw from a seeded
  * xoshiro256** generator: the same seed and logits give the same token. The
  * candidate selection is a heap over the vocabulary (O(V + k log V)), never a
- * full sort. All scratch is allocated by wk_sampler_init. */
+ * full sort. All scratch is allocated by wk_sampler_init.
+ *
+ * Before selection the logits are adjusted in place: logit_bias values are added,
+ * and every token already in this sequence's output is lowered by
+ * frequency_penalty * count + presence_penalty (OpenAI's definition; the prompt is
+ * not counted). Log-probabilities (wk_sampler_logprobs) are taken from the logits
+ * as the model produced them, before any adjustment, like vLLM's default. */
 #ifndef WK_SAMPLER_H
 #define WK_SAMPLER_H
 
 #include <stdint.h>
 
-typedef struct wk_sampler {
-    float temperature;
-    float top_p;
+#include "proto/proto.h"
+
+typedef struct wk_sampler_params {
+    float temperature, top_p;
     int top_k;
+    float presence_penalty, frequency_penalty;
+    const proto_bias *bias; // [n_bias], copied by init; out-of-vocabulary ids must be refused before
+    int n_bias;
+    int has_seed;
+    uint64_t seed;
+} wk_sampler_params;
+
+typedef struct wk_sampler {
+    wk_sampler_params p; // p.bias points at the sampler's own copy
     int n_vocab;
     uint64_t rng[4];
-    int32_t *heap; // [n_vocab] scratch
-    float *prob;   // [n_vocab] scratch
+    int32_t *heap;   // [n_vocab] scratch
+    float *prob;     // [n_vocab] scratch
+    uint16_t *count; // [n_vocab] output counts (only with a penalty)
+    int32_t *seen;   // [n_seen] distinct output tokens (only with a penalty)
+    int n_seen, cap_seen;
 } wk_sampler;
 
-/* Initializes s; seeds from `seed` when has_seed, else from the OS. 0 or -ENOMEM.
+/* Initializes s; seeds from p->seed when has_seed, else from the OS. 0 or -ENOMEM.
  * Release with wk_sampler_free. */
-int wk_sampler_init(wk_sampler *s, int n_vocab, float temperature, float top_p, int top_k, int has_seed,
-                    uint64_t seed);
+int wk_sampler_init(wk_sampler *s, int n_vocab, const wk_sampler_params *p);
 void wk_sampler_free(wk_sampler *s); // zeroed or freed sampler is a no-op
 
-/* Picks the next token from logits [n_vocab]. */
-int32_t wk_sampler_sample(wk_sampler *s, const float *logits);
+/* Picks the next token from logits [n_vocab], which it adjusts in place (bias and
+ * penalties). */
+int32_t wk_sampler_sample(wk_sampler *s, float *logits);
+/* Counts an output token for the penalties. 0 or -ENOMEM. */
+int wk_sampler_accept(wk_sampler *s, int32_t id);
+
+/* Log-softmax of logits [n_vocab]: returns log p(id), and fills top_id/top_lp [n_top]
+ * with the n_top most likely tokens, best first (ties to the lower id). */
+float wk_sampler_logprobs(const float *logits, int n_vocab, int32_t id, int n_top, int32_t *top_id, float *top_lp);
 
 #endif

@@ -14,7 +14,16 @@
  * Waiting sequences are ordered by `order` (lower first): new ones get increasing
  * stamps, preempted ones negative stamps so they go back to the head of the queue.
  * Running sequences keep their admission stamp; the newest is the preemption
- * victim. */
+ * victim.
+ *
+ * A job holds one sequence per choice (n per prompt). Full blocks are listed in
+ * the prefix cache as soon as they are computed, and admission starts a sequence
+ * from the longest cached prefix of its tokens. The first choice of each prompt
+ * (its leader) is admitted alone; the prompt's other choices wait until the leader
+ * has computed the whole prompt, so they share its full blocks through the cache
+ * and compute only the partial last block. A preempted sequence comes back the
+ * same way, usually finding its own blocks still cached. Blocks held only by the
+ * cache are reclaimed (least recently used first) before anything is preempted. */
 #include "worker/wk_sched.h"
 
 #include <errno.h>
@@ -24,13 +33,37 @@
 
 #include "common/cm_buf.h"
 #include "common/cm_log.h"
+#include "worker/wk_prefix.h"
 #include "worker/wk_sampler.h"
 
 enum { SEQ_WAITING = 1, SEQ_RUNNING = 2 };
 
+/* One job: its choices' shared bookkeeping. */
+typedef struct job {
+    uint64_t id;
+    int n_choices, left;    // choices not yet finished
+    int n_per_prompt;       // choices per prompt (the request's n)
+    uint8_t *ready;         // [n_prompts] the prompt's leader has computed it
+    uint32_t pt, ct, cached; // usage of the whole job
+    int top_logprobs, logprobs;
+} job;
+
+/* A sampled token's logprobs, held until its text is emitted. */
+typedef struct lp_entry {
+    int32_t id;
+    float lp;
+    int n_top;
+    int32_t top_id[PROTO_MAX_TOP_LOGPROBS];
+    float top_lp[PROTO_MAX_TOP_LOGPROBS];
+    size_t end; // offset just past the token's bytes in the choice's output
+} lp_entry;
+
 typedef struct seq {
     int state;
-    uint64_t job;
+    job *jb;
+    uint32_t choice;
+    int prompt; // index of the job's prompt
+    int leader; // first choice of its prompt
     int64_t order;
     int32_t *tok; // [cap_tok] prompt then generated tokens
     int n_tok, cap_tok;
@@ -38,6 +71,12 @@ typedef struct seq {
     int n_done;      // tokens whose K/V are cached
     int32_t *blocks; // [max_blocks]
     int n_blocks;
+    int n_listed;    // leading blocks listed in (or taken from) the prefix cache
+    uint64_t pkey;   // prefix-cache key of block n_listed - 1 (0: none)
+    int admitted;    // admitted at least once (cached_tokens counted)
+    lp_entry *lp;    // [n_lp] tokens whose text is not emitted yet
+    int n_lp, cap_lp;
+    size_t out_bytes, emitted; // output bytes produced / emitted so far
     int n_gen, max_gen;
     wk_sampler smp;
     cm_buf pend;     // detokenized bytes not yet emitted
@@ -50,6 +89,7 @@ typedef struct seq {
 struct wk_sched {
     wk_model *m;
     wk_kv *kv;
+    wk_prefix *prefix;
     const wk_tok *t;
     wk_sched_config cfg;
     wk_sched_emit_fn emit;
@@ -57,11 +97,13 @@ struct wk_sched {
     int n_vocab, bs, max_blocks;
     seq **seqs; // waiting and running
     int n_seqs, cap_seqs;
+    int n_jobs;
     int64_t stamp, pre_stamp;
     // step buffers, sized at create
     int32_t *b_tok, *b_pos, *b_seq, *b_tables, *b_rows;
     seq **b_logit_seq;
     float *logits;
+    float *raw; // [n_vocab] unadjusted logits of the row being sampled (logprobs)
     uint64_t tokens_gen, tokens_prompt;
 };
 
@@ -152,18 +194,44 @@ static size_t utf8_complete(const uint8_t *p, size_t n) {
     return n;
 }
 
-static void emit_delta(wk_sched *s, seq *q, size_t n) {
-    if (!n)
+static proto_str piece_str(const wk_sched *s, int32_t id) {
+    const char *p;
+    int n = wk_tok_piece(s->t, id, 0, &p);
+    return n > 0 ? (proto_str){(char *)p, (uint32_t)n} : (proto_str){"", 0};
+}
+
+/* Emits q->pend[0..n) as one DELTA with the logprobs of the tokens that end in it
+ * (an empty delta only when such tokens exist and `final`). */
+static void emit_delta(wk_sched *s, seq *q, size_t n, int final) {
+    int k = 0;
+    while (k < q->n_lp && q->lp[k].end <= q->emitted + n)
+        k++;
+    if (!n && !(final && k))
         return;
     cm_buf out = CM_BUF_INIT;
-    if (!utf8_sanitize(q->pend.data, n, &out) && out.len) {
-        proto_event ev = {.job_id = q->job, .kind = PROTO_EV_DELTA};
-        ev.text.p = (char *)out.data;
-        ev.text.len = (uint32_t)out.len;
-        s->emit(s->ud, &ev);
+    proto_logprob *lp = k ? calloc((size_t)k, sizeof *lp) : NULL;
+    proto_top *top = k && q->jb->top_logprobs ? calloc((size_t)k * q->jb->top_logprobs, sizeof *top) : NULL;
+    if ((k && !lp) || (k && q->jb->top_logprobs && !top) || utf8_sanitize(q->pend.data, n, &out))
+        goto done; // out of memory: drop this piece rather than the job
+    for (int i = 0; i < k; i++) {
+        const lp_entry *e = &q->lp[i];
+        lp[i] = (proto_logprob){.tok = piece_str(s, e->id), .logprob = e->lp, .n_top = (uint32_t)e->n_top,
+                                .top = top + (size_t)i * q->jb->top_logprobs};
+        for (int t = 0; t < e->n_top; t++)
+            lp[i].top[t] = (proto_top){piece_str(s, e->top_id[t]), e->top_lp[t]};
     }
+    proto_event ev = {.job_id = q->jb->id, .kind = PROTO_EV_DELTA, .choice = q->choice, .n_lp = (uint32_t)k, .lp = lp};
+    ev.text.p = out.data ? (char *)out.data : "";
+    ev.text.len = (uint32_t)out.len;
+    s->emit(s->ud, &ev);
+done:
+    free(lp);
+    free(top);
     cm_buf_free(&out);
     cm_buf_consume(&q->pend, n);
+    q->emitted += n;
+    memmove(q->lp, q->lp + k, (size_t)(q->n_lp - k) * sizeof *q->lp);
+    q->n_lp -= k;
 }
 
 /* Emits what can safely leave of q->pend. Returns 1 if a stop string matched (the
@@ -180,8 +248,9 @@ static int flush_text(wk_sched *s, seq *q, int final) {
             hit = (size_t)(at - p);
     }
     if (hit != SIZE_MAX) {
-        emit_delta(s, q, hit);
+        emit_delta(s, q, hit, 1);
         q->pend.len = 0;
+        q->n_lp = 0; // tokens of the stop string and after it are not output
         return 1;
     }
     size_t safe = n;
@@ -198,7 +267,7 @@ static int flush_text(wk_sched *s, seq *q, int final) {
         }
         safe = utf8_complete(p, n - hold);
     }
-    emit_delta(s, q, safe);
+    emit_delta(s, q, safe, final);
     return 0;
 }
 
@@ -209,6 +278,8 @@ static void seq_release_blocks(wk_sched *s, seq *q) {
         wk_kv_release(s->kv, q->blocks[i]);
     q->n_blocks = 0;
     q->n_done = 0;
+    q->n_listed = 0;
+    q->pkey = 0;
 }
 
 static void seq_free(seq *q) {
@@ -216,6 +287,7 @@ static void seq_free(seq *q) {
         return;
     free(q->tok);
     free(q->blocks);
+    free(q->lp);
     wk_sampler_free(&q->smp);
     cm_buf_free(&q->pend);
     for (uint32_t i = 0; i < q->n_stop; i++)
@@ -224,28 +296,65 @@ static void seq_free(seq *q) {
     free(q);
 }
 
-/* Ends q: emits FINISH with usage (reason > 0) and removes it from the scheduler. */
-static void seq_finish(wk_sched *s, int idx, int reason) {
+static void job_free(job *j) {
+    if (j) {
+        free(j->ready);
+        free(j);
+    }
+}
+
+/* Removes sequence idx (its blocks released) from the scheduler. */
+static void seq_remove(wk_sched *s, int idx) {
     seq *q = s->seqs[idx];
-    if (reason <= 0)
-        goto remove;
-    proto_event ev = {.job_id = q->job,
-                      .kind = PROTO_EV_FINISH,
-                      .finish_reason = (uint8_t)reason,
-                      .prompt_tokens = (uint32_t)q->n_prompt,
-                      .completion_tokens = (uint32_t)q->n_gen};
-    s->emit(s->ud, &ev);
-remove:
     seq_release_blocks(s, q);
     seq_free(q);
     s->seqs[idx] = s->seqs[--s->n_seqs];
 }
 
-/* Makes sure q has blocks for its first n tokens. 0 or -ENOSPC. */
+static void job_end(wk_sched *s, job *j) {
+    job_free(j);
+    s->n_jobs--;
+}
+
+/* Ends choice idx: emits its FINISH (the job's last one carries the job's usage)
+ * and removes it. The job goes with its last choice. */
+static void seq_finish(wk_sched *s, int idx, int reason) {
+    seq *q = s->seqs[idx];
+    job *j = q->jb;
+    j->left--;
+    proto_event ev = {.job_id = j->id,
+                      .kind = PROTO_EV_FINISH,
+                      .choice = q->choice,
+                      .finish_reason = (uint8_t)reason,
+                      .last = j->left == 0,
+                      .completion_tokens = (uint32_t)q->n_gen};
+    if (ev.last)
+        ev.prompt_tokens = j->pt, ev.completion_tokens = j->ct, ev.cached_tokens = j->cached;
+    s->emit(s->ud, &ev);
+    seq_remove(s, idx);
+    if (!j->left)
+        job_end(s, j);
+}
+
+/* Removes job j and all of its choices without events (after an ERROR or with
+ * the FINISH of a cancel already sent). */
+static void job_drop(wk_sched *s, job *j) {
+    for (int i = 0; i < s->n_seqs;)
+        if (s->seqs[i]->jb == j)
+            seq_remove(s, i);
+        else
+            i++;
+    job_end(s, j);
+}
+
+/* Makes sure q has blocks for its first n tokens, reclaiming cached blocks when
+ * the free list is empty. 0 or -ENOSPC. */
 static int seq_grow(wk_sched *s, seq *q, int n) {
     int need = blocks_for(s, n);
     while (q->n_blocks < need) {
         int32_t b = wk_kv_alloc(s->kv);
+        if (b < 0 && wk_prefix_evict(s->prefix, 1))
+            b = wk_kv_alloc(s->kv);
         if (b < 0)
             return -ENOSPC;
         q->blocks[q->n_blocks++] = b;
@@ -253,8 +362,17 @@ static int seq_grow(wk_sched *s, seq *q, int n) {
     return 0;
 }
 
+/* Lists q's newly computed full blocks in the prefix cache. */
+static void seq_list_blocks(wk_sched *s, seq *q) {
+    while (q->n_listed < q->n_done / s->bs && q->n_listed < q->n_blocks) {
+        const int32_t *bt = q->tok + (size_t)q->n_listed * s->bs;
+        q->pkey = wk_prefix_insert(s->prefix, q->pkey, bt, q->blocks[q->n_listed]);
+        q->n_listed++;
+    }
+}
+
 static void seq_preempt(wk_sched *s, seq *q) {
-    cm_debug("preempting job %llu (%d tokens)", (unsigned long long)q->job, q->n_tok);
+    cm_debug("preempting job %llu choice %u (%d tokens)", (unsigned long long)q->jb->id, q->choice, q->n_tok);
     seq_release_blocks(s, q);
     q->state = SEQ_WAITING;
     q->order = --s->pre_stamp;
@@ -285,8 +403,9 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->b_logit_seq = malloc((size_t)ms * sizeof(seq *));
     s->b_tables = malloc((size_t)ms * s->max_blocks * sizeof(int32_t));
     s->logits = malloc((size_t)ms * s->n_vocab * sizeof(float));
+    s->prefix = wk_prefix_create(kv);
     if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->b_tables || !s->logits ||
-        wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
+        !s->prefix || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
         wk_sched_free(s);
         return NULL;
     }
@@ -296,10 +415,9 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
 void wk_sched_free(wk_sched *s) {
     if (!s)
         return;
-    for (int i = 0; i < s->n_seqs; i++) {
-        seq_release_blocks(s, s->seqs[i]);
-        seq_free(s->seqs[i]);
-    }
+    while (s->n_seqs)
+        job_drop(s, s->seqs[0]->jb);
+    wk_prefix_free(s->prefix);
     free(s->seqs);
     free(s->b_tok);
     free(s->b_pos);
@@ -308,88 +426,192 @@ void wk_sched_free(wk_sched *s) {
     free(s->b_logit_seq);
     free(s->b_tables);
     free(s->logits);
+    free(s->raw);
     free(s);
 }
 
-int wk_sched_submit(wk_sched *s, const proto_submit *sub, const int32_t *prompt, int n_prompt) {
-    char msg[512];
+/* A context-window error for a prompt of n_prompt tokens, or 0 when it fits. */
+static int check_fits(wk_sched *s, const proto_submit *sub, int n_prompt, char *msg, size_t len) {
     const int n_ctx = s->cfg.n_ctx;
     if (n_prompt >= n_ctx || (sub->max_tokens > 0 && (int64_t)n_prompt + sub->max_tokens > n_ctx)) {
         if (sub->max_tokens > 0 && n_prompt < n_ctx)
-            snprintf(msg, sizeof msg,
+            snprintf(msg, len,
                      "This model's maximum context length is %d tokens. However, you requested %lld tokens (%d in "
                      "the messages, %d in the completion). Please reduce the length of the messages or completion.",
                      n_ctx, (long long)n_prompt + sub->max_tokens, n_prompt, sub->max_tokens);
         else
-            snprintf(msg, sizeof msg,
+            snprintf(msg, len,
                      "This model's maximum context length is %d tokens. However, your messages resulted in %d tokens. "
                      "Please reduce the length of the messages.",
                      n_ctx, n_prompt);
-        emit_error(s, sub->job_id, 400, "context_length_exceeded", "messages", msg);
         return -EINVAL;
     }
     if (blocks_for(s, n_prompt + 1) > wk_kv_n_blocks(s->kv)) {
-        snprintf(msg, sizeof msg,
-                 "Your messages resulted in %d tokens, more than this worker's KV cache holds (%d tokens).", n_prompt,
-                 wk_kv_n_blocks(s->kv) * s->bs);
-        emit_error(s, sub->job_id, 400, "context_length_exceeded", "messages", msg);
+        snprintf(msg, len, "Your messages resulted in %d tokens, more than this worker's KV cache holds (%d tokens).",
+                 n_prompt, wk_kv_n_blocks(s->kv) * s->bs);
         return -EINVAL;
     }
+    return 0;
+}
+
+static seq *seq_new(wk_sched *s, const proto_submit *sub, job *j, int prompt, uint32_t choice, const int32_t *tok,
+                    int n_tok) {
     seq *q = calloc(1, sizeof *q);
     if (!q)
-        goto nomem;
-    q->job = sub->job_id;
-    q->n_prompt = q->n_tok = n_prompt;
-    q->max_gen = n_ctx - n_prompt;
+        return NULL;
+    q->jb = j;
+    q->prompt = prompt;
+    q->choice = choice;
+    q->leader = choice % (uint32_t)j->n_per_prompt == 0;
+    q->n_prompt = q->n_tok = n_tok;
+    q->max_gen = s->cfg.n_ctx - n_tok;
     if (sub->max_tokens > 0 && sub->max_tokens < q->max_gen)
         q->max_gen = sub->max_tokens;
-    q->cap_tok = n_prompt + 64;
+    q->cap_tok = n_tok + 64;
     q->tok = malloc((size_t)q->cap_tok * sizeof *q->tok);
     q->blocks = malloc((size_t)s->max_blocks * sizeof *q->blocks);
     if (!q->tok || !q->blocks)
-        goto nomem;
-    memcpy(q->tok, prompt, (size_t)n_prompt * sizeof *prompt);
-    if (wk_sampler_init(&q->smp, s->n_vocab, sub->temperature, sub->top_p, sub->top_k, sub->has_seed, sub->seed))
-        goto nomem;
+        goto fail;
+    memcpy(q->tok, tok, (size_t)n_tok * sizeof *tok);
+    wk_sampler_params sp = {.temperature = sub->temperature,
+                            .top_p = sub->top_p,
+                            .top_k = sub->top_k,
+                            .presence_penalty = sub->presence_penalty,
+                            .frequency_penalty = sub->frequency_penalty,
+                            .bias = sub->bias,
+                            .n_bias = (int)sub->n_bias,
+                            .has_seed = sub->has_seed,
+                            .seed = sub->seed + choice};
+    if (wk_sampler_init(&q->smp, s->n_vocab, &sp))
+        goto fail;
     if (sub->n_stop) {
         q->stop = calloc(sub->n_stop, sizeof *q->stop);
         if (!q->stop)
-            goto nomem;
+            goto fail;
         for (uint32_t i = 0; i < sub->n_stop; i++) {
             q->stop[i].p = malloc((size_t)sub->stop[i].len + 1);
             if (!q->stop[i].p)
-                goto nomem;
+                goto fail;
             memcpy(q->stop[i].p, sub->stop[i].p, sub->stop[i].len);
             q->stop[i].p[sub->stop[i].len] = 0;
             q->stop[i].len = sub->stop[i].len;
             q->n_stop = i + 1;
         }
     }
-    if (s->n_seqs == s->cap_seqs) {
-        int cap = s->cap_seqs ? s->cap_seqs * 2 : 16;
+    q->state = SEQ_WAITING;
+    q->order = ++s->stamp;
+    return q;
+fail:
+    seq_free(q);
+    return NULL;
+}
+
+/* Appends p[0..n) of detokenized prompt text to q's output ahead of generation
+ * (echo): emitted at once, never matched against stop strings. */
+static int seq_echo(wk_sched *s, seq *q) {
+    for (int i = 0; i < q->n_prompt; i++) {
+        proto_str p = piece_str(s, q->tok[i]);
+        if (cm_buf_append(&q->pend, p.p, p.len))
+            return -ENOMEM;
+    }
+    q->out_bytes = q->pend.len;
+    emit_delta(s, q, utf8_complete(q->pend.data, q->pend.len), 0);
+    return 0;
+}
+
+int wk_sched_submit(wk_sched *s, const proto_submit *sub, int n_prompts, const int32_t *const *prompts,
+                    const int *n_prompt) {
+    char msg[512];
+    const int n = sub->n ? (int)sub->n : 1;
+    for (int p = 0; p < n_prompts; p++) {
+        if (n_prompt[p] < 1) {
+            emit_error(s, sub->job_id, 400, "invalid_value", "prompt", "The prompt is empty.");
+            return -EINVAL;
+        }
+        if (check_fits(s, sub, n_prompt[p], msg, sizeof msg)) {
+            emit_error(s, sub->job_id, 400, "context_length_exceeded", n_prompts > 1 ? "prompt" : "messages", msg);
+            return -EINVAL;
+        }
+        for (int t = 0; t < n_prompt[p]; t++)
+            if (prompts[p][t] < 0 || prompts[p][t] >= s->n_vocab) {
+                snprintf(msg, sizeof msg, "Invalid token id %d in the prompt: this model's vocabulary has %d tokens.",
+                         prompts[p][t], s->n_vocab);
+                emit_error(s, sub->job_id, 400, "invalid_value", "prompt", msg);
+                return -EINVAL;
+            }
+    }
+    for (uint32_t i = 0; i < sub->n_bias; i++)
+        if (sub->bias[i].token < 0 || sub->bias[i].token >= s->n_vocab) {
+            snprintf(msg, sizeof msg, "Invalid 'logit_bias': token id %d is not in this model's vocabulary (%d tokens).",
+                     sub->bias[i].token, s->n_vocab);
+            emit_error(s, sub->job_id, 400, "invalid_value", "logit_bias", msg);
+            return -EINVAL;
+        }
+    const int n_choices = n * n_prompts;
+    if (s->n_seqs + n_choices > s->cap_seqs) {
+        int cap = s->cap_seqs ? s->cap_seqs : 16;
+        while (cap < s->n_seqs + n_choices)
+            cap *= 2;
         seq **p = realloc(s->seqs, (size_t)cap * sizeof *p);
         if (!p)
             goto nomem;
         s->seqs = p;
         s->cap_seqs = cap;
     }
-    q->state = SEQ_WAITING;
-    q->order = ++s->stamp;
-    s->seqs[s->n_seqs++] = q;
-    s->tokens_prompt += (uint64_t)n_prompt;
-    proto_event ev = {.job_id = q->job, .kind = PROTO_EV_ACCEPTED, .prompt_tokens = (uint32_t)n_prompt};
+    job *j = calloc(1, sizeof *j);
+    if (!j)
+        goto nomem;
+    j->ready = calloc((size_t)n_prompts, 1);
+    if (!j->ready) {
+        job_free(j);
+        goto nomem;
+    }
+    j->id = sub->job_id;
+    j->n_choices = j->left = n_choices;
+    j->n_per_prompt = n;
+    j->logprobs = sub->logprobs;
+    j->top_logprobs = sub->logprobs ? sub->top_logprobs : 0;
+    s->n_jobs++;
+    int base = s->n_seqs;
+    for (int c = 0; c < n_choices; c++) {
+        int p = c / n;
+        seq *q = seq_new(s, sub, j, p, (uint32_t)c, prompts[p], n_prompt[p]);
+        if (!q) {
+            while (s->n_seqs > base)
+                seq_free(s->seqs[--s->n_seqs]);
+            job_end(s, j);
+            goto nomem;
+        }
+        s->seqs[s->n_seqs++] = q;
+    }
+    for (int p = 0; p < n_prompts; p++) {
+        j->pt += (uint32_t)n_prompt[p];
+        s->tokens_prompt += (uint64_t)n_prompt[p];
+    }
+    proto_event ev = {.job_id = j->id, .kind = PROTO_EV_ACCEPTED, .prompt_tokens = j->pt};
     s->emit(s->ud, &ev);
+    if (sub->echo)
+        for (int i = base; i < s->n_seqs; i++)
+            if (seq_echo(s, s->seqs[i])) {
+                emit_error(s, j->id, 500, "server_error", "", "out of memory while echoing the prompt");
+                job_drop(s, j);
+                return -ENOMEM;
+            }
     return 0;
 nomem:
-    seq_free(q);
     emit_error(s, sub->job_id, 503, "server_overloaded", "", "The worker is out of memory; retry later.");
     return -ENOMEM;
 }
 
 void wk_sched_cancel(wk_sched *s, uint64_t job_id) {
     for (int i = 0; i < s->n_seqs; i++)
-        if (s->seqs[i]->job == job_id) {
-            seq_finish(s, i, PROTO_FINISH_CANCELLED);
+        if (s->seqs[i]->jb->id == job_id) {
+            job *j = s->seqs[i]->jb;
+            proto_event ev = {.job_id = job_id, .kind = PROTO_EV_FINISH, .finish_reason = PROTO_FINISH_CANCELLED,
+                              .last = 1, .prompt_tokens = j->pt, .completion_tokens = j->ct,
+                              .cached_tokens = j->cached};
+            s->emit(s->ud, &ev);
+            job_drop(s, j);
             return;
         }
 }
@@ -400,6 +622,7 @@ int wk_sched_busy(const wk_sched *s) {
 
 void wk_sched_stats(const wk_sched *s, proto_stats *out) {
     memset(out, 0, sizeof *out);
+    out->jobs = (uint32_t)s->n_jobs;
     for (int i = 0; i < s->n_seqs; i++) {
         if (s->seqs[i]->state == SEQ_RUNNING)
             out->running++;
@@ -407,6 +630,7 @@ void wk_sched_stats(const wk_sched *s, proto_stats *out) {
             out->waiting++;
     }
     out->kv_blocks_free = (uint32_t)wk_kv_n_free(s->kv);
+    out->kv_blocks_cached = (uint32_t)wk_prefix_n_reclaimable(s->prefix);
     out->kv_blocks_total = (uint32_t)wk_kv_n_blocks(s->kv);
     out->tokens_generated = s->tokens_gen;
     out->tokens_prompt = s->tokens_prompt;
@@ -419,18 +643,48 @@ static int n_running(const wk_sched *s) {
     return n;
 }
 
-/* Admits waiting sequences in queue order while slots and blocks allow. */
+/* Starts q from the longest cached prefix of its tokens (at least one token is
+ * left to compute, for the logits). */
+static void seq_start(wk_sched *s, seq *q) {
+    int max = (q->n_tok - 1) / s->bs;
+    int k = wk_prefix_match(s->prefix, q->tok, q->n_tok, max, q->blocks);
+    q->n_blocks = q->n_listed = k;
+    q->n_done = k * s->bs;
+    q->pkey = 0;
+    for (int i = 0; i < k; i++)
+        q->pkey = wk_prefix_key(s->prefix, q->pkey, q->tok + (size_t)i * s->bs);
+    if (!q->admitted) {
+        q->admitted = 1;
+        if (q->leader) // the first computation of this prompt: what it found cached
+            q->jb->cached += (uint32_t)(k * s->bs < q->n_prompt ? k * s->bs : q->n_prompt);
+    }
+}
+
+/* Admits waiting sequences in queue order while slots and blocks allow; a
+ * prompt's followers wait for its leader to compute the prompt. */
 static void admit(wk_sched *s) {
     int running = n_running(s);
     while (running < s->cfg.max_seqs) {
         seq *best = NULL;
         for (int i = 0; i < s->n_seqs; i++) {
             seq *q = s->seqs[i];
-            if (q->state == SEQ_WAITING && (!best || q->order < best->order))
+            if (q->state == SEQ_WAITING && (q->leader || q->jb->ready[q->prompt]) && (!best || q->order < best->order))
                 best = q;
         }
-        if (!best || wk_kv_n_free(s->kv) < blocks_for(s, best->n_tok + 1))
+        if (!best)
             return;
+        int need = blocks_for(s, best->n_tok + 1), have = wk_kv_n_free(s->kv);
+        if (have < need && have + wk_prefix_n_reclaimable(s->prefix) < need)
+            return;
+        seq_start(s, best);
+        // Blocks the match did not cover must be on the free list.
+        int more = need - best->n_blocks - wk_kv_n_free(s->kv);
+        if (more > 0)
+            wk_prefix_evict(s->prefix, more);
+        if (wk_kv_n_free(s->kv) < need - best->n_blocks) {
+            seq_release_blocks(s, best); // the match took blocks the estimate counted as reclaimable
+            return;
+        }
         best->state = SEQ_RUNNING;
         best->order = ++s->stamp;
         running++;
@@ -460,9 +714,28 @@ static int reserve_chunk(wk_sched *s, seq *q) {
     return 0;
 }
 
+/* Records the logprobs of token id sampled from raw logits (before adjustment). */
+static int record_logprob(wk_sched *s, seq *q, const float *logits, int32_t id, size_t end) {
+    if (q->n_lp == q->cap_lp) {
+        int cap = q->cap_lp ? q->cap_lp * 2 : 16;
+        lp_entry *p = realloc(q->lp, (size_t)cap * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        q->lp = p;
+        q->cap_lp = cap;
+    }
+    lp_entry *e = &q->lp[q->n_lp++];
+    e->id = id;
+    e->n_top = q->jb->top_logprobs;
+    e->end = end;
+    e->lp = wk_sampler_logprobs(logits, s->n_vocab, id, e->n_top, e->top_id, e->top_lp);
+    return 0;
+}
+
 /* Appends the sampled token and its text; returns a finish reason or 0. */
-static int accept_token(wk_sched *s, seq *q, int32_t id) {
+static int accept_token(wk_sched *s, seq *q, int32_t id, const float *raw) {
     q->n_gen++;
+    q->jb->ct++;
     s->tokens_gen++;
     if (wk_tok_is_eog(s->t, id)) {
         flush_text(s, q, 1);
@@ -477,9 +750,13 @@ static int accept_token(wk_sched *s, seq *q, int32_t id) {
         q->cap_tok = cap;
     }
     q->tok[q->n_tok++] = id;
-    const char *piece;
-    int n = wk_tok_piece(s->t, id, 0, &piece);
-    if (n > 0 && cm_buf_append(&q->pend, piece, (size_t)n))
+    proto_str piece = piece_str(s, id);
+    if (piece.len && cm_buf_append(&q->pend, piece.p, piece.len))
+        return -ENOMEM;
+    q->out_bytes += piece.len;
+    if (raw && record_logprob(s, q, raw, id, q->out_bytes))
+        return -ENOMEM;
+    if (wk_sampler_accept(&q->smp, id))
         return -ENOMEM;
     int done = q->n_gen >= q->max_gen || q->n_tok >= s->cfg.n_ctx;
     if (flush_text(s, q, done))
@@ -564,21 +841,36 @@ int wk_sched_step(wk_sched *s) {
         if (q->chunk > 0) {
             q->n_done += q->chunk;
             q->chunk = 0;
+            seq_list_blocks(s, q);
+            if (q->leader && q->n_done >= q->n_prompt)
+                q->jb->ready[q->prompt] = 1;
         }
     }
     for (int l = 0; l < nl; l++) {
         seq *q = s->b_logit_seq[l];
-        int32_t id = wk_sampler_sample(&q->smp, s->logits + (size_t)l * s->n_vocab);
-        int reason = accept_token(s, q, id);
-        if (!reason)
-            continue;
-        for (int i = 0; i < s->n_seqs; i++)
-            if (s->seqs[i] == q) {
-                if (reason < 0)
-                    emit_error(s, q->job, 500, "server_error", "", "out of memory while generating");
-                seq_finish(s, i, reason);
-                break;
-            }
+        int idx = -1;
+        for (int i = 0; i < s->n_seqs && idx < 0; i++)
+            if (s->seqs[i] == q)
+                idx = i;
+        if (idx < 0)
+            continue; // its job failed earlier in this loop
+        float *row = s->logits + (size_t)l * s->n_vocab;
+        // Raw logits for logprobs are kept aside before the sampler adjusts them.
+        const float *raw = NULL;
+        if (q->jb->logprobs) {
+            if (!s->raw && !(s->raw = malloc((size_t)s->n_vocab * sizeof *s->raw)))
+                return -ENOMEM;
+            memcpy(s->raw, row, (size_t)s->n_vocab * sizeof *row);
+            raw = s->raw;
+        }
+        int32_t id = wk_sampler_sample(&q->smp, row);
+        int reason = accept_token(s, q, id, raw);
+        if (reason < 0) {
+            emit_error(s, q->jb->id, 500, "server_error", "", "out of memory while generating");
+            job_drop(s, q->jb);
+        } else if (reason) {
+            seq_finish(s, idx, reason);
+        }
     }
     return 0;
 }

@@ -9,7 +9,9 @@
  * After sampling, the scheduler detokenizes incrementally (only complete UTF-8
  * leaves, invalid bytes become U+FFFD), applies stop strings (never emitted, even
  * across token boundaries) and reports everything as proto events through the
- * callback. Single-threaded; the model call is the only parallel part. */
+ * callback. A job's choices are separate sequences sharing the prompt's blocks
+ * through the prefix cache (wk_prefix). Single-threaded; the model call is the
+ * only parallel part. */
 #ifndef WK_SCHED_H
 #define WK_SCHED_H
 
@@ -37,12 +39,15 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
                           void *ud);
 void wk_sched_free(wk_sched *s); // NULL is a no-op
 
-/* Queues a job with its prompt tokens (copied) and the sampling fields of sub.
- * Emits ACCEPTED, or an ERROR (prompt over the window, cannot ever fit the cache).
- * Returns 0 when queued, a negative errno when it emitted an error. */
-int wk_sched_submit(wk_sched *s, const proto_submit *sub, const int32_t *prompt, int n_prompt);
-/* Cancels a job: its blocks are freed and a FINISH (cancelled) is emitted. Unknown
- * ids are ignored (the job may have just finished). */
+/* Queues a job: sub->n choices (0 counts as 1) for each of the n_prompts prompts
+ * (prompts[p][0..n_prompt[p]) tokens, copied), with the sampling fields of sub.
+ * Emits ACCEPTED (then, with sub->echo, each choice's prompt text), or an ERROR
+ * (a prompt over the window or the cache, a token id or logit_bias id outside the
+ * vocabulary). Returns 0 when queued, a negative errno when it emitted an error. */
+int wk_sched_submit(wk_sched *s, const proto_submit *sub, int n_prompts, const int32_t *const *prompts,
+                    const int *n_prompt);
+/* Cancels a job: its blocks are freed and one FINISH (cancelled, last) is emitted.
+ * Unknown ids are ignored (the job may have just finished). */
 void wk_sched_cancel(wk_sched *s, uint64_t job_id);
 /* 1 if any job is waiting or running. */
 int wk_sched_busy(const wk_sched *s);

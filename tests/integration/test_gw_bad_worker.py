@@ -36,13 +36,13 @@ def m(d):
     return out
 
 def frame(t, p):
-    return struct.pack(">IHHI", 0x4B4C4D46, 1, t, len(p)) + p
+    return struct.pack(">IHHI", 0x4B4C4D46, 2, t, len(p)) + p
 
 def ev(job, kind, **kw):
     return frame(4, m(dict(job=job, kind=kind, choice=0, **kw)))
 
 def fin(j):
-    return ev(j, 3, finish=1, pt=3, ct=1, cached=0)
+    return ev(j, 3, finish=1, last=1, pt=3, ct=1, cached=0)
 
 os.write(fd, frame(1, m(dict(wid=0, pid=os.getpid(), model=mid, arch=b"fake", n_ctx=64, n_vocab=10))))
 buf = b""

@@ -42,6 +42,40 @@ static void test_submit_roundtrip(void) {
     ASSERT_STREQ(f.u.submit.stop[1].p, "END");
     proto_frame_free(&f);
 
+    // raw prompts (text and token ids), n, penalties, logit_bias, logprobs, echo
+    cm_buf_free(&b);
+    int32_t ids[3] = {2, 0, 262143};
+    proto_prompt prompts[2] = {{.text = S("Once upon")}, {.tokens = ids, .n_tokens = 3}};
+    proto_bias bias[2] = {{5, -100.0f}, {7, 2.5f}};
+    proto_submit r = {.job_id = 3, .n_prompts = 2, .prompts = prompts, .n = 4, .max_tokens = 16, .temperature = 1,
+                      .top_p = 1, .presence_penalty = 0.5f, .frequency_penalty = -1.25f, .n_bias = 2, .bias = bias,
+                      .logprobs = 1, .top_logprobs = 20, .echo = 1};
+    ASSERT_EQ(proto_encode_submit(&b, &r), 0);
+    decode_one(&b, &f);
+    ASSERT_EQ(f.u.submit.n_msgs, 0);
+    ASSERT_EQ(f.u.submit.n_prompts, 2);
+    ASSERT_STREQ(f.u.submit.prompts[0].text.p, "Once upon");
+    ASSERT_TRUE(f.u.submit.prompts[0].tokens == NULL);
+    ASSERT_EQ(f.u.submit.prompts[1].n_tokens, 3);
+    ASSERT_EQ(f.u.submit.prompts[1].tokens[2], 262143);
+    ASSERT_EQ(f.u.submit.n, 4);
+    ASSERT_NEAR(f.u.submit.presence_penalty, 0.5, 0);
+    ASSERT_NEAR(f.u.submit.frequency_penalty, -1.25, 0);
+    ASSERT_EQ(f.u.submit.n_bias, 2);
+    ASSERT_EQ(f.u.submit.bias[0].token, 5);
+    ASSERT_NEAR(f.u.submit.bias[0].bias, -100, 0);
+    ASSERT_EQ(f.u.submit.logprobs, 1);
+    ASSERT_EQ(f.u.submit.top_logprobs, 20);
+    ASSERT_EQ(f.u.submit.echo, 1);
+    proto_frame_free(&f);
+    cm_buf_free(&b);
+    r.top_logprobs = PROTO_MAX_TOP_LOGPROBS + 1;
+    ASSERT_EQ(proto_encode_submit(&b, &r), -EMSGSIZE);
+    r.top_logprobs = 0;
+    r.n = PROTO_MAX_N + 1;
+    ASSERT_EQ(proto_encode_submit(&b, &r), -EMSGSIZE);
+    ASSERT_EQ(b.len, 0);
+
     // defaults when optional fields are absent
     cm_buf_free(&b);
     proto_submit d = {.job_id = 1, .n_msgs = 1, .msgs = msgs, .max_tokens = -1, .temperature = 1, .top_p = 1};
@@ -50,6 +84,9 @@ static void test_submit_roundtrip(void) {
     ASSERT_EQ(f.u.submit.has_seed, 0);
     ASSERT_EQ(f.u.submit.max_tokens, -1);
     ASSERT_EQ(f.u.submit.n_stop, 0);
+    ASSERT_EQ(f.u.submit.n, 1);
+    ASSERT_EQ(f.u.submit.n_prompts, 0);
+    ASSERT_EQ(f.u.submit.logprobs, 0);
     proto_frame_free(&f);
     cm_buf_free(&b);
 
@@ -60,6 +97,41 @@ static void test_submit_roundtrip(void) {
     bad.stop = &longstop;
     ASSERT_EQ(proto_encode_submit(&b, &bad), -EMSGSIZE);
     ASSERT_EQ(b.len, 0);
+    cm_buf_free(&b);
+}
+
+static void test_logprob_event(void) {
+    cm_buf b = CM_BUF_INIT;
+    proto_top top[2] = {{S("\xe2\x80"), -0.25f}, {S(" the"), -1.5f}};
+    proto_logprob lp[2] = {{S("\xe2\x80"), -0.25f, 2, top}, {S("x"), -3.0f, 0, NULL}};
+    proto_event e = {.job_id = 4, .kind = PROTO_EV_DELTA, .choice = 3, .text = S(""), .n_lp = 2, .lp = lp};
+    proto_event fin = {.job_id = 4, .kind = PROTO_EV_FINISH, .choice = 3, .finish_reason = PROTO_FINISH_STOP,
+                       .last = 1, .completion_tokens = 9};
+    ASSERT_EQ(proto_encode_event(&b, &e), 0);
+    ASSERT_EQ(proto_encode_event(&b, &fin), 0);
+    proto_frame f;
+    ssize_t n = proto_decode(b.data, b.len, &f);
+    ASSERT_TRUE(n > 0);
+    ASSERT_EQ(f.u.event.choice, 3);
+    ASSERT_EQ(f.u.event.n_lp, 2);
+    ASSERT_EQ(f.u.event.lp[0].tok.len, 2); // partial UTF-8 bytes survive
+    ASSERT_TRUE(!memcmp(f.u.event.lp[0].tok.p, "\xe2\x80", 2));
+    ASSERT_EQ(f.u.event.lp[0].n_top, 2);
+    ASSERT_STREQ(f.u.event.lp[0].top[1].tok.p, " the");
+    ASSERT_NEAR(f.u.event.lp[0].top[1].logprob, -1.5, 0);
+    ASSERT_NEAR(f.u.event.lp[1].logprob, -3.0, 0);
+    ASSERT_EQ(f.u.event.lp[1].n_top, 0);
+    proto_frame_free(&f);
+    ssize_t m = proto_decode(b.data + n, b.len - (size_t)n, &f);
+    ASSERT_TRUE(m > 0);
+    ASSERT_EQ(f.u.event.last, 1);
+    ASSERT_EQ(f.u.event.choice, 3);
+    proto_frame_free(&f);
+    // too many alternatives per token
+    cm_buf_free(&b);
+    lp[1].n_top = PROTO_MAX_TOP_LOGPROBS + 1;
+    lp[1].top = top;
+    ASSERT_EQ(proto_encode_event(&b, &e), -EMSGSIZE);
     cm_buf_free(&b);
 }
 
@@ -79,7 +151,8 @@ static void test_events_and_others(void) {
                      .n_vocab = 262144};
     ASSERT_EQ(proto_encode_hello(&b, &h), 0);
     ASSERT_EQ(proto_encode_cancel(&b, 77), 0);
-    proto_stats st = {1, 2, 3, 4, 5, 6};
+    proto_stats st = {.jobs = 1, .running = 2, .waiting = 3, .kv_blocks_free = 4, .kv_blocks_cached = 7,
+                      .kv_blocks_total = 5, .tokens_generated = 8, .tokens_prompt = 6};
     ASSERT_EQ(proto_encode_stats(&b, &st), 0);
     ASSERT_EQ(proto_encode_stats_req(&b), 0);
     ASSERT_EQ(proto_encode_shutdown(&b), 0);
@@ -120,8 +193,11 @@ static void test_events_and_others(void) {
         }
         if (idx == 5)
             ASSERT_TRUE(f.u.cancel_job_id == 77);
-        if (idx == 6)
+        if (idx == 6) {
             ASSERT_TRUE(f.u.stats.tokens_prompt == 6);
+            ASSERT_EQ(f.u.stats.kv_blocks_cached, 7);
+            ASSERT_EQ(f.u.stats.jobs, 1);
+        }
         proto_frame_free(&f);
         off += (size_t)n;
         idx++;
@@ -244,6 +320,7 @@ static void test_corruption(void) {
 int main(void) {
     test_submit_roundtrip();
     test_events_and_others();
+    test_logprob_event();
     test_bad_headers();
     test_bad_payloads();
     test_corruption();

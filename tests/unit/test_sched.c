@@ -61,6 +61,17 @@ static int render(env *e, const char *text, int32_t **toks) {
     return n;
 }
 
+static int submit1(wk_sched *s, const proto_submit *sub, const int32_t *toks, int nt) {
+    return wk_sched_submit(s, sub, 1, &toks, &nt);
+}
+
+/* No sequence holds a block: every block is free or held only by the prefix cache. */
+static int all_released(const wk_sched *s) {
+    proto_stats st;
+    wk_sched_stats(s, &st);
+    return st.kv_blocks_free + st.kv_blocks_cached == st.kv_blocks_total && st.jobs == 0;
+}
+
 /* Runs jobs [0, n) with the given prompts through a fresh scheduler + pool of
  * n_blocks blocks; greedy, max_tokens each. Returns the capture (caller frees). */
 static void run(env *e, int n, int n_blocks, int max_tokens, const char *stop, capture *c, int *preempt_free) {
@@ -76,13 +87,13 @@ static void run(env *e, int n, int n_blocks, int max_tokens, const char *stop, c
         proto_str st = {(char *)stop, stop ? (uint32_t)strlen(stop) : 0};
         proto_submit sub = {.job_id = (uint64_t)j, .max_tokens = max_tokens, .temperature = 0, .top_p = 1,
                             .n_stop = stop ? 1 : 0, .stop = &st};
-        wk_sched_submit(s, &sub, toks, nt);
+        submit1(s, &sub, toks, nt);
         free(toks);
     }
     for (int guard = 0; wk_sched_busy(s) && guard < 10000; guard++)
         ASSERT_EQ(wk_sched_step(s), 0);
     if (preempt_free)
-        *preempt_free = wk_kv_n_free(kv) == wk_kv_n_blocks(kv);
+        *preempt_free = all_released(s);
     wk_sched_free(s);
     wk_kv_free(kv);
 }
@@ -162,12 +173,14 @@ static void test_cancel_and_overflow(env *e) {
     int32_t *toks;
     int nt = render(e, prompts[0], &toks);
     proto_submit sub = {.job_id = 1, .max_tokens = 100, .temperature = 0.7f, .top_p = 0.9f, .top_k = 40};
-    ASSERT_EQ(wk_sched_submit(s, &sub, toks, nt), 0);
+    sub.n = 3; // three choices, all cancelled together
+    ASSERT_EQ(submit1(s, &sub, toks, nt), 0);
     for (int i = 0; i < 3; i++)
         ASSERT_EQ(wk_sched_step(s), 0);
-    ASSERT_TRUE(wk_kv_n_free(kv) < wk_kv_n_blocks(kv));
+    ASSERT_TRUE(!all_released(s));
     wk_sched_cancel(s, 1);
-    ASSERT_EQ(wk_kv_n_free(kv), wk_kv_n_blocks(kv));
+    ASSERT_TRUE(all_released(s));
+    sub.n = 1;
     ASSERT_EQ(c.finished[1], 1);
     ASSERT_EQ(c.finish_reason[1], PROTO_FINISH_CANCELLED);
     ASSERT_EQ(wk_sched_busy(s), 0);
@@ -176,19 +189,135 @@ static void test_cancel_and_overflow(env *e) {
     for (int i = 0; i < 300; i++)
         big[i] = toks[i % nt];
     sub.job_id = 2;
-    ASSERT_TRUE(wk_sched_submit(s, &sub, big, 300) < 0);
+    ASSERT_TRUE(submit1(s, &sub, big, 300) < 0);
     ASSERT_EQ(c.errors[2], 1);
     ASSERT_STREQ(c.code[2], "context_length_exceeded");
     sub.job_id = 3;
     sub.max_tokens = 250;
-    ASSERT_TRUE(wk_sched_submit(s, &sub, toks, nt) < 0);
+    ASSERT_TRUE(submit1(s, &sub, toks, nt) < 0);
     ASSERT_STREQ(c.code[3], "context_length_exceeded");
     ASSERT_EQ(c.accepted[2] + c.accepted[3], 0);
+    // A logit_bias id outside the vocabulary.
+    proto_bias oob = {hp->n_vocab, 1.0f};
+    proto_submit bs = {.job_id = 4, .max_tokens = 4, .temperature = 0, .top_p = 1, .n_bias = 1, .bias = &oob};
+    ASSERT_TRUE(submit1(s, &bs, toks, nt) < 0);
+    ASSERT_STREQ(c.code[4], "invalid_value");
     free(big);
     free(toks);
     wk_sched_free(s);
     wk_kv_free(kv);
     free_capture(&c);
+}
+
+#define MAXC 4
+
+typedef struct ccap {
+    cm_buf text[MAXC], lptext[MAXC];
+    int finished[MAXC], n_lp[MAXC], lp_bad, last, errors;
+    uint32_t pt, ct, cached, choice_ct[MAXC];
+} ccap;
+
+static void on_cev(void *ud, const proto_event *ev) {
+    ccap *c = ud;
+    if (ev->choice >= MAXC)
+        return;
+    int k = (int)ev->choice;
+    switch (ev->kind) {
+    case PROTO_EV_DELTA:
+        cm_buf_append(&c->text[k], ev->text.p, ev->text.len);
+        for (uint32_t i = 0; i < ev->n_lp; i++) {
+            const proto_logprob *l = &ev->lp[i];
+            cm_buf_append(&c->lptext[k], l->tok.p, l->tok.len);
+            c->n_lp[k]++;
+            // greedy: the sampled token is the best alternative
+            if (!l->n_top || l->top[0].logprob != l->logprob || l->logprob > 0 ||
+                memcmp(l->top[0].tok.p, l->tok.p, l->tok.len))
+                c->lp_bad++;
+            for (uint32_t t = 1; t < l->n_top; t++)
+                c->lp_bad += l->top[t].logprob > l->top[t - 1].logprob;
+        }
+        break;
+    case PROTO_EV_FINISH:
+        c->finished[k]++;
+        if (!ev->last)
+            c->choice_ct[k] = ev->completion_tokens; // the last FINISH carries the job's totals
+        if (ev->last) {
+            c->last++;
+            c->pt = ev->prompt_tokens;
+            c->ct = ev->completion_tokens;
+            c->cached = ev->cached_tokens;
+        }
+        break;
+    case PROTO_EV_ERROR: c->errors++; break;
+    }
+}
+
+static void ccap_free(ccap *c) {
+    for (int k = 0; k < MAXC; k++) {
+        cm_buf_free(&c->text[k]);
+        cm_buf_free(&c->lptext[k]);
+    }
+}
+
+/* n > 1 shares the prompt through the prefix cache; a repeated prompt reports
+ * cached tokens; logprobs line up with the text. Block size 4 so that the short
+ * prompt fills several blocks. */
+static void test_choices_prefix_logprobs(env *e) {
+    const wk_hparams *hp = wk_model_hparams(e->m);
+    wk_kv *kv = wk_kv_create(e->be, hp->n_layer, hp->n_head_kv, hp->head_dim, 4, 256, KN_F16);
+    wk_sched_config cfg = {.n_ctx = 512, .max_seqs = 8, .step_tokens = 64};
+    ccap c[4];
+    memset(c, 0, sizeof c);
+    int32_t *toks;
+    int nt = render(e, prompts[0], &toks);
+    ASSERT_TRUE(nt > 8);
+    for (int r = 0; r < 4; r++) {
+        ccap *cc = &c[r];
+        wk_sched *s = wk_sched_create(e->m, kv, e->tok, &cfg, on_cev, cc);
+        ASSERT_TRUE(s != NULL);
+        proto_submit sub = {.job_id = 1, .n = r == 0 ? 3 : 1, .max_tokens = 12, .temperature = 0, .top_p = 1,
+                            .logprobs = r == 3, .top_logprobs = r == 3 ? 3 : 0};
+        ASSERT_EQ(submit1(s, &sub, toks, nt), 0);
+        if (r == 1) { // the same prompt again on the same scheduler: cached
+            for (int guard = 0; wk_sched_busy(s) && guard < 1000; guard++)
+                ASSERT_EQ(wk_sched_step(s), 0);
+            ASSERT_EQ(cc->cached, 0);
+            ccap_free(cc);
+            memset(cc, 0, sizeof *cc);
+            sub.job_id = 2;
+            ASSERT_EQ(submit1(s, &sub, toks, nt), 0);
+        }
+        for (int guard = 0; wk_sched_busy(s) && guard < 1000; guard++)
+            ASSERT_EQ(wk_sched_step(s), 0);
+        ASSERT_TRUE(all_released(s));
+        wk_sched_free(s);
+        ASSERT_EQ(wk_kv_n_free(kv), wk_kv_n_blocks(kv)); // the cache let go of everything
+        ASSERT_EQ(cc->last, 1);
+        ASSERT_EQ(cc->errors, 0);
+        ASSERT_EQ(cc->pt, (uint32_t)nt);
+    }
+    // n = 3: three identical greedy choices, each finished once, usage summed.
+    for (int k = 0; k < 3; k++) {
+        ASSERT_EQ(c[0].finished[k], 1);
+        ASSERT_TRUE(same(&c[0].text[k], &c[2].text[0]));
+    }
+    uint32_t per = c[0].choice_ct[0] ? c[0].choice_ct[0] : c[0].choice_ct[1];
+    ASSERT_TRUE(per > 0);
+    ASSERT_EQ(c[0].ct, 3 * per);
+    ASSERT_EQ(c[0].cached, 0);
+    // the repeat found the prompt's full blocks (all but the last token's block)
+    ASSERT_EQ(c[1].cached, (uint32_t)((nt - 1) / 4 * 4));
+    ASSERT_TRUE(same(&c[1].text[0], &c[2].text[0]));
+    // logprobs: one entry per output token, their bytes spell the text
+    ASSERT_TRUE(same(&c[3].text[0], &c[2].text[0]));
+    ASSERT_TRUE(same(&c[3].lptext[0], &c[3].text[0]));
+    ASSERT_EQ(c[3].lp_bad, 0);
+    ASSERT_TRUE(c[3].n_lp[0] > 0 && (uint32_t)c[3].n_lp[0] <= c[3].ct);
+    ASSERT_EQ(c[2].n_lp[0], 0);
+    for (int r = 0; r < 4; r++)
+        ccap_free(&c[r]);
+    free(toks);
+    wk_kv_free(kv);
 }
 
 static void test_template(env *e) {
@@ -230,45 +359,126 @@ static void test_template(env *e) {
     ASSERT_TRUE(strstr(err, "wizard") != NULL);
 }
 
+static wk_sampler_params P(float temp, float top_p, int top_k, uint64_t seed) {
+    return (wk_sampler_params){.temperature = temp, .top_p = top_p, .top_k = top_k, .has_seed = 1, .seed = seed};
+}
+
 static void test_sampler(void) {
-    float logits[8] = {0.1f, 2.0f, 2.0f, -1.0f, 0.5f, 1.9f, -3.0f, 0.0f};
+    const float base[8] = {0.1f, 2.0f, 2.0f, -1.0f, 0.5f, 1.9f, -3.0f, 0.0f};
+    float logits[8];
+#define RESET() memcpy(logits, base, sizeof logits)
     wk_sampler s;
-    ASSERT_EQ(wk_sampler_init(&s, 8, 0, 1, 0, 1, 1), 0);
+    wk_sampler_params p = P(0, 1, 0, 1);
+    RESET();
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
     ASSERT_EQ(wk_sampler_sample(&s, logits), 1); // ties go to the lowest id
     wk_sampler_free(&s);
-    ASSERT_EQ(wk_sampler_init(&s, 8, 1.0f, 1, 1, 1, 1), 0);
+    p = P(1.0f, 1, 1, 1);
+    RESET();
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
     ASSERT_EQ(wk_sampler_sample(&s, logits), 1); // top_k 1 is greedy
     wk_sampler_free(&s);
-    ASSERT_EQ(wk_sampler_init(&s, 8, 1.0f, 1e-6f, 0, 1, 1), 0);
+    p = P(1.0f, 1e-6f, 0, 1);
+    RESET();
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
     ASSERT_EQ(wk_sampler_sample(&s, logits), 1); // a tiny top_p keeps only the best
     wk_sampler_free(&s);
     // Same seed, same draws; frequencies follow the softmax.
     wk_sampler a, b;
     int counts[8] = {0}, differ = 0;
-    wk_sampler_init(&a, 8, 1.0f, 1, 0, 1, 42);
-    wk_sampler_init(&b, 8, 1.0f, 1, 0, 1, 42);
+    p = P(1.0f, 1, 0, 42);
+    wk_sampler_init(&a, 8, &p);
+    wk_sampler_init(&b, 8, &p);
     for (int i = 0; i < 20000; i++) {
-        int32_t x = wk_sampler_sample(&a, logits), y = wk_sampler_sample(&b, logits);
+        RESET();
+        int32_t x = wk_sampler_sample(&a, logits);
+        RESET();
+        int32_t y = wk_sampler_sample(&b, logits);
         differ += x != y;
         counts[x]++;
     }
     ASSERT_EQ(differ, 0);
     double z = 0;
     for (int i = 0; i < 8; i++)
-        z += exp(logits[i]);
+        z += exp(base[i]);
     for (int i = 0; i < 8; i++)
-        ASSERT_NEAR(counts[i] / 20000.0, exp(logits[i]) / z, 0.02);
+        ASSERT_NEAR(counts[i] / 20000.0, exp(base[i]) / z, 0.02);
     wk_sampler_free(&a);
     wk_sampler_free(&b);
     // top_k 2 never draws outside the two best.
-    wk_sampler_init(&a, 8, 1.0f, 1, 2, 1, 7);
+    p = P(1.0f, 1, 2, 7);
+    wk_sampler_init(&a, 8, &p);
     for (int i = 0; i < 2000; i++) {
+        RESET();
         int32_t x = wk_sampler_sample(&a, logits);
         ASSERT_TRUE(x == 1 || x == 2);
         if (x != 1 && x != 2)
             break;
     }
     wk_sampler_free(&a);
+    // logit_bias: -100 removes the best, +5 promotes a poor token.
+    proto_bias bias[2] = {{1, -100.0f}, {2, -100.0f}};
+    p = P(0, 1, 0, 1);
+    p.bias = bias;
+    p.n_bias = 2;
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
+    RESET();
+    ASSERT_EQ(wk_sampler_sample(&s, logits), 5);
+    wk_sampler_free(&s);
+    bias[0] = (proto_bias){6, 5.5f};
+    p.n_bias = 1;
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
+    RESET();
+    ASSERT_EQ(wk_sampler_sample(&s, logits), 6); // -3 + 5.5 = 2.5 beats 2.0
+    wk_sampler_free(&s);
+    // Penalties: presence lowers every seen token once, frequency per occurrence.
+    p = P(0, 1, 0, 1);
+    p.presence_penalty = 0.15f;
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
+    ASSERT_EQ(wk_sampler_accept(&s, 1), 0);
+    RESET();
+    ASSERT_EQ(wk_sampler_sample(&s, logits), 2); // 1 fell to 1.85
+    ASSERT_NEAR(logits[1], 1.85, 1e-6);
+    ASSERT_EQ(wk_sampler_accept(&s, 2), 0);
+    ASSERT_EQ(wk_sampler_accept(&s, 2), 0);
+    RESET();
+    ASSERT_EQ(wk_sampler_sample(&s, logits), 5); // 1.9 beats 1.85 and 1.85
+    wk_sampler_free(&s);
+    p.presence_penalty = 0;
+    p.frequency_penalty = 0.5f;
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
+    for (int i = 0; i < 3; i++)
+        wk_sampler_accept(&s, 5);
+    wk_sampler_accept(&s, 1);
+    RESET();
+    ASSERT_EQ(wk_sampler_sample(&s, logits), 2);
+    ASSERT_NEAR(logits[5], 0.4, 1e-6);
+    ASSERT_NEAR(logits[1], 1.5, 1e-6);
+    wk_sampler_free(&s);
+    p.frequency_penalty = -1.0f; // negative values encourage repetition
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
+    wk_sampler_accept(&s, 7);
+    wk_sampler_accept(&s, 7);
+    wk_sampler_accept(&s, 7);
+    RESET();
+    ASSERT_EQ(wk_sampler_sample(&s, logits), 7);
+    wk_sampler_free(&s);
+    // Logprobs: log-softmax of the raw logits, top list best first, ties to lower ids.
+    int32_t top[4];
+    float tlp[4];
+    float lp = wk_sampler_logprobs(base, 8, 4, 4, top, tlp);
+    ASSERT_NEAR(lp, 0.5 - log(z), 1e-5);
+    ASSERT_EQ(top[0], 1);
+    ASSERT_EQ(top[1], 2);
+    ASSERT_EQ(top[2], 5);
+    ASSERT_EQ(top[3], 4);
+    ASSERT_NEAR(tlp[0], 2.0 - log(z), 1e-5);
+    ASSERT_NEAR(tlp[3], 0.5 - log(z), 1e-5);
+    double sum = 0;
+    for (int i = 0; i < 8; i++)
+        sum += exp(wk_sampler_logprobs(base, 8, i, 0, top, tlp));
+    ASSERT_NEAR(sum, 1.0, 1e-5);
+#undef RESET
 }
 
 int main(void) {
@@ -293,6 +503,7 @@ int main(void) {
     test_template(&e);
     test_batching_and_preemption(&e);
     test_cancel_and_overflow(&e);
+    test_choices_prefix_logprobs(&e);
     wk_model_free(e.m);
     wk_tok_free(e.tok);
     e.be->ops->destroy(e.be);
