@@ -9,14 +9,16 @@
 #                llama-cpp-python builds llama.cpp from source, ~10 min on 2 cores)
 #   unit         ctest in ./build
 #   asan         ./build-asan with -DKOLM_ASAN=ON (ASAN + UBSAN), ctest there
-#   fuzz         libFuzzer run of the frame decoder (build-fuzz, clang), 60 s
+#   fuzz         libFuzzer runs of the frame decoder and the chat request parser
+#                (build-fuzz, clang), KOLM_FUZZ_SECONDS (default 60) split between them
 #   cuda         when nvcc exists and the project has CUDA sources: ./build-cuda with
 #                -DKOLM_CUDA=ON (compile check; its ctest runs too when a GPU is visible)
 #   integration  pytest tests/integration against the real `kolm serve`
 # Exit status: 0 only when no step failed.
 #
 # Knobs: KOLM_JOBS (default 2), KOLM_HOME (where the default model lives),
-# KOLM_SKIP_ASAN=1, KOLM_SKIP_CUDA=1, KOLM_PYTEST_ARGS (extra pytest arguments),
+# KOLM_SKIP_ASAN=1, KOLM_SKIP_CUDA=1, KOLM_FUZZ_SECONDS (default 60, both fuzzers together),
+# KOLM_PYTEST_ARGS (extra pytest arguments),
 # KOLM_ALLOW_SKIP_ORACLE=1 (let the llama.cpp oracle tests skip if llama_cpp is absent).
 set -uo pipefail
 
@@ -96,7 +98,7 @@ step_deps() {
         CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF}" \
             "$VPY" -m pip install -r "$REPO/tests/requirements.txt" || return 1
     fi
-    "$VPY" -c 'import openai, jsonschema, nacl, pytest, gguf, numpy, llama_cpp' || return 1
+    "$VPY" -c 'import openai, jsonschema, yaml, nacl, pytest, gguf, numpy, llama_cpp' || return 1
 }
 
 step_unit() {
@@ -114,17 +116,49 @@ step_asan() {
         ctest --test-dir "$REPO/build-asan" --output-on-failure --no-tests=error -j "$JOBS"
 }
 
-# libFuzzer smoke run of the frame decoder (seeded with one valid frame).
+# libFuzzer smoke runs: the frame decoder (fuzz_proto, seeded with one valid frame)
+# and the chat request parser (fuzz_chat, seeded with a few request bodies), each
+# for half of KOLM_FUZZ_SECONDS (default 60 in all). The step fails if either
+# target finds a crash, leak or sanitizer report; the reproducer is kept in
+# build-fuzz/artifacts/ and the report's tail is printed.
+# run_fuzzer NAME SECONDS CORPUS [libFuzzer flags...]
+run_fuzzer() {
+    local name="$1" secs="$2" corpus="$3" log rc
+    shift 3
+    log="$REPO/build-fuzz/$name.log"
+    mkdir -p "$REPO/build-fuzz/artifacts"
+    "$REPO/build-fuzz/bin/$name" -max_total_time="$secs" \
+        -artifact_prefix="$REPO/build-fuzz/artifacts/$name-" "$@" "$corpus" >"$log" 2>&1
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        echo "[tests] $name: no crash in ${secs}s: $(grep -E '^(#[0-9]+|Done)' "$log" | tail -n 2 | tr '\n' ' ')" >&2
+    else
+        echo "[tests] $name: FAILED (exit $rc); the end of $log:" >&2
+        tail -n 80 "$log" >&2
+    fi
+    return "$rc"
+}
+
 step_fuzz() {
     CC=clang cmake -S "$REPO" -B "$REPO/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DKOLM_CUDA=OFF -DKOLM_FUZZ=ON -DKOLM_ASAN=ON || return 1
-    cmake --build "$REPO/build-fuzz" --target fuzz_proto -j "$JOBS" || return 1
-    local corpus
-    corpus="$(mktemp -d "${TMPDIR:-/tmp}/kolm-fuzz.XXXXXX")"
-    printf 'KLMF\x00\x01\x00\x03\x00\x00\x00\x06\x81\xa3job\x01' >"$corpus/seed"
-    "$REPO/build-fuzz/bin/fuzz_proto" -max_total_time="${KOLM_FUZZ_SECONDS:-60}" "$corpus" 2>&1 | tail -n 3
-    local rc=${PIPESTATUS[0]}
-    rm -rf "$corpus"
+    cmake --build "$REPO/build-fuzz" --target fuzz_proto fuzz_chat -j "$JOBS" || return 1
+    local total="${KOLM_FUZZ_SECONDS:-60}" each root rc=0
+    each=$((total / 2))
+    [ "$each" -ge 1 ] || each=1
+    root="$(mktemp -d "${TMPDIR:-/tmp}/kolm-fuzz.XXXXXX")"
+    mkdir -p "$root/proto" "$root/chat"
+    printf 'KLMF\x00\x01\x00\x03\x00\x00\x00\x06\x81\xa3job\x01' >"$root/proto/seed"
+    printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["a"],"max_tokens":3}' \
+        >"$root/chat/plain"
+    printf '%s' '{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"assistant","content":null}],"temperature":0,"top_p":0.9,"top_k":4,"seed":7,"stop":"x"}' \
+        >"$root/chat/parts"
+    printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":5,"n":1,"logprobs":false,"tools":[],"tool_choice":"none","response_format":{"type":"text"},"logit_bias":{}}' \
+        >"$root/chat/stream"
+    printf '%s' '{"model":"other","messages":[{"role":"user","content":"hi"}],"bogus":1}' >"$root/chat/errors"
+    run_fuzzer fuzz_proto "$each" "$root/proto" || rc=1
+    run_fuzzer fuzz_chat "$each" "$root/chat" -dict="$REPO/tests/fuzz/chat.dict" || rc=1
+    rm -rf "$root"
     return "$rc"
 }
 
