@@ -1,9 +1,12 @@
 /* gw_chat.c: request validation and response rendering (see gw_chat.h).
  *
- * Policy: every field of CreateChatCompletionRequest is either honoured or refused
- * by name with a 400; nothing is silently dropped. Fields the worker cannot honour
- * yet (tools, logprobs, penalties, n > 1, ...) are refused. Unknown fields are
- * refused too, as OpenAI does ("Unrecognized request argument supplied"). */
+ * Policy: every field of CreateChatCompletionRequest / CreateCompletionRequest is
+ * either honoured or refused by name with a 400; nothing is silently dropped.
+ * Fields the worker cannot honour yet (tools, structured response_format, suffix,
+ * echo with logprobs) are refused. Unknown fields are refused too, as OpenAI does
+ * ("Unrecognized request argument supplied"). Parameter names built for
+ * an error (messages[3].content) live in static buffers: the gateway is single-
+ * threaded and renders an error before it parses the next request. */
 #include "gateway/gw_chat.h"
 
 #include <errno.h>
@@ -16,84 +19,9 @@
 
 #define INVALID "invalid_request_error"
 
-void gw_error_set(gw_error *err, int status, const char *type, const char *param, const char *code, const char *fmt,
-                  ...) {
-    err->status = status;
-    err->type = type;
-    err->param = param;
-    err->code = code;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
-    va_end(ap);
-}
-
-static int dump_into(cm_buf *out, json_t *j) {
-    char *s = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    if (!s)
-        return -ENOMEM;
-    int rc = cm_buf_append(out, s, strlen(s));
-    free(s);
-    return rc;
-}
-
-/* A JSON string from n bytes of s that need not be valid UTF-8 (a message cut
- * by %.*s mid-character, a worker that broke the contract): invalid bytes become
- * U+FFFD. Never NULL unless out of memory. The caller owns the result. */
-static json_t *jstr(const char *s, size_t n) {
-    json_t *j = json_stringn(s, n);
-    if (j)
-        return j;
-    cm_buf b = CM_BUF_INIT;
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        unsigned c = u[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        uint32_t cp = k == 2 ? c & 0x1F : k == 3 ? c & 0x0F : c & 0x07;
-        int ok = k > 0 && i + k <= n;
-        for (size_t m = 1; ok && m < k; m++) {
-            ok = (u[i + m] & 0xC0) == 0x80;
-            cp = (cp << 6) | (u[i + m] & 0x3F);
-        }
-        if (ok && k > 1)
-            ok = !(k == 2 && cp < 0x80) && !(k == 3 && cp < 0x800) && !(k == 4 && (cp < 0x10000 || cp > 0x10FFFF)) &&
-                 !(cp >= 0xD800 && cp <= 0xDFFF);
-        if (cm_buf_append(&b, ok ? s + i : "\xEF\xBF\xBD", ok ? k : 3))
-            break;
-        i += ok ? k : 1;
-    }
-    j = json_stringn(b.data ? (const char *)b.data : "", b.len);
-    cm_buf_free(&b);
-    return j;
-}
-
-static json_t *str_or_null(const char *s) {
-    return s ? jstr(s, strlen(s)) : json_null();
-}
-
-static json_t *error_json(const gw_error *err) {
-    json_t *e = json_object();
-    json_object_set_new(e, "message", jstr(err->message, strlen(err->message)));
-    json_object_set_new(e, "type", json_string(err->type ? err->type : INVALID));
-    json_object_set_new(e, "param", str_or_null(err->param));
-    json_object_set_new(e, "code", str_or_null(err->code));
-    json_t *root = json_object();
-    json_object_set_new(root, "error", e);
-    return root;
-}
-
-int gw_render_error(cm_buf *out, const gw_error *err) {
-    return dump_into(out, error_json(err));
-}
-
-int gw_render_sse_error(cm_buf *out, const gw_error *err) {
-    int rc = cm_buf_append(out, "data: ", 6);
-    if (!rc)
-        rc = dump_into(out, error_json(err));
-    if (!rc)
-        rc = cm_buf_append(out, "\n\n", 2);
-    return rc;
+static int nomem(gw_error *err) {
+    gw_error_set(err, 500, "server_error", NULL, NULL, "Out of memory.");
+    return -1;
 }
 
 /* ---- parsing ---- */
@@ -336,54 +264,141 @@ static int parse_stop(gw_chat_req *req, json_t *root, gw_error *err) {
     return 0;
 }
 
-/* Fields accepted as they are (no effect on generation or handled elsewhere). */
-static const char *const accepted[] = {
-    "model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "seed", "stream",
-    "stream_options", "user", "metadata", "store", "top_k", "n", "logprobs", "presence_penalty",
+static const char *const chat_fields[] = {
+    "model", "messages", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "seed", "n",
+    "stream", "stream_options", "user", "metadata", "store", "logprobs", "top_logprobs", "presence_penalty",
     "frequency_penalty", "logit_bias", "parallel_tool_calls", "service_tier", "response_format", "tool_choice",
     "tools", NULL,
 };
 
-/* Fields refused while the worker cannot honour them, checked by value below. */
-static int refuse_unsupported(json_t *root, gw_error *err) {
+static const char *const legacy_fields[] = {
+    "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n",
+    "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix", "temperature", "top_p", "top_k",
+    "user", NULL,
+};
+
+static int refuse_unknown(json_t *root, const char *const *fields, gw_error *err) {
+    const char *k;
     json_t *v;
-    long long n = 1;
-    if (get_integer(root, "n", 1, 128, &n, err))
-        return -1;
-    if (n != 1) {
-        gw_error_set(err, 400, INVALID, "n", "unsupported_value", "Only n=1 is supported by this server yet.");
+    json_object_foreach(root, k, v) {
+        int ok = 0;
+        for (int i = 0; fields[i] && !ok; i++)
+            ok = !strcmp(k, fields[i]);
+        if (!ok) {
+            static char param[64];
+            snprintf(param, sizeof param, "%s", k);
+            gw_error_set(err, 400, INVALID, param, "unknown_parameter", "Unrecognized request argument supplied: %s",
+                         k);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* logit_bias: {"token id": bias in [-100, 100]}. Ids are checked against the
+ * vocabulary by the worker. */
+static int parse_logit_bias(gw_chat_req *req, json_t *root, gw_error *err) {
+    json_t *v = json_object_get(root, "logit_bias");
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v)) {
+        gw_error_set(err, 400, INVALID, "logit_bias", "invalid_type",
+                     "Invalid type for 'logit_bias': expected an object mapping token ids to numbers.");
         return -1;
     }
+    size_t n = json_object_size(v);
+    if (n > PROTO_MAX_BIAS) {
+        gw_error_set(err, 400, INVALID, "logit_bias", "invalid_value",
+                     "Invalid 'logit_bias': at most %d entries are allowed.", PROTO_MAX_BIAS);
+        return -1;
+    }
+    if (!n)
+        return 0;
+    proto_bias *b = calloc(n, sizeof *b);
+    if (!b)
+        return nomem(err);
+    req->submit.bias = b;
+    const char *k;
+    json_t *val;
+    json_object_foreach(v, k, val) {
+        char *end;
+        errno = 0;
+        long long id = strtoll(k, &end, 10);
+        if (errno || end == k || *end || id < 0 || id > INT32_MAX) {
+            gw_error_set(err, 400, INVALID, "logit_bias", "invalid_value",
+                         "Invalid 'logit_bias': '%.64s' is not a token id.", k);
+            return -1;
+        }
+        if (!is_num(val) || json_number_value(val) < -100 || json_number_value(val) > 100) {
+            gw_error_set(err, 400, INVALID, "logit_bias", "invalid_value",
+                         "Invalid 'logit_bias': the bias of token %lld must be a number in [-100, 100].", id);
+            return -1;
+        }
+        b[req->submit.n_bias++] = (proto_bias){(int32_t)id, (float)json_number_value(val)};
+    }
+    return 0;
+}
+
+/* The fields both endpoints share: sampling, n, penalties, bias, stop, stream. */
+static int parse_common(gw_chat_req *req, json_t *root, long long max_tokens, gw_error *err) {
+    proto_submit *s = &req->submit;
+    double temp = 1, top_p = 1, pres = 0, freq = 0;
+    long long top_k = 0, seed = 0, n = 1;
+    if (get_number(root, "temperature", 0, 2, &temp, err) || get_number(root, "top_p", 0, 1, &top_p, err) ||
+        get_number(root, "presence_penalty", -2, 2, &pres, err) ||
+        get_number(root, "frequency_penalty", -2, 2, &freq, err) ||
+        get_integer(root, "max_tokens", 1, INT32_MAX, &max_tokens, err) ||
+        get_integer(root, "top_k", 0, INT32_MAX, &top_k, err) || get_integer(root, "n", 1, PROTO_MAX_N, &n, err) ||
+        get_integer(root, "seed", INT64_MIN, INT64_MAX, &seed, err) || get_bool(root, "stream", &req->stream, err) ||
+        parse_stop(req, root, err) || parse_logit_bias(req, root, err))
+        return -1;
+    s->temperature = (float)temp;
+    s->top_p = (float)top_p;
+    s->top_k = (int32_t)top_k;
+    s->presence_penalty = (float)pres;
+    s->frequency_penalty = (float)freq;
+    s->n = (uint32_t)n;
+    s->max_tokens = (int32_t)max_tokens;
+    json_t *sv = json_object_get(root, "seed");
+    s->has_seed = sv && !json_is_null(sv);
+    s->seed = (uint64_t)seed;
+    json_t *so = json_object_get(root, "stream_options");
+    if (so && !json_is_null(so)) {
+        if (!req->stream) {
+            gw_error_set(err, 400, INVALID, "stream_options", "invalid_value",
+                         "The 'stream_options' parameter is only allowed when 'stream' is enabled.");
+            return -1;
+        }
+        if (!json_is_object(so)) {
+            gw_error_set(err, 400, INVALID, "stream_options", "invalid_type",
+                         "Invalid type for 'stream_options': expected an object.");
+            return -1;
+        }
+        if (get_bool(so, "include_usage", &req->include_usage, err)) {
+            err->param = "stream_options.include_usage";
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Chat-only fields besides messages. */
+static int parse_chat_fields(gw_chat_req *req, json_t *root, gw_error *err) {
+    json_t *v;
+    long long mct = -1, top = 0;
     int lp = 0;
-    if (get_bool(root, "logprobs", &lp, err))
+    if (get_integer(root, "max_completion_tokens", 1, INT32_MAX, &mct, err) || get_bool(root, "logprobs", &lp, err) ||
+        get_integer(root, "top_logprobs", 0, PROTO_MAX_TOP_LOGPROBS, &top, err))
         return -1;
-    if (lp || ((v = json_object_get(root, "top_logprobs")) && !json_is_null(v))) {
-        gw_error_set(err, 400, INVALID, lp ? "logprobs" : "top_logprobs", "unsupported_parameter",
-                     "logprobs are not supported by this server yet.");
+    if (mct > 0)
+        req->submit.max_tokens = (int32_t)mct;
+    if (!lp && (v = json_object_get(root, "top_logprobs")) && !json_is_null(v)) {
+        gw_error_set(err, 400, INVALID, "top_logprobs", "invalid_value",
+                     "'top_logprobs' requires 'logprobs' to be true.");
         return -1;
     }
-    const char *pens[] = {"presence_penalty", "frequency_penalty"};
-    for (int i = 0; i < 2; i++) {
-        double d = 0;
-        if (get_number(root, pens[i], -2, 2, &d, err))
-            return -1;
-        if (d != 0) {
-            gw_error_set(err, 400, INVALID, pens[i], "unsupported_parameter",
-                         "'%s' is not supported by this server yet.", pens[i]);
-            return -1;
-        }
-    }
-    if ((v = json_object_get(root, "logit_bias")) && !json_is_null(v)) {
-        if (!json_is_object(v)) {
-            gw_error_set(err, 400, INVALID, "logit_bias", "invalid_type", "Invalid type for 'logit_bias'.");
-            return -1;
-        }
-        if (json_object_size(v)) {
-            gw_error_set(err, 400, INVALID, "logit_bias", "unsupported_parameter",
-                         "'logit_bias' is not supported by this server yet.");
-            return -1;
-        }
-    }
+    req->submit.logprobs = (uint8_t)lp;
+    req->submit.top_logprobs = (uint8_t)top;
     const char *tooly[] = {"tools", "tool_choice"};
     for (int i = 0; i < 2; i++)
         if ((v = json_object_get(root, tooly[i])) && !json_is_null(v) &&
@@ -400,23 +415,11 @@ static int refuse_unsupported(json_t *root, gw_error *err) {
             return -1;
         }
     }
-    const char *k;
-    json_object_foreach(root, k, v) {
-        int ok = 0;
-        for (int i = 0; accepted[i]; i++)
-            ok |= !strcmp(k, accepted[i]);
-        if (!ok && strcmp(k, "top_logprobs")) {
-            static char param[64];
-            snprintf(param, sizeof param, "%s", k);
-            gw_error_set(err, 400, INVALID, param, "unknown_parameter", "Unrecognized request argument supplied: %s",
-                         k);
-            return -1;
-        }
-    }
     return 0;
 }
 
-int gw_chat_parse(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err) {
+/* Parses the body into a JSON object and checks `model`. */
+static int begin(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err) {
     memset(req, 0, sizeof *req);
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
@@ -429,58 +432,140 @@ int gw_chat_parse(const char *body, size_t len, const char *model_id, gw_chat_re
     req->json = root;
     if (!json_is_object(root)) {
         gw_error_set(err, 400, INVALID, NULL, "invalid_json", "The request body must be a JSON object.");
-        goto fail;
+        return -1;
     }
     json_t *model = json_object_get(root, "model");
     if (!model) {
         gw_error_set(err, 400, INVALID, "model", "missing_required_parameter", "Missing required parameter: 'model'.");
-        goto fail;
+        return -1;
     }
     if (!json_is_string(model)) {
         gw_error_set(err, 400, INVALID, "model", "invalid_type", "Invalid type for 'model': expected a string.");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_model(json_t *root, const char *model_id, gw_error *err) {
+    json_t *model = json_object_get(root, "model");
+    if (jeq(model, model_id))
+        return 0;
+    gw_error_set(err, 404, INVALID, "model", "model_not_found",
+                 "The model '%.200s' does not exist or you do not have access to it.", json_string_value(model));
+    return -1;
+}
+
+int gw_chat_parse(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err) {
+    if (begin(body, len, model_id, req, err))
+        goto fail;
+    json_t *root = req->json;
+    if (parse_messages(req, root, err) || refuse_unknown(root, chat_fields, err) ||
+        parse_common(req, root, -1, err) || parse_chat_fields(req, root, err) || check_model(root, model_id, err))
+        goto fail;
+    req->n_choices = (int)req->submit.n;
+    return 0;
+fail:
+    gw_chat_req_free(req);
+    return -1;
+}
+
+/* prompt: a string, an array of strings, an array of token ids, or an array of
+ * arrays of token ids. */
+static int parse_prompt(gw_chat_req *req, json_t *root, gw_error *err) {
+    static char param[48];
+    json_t *v = json_object_get(root, "prompt");
+    if (!v) {
+        gw_error_set(err, 400, INVALID, "prompt", "missing_required_parameter",
+                     "Missing required parameter: 'prompt'.");
+        return -1;
+    }
+    size_t n = 1;
+    int flat_ids = json_is_array(v) && json_array_size(v) && json_is_integer(json_array_get(v, 0));
+    int many = json_is_array(v) && !flat_ids; // an array of prompts
+    if (many) {
+        n = json_array_size(v);
+        if (n == 0 || n > PROTO_MAX_PROMPTS) {
+            gw_error_set(err, 400, INVALID, "prompt", "invalid_value",
+                         "Invalid 'prompt': expected between 1 and %d prompts.", PROTO_MAX_PROMPTS);
+            return -1;
+        }
+    } else if (!json_is_string(v) && !flat_ids) {
+        gw_error_set(err, 400, INVALID, "prompt", "invalid_type",
+                     "Invalid type for 'prompt': expected a string, an array of strings, an array of token ids, "
+                     "or an array of arrays of token ids.");
+        return -1;
+    }
+    proto_prompt *pr = calloc(n, sizeof *pr);
+    if (!pr)
+        return nomem(err);
+    req->submit.prompts = pr;
+    req->submit.n_prompts = (uint32_t)n;
+    for (size_t i = 0; i < n; i++) {
+        json_t *p = many ? json_array_get(v, i) : v;
+        if (many)
+            snprintf(param, sizeof param, "prompt[%zu]", i);
+        else
+            snprintf(param, sizeof param, "prompt");
+        if (json_is_string(p)) {
+            pr[i].text.p = (char *)json_string_value(p);
+            pr[i].text.len = (uint32_t)json_string_length(p);
+            continue;
+        }
+        size_t k = json_is_array(p) ? json_array_size(p) : 0;
+        if (!json_is_array(p) || k == 0 || k > PROTO_MAX_PROMPT_TOKENS) {
+            gw_error_set(err, 400, INVALID, param, "invalid_type",
+                         "Invalid '%s': expected a string or a non-empty array of token ids.", param);
+            return -1;
+        }
+        pr[i].tokens = malloc(k * sizeof *pr[i].tokens);
+        if (!pr[i].tokens)
+            return nomem(err);
+        pr[i].n_tokens = (uint32_t)k;
+        for (size_t t = 0; t < k; t++) {
+            json_t *id = json_array_get(p, t);
+            if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > INT32_MAX) {
+                gw_error_set(err, 400, INVALID, param, "invalid_value",
+                             "Invalid '%s': element %zu is not a token id.", param, t);
+                return -1;
+            }
+            pr[i].tokens[t] = (int32_t)json_integer_value(id);
+        }
+    }
+    return 0;
+}
+
+int gw_completions_parse(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err) {
+    if (begin(body, len, model_id, req, err))
+        goto fail;
+    json_t *root = req->json, *v;
+    req->legacy = 1;
+    long long lp = -1, best_of = 0;
+    int echo = 0;
+    if (parse_prompt(req, root, err) || refuse_unknown(root, legacy_fields, err) ||
+        parse_common(req, root, 16, err) || get_integer(root, "logprobs", 0, 5, &lp, err) ||
+        get_bool(root, "echo", &echo, err) || get_integer(root, "best_of", 1, PROTO_MAX_N, &best_of, err))
+        goto fail;
+    req->submit.logprobs = lp >= 0;
+    req->submit.top_logprobs = (uint8_t)(lp > 0 ? lp : 0);
+    req->submit.echo = (uint8_t)echo;
+    if (best_of && best_of != (long long)req->submit.n) {
+        gw_error_set(err, 400, INVALID, "best_of", "unsupported_value",
+                     "Only best_of equal to n is supported by this server (every candidate is returned).");
         goto fail;
     }
-    if (parse_messages(req, root, err) || refuse_unsupported(root, err))
-        goto fail;
-    if (!jeq(model, model_id)) {
-        gw_error_set(err, 404, INVALID, "model", "model_not_found",
-                     "The model '%.200s' does not exist or you do not have access to it.", json_string_value(model));
+    if (echo && lp >= 0) {
+        gw_error_set(err, 400, INVALID, "echo", "unsupported_value",
+                     "echo together with logprobs (prompt logprobs) is not supported by this server yet.");
         goto fail;
     }
-    proto_submit *s = &req->submit;
-    double temp = 1, top_p = 1;
-    long long max_tokens = -1, mct = -1, top_k = 0, seed = 0;
-    if (get_number(root, "temperature", 0, 2, &temp, err) || get_number(root, "top_p", 0, 1, &top_p, err) ||
-        get_integer(root, "max_tokens", 1, INT32_MAX, &max_tokens, err) ||
-        get_integer(root, "max_completion_tokens", 1, INT32_MAX, &mct, err) ||
-        get_integer(root, "top_k", 0, INT32_MAX, &top_k, err) ||
-        get_integer(root, "seed", INT64_MIN, INT64_MAX, &seed, err) || get_bool(root, "stream", &req->stream, err) ||
-        parse_stop(req, root, err))
+    if ((v = json_object_get(root, "suffix")) && !json_is_null(v) && !jeq(v, "")) {
+        gw_error_set(err, 400, INVALID, "suffix", "unsupported_parameter",
+                     "'suffix' (insertion) is not supported by this model.");
         goto fail;
-    s->temperature = (float)temp;
-    s->top_p = (float)top_p;
-    s->top_k = (int32_t)top_k;
-    s->max_tokens = (int32_t)(mct > 0 ? mct : max_tokens);
-    json_t *sv = json_object_get(root, "seed");
-    s->has_seed = sv && !json_is_null(sv);
-    s->seed = (uint64_t)seed;
-    json_t *so = json_object_get(root, "stream_options");
-    if (so && !json_is_null(so)) {
-        if (!req->stream) {
-            gw_error_set(err, 400, INVALID, "stream_options", "invalid_value",
-                         "The 'stream_options' parameter is only allowed when 'stream' is enabled.");
-            goto fail;
-        }
-        if (!json_is_object(so)) {
-            gw_error_set(err, 400, INVALID, "stream_options", "invalid_type",
-                         "Invalid type for 'stream_options': expected an object.");
-            goto fail;
-        }
-        if (get_bool(so, "include_usage", &req->include_usage, err)) {
-            err->param = "stream_options.include_usage";
-            goto fail;
-        }
     }
+    if (check_model(root, model_id, err))
+        goto fail;
+    req->n_choices = (int)(req->submit.n * req->submit.n_prompts);
     return 0;
 fail:
     gw_chat_req_free(req);
@@ -490,102 +575,14 @@ fail:
 void gw_chat_req_free(gw_chat_req *req) {
     free(req->submit.msgs);
     free(req->submit.stop);
+    free(req->submit.bias);
+    for (uint32_t i = 0; i < req->submit.n_prompts; i++)
+        free(req->submit.prompts[i].tokens);
+    free(req->submit.prompts);
     for (int i = 0; i < req->n_owned; i++)
         free(req->owned[i]);
     free(req->owned);
     if (req->json)
         json_decref(req->json);
     memset(req, 0, sizeof *req);
-}
-
-/* ---- rendering ---- */
-
-const char *gw_finish_name(int finish) {
-    switch (finish) {
-    case PROTO_FINISH_STOP: return "stop";
-    case PROTO_FINISH_LENGTH: return "length";
-    default: return "stop";
-    }
-}
-
-static json_t *usage_json(const gw_usage *u) {
-    json_t *j = json_object();
-    json_object_set_new(j, "prompt_tokens", json_integer(u->prompt_tokens));
-    json_object_set_new(j, "completion_tokens", json_integer(u->completion_tokens));
-    json_object_set_new(j, "total_tokens", json_integer((json_int_t)u->prompt_tokens + u->completion_tokens));
-    json_t *pd = json_object();
-    json_object_set_new(pd, "cached_tokens", json_integer(u->cached_tokens));
-    json_object_set_new(j, "prompt_tokens_details", pd);
-    json_t *cd = json_object();
-    json_object_set_new(cd, "reasoning_tokens", json_integer(0));
-    json_object_set_new(j, "completion_tokens_details", cd);
-    return j;
-}
-
-static json_t *head_json(const gw_completion *c, const char *object) {
-    json_t *j = json_object();
-    json_object_set_new(j, "id", json_string(c->id));
-    json_object_set_new(j, "object", json_string(object));
-    json_object_set_new(j, "created", json_integer(c->created));
-    json_object_set_new(j, "model", str_or_null(c->model));
-    json_object_set_new(j, "system_fingerprint", json_string("fp_kolm"));
-    return j;
-}
-
-int gw_render_completion(cm_buf *out, const gw_completion *c, const char *text, size_t text_len, int finish,
-                         const gw_usage *u) {
-    json_t *j = head_json(c, "chat.completion");
-    json_t *msg = json_object();
-    json_object_set_new(msg, "role", json_string("assistant"));
-    json_object_set_new(msg, "content", jstr(text ? text : "", text ? text_len : 0));
-    json_object_set_new(msg, "refusal", json_null());
-    json_t *ch = json_object();
-    json_object_set_new(ch, "index", json_integer(0));
-    json_object_set_new(ch, "message", msg);
-    json_object_set_new(ch, "logprobs", json_null());
-    json_object_set_new(ch, "finish_reason", json_string(gw_finish_name(finish)));
-    json_t *choices = json_array();
-    json_array_append_new(choices, ch);
-    json_object_set_new(j, "choices", choices);
-    json_object_set_new(j, "usage", usage_json(u));
-    return dump_into(out, j);
-}
-
-static int sse(cm_buf *out, json_t *j) {
-    int rc = cm_buf_append(out, "data: ", 6);
-    if (!rc)
-        rc = dump_into(out, j);
-    else
-        json_decref(j);
-    if (!rc)
-        rc = cm_buf_append(out, "\n\n", 2);
-    return rc;
-}
-
-int gw_render_chunk(cm_buf *out, const gw_completion *c, int role, const char *text, size_t text_len, int finish,
-                    int with_usage_null) {
-    json_t *j = head_json(c, "chat.completion.chunk");
-    json_t *delta = json_object();
-    if (role)
-        json_object_set_new(delta, "role", json_string("assistant"));
-    if (text)
-        json_object_set_new(delta, "content", jstr(text, text_len));
-    json_t *ch = json_object();
-    json_object_set_new(ch, "index", json_integer(0));
-    json_object_set_new(ch, "delta", delta);
-    json_object_set_new(ch, "logprobs", json_null());
-    json_object_set_new(ch, "finish_reason", finish ? json_string(gw_finish_name(finish)) : json_null());
-    json_t *choices = json_array();
-    json_array_append_new(choices, ch);
-    json_object_set_new(j, "choices", choices);
-    if (with_usage_null)
-        json_object_set_new(j, "usage", json_null());
-    return sse(out, j);
-}
-
-int gw_render_usage_chunk(cm_buf *out, const gw_completion *c, const gw_usage *u) {
-    json_t *j = head_json(c, "chat.completion.chunk");
-    json_object_set_new(j, "choices", json_array());
-    json_object_set_new(j, "usage", usage_json(u));
-    return sse(out, j);
 }

@@ -6,7 +6,13 @@
  * it are ignored. A streamed response starts when the worker accepts the job (so
  * a prompt over the context window is still a plain 400), then SSE chunks are
  * queued into `pending` and handed to h2o one buffer at a time: `flight` is owned
- * by h2o until the generator's proceed callback runs. */
+ * by h2o until the generator's proceed callback runs.
+ *
+ * Two timers ride on each job: the deadline (--request-timeout) cancels the job and
+ * answers 504 (or an SSE error), and a stream's keep-alive writes an SSE comment
+ * line whenever nothing was sent for an interval, so proxies and clients with read
+ * timeouts keep the connection during long prefills and queue waits. Both are
+ * unlinked when the request is disposed. */
 #include "gateway/gw_http.h"
 
 #include <errno.h>
@@ -34,21 +40,32 @@ struct gw_http {
     gw_pool *pool;
     gw_http_config cfg;
     long long started;
+    h2o_timeout_t deadline_to, keepalive_to;
 };
+
+/* One choice of a request. */
+typedef struct choice_state {
+    cm_buf text;     // non-streamed: the choice's text
+    json_t *lp;      // non-streamed: its logprobs, NULL without
+    size_t text_off; // output bytes so far (legacy logprobs' text_offset)
+    int finish;      // proto_finish, 0 while running
+} choice_state;
 
 typedef struct req_state {
     gw_job job; // first: the pool hands back &st->job
     gw_http *srv;
     h2o_req_t *req; // NULL once the request is gone
-    int stream, include_usage;
+    int stream, include_usage, n_choices;
+    choice_state *ch; // [n_choices]
     int started;    // SSE headers sent
     int final_sent;
     int final_pending;
     int sending;
-    cm_buf text;    // non-streamed completion text
+    int quiet;      // no bytes queued since the last keep-alive tick
     cm_buf pending, flight;
     h2o_generator_t gen;
     gw_completion comp;
+    h2o_timeout_entry_t deadline, keepalive;
     char id[48];
 } req_state;
 
@@ -73,6 +90,7 @@ static const char *reason_for(int status) {
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 413: return "Payload Too Large";
+    case 504: return "Gateway Timeout";
     case 415: return "Unsupported Media Type";
     case 422: return "Unprocessable Entity";
     case 429: return "Too Many Requests";
@@ -98,6 +116,8 @@ static void respond(h2o_req_t *req, int status, const char *ctype, const void *b
 }
 
 static void respond_error(h2o_req_t *req, const gw_error *err) {
+    if (err->status == 429 || err->status == 503)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
     cm_buf b = CM_BUF_INIT;
     if (gw_render_error(&b, err))
         respond(req, 500, "application/json", "{}", 2);
@@ -122,6 +142,7 @@ static void stream_send(req_state *st, int final) {
         return; // nothing may reach h2o_send before h2o_start_response
     if (!st->pending.len && !final)
         return;
+    st->quiet = 0;
     cm_buf t = st->flight;
     st->flight = st->pending;
     st->pending = t;
@@ -144,17 +165,44 @@ static void on_proceed(h2o_generator_t *gen, h2o_req_t *req) {
     stream_send(st, 0);
 }
 
+static void stop_timers(req_state *st) {
+    if (h2o_timeout_is_linked(&st->deadline))
+        h2o_timeout_unlink(&st->deadline);
+    if (h2o_timeout_is_linked(&st->keepalive))
+        h2o_timeout_unlink(&st->keepalive);
+}
+
 static void on_stop(h2o_generator_t *gen, h2o_req_t *req) {
     req_state *st = H2O_STRUCT_FROM_MEMBER(req_state, gen, gen);
     gw_pool_cancel(st->srv->pool, &st->job);
+    stop_timers(st);
     st->req = NULL;
 }
 
 /* Queues the end of the stream (after the chunks already pending). */
 static void stream_end(req_state *st) {
+    stop_timers(st);
     st->final_pending = 1;
     if (!st->sending)
         stream_send(st, 1);
+}
+
+/* Keep-alive tick: an SSE comment when the last interval sent nothing. */
+static void on_keepalive(h2o_timeout_entry_t *e) {
+    req_state *st = H2O_STRUCT_FROM_MEMBER(req_state, keepalive, e);
+    if (!st->req || st->final_pending)
+        return;
+    if (st->quiet && st->started) {
+        cm_buf_append(&st->pending, ": keep-alive\n\n", 14);
+        stream_send(st, 0);
+    }
+    st->quiet = 1;
+    h2o_timeout_link(st->srv->ctx.loop, &st->srv->keepalive_to, &st->keepalive);
+}
+
+static void render_chunk(req_state *st, const gw_chunk *k) {
+    if (gw_render_chunk(&st->pending, &st->comp, k))
+        cm_warn("cannot render a chunk of %s (out of memory)", st->id);
 }
 
 static void start_stream(req_state *st) {
@@ -169,7 +217,11 @@ static void start_stream(req_state *st) {
     st->gen.stop = on_stop;
     h2o_start_response(req, &st->gen);
     st->started = 1;
-    gw_render_chunk(&st->pending, &st->comp, 1, "", 0, 0, st->include_usage);
+    if (!st->comp.legacy) // chat streams open each choice with its role
+        for (int i = 0; i < st->n_choices; i++) {
+            gw_chunk k = {.index = (uint32_t)i, .role = 1, .text = "", .with_usage_null = st->include_usage};
+            render_chunk(st, &k);
+        }
     stream_send(st, 0);
 }
 
@@ -178,6 +230,7 @@ static void start_stream(req_state *st) {
 static void fail_request(req_state *st, const gw_error *err) {
     if (!st->req)
         return;
+    stop_timers(st);
     if (st->started) {
         gw_render_sse_error(&st->pending, err);
         stream_end(st);
@@ -186,44 +239,84 @@ static void fail_request(req_state *st, const gw_error *err) {
     }
 }
 
+static void on_delta(req_state *st, choice_state *c, const proto_event *ev) {
+    if (st->stream) {
+        gw_chunk k = {.index = ev->choice, .text = ev->text.p, .len = ev->text.len, .lp = ev->lp, .n_lp = ev->n_lp,
+                      .text_off = &c->text_off, .with_usage_null = st->include_usage};
+        size_t start = c->text_off;
+        render_chunk(st, &k);
+        c->text_off = start + ev->text.len;
+        stream_send(st, 0);
+        return;
+    }
+    if (ev->n_lp) {
+        size_t off = c->text_off;
+        if (gw_logprobs_add(&c->lp, st->comp.legacy, ev->lp, ev->n_lp, &off))
+            cm_warn("cannot keep the logprobs of %s (out of memory)", st->id);
+    }
+    c->text_off += ev->text.len;
+    cm_buf_append(&c->text, ev->text.p, ev->text.len);
+}
+
+static void on_finish(req_state *st, const proto_event *ev) {
+    if (ev->choice < (uint32_t)st->n_choices && !st->ch[ev->choice].finish) {
+        st->ch[ev->choice].finish = ev->finish_reason;
+        if (st->stream) {
+            gw_chunk k = {.index = ev->choice, .text = st->comp.legacy ? "" : NULL, .finish = ev->finish_reason,
+                          .with_usage_null = st->include_usage};
+            render_chunk(st, &k);
+        }
+    }
+    if (!ev->last) {
+        stream_send(st, 0);
+        return;
+    }
+    gw_usage u = {ev->prompt_tokens, ev->completion_tokens, ev->cached_tokens};
+    stop_timers(st);
+    if (st->stream) {
+        if (st->include_usage)
+            gw_render_usage_chunk(&st->pending, &st->comp, &u);
+        cm_buf_append(&st->pending, "data: [DONE]\n\n", 14);
+        stream_end(st);
+        return;
+    }
+    gw_choice_out *out = calloc((size_t)st->n_choices, sizeof *out);
+    cm_buf b = CM_BUF_INIT;
+    if (out) {
+        for (int i = 0; i < st->n_choices; i++)
+            out[i] = (gw_choice_out){(const char *)st->ch[i].text.data, st->ch[i].text.len,
+                                     st->ch[i].finish ? st->ch[i].finish : ev->finish_reason, st->ch[i].lp};
+    }
+    if (!out || gw_render_completion(&b, &st->comp, out, st->n_choices, &u))
+        respond_simple_error(st->req, 500, "server_error", NULL, NULL, "cannot render the response");
+    else
+        respond(st->req, 200, "application/json", b.data, b.len);
+    free(out);
+    cm_buf_free(&b);
+}
+
 static void on_event(gw_job *job, const proto_event *ev) {
     req_state *st = (req_state *)job;
     if (!st->req)
         return;
-    gw_usage u = {ev->prompt_tokens, ev->completion_tokens, ev->cached_tokens};
+    if (ev->kind == PROTO_EV_DELTA && ev->choice >= (uint32_t)st->n_choices) {
+        cm_warn("worker event for choice %u of %s, which has %d", ev->choice, st->id, st->n_choices);
+        return;
+    }
     switch (ev->kind) {
     case PROTO_EV_ACCEPTED:
         if (st->stream && !st->started) // a repeated ACCEPTED must not restart the response
             start_stream(st);
         break;
     case PROTO_EV_DELTA:
-        if (st->stream) {
-            if (!st->started) // a worker that skipped ACCEPTED still streams
-                start_stream(st);
-            gw_render_chunk(&st->pending, &st->comp, 0, ev->text.p, ev->text.len, 0, st->include_usage);
-            stream_send(st, 0);
-        } else {
-            cm_buf_append(&st->text, ev->text.p, ev->text.len);
-        }
+        if (st->stream && !st->started) // a worker that skipped ACCEPTED still streams
+            start_stream(st);
+        on_delta(st, &st->ch[ev->choice], ev);
         break;
     case PROTO_EV_FINISH:
-        if (st->stream) {
-            if (!st->started)
-                start_stream(st);
-            gw_render_chunk(&st->pending, &st->comp, 0, NULL, 0, ev->finish_reason, st->include_usage);
-            if (st->include_usage)
-                gw_render_usage_chunk(&st->pending, &st->comp, &u);
-            cm_buf_append(&st->pending, "data: [DONE]\n\n", 14);
-            stream_end(st);
-        } else {
-            cm_buf b = CM_BUF_INIT;
-            if (gw_render_completion(&b, &st->comp, (const char *)st->text.data, st->text.len, ev->finish_reason,
-                                     &u))
-                respond_simple_error(st->req, 500, "server_error", NULL, NULL, "cannot render the response");
-            else
-                respond(st->req, 200, "application/json", b.data, b.len);
-            cm_buf_free(&b);
-        }
+        if (st->stream && !st->started)
+            start_stream(st);
+        on_finish(st, ev);
         break;
     case PROTO_EV_ERROR: {
         gw_error e;
@@ -249,11 +342,27 @@ static void on_dead(gw_job *job) {
 
 static const gw_job_ops job_ops = {on_event, on_dead};
 
+/* The request's deadline: cancel the job and say so. */
+static void on_deadline(h2o_timeout_entry_t *e) {
+    req_state *st = H2O_STRUCT_FROM_MEMBER(req_state, deadline, e);
+    gw_pool_cancel(st->srv->pool, &st->job);
+    gw_error err;
+    gw_error_set(&err, 504, "server_error", NULL, "timeout",
+                 "The request did not complete within the server's time limit (%g s).",
+                 st->srv->cfg.request_timeout_ms / 1000.0);
+    fail_request(st, &err);
+}
+
 static void dispose_state(void *p) {
     req_state *st = p;
     gw_pool_cancel(st->srv->pool, &st->job);
+    stop_timers(st);
     st->req = NULL;
-    cm_buf_free(&st->text);
+    for (int i = 0; i < st->n_choices; i++) {
+        cm_buf_free(&st->ch[i].text);
+        if (st->ch[i].lp)
+            json_decref(st->ch[i].lp);
+    }
     cm_buf_free(&st->pending);
     cm_buf_free(&st->flight);
 }
@@ -268,7 +377,47 @@ static int method_is(h2o_req_t *req, const char *m) {
     return h2o_memis(req->method.base, req->method.len, m, strlen(m));
 }
 
-static void handle_chat(gw_http *s, h2o_req_t *req) {
+/* A JSON body (or none declared): anything else is a 415. */
+static int json_content_type(h2o_req_t *req) {
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_CONTENT_TYPE, -1);
+    if (i < 0)
+        return 1;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    size_t n = v.len;
+    for (size_t k = 0; k < v.len; k++)
+        if (v.base[k] == ';') {
+            n = k;
+            break;
+        }
+    while (n && (v.base[n - 1] == ' ' || v.base[n - 1] == '\t'))
+        n--;
+    return h2o_lcstris(v.base, n, H2O_STRLIT("application/json"));
+}
+
+/* Limits that need the parsed request (the body size is checked before). */
+static int check_limits(gw_http *s, const gw_chat_req *cr, gw_error *err) {
+    const gw_http_config *c = &s->cfg;
+    if (c->max_messages && cr->submit.n_msgs > (uint32_t)c->max_messages) {
+        gw_error_set(err, 400, "invalid_request_error", "messages", "array_above_max_length",
+                     "Invalid 'messages': %u messages, more than this server's limit of %d.", cr->submit.n_msgs,
+                     c->max_messages);
+        return -1;
+    }
+    if (c->max_request_tokens) {
+        long long per = cr->submit.max_tokens > 0 ? cr->submit.max_tokens : (long long)gw_pool_n_ctx(s->pool);
+        long long total = per * cr->n_choices;
+        if (total > c->max_request_tokens) {
+            gw_error_set(err, 400, "invalid_request_error", "max_tokens", "invalid_value",
+                         "This request may generate %lld tokens (%d choice(s) x %lld), more than this server's limit "
+                         "of %ld tokens per request; lower max_tokens or n.",
+                         total, cr->n_choices, per, c->max_request_tokens);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
     if (req->entity.len > s->cfg.max_body) {
         char msg[128];
         snprintf(msg, sizeof msg, "Request body too large: %zu bytes (the limit is %zu).", req->entity.len,
@@ -276,30 +425,60 @@ static void handle_chat(gw_http *s, h2o_req_t *req) {
         respond_simple_error(req, 413, "invalid_request_error", NULL, "request_too_large", msg);
         return;
     }
+    if (!json_content_type(req)) {
+        respond_simple_error(req, 415, "invalid_request_error", NULL, "unsupported_media_type",
+                             "The request body must be JSON: send 'Content-Type: application/json'.");
+        return;
+    }
     gw_chat_req cr;
     gw_error err;
-    if (gw_chat_parse(req->entity.base ? req->entity.base : "", req->entity.len, s->cfg.model_id, &cr, &err)) {
+    const char *body = req->entity.base ? req->entity.base : "";
+    int rc = legacy ? gw_completions_parse(body, req->entity.len, s->cfg.model_id, &cr, &err)
+                    : gw_chat_parse(body, req->entity.len, s->cfg.model_id, &cr, &err);
+    if (rc) {
+        respond_error(req, &err);
+        return;
+    }
+    if (check_limits(s, &cr, &err)) {
+        gw_chat_req_free(&cr);
         respond_error(req, &err);
         return;
     }
     req_state *st = h2o_mem_alloc_shared(&req->pool, sizeof *st, dispose_state);
     memset(st, 0, sizeof *st);
+    st->ch = h2o_mem_alloc_pool(&req->pool, (size_t)cr.n_choices * sizeof *st->ch);
+    memset(st->ch, 0, (size_t)cr.n_choices * sizeof *st->ch);
+    st->n_choices = cr.n_choices;
     st->job.ops = &job_ops;
     st->job.worker = -1;
     st->srv = s;
     st->req = req;
     st->stream = cr.stream;
     st->include_usage = cr.include_usage;
-    random_id(st->id, sizeof st->id, "chatcmpl-");
+    random_id(st->id, sizeof st->id, legacy ? "cmpl-" : "chatcmpl-");
     st->comp.id = st->id;
     st->comp.model = s->cfg.model_id;
     st->comp.created = (long long)time(NULL);
-    int rc = gw_pool_submit(s->pool, &st->job, &cr.submit);
+    st->comp.legacy = legacy;
+    st->deadline.cb = on_deadline;
+    st->keepalive.cb = on_keepalive;
+    rc = gw_pool_submit(s->pool, &st->job, &cr.submit);
     gw_chat_req_free(&cr);
-    if (rc)
+    if (rc == -EBUSY) {
+        respond_simple_error(req, 429, "rate_limit_exceeded", NULL, "rate_limit_exceeded",
+                             "The server is at its limit of concurrent requests; retry shortly.");
+        return;
+    }
+    if (rc) {
         respond_simple_error(req, 503, "server_error", NULL, "worker_unavailable",
                              rc == -EAGAIN ? "No model worker is ready yet; retry shortly."
                                            : "The request could not be queued.");
+        return;
+    }
+    if (s->cfg.request_timeout_ms)
+        h2o_timeout_link(s->ctx.loop, &s->deadline_to, &st->deadline);
+    if (st->stream && s->cfg.keepalive_ms)
+        h2o_timeout_link(s->ctx.loop, &s->keepalive_to, &st->keepalive);
 }
 
 static void append_model(cm_buf *b, gw_http *s) {
@@ -314,14 +493,77 @@ static void append_model(cm_buf *b, gw_http *s) {
     cm_buf_printf(b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"kolm\"}", s->started);
 }
 
+/* Paths of the OpenAI API this server does not serve: a clear error instead of
+ * a bare 404 (a prefix ending in '/' covers the paths below it). */
+static const char *const unsupported[] = {
+    "/v1/embeddings", "/v1/audio/", "/v1/images/", "/v1/files", "/v1/fine_tuning/", "/v1/batches",
+    "/v1/moderations", "/v1/assistants", "/v1/threads", "/v1/vector_stores", "/v1/responses", "/v1/uploads",
+    "/v1/realtime", "/v1/organization/", "/v1/evals", "/v1/containers", "/v1/chat/completions/", NULL,
+};
+
+static int is_unsupported(h2o_req_t *req) {
+    for (int i = 0; unsupported[i]; i++) {
+        size_t n = strlen(unsupported[i]);
+        const char *p = req->path_normalized.base;
+        size_t len = req->path_normalized.len;
+        if (unsupported[i][n - 1] == '/' ? len >= n && !memcmp(p, unsupported[i], n)
+                                         : (len == n || (len > n && p[n] == '/')) && !memcmp(p, unsupported[i], n))
+            return 1;
+    }
+    return 0;
+}
+
+/* With an API key configured, every /v1 request must carry it as a bearer token. */
+static int authorized(gw_http *s, h2o_req_t *req) {
+    if (!s->cfg.api_key || !*s->cfg.api_key)
+        return 1;
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    if (i < 0)
+        return 0;
+    h2o_iovec_t v = req->headers.entries[i].value;
+    size_t kl = strlen(s->cfg.api_key);
+    return v.len == 7 + kl && h2o_lcstris(v.base, 7, H2O_STRLIT("bearer ")) && !memcmp(v.base + 7, s->cfg.api_key, kl);
+}
+
+/* GET /metrics: Prometheus text from the workers' last STATS. */
+static void handle_metrics(gw_http *s, h2o_req_t *req) {
+    cm_buf b = CM_BUF_INIT;
+    static const char *const names[] = {"kolm_worker_ready",       "kolm_worker_jobs",
+                                        "kolm_worker_running",     "kolm_worker_waiting",
+                                        "kolm_worker_kv_blocks_free", "kolm_worker_kv_blocks_cached",
+                                        "kolm_worker_kv_blocks_total", "kolm_worker_tokens_generated_total",
+                                        "kolm_worker_tokens_prompt_total"};
+    for (size_t m = 0; m < sizeof names / sizeof *names; m++) {
+        cm_buf_printf(&b, "# TYPE %s %s\n", names[m], strstr(names[m], "_total") ? "counter" : "gauge");
+        for (int i = 0; i < gw_pool_n_workers(s->pool); i++) {
+            proto_stats st;
+            int ready;
+            pid_t pid;
+            gw_pool_worker_stats(s->pool, i, &st, &ready, &pid);
+            unsigned long long v[] = {(unsigned long long)ready, st.jobs, st.running, st.waiting,
+                                      st.kv_blocks_free, st.kv_blocks_cached, st.kv_blocks_total,
+                                      (unsigned long long)st.tokens_generated, (unsigned long long)st.tokens_prompt};
+            cm_buf_printf(&b, "%s{worker=\"%d\",pid=\"%d\"} %llu\n", names[m], i, (int)pid, v[m]);
+        }
+    }
+    respond(req, 200, "text/plain; version=0.0.4", b.data, b.len);
+    cm_buf_free(&b);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     gw_http *s = *(gw_http **)(self + 1);
     const char *prefix = "/v1/models/";
     size_t pl = strlen(prefix);
-    if (path_is(req, "/v1/chat/completions")) {
+    int v1 = req->path_normalized.len >= 3 && !memcmp(req->path_normalized.base, "/v1", 3);
+    if (v1 && !authorized(s, req)) {
+        respond_simple_error(req, 401, "invalid_request_error", NULL, "invalid_api_key",
+                             "Incorrect API key provided. Pass the server's key as 'Authorization: Bearer KEY'.");
+        return 0;
+    }
+    if (path_is(req, "/v1/chat/completions") || path_is(req, "/v1/completions")) {
         if (!method_is(req, "POST"))
             goto not_allowed;
-        handle_chat(s, req);
+        handle_completion(s, req, path_is(req, "/v1/completions"));
     } else if (path_is(req, "/v1/models")) {
         if (!method_is(req, "GET"))
             goto not_allowed;
@@ -353,6 +595,17 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
             respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
         else
             respond_simple_error(req, 503, "server_error", NULL, "worker_unavailable", "No model worker is ready.");
+    } else if (path_is(req, "/metrics")) {
+        if (!method_is(req, "GET"))
+            goto not_allowed;
+        handle_metrics(s, req);
+    } else if (is_unsupported(req)) {
+        char msg[300];
+        snprintf(msg, sizeof msg,
+                 "%.*s is part of the OpenAI API but is not supported by this server (kolm serves "
+                 "/v1/chat/completions, /v1/completions and /v1/models).",
+                 (int)(req->path_normalized.len > 200 ? 200 : req->path_normalized.len), req->path_normalized.base);
+        respond_simple_error(req, 404, "invalid_request_error", NULL, "unsupported_endpoint", msg);
     } else {
         char msg[300];
         snprintf(msg, sizeof msg, "Unknown request URL: %.*s %.*s.", (int)req->method.len, req->method.base,
@@ -419,6 +672,8 @@ gw_http *gw_http_create(h2o_loop_t *loop, gw_pool *pool, const gw_http_config *c
     *(gw_http **)(h + 1) = s;
     h->on_req = on_req;
     h2o_context_init(&s->ctx, loop, &s->config);
+    h2o_timeout_init(loop, &s->deadline_to, cfg->request_timeout_ms ? cfg->request_timeout_ms : 1);
+    h2o_timeout_init(loop, &s->keepalive_to, cfg->keepalive_ms ? cfg->keepalive_ms : 1);
     s->accept_ctx.ctx = &s->ctx;
     s->accept_ctx.hosts = s->config.hosts;
     int fd = listen_on(cfg->host, cfg->port);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,9 @@ static void on_signal(int sig) {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: kolm serve [--http] [MODEL_PATH] [--port 8765] [--host 127.0.0.1] [--workers N]\n"
-               "                  [--threads T] [--ctx N] [--max-body BYTES]\n"
+               "                  [--threads T] [--ctx N] [--max-body BYTES] [--max-jobs N] [--max-messages N]\n"
+               "                  [--max-request-tokens N] [--request-timeout S] [--sse-keepalive S]\n"
+               "                  [--api-key KEY]\n"
                "\n"
                "Serves MODEL_PATH (a GGUF file; default $KOLM_HOME/models/" DEFAULT_MODEL ",\n"
                "KOLM_HOME defaulting to ~/.kolm) with an OpenAI-compatible API on http://HOST:PORT/v1.\n"
@@ -35,7 +38,26 @@ static void usage(FILE *f) {
                "  --workers N     worker processes (default 1)\n"
                "  --threads T     compute threads per worker (default: all cores / workers)\n"
                "  --ctx N         context window in tokens (default min(model, 8192))\n"
-               "  --max-body B    largest request body in bytes (default 8388608)\n");
+               "  --max-body B    largest request body in bytes (default 8388608)\n"
+               "  --max-jobs N    requests running or queued per worker before 429s (default 256)\n"
+               "  --max-messages N  messages in one chat request (default 2048)\n"
+               "  --max-request-tokens N  completion tokens one request may ask for, over all its\n"
+               "                  choices (default 1048576)\n"
+               "  --request-timeout S  seconds before a request is cancelled with a 504 (default 600; 0 = none)\n"
+               "  --sse-keepalive S  seconds without output before a stream gets a ': keep-alive' comment\n"
+               "                  (default 15; 0 = none)\n"
+               "  --api-key KEY   require 'Authorization: Bearer KEY' on /v1 (default $KOLM_API_KEY; unset = open)\n");
+}
+
+/* Seconds (decimals allowed) in [0, hi] -> milliseconds. */
+static int parse_seconds(const char *s, double hi, uint64_t *ms) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= 0 && v <= hi))
+        return -1;
+    *ms = (uint64_t)(v * 1000 + 0.5);
+    return 0;
 }
 
 static int parse_long(const char *s, long lo, long hi, long *out) {
@@ -66,7 +88,10 @@ static int worker_path(char *out, size_t n) {
 
 static int serve(int argc, char **argv) {
     const char *model = NULL, *host = "127.0.0.1";
-    long port = 8765, workers = 1, threads = 0, ctx = 0, max_body = 8L << 20;
+    long port = 8765, workers = 1, threads = 0, ctx = 0, max_body = 8L << 20, max_jobs = 256, max_messages = 2048,
+         max_request_tokens = 1L << 20;
+    uint64_t timeout_ms = 600000, keepalive_ms = 15000;
+    const char *api_key = getenv("KOLM_API_KEY");
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -101,6 +126,18 @@ static int serve(int argc, char **argv) {
             bad = parse_long(v, 16, 1 << 20, &ctx);
         else if (!strcmp(a, "--max-body"))
             bad = parse_long(v, 1024, 1L << 30, &max_body);
+        else if (!strcmp(a, "--max-jobs"))
+            bad = parse_long(v, 1, 1 << 20, &max_jobs);
+        else if (!strcmp(a, "--max-messages"))
+            bad = parse_long(v, 1, PROTO_MAX_MESSAGES, &max_messages);
+        else if (!strcmp(a, "--max-request-tokens"))
+            bad = parse_long(v, 1, 1L << 30, &max_request_tokens);
+        else if (!strcmp(a, "--request-timeout"))
+            bad = parse_seconds(v, 86400 * 7, &timeout_ms);
+        else if (!strcmp(a, "--sse-keepalive"))
+            bad = parse_seconds(v, 3600, &keepalive_ms);
+        else if (!strcmp(a, "--api-key"))
+            api_key = v;
         else {
             fprintf(stderr, "kolm serve: unknown option %s (see kolm serve --help)\n", a);
             return 2;
@@ -149,13 +186,21 @@ static int serve(int argc, char **argv) {
 
     h2o_evloop_t *loop = h2o_evloop_create();
     gw_pool_config pc = {.worker_exe = wexe, .model_path = model, .model_id = model_id, .n_workers = (int)workers,
-                         .threads = (int)threads, .ctx = (int)ctx};
+                         .threads = (int)threads, .ctx = (int)ctx, .max_jobs = (int)max_jobs};
     gw_pool *pool = gw_pool_create(loop, &pc);
     if (!pool) {
         fprintf(stderr, "kolm serve: cannot start the worker pool\n");
         return 1;
     }
-    gw_http_config hc = {.host = host, .port = (int)port, .model_id = model_id, .max_body = (size_t)max_body};
+    gw_http_config hc = {.host = host,
+                         .port = (int)port,
+                         .model_id = model_id,
+                         .max_body = (size_t)max_body,
+                         .max_messages = (int)max_messages,
+                         .max_request_tokens = max_request_tokens,
+                         .request_timeout_ms = timeout_ms,
+                         .keepalive_ms = keepalive_ms,
+                         .api_key = api_key};
     gw_http *http = gw_http_create(loop, pool, &hc);
     if (!http) {
         gw_pool_shutdown(pool, 2000);

@@ -37,6 +37,7 @@ typedef struct worker {
     int n_jobs, cap_jobs;
     int failures;
     double next_spawn;
+    proto_stats stats; // the worker's last STATS
 } worker;
 
 struct gw_pool {
@@ -139,8 +140,8 @@ static void handle_frame(worker *w, proto_frame *f) {
         job->ops->on_event(job, &f->u.event);
         break;
     }
-    default:
-        break; // STATS and anything newer: nothing to do
+    case PROTO_STATS: w->stats = f->u.stats; break;
+    default: break; // anything newer: nothing to do
     }
 }
 
@@ -218,6 +219,7 @@ static int spawn(worker *w) {
     fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_NONBLOCK);
     w->pid = pid;
     w->ready = 0;
+    memset(&w->stats, 0, sizeof w->stats);
     w->writing = 0;
     w->wq.len = w->wflight.len = 0;
     w->sock = h2o_evloop_socket_create(p->loop, sv[0], 0);
@@ -368,6 +370,8 @@ int gw_pool_submit(gw_pool *p, gw_job *job, proto_submit *sub) {
     }
     if (!best)
         return -EAGAIN;
+    if (p->cfg.max_jobs > 0 && best->n_jobs >= p->cfg.max_jobs)
+        return -EBUSY;
     job->id = sub->job_id = ++p->next_job;
     size_t before = best->wq.len;
     int rc = proto_encode_submit(&best->wq, sub);
@@ -379,6 +383,17 @@ int gw_pool_submit(gw_pool *p, gw_job *job, proto_submit *sub) {
     }
     flush_writes(best);
     return 0;
+}
+
+int gw_pool_n_workers(const gw_pool *p) {
+    return p->cfg.n_workers;
+}
+
+void gw_pool_worker_stats(const gw_pool *p, int i, proto_stats *out, int *ready, pid_t *pid) {
+    const worker *w = &p->w[i];
+    *out = w->stats;
+    *ready = w->sock && w->ready;
+    *pid = w->pid;
 }
 
 void gw_pool_cancel(gw_pool *p, gw_job *job) {

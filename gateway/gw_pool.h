@@ -38,6 +38,7 @@ typedef struct gw_pool_config {
     int n_workers;
     int threads;
     int ctx; // 0 = worker default
+    int max_jobs; // jobs (running + queued) per worker before submits are refused; 0 = no cap
 } gw_pool_config;
 
 /* Creates the pool and spawns the workers on loop. NULL on failure. */
@@ -60,8 +61,14 @@ int gw_pool_ready(const gw_pool *p);
 uint32_t gw_pool_n_ctx(const gw_pool *p);
 
 /* Sends sub (its job_id is set here) on the least-loaded ready worker and attaches
- * job. 0, or -EAGAIN (no worker ready), -ENOMEM, -EMSGSIZE. */
+ * job. 0, or -EAGAIN (no worker ready), -EBUSY (every ready worker holds max_jobs
+ * jobs), -ENOMEM, -EMSGSIZE. */
 int gw_pool_submit(gw_pool *p, gw_job *job, proto_submit *sub);
+int gw_pool_n_workers(const gw_pool *p);
+/* What worker i last reported (its STATS, zero before any) and whether it is
+ * ready. */
+void gw_pool_worker_stats(const gw_pool *p, int i, proto_stats *out, int *ready, pid_t *pid);
+
 /* Detaches job and sends CANCEL if it is still attached. Safe on detached jobs. */
 void gw_pool_cancel(gw_pool *p, gw_job *job);
 

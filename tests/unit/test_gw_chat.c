@@ -57,9 +57,19 @@ static void test_errors(void) {
     CASE("\"top_p\":-0.1", 400, "top_p", "invalid_value");
     CASE("\"max_tokens\":0", 400, "max_tokens", "invalid_value");
     CASE("\"max_tokens\":1.5", 400, "max_tokens", "invalid_type");
-    CASE("\"n\":2", 400, "n", "unsupported_value");
-    CASE("\"logprobs\":true", 400, "logprobs", "unsupported_parameter");
-    CASE("\"presence_penalty\":0.5", 400, "presence_penalty", "unsupported_parameter");
+    CASE("\"n\":0", 400, "n", "invalid_value");
+    CASE("\"n\":129", 400, "n", "invalid_value");
+    CASE("\"logprobs\":1", 400, "logprobs", "invalid_type");
+    CASE("\"top_logprobs\":3", 400, "top_logprobs", "invalid_value"); // needs logprobs: true
+    CASE("\"logprobs\":true,\"top_logprobs\":21", 400, "top_logprobs", "invalid_value");
+    CASE("\"presence_penalty\":2.5", 400, "presence_penalty", "invalid_value");
+    CASE("\"frequency_penalty\":\"x\"", 400, "frequency_penalty", "invalid_type");
+    CASE("\"logit_bias\":[1]", 400, "logit_bias", "invalid_type");
+    CASE("\"logit_bias\":{\"abc\":1}", 400, "logit_bias", "invalid_value");
+    CASE("\"logit_bias\":{\"-1\":1}", 400, "logit_bias", "invalid_value");
+    CASE("\"logit_bias\":{\"5\":101}", 400, "logit_bias", "invalid_value");
+    CASE("\"logit_bias\":{\"5\":\"x\"}", 400, "logit_bias", "invalid_value");
+    CASE("\"prompt\":\"x\"", 400, "prompt", "unknown_parameter"); // a legacy field
     CASE("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", 400, "tools", "unsupported_parameter");
     CASE("\"response_format\":{\"type\":\"json_object\"}", 400, "response_format", "unsupported_parameter");
     CASE("\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", 400, "stop", "invalid_value");
@@ -79,7 +89,9 @@ static void test_accepts(void) {
                        "{\"role\":\"assistant\",\"content\":null}],"
                        "\"temperature\":0,\"top_p\":0.5,\"max_completion_tokens\":7,\"max_tokens\":99,\"seed\":42,"
                        "\"stop\":\"END\",\"stream\":true,\"stream_options\":{\"include_usage\":true},"
-                       "\"user\":\"u\",\"metadata\":{\"k\":\"v\"},\"store\":false,\"n\":1,\"logprobs\":false}";
+                       "\"user\":\"u\",\"metadata\":{\"k\":\"v\"},\"store\":false,\"n\":3,\"logprobs\":true,"
+                       "\"top_logprobs\":5,\"presence_penalty\":0.5,\"frequency_penalty\":-1,"
+                       "\"logit_bias\":{\"42\":-100,\"7\":2.5}}";
     gw_chat_req r;
     gw_error e;
     ASSERT_EQ(gw_chat_parse(body, strlen(body), MODEL, &r, &e), 0);
@@ -96,6 +108,17 @@ static void test_accepts(void) {
     ASSERT_STREQ(r.submit.stop[0].p, "END");
     ASSERT_EQ(r.stream, 1);
     ASSERT_EQ(r.include_usage, 1);
+    ASSERT_EQ(r.submit.n, 3);
+    ASSERT_EQ(r.n_choices, 3);
+    ASSERT_EQ(r.submit.logprobs, 1);
+    ASSERT_EQ(r.submit.top_logprobs, 5);
+    ASSERT_NEAR(r.submit.presence_penalty, 0.5, 0);
+    ASSERT_NEAR(r.submit.frequency_penalty, -1, 0);
+    ASSERT_EQ(r.submit.n_bias, 2);
+    int b42 = r.submit.bias[0].token == 42 ? 0 : 1;
+    ASSERT_EQ(r.submit.bias[b42].token, 42);
+    ASSERT_NEAR(r.submit.bias[b42].bias, -100, 0);
+    ASSERT_NEAR(r.submit.bias[1 - b42].bias, 2.5, 0);
     gw_chat_req_free(&r);
 
     const char *minimal = "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}";
@@ -105,7 +128,73 @@ static void test_accepts(void) {
     ASSERT_EQ(r.submit.max_tokens, -1);
     ASSERT_EQ(r.submit.has_seed, 0);
     ASSERT_EQ(r.stream, 0);
+    ASSERT_EQ(r.submit.n, 1);
+    ASSERT_EQ(r.submit.logprobs, 0);
+    ASSERT_EQ(r.legacy, 0);
     gw_chat_req_free(&r);
+}
+
+/* Legacy completions: prompt shapes, their defaults and refusals. */
+static void expect_legacy_error(const char *body, int status, const char *param, const char *code) {
+    gw_chat_req r;
+    gw_error e;
+    int rc = gw_completions_parse(body, strlen(body), MODEL, &r, &e);
+    ASSERT_EQ(rc, -1);
+    if (rc != -1) {
+        fprintf(stderr, "  body: %s\n", body);
+        gw_chat_req_free(&r);
+        return;
+    }
+    ASSERT_EQ(e.status, status);
+    if (param)
+        ASSERT_STREQ(e.param, param);
+    if (code)
+        ASSERT_STREQ(e.code, code);
+}
+
+static void test_legacy(void) {
+    gw_chat_req r;
+    gw_error e;
+    const char *one = "{\"model\":\"" MODEL "\",\"prompt\":\"Once upon\",\"logprobs\":2,\"n\":2,\"best_of\":2}";
+    ASSERT_EQ(gw_completions_parse(one, strlen(one), MODEL, &r, &e), 0);
+    ASSERT_EQ(r.legacy, 1);
+    ASSERT_EQ(r.submit.n_msgs, 0);
+    ASSERT_EQ(r.submit.n_prompts, 1);
+    ASSERT_STREQ(r.submit.prompts[0].text.p, "Once upon");
+    ASSERT_EQ(r.submit.max_tokens, 16); // OpenAI's default for completions
+    ASSERT_EQ(r.submit.logprobs, 1);
+    ASSERT_EQ(r.submit.top_logprobs, 2);
+    ASSERT_EQ(r.n_choices, 2);
+    gw_chat_req_free(&r);
+    const char *many = "{\"model\":\"" MODEL "\",\"prompt\":[\"a\",[1,2,3]],\"n\":3,\"echo\":true,\"max_tokens\":4}";
+    ASSERT_EQ(gw_completions_parse(many, strlen(many), MODEL, &r, &e), 0);
+    ASSERT_EQ(r.submit.n_prompts, 2);
+    ASSERT_EQ(r.submit.prompts[1].n_tokens, 3);
+    ASSERT_EQ(r.submit.prompts[1].tokens[2], 3);
+    ASSERT_EQ(r.n_choices, 6);
+    ASSERT_EQ(r.submit.echo, 1);
+    ASSERT_EQ(r.submit.max_tokens, 4);
+    gw_chat_req_free(&r);
+    const char *ids = "{\"model\":\"" MODEL "\",\"prompt\":[2,100,7]}";
+    ASSERT_EQ(gw_completions_parse(ids, strlen(ids), MODEL, &r, &e), 0);
+    ASSERT_EQ(r.submit.n_prompts, 1);
+    ASSERT_EQ(r.submit.prompts[0].n_tokens, 3);
+    ASSERT_EQ(r.submit.logprobs, 0);
+    gw_chat_req_free(&r);
+    expect_legacy_error("{\"model\":\"" MODEL "\"}", 400, "prompt", "missing_required_parameter");
+    expect_legacy_error("{\"model\":\"" MODEL "\",\"prompt\":5}", 400, "prompt", "invalid_type");
+    expect_legacy_error("{\"model\":\"" MODEL "\",\"prompt\":[]}", 400, "prompt", "invalid_value");
+    expect_legacy_error("{\"model\":\"" MODEL "\",\"prompt\":[1,-2]}", 400, "prompt", "invalid_value");
+    expect_legacy_error("{\"model\":\"" MODEL "\",\"prompt\":[\"a\",5]}", 400, "prompt[1]", "invalid_type");
+    expect_legacy_error("{\"model\":\"" MODEL "\",\"prompt\":\"a\",\"logprobs\":6}", 400, "logprobs", "invalid_value");
+    expect_legacy_error("{\"model\":\"" MODEL "\",\"prompt\":\"a\",\"suffix\":\"z\"}", 400, "suffix",
+                        "unsupported_parameter");
+    expect_legacy_error("{\"model\":\"" MODEL "\",\"prompt\":\"a\",\"best_of\":3}", 400, "best_of", "unsupported_value");
+    expect_legacy_error("{\"model\":\"" MODEL "\",\"prompt\":\"a\",\"echo\":true,\"logprobs\":1}", 400, "echo",
+                        "unsupported_value");
+    expect_legacy_error("{\"model\":\"" MODEL "\",\"prompt\":\"a\",\"messages\":[]}", 400, "messages",
+                        "unknown_parameter");
+    expect_legacy_error("{\"model\":\"x\",\"prompt\":\"a\"}", 404, "model", "model_not_found");
 }
 
 static json_t *load(const char *s, size_t n) {
@@ -116,10 +205,11 @@ static json_t *load(const char *s, size_t n) {
 }
 
 static void test_render(void) {
-    gw_completion c = {"chatcmpl-x", MODEL, 123};
+    gw_completion c = {"chatcmpl-x", MODEL, 123, 0};
     gw_usage u = {10, 3, 0};
     cm_buf b = CM_BUF_INIT;
-    ASSERT_EQ(gw_render_completion(&b, &c, "h\"i\n", 4, PROTO_FINISH_LENGTH, &u), 0);
+    gw_choice_out one = {"h\"i\n", 4, PROTO_FINISH_LENGTH, NULL};
+    ASSERT_EQ(gw_render_completion(&b, &c, &one, 1, &u), 0);
     json_t *j = load((const char *)b.data, b.len);
     ASSERT_STREQ(json_string_value(json_object_get(j, "object")), "chat.completion");
     json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
@@ -129,7 +219,8 @@ static void test_render(void) {
     json_decref(j);
 
     b.len = 0;
-    ASSERT_EQ(gw_render_chunk(&b, &c, 1, "", 0, 0, 1), 0);
+    gw_chunk first = {.index = 0, .role = 1, .text = "", .with_usage_null = 1};
+    ASSERT_EQ(gw_render_chunk(&b, &c, &first), 0);
     ASSERT_TRUE(b.len > 8 && !memcmp(b.data, "data: ", 6) && !memcmp(b.data + b.len - 2, "\n\n", 2));
     j = load((const char *)b.data + 6, b.len - 8);
     ch = json_array_get(json_object_get(j, "choices"), 0);
@@ -183,10 +274,11 @@ static void test_nul(void) {
 /* Invalid UTF-8 (a worker breaking the contract, a message cut mid-character)
  * still renders as JSON with every field present, invalid bytes as U+FFFD. */
 static void test_render_bad_utf8(void) {
-    gw_completion c = {"chatcmpl-x", MODEL, 123};
+    gw_completion c = {"chatcmpl-x", MODEL, 123, 0};
     gw_usage u = {1, 1, 0};
     cm_buf b = CM_BUF_INIT;
-    ASSERT_EQ(gw_render_completion(&b, &c, "a\xC3(\xED\xA0\x80z\xF0\x9F", 9, PROTO_FINISH_STOP, &u), 0);
+    gw_choice_out bad = {"a\xC3(\xED\xA0\x80z\xF0\x9F", 9, PROTO_FINISH_STOP, NULL};
+    ASSERT_EQ(gw_render_completion(&b, &c, &bad, 1, &u), 0);
     json_t *j = load((const char *)b.data, b.len);
     json_t *msg = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message");
     ASSERT_STREQ(json_string_value(json_object_get(msg, "content")),
@@ -194,7 +286,8 @@ static void test_render_bad_utf8(void) {
     json_decref(j);
 
     b.len = 0;
-    ASSERT_EQ(gw_render_chunk(&b, &c, 0, "\xFFok", 3, 0, 0), 0);
+    gw_chunk k = {.text = "\xFFok", .len = 3};
+    ASSERT_EQ(gw_render_chunk(&b, &c, &k), 0);
     j = load((const char *)b.data + 6, b.len - 8);
     json_t *d = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "delta");
     ASSERT_STREQ(json_string_value(json_object_get(d, "content")), "\xEF\xBF\xBDok");
@@ -219,9 +312,84 @@ static void test_render_bad_utf8(void) {
     cm_buf_free(&b);
 }
 
+/* Logprobs in the chat shape (token, logprob, bytes, top_logprobs) and the legacy
+ * shape (tokens, token_logprobs, top_logprobs, text_offset); n choices. */
+static void test_render_logprobs(void) {
+    proto_top top[2] = {{{"\xe2\x80", 2}, -0.5f}, {{" b", 2}, -1.0f}};
+    proto_logprob lp[2] = {{{"\xe2\x80", 2}, -0.5f, 2, top}, {{"\xa6", 1}, -0.25f, 0, NULL}};
+    json_t *acc = NULL;
+    size_t off = 0;
+    ASSERT_EQ(gw_logprobs_add(&acc, 0, lp, 2, &off), 0);
+    json_t *content = json_object_get(acc, "content");
+    ASSERT_EQ(json_array_size(content), 2);
+    json_t *t0 = json_array_get(content, 0);
+    ASSERT_STREQ(json_string_value(json_object_get(t0, "token")), "\xEF\xBF\xBD\xEF\xBF\xBD"); // half a character
+    ASSERT_EQ(json_integer_value(json_array_get(json_object_get(t0, "bytes"), 0)), 0xe2);
+    ASSERT_NEAR(json_real_value(json_object_get(t0, "logprob")), -0.5, 0);
+    ASSERT_EQ(json_array_size(json_object_get(t0, "top_logprobs")), 2);
+    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(json_object_get(t0, "top_logprobs"), 1), "token")),
+                 " b");
+    ASSERT_TRUE(json_is_null(json_object_get(acc, "refusal")));
+
+    gw_completion c = {"chatcmpl-x", MODEL, 1, 0};
+    gw_choice_out two[2] = {{"x", 1, PROTO_FINISH_STOP, acc}, {"yz", 2, PROTO_FINISH_LENGTH, NULL}};
+    gw_usage u = {3, 4, 2};
+    cm_buf b = CM_BUF_INIT;
+    ASSERT_EQ(gw_render_completion(&b, &c, two, 2, &u), 0);
+    json_t *j = load((const char *)b.data, b.len);
+    json_t *choices = json_object_get(j, "choices");
+    ASSERT_EQ(json_array_size(choices), 2);
+    ASSERT_EQ(json_integer_value(json_object_get(json_array_get(choices, 1), "index")), 1);
+    ASSERT_STREQ(json_string_value(json_object_get(json_array_get(choices, 1), "finish_reason")), "length");
+    ASSERT_TRUE(json_is_null(json_object_get(json_array_get(choices, 1), "logprobs")));
+    ASSERT_EQ(json_array_size(json_object_get(json_object_get(json_array_get(choices, 0), "logprobs"), "content")), 2);
+    ASSERT_EQ(json_integer_value(json_object_get(json_object_get(json_object_get(j, "usage"), "prompt_tokens_details"),
+                                                 "cached_tokens")),
+              2);
+    json_decref(j);
+    json_decref(acc);
+
+    // legacy: text_completion with the four parallel arrays
+    acc = NULL;
+    off = 5;
+    proto_logprob plain[2] = {{{"ab", 2}, -1.0f, 2, top}, {{"c", 1}, -2.0f, 0, NULL}};
+    ASSERT_EQ(gw_logprobs_add(&acc, 1, plain, 2, &off), 0);
+    ASSERT_EQ(off, 8);
+    ASSERT_EQ(json_integer_value(json_array_get(json_object_get(acc, "text_offset"), 1)), 7);
+    ASSERT_STREQ(json_string_value(json_array_get(json_object_get(acc, "tokens"), 0)), "ab");
+    ASSERT_NEAR(json_real_value(json_array_get(json_object_get(acc, "token_logprobs"), 1)), -2, 0);
+    ASSERT_EQ(json_object_size(json_array_get(json_object_get(acc, "top_logprobs"), 0)), 2);
+    gw_completion lc = {"cmpl-x", MODEL, 1, 1};
+    gw_choice_out lo = {"abc", 3, PROTO_FINISH_STOP, acc};
+    b.len = 0;
+    ASSERT_EQ(gw_render_completion(&b, &lc, &lo, 1, &u), 0);
+    j = load((const char *)b.data, b.len);
+    ASSERT_STREQ(json_string_value(json_object_get(j, "object")), "text_completion");
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    ASSERT_STREQ(json_string_value(json_object_get(ch, "text")), "abc");
+    ASSERT_TRUE(json_object_get(ch, "message") == NULL);
+    json_decref(j);
+    json_decref(acc);
+    // a legacy chunk has text and index, no delta
+    b.len = 0;
+    size_t o2 = 0;
+    gw_chunk k = {.index = 2, .text = "c", .len = 1, .lp = plain + 1, .n_lp = 1, .text_off = &o2, .finish = 0};
+    ASSERT_EQ(gw_render_chunk(&b, &lc, &k), 0);
+    j = load((const char *)b.data + 6, b.len - 8);
+    ch = json_array_get(json_object_get(j, "choices"), 0);
+    ASSERT_STREQ(json_string_value(json_object_get(ch, "text")), "c");
+    ASSERT_EQ(json_integer_value(json_object_get(ch, "index")), 2);
+    ASSERT_TRUE(json_object_get(ch, "delta") == NULL);
+    ASSERT_EQ(json_array_size(json_object_get(json_object_get(ch, "logprobs"), "tokens")), 1);
+    json_decref(j);
+    cm_buf_free(&b);
+}
+
 int main(void) {
     test_errors();
     test_accepts();
+    test_legacy();
+    test_render_logprobs();
     test_render();
     test_nul();
     test_render_bad_utf8();

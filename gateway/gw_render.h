@@ -1,0 +1,92 @@
+/* gw_render: OpenAI response bodies and SSE events, without any I/O.
+ *
+ * Chat completions (chat.completion, chat.completion.chunk), legacy text
+ * completions (text_completion), usage, logprobs in both shapes, and error bodies
+ * {"error":{message,type,param,code}}. Every string that reaches JSON goes through
+ * gw_jstr, so bytes that are not valid UTF-8 (a token holding half a character, a
+ * message cut mid-character) render as U+FFFD instead of failing. Pure functions,
+ * checked case by case in tests/unit/test_gw_chat.c. */
+#ifndef GW_RENDER_H
+#define GW_RENDER_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/cm_buf.h"
+#include "proto/proto.h"
+
+typedef struct gw_error {
+    int status;         // HTTP status
+    const char *type;   // "invalid_request_error", "server_error", ...
+    const char *param;  // offending field or NULL
+    const char *code;   // OpenAI error code or NULL
+    char message[512];
+} gw_error;
+
+/* Sets *err. message is printf-style. */
+void gw_error_set(gw_error *err, int status, const char *type, const char *param, const char *code, const char *fmt,
+                  ...) __attribute__((format(printf, 6, 7)));
+
+/* Appends the OpenAI error body {"error":{...}} for err. */
+int gw_render_error(cm_buf *out, const gw_error *err);
+/* Appends "data: {"error":...}\n\n". */
+int gw_render_sse_error(cm_buf *out, const gw_error *err);
+
+/* A JSON string of n bytes of s, invalid UTF-8 replaced by U+FFFD. NULL only when
+ * out of memory; the caller owns the result. */
+json_t *gw_jstr(const char *s, size_t n);
+
+/* Identity of one completion, shared by all of its chunks. */
+typedef struct gw_completion {
+    const char *id;    // "chatcmpl-..." or "cmpl-..."
+    const char *model;
+    long long created;
+    int legacy;        // a /v1/completions text_completion
+} gw_completion;
+
+typedef struct gw_usage {
+    uint32_t prompt_tokens, completion_tokens, cached_tokens;
+} gw_usage;
+
+/* finish_reason string for a proto_finish value. */
+const char *gw_finish_name(int finish);
+
+/* Appends the logprobs of n tokens to *acc, creating it on first use: for chat
+ * {"content":[{token, logprob, bytes, top_logprobs}], "refusal":null}, for legacy
+ * completions {tokens, token_logprobs, top_logprobs, text_offset}. *text_off is the
+ * byte offset in the choice's text where the first of these tokens starts; it is
+ * advanced past them. 0 or -ENOMEM. Release *acc with json_decref. */
+int gw_logprobs_add(json_t **acc, int legacy, const proto_logprob *lp, uint32_t n, size_t *text_off);
+
+/* One finished choice of a non-streamed completion. */
+typedef struct gw_choice_out {
+    const char *text;
+    size_t len;
+    int finish;   // proto_finish
+    json_t *lp;   // logprobs (borrowed) or NULL
+} gw_choice_out;
+
+/* Appends the non-streamed body: chat.completion or text_completion. */
+int gw_render_completion(cm_buf *out, const gw_completion *c, const gw_choice_out *ch, int n_choices,
+                         const gw_usage *u);
+
+/* One streamed chunk for choice `index`. */
+typedef struct gw_chunk {
+    uint32_t index;
+    int role;                // chat: include delta.role
+    const char *text;        // NULL: no content key (chat); legacy always has text
+    size_t len;
+    const proto_logprob *lp; // [n_lp] or NULL: logprobs null
+    uint32_t n_lp;
+    size_t *text_off;        // legacy logprobs: see gw_logprobs_add
+    int finish;              // 0: null
+    int with_usage_null;     // add "usage": null (stream_options.include_usage)
+} gw_chunk;
+
+/* Appends "data: {chunk}\n\n". */
+int gw_render_chunk(cm_buf *out, const gw_completion *c, const gw_chunk *k);
+/* Appends the final usage chunk (choices: []). */
+int gw_render_usage_chunk(cm_buf *out, const gw_completion *c, const gw_usage *u);
+
+#endif
