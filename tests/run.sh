@@ -117,7 +117,8 @@ step_asan() {
 }
 
 # libFuzzer smoke runs: the frame decoder (fuzz_proto, seeded with one valid frame)
-# and the chat request parser (fuzz_chat, seeded with a few request bodies), each
+# and the request parsers (fuzz_chat: chat and legacy completions, seeded with a few
+# request bodies), each
 # for half of KOLM_FUZZ_SECONDS (default 60 in all). The step fails if either
 # target finds a crash, leak or sanitizer report; the reproducer is kept in
 # build-fuzz/artifacts/ and the report's tail is printed.
@@ -148,7 +149,7 @@ step_fuzz() {
     [ "$each" -ge 1 ] || each=1
     root="$(mktemp -d "${TMPDIR:-/tmp}/kolm-fuzz.XXXXXX")"
     mkdir -p "$root/proto" "$root/chat"
-    printf 'KLMF\x00\x01\x00\x03\x00\x00\x00\x06\x81\xa3job\x01' >"$root/proto/seed"
+    printf 'KLMF\x00\x02\x00\x03\x00\x00\x00\x06\x81\xa3job\x01' >"$root/proto/seed"
     printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["a"],"max_tokens":3}' \
         >"$root/chat/plain"
     printf '%s' '{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"assistant","content":null}],"temperature":0,"top_p":0.9,"top_k":4,"seed":7,"stop":"x"}' \
@@ -156,6 +157,11 @@ step_fuzz() {
     printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":5,"n":1,"logprobs":false,"tools":[],"tool_choice":"none","response_format":{"type":"text"},"logit_bias":{}}' \
         >"$root/chat/stream"
     printf '%s' '{"model":"other","messages":[{"role":"user","content":"hi"}],"bogus":1}' >"$root/chat/errors"
+    printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}],"n":3,"logprobs":true,"top_logprobs":5,"presence_penalty":0.5,"frequency_penalty":-1,"logit_bias":{"42":-100,"7":2.5}}' \
+        >"$root/chat/sampling"
+    printf '%s' '{"model":"m","prompt":["a",[1,2,3]],"n":2,"best_of":2,"echo":true,"max_tokens":4,"suffix":""}' \
+        >"$root/chat/legacy"
+    printf '%s' '{"model":"m","prompt":[2,100,7],"logprobs":3,"stream":true}' >"$root/chat/legacy_ids"
     run_fuzzer fuzz_proto "$each" "$root/proto" || rc=1
     run_fuzzer fuzz_chat "$each" "$root/chat" -dict="$REPO/tests/fuzz/chat.dict" || rc=1
     rm -rf "$root"

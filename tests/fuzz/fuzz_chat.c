@@ -1,5 +1,6 @@
-/* libFuzzer target for the Chat Completions request parser: any byte string must
- * parse to a request or to an error, never crash, leak or read out of bounds.
+/* libFuzzer target for the request parsers (chat and legacy completions; every
+ * input goes through both): any byte string must parse to a request or to an
+ * error, never crash, leak or read out of bounds.
  *
  * On success every string the request hands to the worker is read in full (so
  * ASAN sees a dangling or short one) and the request is freed. On failure the
@@ -25,7 +26,19 @@ static void touch(const proto_str *s) {
 
 static void check_request(const gw_chat_req *req) {
     const proto_submit *s = &req->submit;
-    if (s->n_msgs == 0 || !s->msgs)
+    if (req->legacy ? s->n_prompts == 0 || s->n_msgs || req->n_choices != (int)(s->n * s->n_prompts)
+                    : s->n_msgs == 0 || !s->msgs || req->n_choices != (int)s->n)
+        abort();
+    for (uint32_t i = 0; i < s->n_prompts; i++) {
+        touch(&s->prompts[i].text);
+        for (uint32_t t = 0; t < s->prompts[i].n_tokens; t++)
+            if (s->prompts[i].tokens[t] < 0)
+                abort();
+    }
+    for (uint32_t i = 0; i < s->n_bias; i++)
+        if (!(s->bias[i].bias >= -100 && s->bias[i].bias <= 100) || s->bias[i].token < 0)
+            abort();
+    if (s->n < 1 || s->n > PROTO_MAX_N || s->top_logprobs > PROTO_MAX_TOP_LOGPROBS)
         abort();
     for (uint32_t i = 0; i < s->n_msgs; i++) {
         touch(&s->msgs[i].role);
@@ -71,11 +84,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     gw_chat_req req;
     gw_error err;
     memset(&err, 0, sizeof err);
-    if (gw_chat_parse((const char *)data, size, "m", &req, &err) == 0) {
-        check_request(&req);
-        gw_chat_req_free(&req);
-    } else {
-        check_error(&err);
+    for (int legacy = 0; legacy < 2; legacy++) {
+        int rc = legacy ? gw_completions_parse((const char *)data, size, "m", &req, &err)
+                        : gw_chat_parse((const char *)data, size, "m", &req, &err);
+        if (rc == 0) {
+            check_request(&req);
+            gw_chat_req_free(&req);
+        } else {
+            check_error(&err);
+        }
     }
     return 0;
 }
