@@ -230,8 +230,10 @@ done:
     cm_buf_free(&out);
     cm_buf_consume(&q->pend, n);
     q->emitted += n;
-    memmove(q->lp, q->lp + k, (size_t)(q->n_lp - k) * sizeof *q->lp);
-    q->n_lp -= k;
+    if (k) {
+        memmove(q->lp, q->lp + k, (size_t)(q->n_lp - k) * sizeof *q->lp);
+        q->n_lp -= k;
+    }
 }
 
 /* Emits what can safely leave of q->pend. Returns 1 if a stop string matched (the
