@@ -3,7 +3,8 @@
  * Policy: every field of CreateChatCompletionRequest / CreateCompletionRequest is
  * either honoured or refused by name with a 400; nothing is silently dropped.
  * Fields the worker cannot honour yet (tools, structured response_format, suffix,
- * echo with logprobs) are refused. Unknown fields are refused too, as OpenAI does
+ * echo with logprobs) are refused. Tool calls in the history (assistant tool_calls,
+ * tool results) are passed on for the chat template. Unknown fields are refused too, as OpenAI does
  * ("Unrecognized request argument supplied"). Parameter names built for
  * an error (messages[3].content) live in static buffers: the gateway is single-
  * threaded and renders an error before it parses the next request. */
@@ -161,6 +162,139 @@ fail:
     return -1;
 }
 
+/* A function name as OpenAI allows it: [A-Za-z0-9_-]{1,64} (so it needs no
+ * escaping when a template writes it into JSON). */
+static int valid_name(const json_t *v) {
+    size_t n = json_is_string(v) ? json_string_length(v) : 0;
+    const char *s = json_string_value(v);
+    if (n < 1 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+              s[i] == '_' || s[i] == '-'))
+            return 0;
+    return 1;
+}
+
+/* The JSON text a template shows for arguments: the arguments re-serialized when
+ * they are JSON, else the string as a JSON string (models do emit broken JSON). */
+static int call_arguments(gw_chat_req *req, const json_t *args, proto_str *out, gw_error *err) {
+    json_t *parsed = json_loadb(json_string_value(args), json_string_length(args), JSON_DECODE_ANY, NULL);
+    char *s = json_dumps(parsed ? parsed : args, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (parsed)
+        json_decref(parsed);
+    if (!s || !keep(req, s))
+        return nomem(err);
+    out->p = s;
+    out->len = (uint32_t)strlen(s);
+    return 0;
+}
+
+/* One call {id, type: "function", function: {name, arguments}} (or a legacy
+ * function_call {name, arguments} when id is NULL). */
+static int parse_call(gw_chat_req *req, json_t *c, const char *where, proto_call *out, gw_error *err) {
+    static char param[96];
+    json_t *fn = c, *id = NULL;
+    if (!json_is_object(c))
+        goto bad;
+    if (strstr(where, "tool_calls")) {
+        id = json_object_get(c, "id");
+        fn = json_object_get(c, "function");
+        if (!json_is_string(id) || !jeq(json_object_get(c, "type"), "function") || !json_is_object(fn))
+            goto bad;
+        out->id.p = (char *)json_string_value(id);
+        out->id.len = (uint32_t)json_string_length(id);
+    } else {
+        out->id.p = "";
+    }
+    json_t *name = json_object_get(fn, "name"), *args = json_object_get(fn, "arguments");
+    if (!valid_name(name) || !json_is_string(args))
+        goto bad;
+    out->name.p = (char *)json_string_value(name);
+    out->name.len = (uint32_t)json_string_length(name);
+    return call_arguments(req, args, &out->arguments, err);
+bad:
+    snprintf(param, sizeof param, "%s", where);
+    gw_error_set(err, 400, INVALID, param, "invalid_value",
+                 "Invalid '%s': a tool call is {\"id\": string, \"type\": \"function\", \"function\": {\"name\": "
+                 "[A-Za-z0-9_-]{1,64}, \"arguments\": string}}.",
+                 param);
+    return -1;
+}
+
+/* name, an assistant's tool_calls (or legacy function_call), a tool result's
+ * tool_call_id (which must answer a call made earlier in the conversation). */
+static int parse_tool_fields(gw_chat_req *req, json_t *msgs, int i, proto_msg *pm, gw_error *err) {
+    static char param[96];
+    json_t *m = json_array_get(msgs, (size_t)i);
+    json_t *name = json_object_get(m, "name"), *calls = json_object_get(m, "tool_calls"),
+           *fc = json_object_get(m, "function_call"), *tcid = json_object_get(m, "tool_call_id");
+    int assistant = jeq(json_object_get(m, "role"), "assistant"), tool = jeq(json_object_get(m, "role"), "tool");
+    if (name && !json_is_null(name)) {
+        if (!json_is_string(name)) {
+            snprintf(param, sizeof param, "messages[%d].name", i);
+            gw_error_set(err, 400, INVALID, param, "invalid_type", "Invalid type for '%s': expected a string.", param);
+            return -1;
+        }
+        pm->name.p = (char *)json_string_value(name);
+        pm->name.len = (uint32_t)json_string_length(name);
+    }
+    if ((calls && !json_is_null(calls)) || (fc && !json_is_null(fc))) {
+        int legacy = !calls || json_is_null(calls);
+        snprintf(param, sizeof param, "messages[%d].%s", i, legacy ? "function_call" : "tool_calls");
+        if (!assistant || (!legacy && (!json_is_array(calls) || !json_array_size(calls))) ||
+            (!legacy && fc && !json_is_null(fc))) {
+            gw_error_set(err, 400, INVALID, param, "invalid_value",
+                         "Invalid '%s': only assistant messages carry tool calls, as a non-empty array (or one "
+                         "function_call).",
+                         param);
+            return -1;
+        }
+        size_t n = legacy ? 1 : json_array_size(calls);
+        if (n > PROTO_MAX_CALLS) {
+            gw_error_set(err, 400, INVALID, param, "array_above_max_length",
+                         "Invalid '%s': at most %d tool calls per message.", param, PROTO_MAX_CALLS);
+            return -1;
+        }
+        pm->calls = calloc(n, sizeof *pm->calls);
+        if (!pm->calls)
+            return nomem(err);
+        pm->n_calls = (uint32_t)n;
+        for (size_t c = 0; c < n; c++) {
+            char where[64];
+            if (legacy)
+                snprintf(where, sizeof where, "messages[%d].function_call", i);
+            else
+                snprintf(where, sizeof where, "messages[%d].tool_calls[%zu]", i, c);
+            if (parse_call(req, legacy ? fc : json_array_get(calls, c), where, &pm->calls[c], err))
+                return -1;
+        }
+    }
+    if (!tool)
+        return 0;
+    snprintf(param, sizeof param, "messages[%d].tool_call_id", i);
+    if (!json_is_string(tcid)) {
+        gw_error_set(err, 400, INVALID, param, tcid ? "invalid_type" : "missing_required_parameter",
+                     "Missing or invalid '%s': a tool message answers a tool call by its id.", param);
+        return -1;
+    }
+    for (int k = i - 1; k >= 0; k--) {
+        const proto_msg *prev = &req->submit.msgs[k];
+        for (uint32_t c = 0; c < prev->n_calls; c++)
+            if (prev->calls[c].id.len == json_string_length(tcid) &&
+                !memcmp(prev->calls[c].id.p, json_string_value(tcid), prev->calls[c].id.len)) {
+                pm->tool_call_id.p = (char *)json_string_value(tcid);
+                pm->tool_call_id.len = (uint32_t)json_string_length(tcid);
+                return 0;
+            }
+    }
+    gw_error_set(err, 400, INVALID, param, "invalid_value",
+                 "Invalid '%s': messages with role 'tool' must be a response to a preceding message with "
+                 "'tool_calls' that has this id.",
+                 param);
+    return -1;
+}
+
 static int parse_messages(gw_chat_req *req, json_t *root, gw_error *err) {
     json_t *msgs = json_object_get(root, "messages");
     if (!msgs) {
@@ -208,15 +342,9 @@ static int parse_messages(gw_chat_req *req, json_t *root, gw_error *err) {
                          "Invalid '%s': expected one of 'system', 'developer', 'user', 'assistant', 'tool'.", param);
             return -1;
         }
-        if (json_object_get(m, "tool_calls") || json_object_get(m, "function_call")) {
-            snprintf(param, sizeof param, "messages[%zu].tool_calls", i);
-            gw_error_set(err, 400, INVALID, param, "unsupported_parameter",
-                         "Tool calls are not supported by this server yet.");
-            return -1;
-        }
         pm[i].role.p = (char *)r;
         pm[i].role.len = (uint32_t)strlen(r);
-        if (parse_content(req, m, (int)i, &pm[i].content, err))
+        if (parse_content(req, m, (int)i, &pm[i].content, err) || parse_tool_fields(req, msgs, (int)i, &pm[i], err))
             return -1;
     }
     return 0;
@@ -573,6 +701,8 @@ fail:
 }
 
 void gw_chat_req_free(gw_chat_req *req) {
+    for (uint32_t i = 0; req->submit.msgs && i < req->submit.n_msgs; i++)
+        free(req->submit.msgs[i].calls);
     free(req->submit.msgs);
     free(req->submit.stop);
     free(req->submit.bias);

@@ -133,11 +133,29 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
     if (!rc)
         rc = pk_key(&pk, "msgs") || msgpack_pack_array(&pk, s->n_msgs) ? -ENOMEM : 0;
     for (uint32_t i = 0; !rc && i < s->n_msgs; i++) {
-        rc = msgpack_pack_map(&pk, 2) ? -ENOMEM : 0;
+        const proto_msg *m = &s->msgs[i];
+        if (m->n_calls > PROTO_MAX_CALLS)
+            rc = -EMSGSIZE;
         if (!rc)
-            rc = pk_str(&pk, "role", &s->msgs[i].role);
+            rc = msgpack_pack_map(&pk, 4 + (m->n_calls ? 1 : 0)) ? -ENOMEM : 0;
         if (!rc)
-            rc = pk_str(&pk, "content", &s->msgs[i].content);
+            rc = pk_str(&pk, "role", &m->role);
+        if (!rc)
+            rc = pk_str(&pk, "content", &m->content);
+        if (!rc)
+            rc = pk_str(&pk, "name", &m->name);
+        if (!rc)
+            rc = pk_str(&pk, "tcid", &m->tool_call_id);
+        if (!rc && m->n_calls) {
+            rc = pk_key(&pk, "calls") || msgpack_pack_array(&pk, m->n_calls) ? -ENOMEM : 0;
+            for (uint32_t c = 0; !rc && c < m->n_calls; c++) {
+                rc = msgpack_pack_array(&pk, 3) ? -ENOMEM : pk_str_val(&pk, &m->calls[c].id);
+                if (!rc)
+                    rc = pk_str_val(&pk, &m->calls[c].name);
+                if (!rc)
+                    rc = pk_str_val(&pk, &m->calls[c].arguments);
+            }
+        }
     }
     if (!rc && s->n_prompts) {
         rc = pk_key(&pk, "prompts") || msgpack_pack_array(&pk, s->n_prompts) ? -ENOMEM : 0;
@@ -548,8 +566,29 @@ static int decode_submit(const msgpack_object *m, proto_submit *s) {
         if (e->type != MSGPACK_OBJECT_MAP)
             return -EBADMSG;
         s->n_msgs = i + 1; // so that proto_frame_free releases what was copied
-        if ((rc = get_str(e, "role", 1, &s->msgs[i].role)) || (rc = get_str(e, "content", 1, &s->msgs[i].content)))
+        proto_msg *pm = &s->msgs[i];
+        if ((rc = get_str(e, "role", 1, &pm->role)) || (rc = get_str(e, "content", 1, &pm->content)) ||
+            (rc = get_str(e, "name", 0, &pm->name)) || (rc = get_str(e, "tcid", 0, &pm->tool_call_id)))
             return rc;
+        const msgpack_object *calls = map_get(e, "calls");
+        if (!calls)
+            continue;
+        if (calls->type != MSGPACK_OBJECT_ARRAY)
+            return -EBADMSG;
+        if (calls->via.array.size > PROTO_MAX_CALLS)
+            return -EMSGSIZE;
+        if (calls->via.array.size && !(pm->calls = calloc(calls->via.array.size, sizeof *pm->calls)))
+            return -ENOMEM;
+        for (uint32_t c = 0; c < calls->via.array.size; c++) {
+            const msgpack_object *o = &calls->via.array.ptr[c];
+            if (o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size != 3)
+                return -EBADMSG;
+            pm->n_calls = c + 1;
+            if ((rc = copy_str(&o->via.array.ptr[0], PROTO_MAX_STR, &pm->calls[c].id)) ||
+                (rc = copy_str(&o->via.array.ptr[1], PROTO_MAX_STR, &pm->calls[c].name)) ||
+                (rc = copy_str(&o->via.array.ptr[2], PROTO_MAX_STR, &pm->calls[c].arguments)))
+                return rc;
+        }
     }
     const msgpack_object *prompts = map_get(m, "prompts");
     if (prompts) {
@@ -852,8 +891,17 @@ void proto_frame_free(proto_frame *f) {
         break;
     case PROTO_SUBMIT:
         for (uint32_t i = 0; i < f->u.submit.n_msgs; i++) {
-            str_free(&f->u.submit.msgs[i].role);
-            str_free(&f->u.submit.msgs[i].content);
+            proto_msg *m = &f->u.submit.msgs[i];
+            str_free(&m->role);
+            str_free(&m->content);
+            str_free(&m->name);
+            str_free(&m->tool_call_id);
+            for (uint32_t c = 0; c < m->n_calls; c++) {
+                str_free(&m->calls[c].id);
+                str_free(&m->calls[c].name);
+                str_free(&m->calls[c].arguments);
+            }
+            free(m->calls);
         }
         free(f->u.submit.msgs);
         for (uint32_t i = 0; i < f->u.submit.n_stop; i++)

@@ -40,6 +40,7 @@
 #define PROTO_MAX_STR (16u << 20)     /* one string */
 #define PROTO_MAX_STOP 16             /* stop strings */
 #define PROTO_MAX_STOP_LEN 1024
+#define PROTO_MAX_CALLS 128           /* tool calls in one assistant message */
 #define PROTO_MAX_N 128               /* choices per prompt */
 #define PROTO_MAX_PROMPTS 64          /* prompts in one legacy completion */
 #define PROTO_MAX_PROMPT_TOKENS (1u << 20)
@@ -73,9 +74,20 @@ typedef struct proto_hello {
     uint32_t n_vocab;
 } proto_hello;
 
+/* A tool call made by an earlier assistant turn. arguments is JSON text. */
+typedef struct proto_call {
+    proto_str id;
+    proto_str name;
+    proto_str arguments;
+} proto_call;
+
 typedef struct proto_msg {
-    proto_str role;    // "system", "developer", "user", "assistant", "tool"
-    proto_str content; // UTF-8 text
+    proto_str role;         // "system", "developer", "user", "assistant", "tool"
+    proto_str content;      // UTF-8 text
+    proto_str name;         // optional participant / tool name
+    proto_str tool_call_id; // tool: the call this result answers
+    uint32_t n_calls;
+    proto_call *calls;      // [n_calls] assistant: the tool calls it made
 } proto_msg;
 
 /* One raw prompt of a legacy completion: text (tokenized by the worker, BOS added

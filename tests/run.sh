@@ -162,6 +162,8 @@ step_fuzz() {
     printf '%s' '{"model":"m","prompt":["a",[1,2,3]],"n":2,"best_of":2,"echo":true,"max_tokens":4,"suffix":""}' \
         >"$root/chat/legacy"
     printf '%s' '{"model":"m","prompt":[2,100,7],"logprobs":3,"stream":true}' >"$root/chat/legacy_ids"
+    printf '%s' '{"model":"m","messages":[{"role":"user","content":"w?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"18C","name":"get_weather"}]}' \
+        >"$root/chat/tool_history"
     run_fuzzer fuzz_proto "$each" "$root/proto" || rc=1
     run_fuzzer fuzz_chat "$each" "$root/chat" -dict="$REPO/tests/fuzz/chat.dict" || rc=1
     rm -rf "$root"

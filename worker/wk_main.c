@@ -246,7 +246,8 @@ static void submit(worker *w, const proto_submit *sub) {
         goto nomem;
     if (!sub->n_prompts) {
         for (uint32_t i = 0; i < sub->n_msgs; i++)
-            msgs[i] = (wk_chat_msg){sub->msgs[i].role.p, sub->msgs[i].content.p, sub->msgs[i].content.len};
+            msgs[i] = (wk_chat_msg){sub->msgs[i].role.p, sub->msgs[i].content.p, sub->msgs[i].content.len,
+                                    sub->msgs[i].calls, (int)sub->msgs[i].n_calls};
         int rc = wk_template_render(w->tmpl, w->tok, msgs, (int)sub->n_msgs, &toks[0], &nt[0], err, sizeof err);
         if (rc == -ENOMEM)
             goto nomem;
@@ -298,7 +299,7 @@ out:
 /* ---- standalone ---- */
 
 static int run_standalone(worker *w) {
-    proto_msg msg = {{"user", 4}, {(char *)w->o.prompt, (uint32_t)strlen(w->o.prompt)}};
+    proto_msg msg = {.role = {"user", 4}, .content = {(char *)w->o.prompt, (uint32_t)strlen(w->o.prompt)}};
     proto_submit sub = {.job_id = 1, .n = 1, .n_msgs = 1, .msgs = &msg, .max_tokens = w->o.max_tokens,
                         .temperature = w->o.temperature, .top_p = 1, .has_seed = (uint8_t)w->o.has_seed,
                         .seed = w->o.seed, .n_stop = (uint32_t)w->o.n_stop, .stop = w->o.stop};

@@ -84,6 +84,58 @@ static void markup(render *r, const char *s, char *err, size_t errlen) {
     r->rc = push_ids(r, &id, 1);
 }
 
+/* The token whose text is s when the vocabulary has one (Qwen's <tool_call>),
+ * else s as plain text. */
+static void markup_or_text(render *r, const char *s) {
+    int32_t id = wk_tok_find(r->tok, s);
+    if (id < 0) {
+        lit(r, s);
+        return;
+    }
+    flush(r, 0);
+    if (!r->rc)
+        r->rc = push_ids(r, &id, 1);
+}
+
+/* {"name": N, "<key>": A}; the gateway checked that N needs no escaping and made A
+ * JSON. */
+static void call_json(render *r, const proto_call *c, const char *key) {
+    lit(r, "{\"name\": \"");
+    text(r, c->name.p, c->name.len);
+    lit(r, "\", \"");
+    lit(r, key);
+    lit(r, "\": ");
+    text(r, c->arguments.len ? c->arguments.p : "{}", c->arguments.len ? c->arguments.len : 2);
+    lit(r, "}");
+}
+
+/* content, then each call tagged <tool_call> (ChatML and Gemma). */
+static void content_and_calls(render *r, const wk_chat_msg *m) {
+    text(r, m->content, m->content_len);
+    for (int c = 0; c < m->n_calls; c++) {
+        if (m->content_len || c)
+            lit(r, "\n");
+        markup_or_text(r, "<tool_call>");
+        lit(r, "\n");
+        call_json(r, &m->calls[c], "arguments");
+        lit(r, "\n");
+        markup_or_text(r, "</tool_call>");
+    }
+}
+
+/* One tool result, tagged <tool_response>. */
+static void tool_response(render *r, const wk_chat_msg *m) {
+    markup_or_text(r, "<tool_response>");
+    lit(r, "\n");
+    text(r, m->content, m->content_len);
+    lit(r, "\n");
+    markup_or_text(r, "</tool_response>");
+}
+
+static int is_tool(const wk_chat_msg *m) {
+    return !strcmp(m->role, "tool");
+}
+
 wk_template_family wk_template_detect(const wk_gguf *g, const char *arch) {
     const char *s;
     size_t n;
@@ -136,7 +188,16 @@ static void render_gemma(render *r, const wk_chat_msg *m, int n, char *err, size
             lit(r, "\n\n");
             sys.len = 0;
         }
-        text(r, m[i].content, m[i].content_len);
+        if (is_tool(&m[i])) { // consecutive results share one user turn
+            for (;; i++) {
+                tool_response(r, &m[i]);
+                if (i + 1 >= n || !is_tool(&m[i + 1]))
+                    break;
+                lit(r, "\n");
+            }
+        } else {
+            content_and_calls(r, &m[i]);
+        }
         markup(r, "<end_of_turn>", err, errlen);
         lit(r, "\n");
     }
@@ -155,9 +216,19 @@ static void render_gemma(render *r, const wk_chat_msg *m, int n, char *err, size
 static void render_chatml(render *r, const wk_chat_msg *m, int n, char *err, size_t errlen) {
     for (int i = 0; i < n && !r->rc; i++) {
         markup(r, "<|im_start|>", err, errlen);
-        lit(r, is_system(m[i].role) ? "system" : m[i].role);
-        lit(r, "\n");
-        text(r, m[i].content, m[i].content_len);
+        if (is_tool(&m[i])) { // consecutive results share one user turn
+            lit(r, "user");
+            for (;; i++) {
+                lit(r, "\n");
+                tool_response(r, &m[i]);
+                if (i + 1 >= n || !is_tool(&m[i + 1]))
+                    break;
+            }
+        } else {
+            lit(r, is_system(m[i].role) ? "system" : m[i].role);
+            lit(r, "\n");
+            content_and_calls(r, &m[i]);
+        }
         markup(r, "<|im_end|>", err, errlen);
         lit(r, "\n");
     }
@@ -173,6 +244,11 @@ static void render_llama3(render *r, const wk_chat_msg *m, int n, char *err, siz
         markup(r, "<|end_header_id|>", err, errlen);
         lit(r, "\n\n");
         text(r, m[i].content, m[i].content_len);
+        for (int c = 0; c < m[i].n_calls; c++) {
+            if (m[i].content_len || c)
+                lit(r, "\n");
+            call_json(r, &m[i].calls[c], "parameters");
+        }
         markup(r, "<|eot_id|>", err, errlen);
     }
     markup(r, "<|start_header_id|>", err, errlen);

@@ -9,13 +9,21 @@
  * parse_special off, so a user typing "<end_of_turn>" gets literal text, never a
  * control token. Plain template text adjacent to content is tokenized together
  * with it, so the result equals tokenizing the whole rendered string with
- * llama.cpp's special-token partitioning. */
+ * llama.cpp's special-token partitioning.
+ *
+ * Tool calls in assistant turns and tool results: ChatML follows Qwen2.5's
+ * template (each call as <tool_call>\n{"name": N, "arguments": A}\n</tool_call>
+ * after the content; consecutive tool results in one user turn, each in
+ * <tool_response>\n...\n</tool_response>); Llama 3 follows Llama 3.1's (a call is
+ * {"name": N, "parameters": A}; results in the ipython role); Gemma, which has no
+ * tool format of its own, uses ChatML's tags as text inside its turns. */
 #ifndef WK_TEMPLATE_H
 #define WK_TEMPLATE_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto/proto.h"
 #include "worker/wk_gguf.h"
 #include "worker/wk_tok.h"
 
@@ -29,6 +37,8 @@ typedef struct wk_chat_msg {
     const char *role;    // "system", "developer", "user", "assistant", "tool"
     const char *content; // UTF-8, content_len bytes
     size_t content_len;
+    const proto_call *calls; // [n_calls] assistant: tool calls (name, JSON arguments)
+    int n_calls;
 } wk_chat_msg;
 
 /* The family for this model (from g's metadata and arch). */

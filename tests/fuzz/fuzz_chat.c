@@ -43,6 +43,15 @@ static void check_request(const gw_chat_req *req) {
     for (uint32_t i = 0; i < s->n_msgs; i++) {
         touch(&s->msgs[i].role);
         touch(&s->msgs[i].content);
+        touch(&s->msgs[i].name);
+        touch(&s->msgs[i].tool_call_id);
+        for (uint32_t c = 0; c < s->msgs[i].n_calls; c++) {
+            touch(&s->msgs[i].calls[c].id);
+            if (s->msgs[i].calls[c].name.len < 1 || s->msgs[i].calls[c].arguments.len < 1)
+                abort();
+            touch(&s->msgs[i].calls[c].name);
+            touch(&s->msgs[i].calls[c].arguments);
+        }
     }
     if (s->n_stop && !s->stop)
         abort();

@@ -161,3 +161,30 @@ def test_http2_prior_knowledge_stream(kolm_server, model_id):
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]) == 1
+
+
+def test_tool_call_history(openai_client, model_id):
+    """An assistant turn with tool_calls (content null) and the tool results that
+    answer it are accepted and rendered; a result for an unknown call is a 400."""
+    history = [
+        {"role": "system", "content": "You can call tools."},
+        {"role": "user", "content": "What is the weather in Paris and in Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_a", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+            {"id": "call_b", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "18C, sunny"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "22C, cloudy"},
+    ]
+    r = openai_client.chat.completions.create(model=model_id, messages=history, max_tokens=4,
+                                              temperature=0)
+    assert r.choices[0].message.role == "assistant"
+    # The template put the calls and results in the prompt: far longer than the text alone.
+    bare = openai_client.chat.completions.create(
+        model=model_id, messages=history[:2], max_tokens=1, temperature=0)
+    assert r.usage.prompt_tokens > bare.usage.prompt_tokens + 30
+    bad = history[:3] + [{"role": "tool", "tool_call_id": "call_zzz", "content": "x"}]
+    with pytest.raises(openai.BadRequestError) as e:
+        openai_client.chat.completions.create(model=model_id, messages=bad, max_tokens=1)
+    assert e.value.body["param"] == "messages[3].tool_call_id"

@@ -134,6 +134,61 @@ static void test_accepts(void) {
     gw_chat_req_free(&r);
 }
 
+/* Tool calls in the history: shapes, the arguments' JSON, and tool results that
+ * must answer an earlier call. */
+static void test_tool_history(void) {
+    const char *body =
+        "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\",\"content\":\"weather?\"},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\",\"type\":\"function\","
+        "\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\": \\\"Paris\\\"}\"}},"
+        "{\"id\":\"call_2\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"not json\"}}]},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"18C\"},"
+        "{\"role\":\"tool\",\"tool_call_id\":\"call_2\",\"content\":[{\"type\":\"text\",\"text\":\"ok\"}],\"name\":\"f\"}]}";
+    gw_chat_req r;
+    gw_error e;
+    int rc = gw_chat_parse(body, strlen(body), MODEL, &r, &e);
+    ASSERT_EQ(rc, 0);
+    if (rc) {
+        fprintf(stderr, "  %s\n", e.message);
+        return;
+    }
+    ASSERT_EQ(r.submit.n_msgs, 4);
+    const proto_msg *a = &r.submit.msgs[1];
+    ASSERT_EQ(a->n_calls, 2);
+    ASSERT_STREQ(a->calls[0].id.p, "call_1");
+    ASSERT_STREQ(a->calls[0].name.p, "get_weather");
+    ASSERT_STREQ(a->calls[0].arguments.p, "{\"city\":\"Paris\"}"); // re-serialized compactly
+    ASSERT_STREQ(a->calls[1].arguments.p, "\"not json\"");         // kept, as a JSON string
+    ASSERT_STREQ(r.submit.msgs[2].tool_call_id.p, "call_1");
+    ASSERT_STREQ(r.submit.msgs[3].content.p, "ok");
+    ASSERT_STREQ(r.submit.msgs[3].name.p, "f");
+    gw_chat_req_free(&r);
+    const char *u = "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},";
+    char b[768];
+#define TCASE(rest, param, code)                                                                                   \
+    snprintf(b, sizeof b, "%s%s]}", u, rest);                                                                       \
+    expect_error(b, 400, param, code)
+    TCASE("{\"role\":\"tool\",\"content\":\"r\"}", "messages[1].tool_call_id", "missing_required_parameter");
+    TCASE("{\"role\":\"tool\",\"tool_call_id\":\"nope\",\"content\":\"r\"}", "messages[1].tool_call_id",
+          "invalid_value");
+    TCASE("{\"role\":\"user\",\"content\":\"x\",\"tool_calls\":[]}", "messages[1].tool_calls", "invalid_value");
+    TCASE("{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c\",\"type\":\"function\","
+          "\"function\":{\"name\":\"bad name\",\"arguments\":\"{}\"}}]}",
+          "messages[1].tool_calls[0]", "invalid_value");
+    TCASE("{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c\",\"type\":\"function\","
+          "\"function\":{\"name\":\"f\",\"arguments\":{}}}]}",
+          "messages[1].tool_calls[0]", "invalid_value");
+    TCASE("{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"c\",\"type\":\"retrieval\"}]}",
+          "messages[1].tool_calls[0]", "invalid_value");
+#undef TCASE
+    const char *fc = "{\"model\":\"" MODEL "\",\"messages\":[{\"role\":\"assistant\",\"content\":null,"
+                     "\"function_call\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}";
+    ASSERT_EQ(gw_chat_parse(fc, strlen(fc), MODEL, &r, &e), 0);
+    ASSERT_EQ(r.submit.msgs[0].n_calls, 1);
+    ASSERT_STREQ(r.submit.msgs[0].calls[0].name.p, "f");
+    gw_chat_req_free(&r);
+}
+
 /* Legacy completions: prompt shapes, their defaults and refusals. */
 static void expect_legacy_error(const char *body, int status, const char *param, const char *code) {
     gw_chat_req r;
@@ -389,6 +444,7 @@ int main(void) {
     test_errors();
     test_accepts();
     test_legacy();
+    test_tool_history();
     test_render_logprobs();
     test_render();
     test_nul();

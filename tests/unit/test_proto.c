@@ -17,7 +17,7 @@ static ssize_t decode_one(const cm_buf *b, proto_frame *f) {
 
 static void test_submit_roundtrip(void) {
     cm_buf b = CM_BUF_INIT;
-    proto_msg msgs[3] = {{S("system"), S("be brief")}, {S("user"), S("h\xc3\xa9llo")}, {S("assistant"), S("")}};
+    proto_msg msgs[3] = {{.role = S("system"), .content = S("be brief")}, {.role = S("user"), .content = S("h\xc3\xa9llo")}, {.role = S("assistant"), .content = S("")}};
     msgs[2].content.p = "a\0b";
     msgs[2].content.len = 3; // embedded NUL survives
     proto_str stop[2] = {S("\n\n"), S("END")};
@@ -40,6 +40,23 @@ static void test_submit_roundtrip(void) {
     ASSERT_TRUE(f.u.submit.seed == 12345678901234ULL);
     ASSERT_EQ(f.u.submit.n_stop, 2);
     ASSERT_STREQ(f.u.submit.stop[1].p, "END");
+    proto_frame_free(&f);
+
+    // tool calls of an assistant turn and a tool result's call id
+    cm_buf_free(&b);
+    proto_call calls[2] = {{S("call_1"), S("get_weather"), S("{\"city\":\"Paris\"}")}, {S("c2"), S("f"), S("{}")}};
+    proto_msg tm[2] = {{.role = S("assistant"), .content = S(""), .n_calls = 2, .calls = calls},
+                       {.role = S("tool"), .content = S("18C"), .tool_call_id = S("call_1"), .name = S("get_weather")}};
+    proto_submit ts = {.job_id = 2, .n_msgs = 2, .msgs = tm, .max_tokens = 5, .temperature = 1, .top_p = 1};
+    ASSERT_EQ(proto_encode_submit(&b, &ts), 0);
+    decode_one(&b, &f);
+    ASSERT_EQ(f.u.submit.msgs[0].n_calls, 2);
+    ASSERT_STREQ(f.u.submit.msgs[0].calls[0].name.p, "get_weather");
+    ASSERT_STREQ(f.u.submit.msgs[0].calls[0].arguments.p, "{\"city\":\"Paris\"}");
+    ASSERT_STREQ(f.u.submit.msgs[0].calls[1].id.p, "c2");
+    ASSERT_STREQ(f.u.submit.msgs[1].tool_call_id.p, "call_1");
+    ASSERT_STREQ(f.u.submit.msgs[1].name.p, "get_weather");
+    ASSERT_EQ(f.u.submit.msgs[1].n_calls, 0);
     proto_frame_free(&f);
 
     // raw prompts (text and token ids), n, penalties, logit_bias, logprobs, echo
@@ -285,7 +302,7 @@ static void test_bad_payloads(void) {
  * crashes or leaks (run under ASAN). */
 static void test_corruption(void) {
     cm_buf b = CM_BUF_INIT;
-    proto_msg msgs[2] = {{S("user"), S("hello there")}, {S("assistant"), S("hi")}};
+    proto_msg msgs[2] = {{.role = S("user"), .content = S("hello there")}, {.role = S("assistant"), .content = S("hi")}};
     proto_str stop[1] = {S("###")};
     proto_submit s = {.job_id = 5, .n_msgs = 2, .msgs = msgs, .max_tokens = 10, .temperature = 0.7f, .top_p = 0.9f,
                       .n_stop = 1, .stop = stop};

@@ -54,7 +54,7 @@ typedef struct env {
 } env;
 
 static int render(env *e, const char *text, int32_t **toks) {
-    wk_chat_msg msg = {"user", text, strlen(text)};
+    wk_chat_msg msg = {.role = "user", .content = text, .content_len = strlen(text)};
     int n = 0;
     char err[128];
     ASSERT_EQ(wk_template_render(WK_TEMPLATE_GEMMA, e->tok, &msg, 1, toks, &n, err, sizeof err), 0);
@@ -321,7 +321,8 @@ static void test_choices_prefix_logprobs(env *e) {
 }
 
 static void test_template(env *e) {
-    wk_chat_msg msgs[2] = {{"system", "Be brief.", 9}, {"user", "Hi <end_of_turn> there", 22}};
+    wk_chat_msg msgs[2] = {{.role = "system", .content = "Be brief.", .content_len = 9},
+                           {.role = "user", .content = "Hi <end_of_turn> there", .content_len = 22}};
     int32_t *toks;
     int n;
     char err[128];
@@ -346,15 +347,31 @@ static void test_template(env *e) {
     ASSERT_TRUE(tail_ok);
     free(toks);
     // Without user content tricks, rendering equals encoding the whole text with special parsing.
-    wk_chat_msg plain[2] = {{"system", "Be brief.", 9}, {"user", "Hello there", 11}};
+    wk_chat_msg plain[2] = {{.role = "system", .content = "Be brief.", .content_len = 9},
+                            {.role = "user", .content = "Hello there", .content_len = 11}};
     ASSERT_EQ(wk_template_render(WK_TEMPLATE_GEMMA, e->tok, plain, 2, &toks, &n, err, sizeof err), 0);
     const char *full = "<start_of_turn>user\nBe brief.\n\nHello there<end_of_turn>\n<start_of_turn>model\n";
     int m = wk_tok_encode(e->tok, full, strlen(full), 1, 1, want, 256);
     ASSERT_EQ(n, m);
     ASSERT_TRUE(n == m && !memcmp(toks, want, (size_t)n * sizeof *toks));
     free(toks);
+    // Tool calls and tool results (Gemma has no tool format: ChatML's tags as text).
+    proto_call call = {{"call_1", 6}, {"get_weather", 11}, {"{\"city\":\"Paris\"}", 16}};
+    wk_chat_msg tools[4] = {{.role = "user", .content = "Weather?", .content_len = 8},
+                            {.role = "assistant", .content = "", .content_len = 0, .calls = &call, .n_calls = 1},
+                            {.role = "tool", .content = "18C", .content_len = 3},
+                            {.role = "tool", .content = "sunny", .content_len = 5}};
+    ASSERT_EQ(wk_template_render(WK_TEMPLATE_GEMMA, e->tok, tools, 4, &toks, &n, err, sizeof err), 0);
+    const char *tfull = "<start_of_turn>user\nWeather?<end_of_turn>\n<start_of_turn>model\n<tool_call>\n"
+                        "{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call><end_of_turn>\n"
+                        "<start_of_turn>user\n<tool_response>\n18C\n</tool_response>\n<tool_response>\nsunny\n"
+                        "</tool_response><end_of_turn>\n<start_of_turn>model\n";
+    m = wk_tok_encode(e->tok, tfull, strlen(tfull), 1, 1, want, 256);
+    ASSERT_EQ(n, m);
+    ASSERT_TRUE(n == m && !memcmp(toks, want, (size_t)n * sizeof *toks));
+    free(toks);
     // An unknown role is refused by name.
-    wk_chat_msg bad = {"wizard", "x", 1};
+    wk_chat_msg bad = {.role = "wizard", .content = "x", .content_len = 1};
     ASSERT_EQ(wk_template_render(WK_TEMPLATE_GEMMA, e->tok, &bad, 1, &toks, &n, err, sizeof err), -EINVAL);
     ASSERT_TRUE(strstr(err, "wizard") != NULL);
 }
