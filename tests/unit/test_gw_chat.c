@@ -7,11 +7,14 @@
 
 #define MODEL "m.gguf"
 
-/* Parses body; expects an error with status/param/code (param/code may be NULL). */
-static void expect_error(const char *body, int status, const char *param, const char *code) {
+typedef int (*parse_fn)(const char *, size_t, const char *, gw_chat_req *, gw_error *);
+
+/* Parses body with parse; expects an error with status/param/code (param NULL:
+ * expects a null param; code NULL: any code). */
+static void expect_error_of(parse_fn parse, const char *body, int status, const char *param, const char *code) {
     gw_chat_req r;
     gw_error e;
-    int rc = gw_chat_parse(body, strlen(body), MODEL, &r, &e);
+    int rc = parse(body, strlen(body), MODEL, &r, &e);
     ASSERT_EQ(rc, -1);
     if (rc != -1) {
         fprintf(stderr, "  body: %s\n", body);
@@ -26,6 +29,14 @@ static void expect_error(const char *body, int status, const char *param, const 
     if (code)
         ASSERT_STREQ(e.code, code);
     ASSERT_TRUE(strlen(e.message) > 0);
+}
+
+static void expect_error(const char *body, int status, const char *param, const char *code) {
+    expect_error_of(gw_chat_parse, body, status, param, code);
+}
+
+static void expect_legacy_error(const char *body, int status, const char *param, const char *code) {
+    expect_error_of(gw_completions_parse, body, status, param, code);
 }
 
 static void test_errors(void) {
@@ -190,23 +201,6 @@ static void test_tool_history(void) {
 }
 
 /* Legacy completions: prompt shapes, their defaults and refusals. */
-static void expect_legacy_error(const char *body, int status, const char *param, const char *code) {
-    gw_chat_req r;
-    gw_error e;
-    int rc = gw_completions_parse(body, strlen(body), MODEL, &r, &e);
-    ASSERT_EQ(rc, -1);
-    if (rc != -1) {
-        fprintf(stderr, "  body: %s\n", body);
-        gw_chat_req_free(&r);
-        return;
-    }
-    ASSERT_EQ(e.status, status);
-    if (param)
-        ASSERT_STREQ(e.param, param);
-    if (code)
-        ASSERT_STREQ(e.code, code);
-}
-
 static void test_legacy(void) {
     gw_chat_req r;
     gw_error e;
