@@ -214,7 +214,7 @@ def response_schema(path, method, content_type="application/json", status="200")
 # --- the validator itself -------------------------------------------------------------
 
 SCHEMAS = ["CreateChatCompletionResponse", "CreateChatCompletionStreamResponse",
-           "ErrorResponse", "ListModelsResponse", "Model"]
+           "CreateCompletionResponse", "ErrorResponse", "ListModelsResponse", "Model"]
 
 
 def test_spec_paths_name_the_schemas():
@@ -223,6 +223,7 @@ def test_spec_paths_name_the_schemas():
     assert response_schema("/chat/completions", "post",
                            "text/event-stream") == "CreateChatCompletionStreamResponse"
     assert response_schema("/models", "get") == "ListModelsResponse"
+    assert response_schema("/completions", "post") == "CreateCompletionResponse"
     assert response_schema("/models/{model}", "get") == "Model"
     assert "ErrorResponse" in spec()["components"]["schemas"]
 
@@ -453,6 +454,116 @@ def test_stream_sdk_chunks_match_spec(openai_client, model_id):
     for c in chunks:
         validate("CreateChatCompletionStreamResponse", c)
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
+
+
+# --- n choices and logprobs ------------------------------------------------------------------
+
+def _check_chat_logprobs(lp, n_tokens, top):
+    assert lp is not None and lp["refusal"] is None, lp
+    assert len(lp["content"]) == n_tokens, lp
+    for e in lp["content"]:
+        assert len(e["top_logprobs"]) == top, e
+
+
+@pytest.mark.parametrize("top", [0, 3])
+def test_chat_n_logprobs_matches_spec(kolm_server, top):
+    body = _chat_body(kolm_server.model_id, max_tokens=4, n=2, temperature=1.0, seed=9,
+                      logprobs=True, top_logprobs=top)
+    status, j = _post_json(kolm_server, body)
+    assert status == 200, j
+    validate("CreateChatCompletionResponse", j)
+    assert [c["index"] for c in j["choices"]] == [0, 1]
+    for c in j["choices"]:
+        assert c["finish_reason"] == "length"
+        _check_chat_logprobs(c["logprobs"], 4, top)
+    assert j["usage"]["completion_tokens"] == 8
+
+
+@pytest.mark.parametrize("include_usage", [False, True], ids=["no_usage", "include_usage"])
+def test_stream_n_logprobs_matches_spec(kolm_server, include_usage):
+    body = _chat_body(kolm_server.model_id, max_tokens=4, n=2, temperature=1.0, seed=9,
+                      logprobs=True, top_logprobs=2, stream=True)
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    status, headers, raw = kolm_server.request("POST", "/v1/chat/completions", body)
+    assert status == 200, raw[:500]
+    assert headers.get("content-type", "").startswith("text/event-stream"), headers
+    chunks = check_stream(_sse_events(raw), include_usage, n=2)
+    # each content delta carries the logprobs of its tokens; together those of the
+    # non-streamed response (same seed)
+    streamed = {0: [], 1: []}
+    for c in chunks:
+        for ch in c["choices"]:
+            if ch["delta"].get("content"):
+                lp = ch["logprobs"]
+                assert lp is not None, ch
+                assert "".join(e["token"] for e in lp["content"]) == ch["delta"]["content"]
+                streamed[ch["index"]].extend(lp["content"])
+    plain = dict(body, stream=False)
+    plain.pop("stream_options", None)
+    status, j = _post_json(kolm_server, plain)
+    assert status == 200, j
+    for c in j["choices"]:
+        want = c["logprobs"]["content"]
+        got = streamed[c["index"]]
+        assert [e["token"] for e in got] == [e["token"] for e in want]
+        assert [e["logprob"] for e in got] == pytest.approx([e["logprob"] for e in want], abs=1e-4)
+
+
+def test_stream_sdk_n_logprobs_chunks_match_spec(openai_client, model_id):
+    stream = openai_client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "Say hi."}], max_tokens=3,
+        temperature=0, n=2, logprobs=True, top_logprobs=1, stream=True,
+        stream_options={"include_usage": True})
+    chunks = [c.to_dict() for c in stream]
+    for c in chunks:
+        validate("CreateChatCompletionStreamResponse", c)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+# --- legacy completions -------------------------------------------------------------------------
+
+def _legacy_body(model_id, **kw):
+    return {"model": model_id, "prompt": "Say hi.", "max_tokens": 4, "temperature": 0, **kw}
+
+
+@pytest.mark.parametrize("extra", [
+    {},
+    {"logprobs": 2},
+    {"logprobs": 0},
+    {"prompt": ["Say hi.", "Once upon a time"], "n": 2, "best_of": 2, "seed": 3,
+     "temperature": 1.0},
+    {"prompt": [[2, 818, 5279], [2, 1000]]},
+    {"echo": True, "stop": ["\n"]},
+], ids=["plain", "logprobs", "logprobs_0", "prompts_n2", "token_ids", "echo_stop"])
+def test_completion_matches_spec(kolm_server, extra):
+    body = _legacy_body(kolm_server.model_id, **extra)
+    status, headers, raw = kolm_server.request("POST", "/v1/completions", body)
+    assert status == 200, raw[:500]
+    assert headers.get("content-type", "").startswith("application/json"), headers
+    j = json.loads(raw)
+    validate("CreateCompletionResponse", j)
+    n_prompts = len(body["prompt"]) if isinstance(body["prompt"], list) and (
+        isinstance(body["prompt"][0], (str, list))) else 1
+    assert [c["index"] for c in j["choices"]] == list(range(n_prompts * body.get("n", 1)))
+    for c in j["choices"]:
+        if "logprobs" in extra:
+            lp = c["logprobs"]
+            assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["text_offset"]) \
+                == len(lp["top_logprobs"]) >= 1
+        else:
+            assert c["logprobs"] is None
+    u = j["usage"]
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+
+
+def test_completion_sdk_raw_matches_spec(openai_client, model_id):
+    raw = openai_client.completions.with_raw_response.create(
+        model=model_id, prompt="Say hi.", max_tokens=3, temperature=0, logprobs=1)
+    validate("CreateCompletionResponse", raw.http_response.json())
+    parsed = raw.parse()
+    validate("CreateCompletionResponse", parsed.to_dict())
+    assert parsed.object == "text_completion"
 
 
 # --- errors ------------------------------------------------------------------------------
