@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -81,6 +82,10 @@ void wk_sampler_free(wk_sampler *s) {
     s->n_seen = s->cap_seen = 0;
 }
 
+int wk_sampler_adjusts(const wk_sampler *s) {
+    return s->p.n_bias > 0 || s->count != NULL;
+}
+
 int wk_sampler_accept(wk_sampler *s, int32_t id) {
     if (!s->count || id < 0 || id >= s->n_vocab)
         return 0;
@@ -110,11 +115,129 @@ static void adjust(const wk_sampler *s, float *logits) {
     }
 }
 
+/* ---- vector math ---- */
+
+/* NOTE: softmax and log-softmax over a 262k vocabulary on every token must not
+ * cost more than a small part of a decode step, so exp runs as a polynomial (2^f on [-0.5, 0.5],
+ * degree 6, relative error < 4e-6 for x in [-87, 0]; below -87 the term is under
+ * 1e-38 of the sum's largest term and is clamped) that the AVX2 path evaluates 8
+ * lanes at a time. Both paths compute the same terms and sum them in double; they
+ * differ only in the order of the additions. */
+#define LOG2E 1.44269504089f
+#define P6 1.5353362e-4f
+#define P5 1.3398874e-3f
+#define P4 9.6181291e-3f
+#define P3 5.5504109e-2f
+#define P2 2.4022651e-1f
+#define P1 6.9314718e-1f
+
+static float exp_neg(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float t = x * LOG2E;
+    float r = nearbyintf(t);
+    float f = t - r;
+    float p = ((((((P6 * f + P5) * f + P4) * f + P3) * f + P2) * f + P1) * f + 1.0f);
+    int32_t e = ((int32_t)r + 127) << 23;
+    float sc;
+    memcpy(&sc, &e, sizeof sc);
+    return p * sc;
+}
+
+/* Inserts logit i into the sorted list top[0..*k) of at most kk; returns the new
+ * threshold (the smallest kept logit once the list is full, else -inf). */
+static float top_insert(const float *l, int32_t *top, int *k, int kk, int32_t i) {
+    int j = *k < kk ? (*k)++ : *k - 1;
+    while (j > 0 && l[i] > l[top[j - 1]]) {
+        top[j] = top[j - 1];
+        j--;
+    }
+    top[j] = i;
+    return *k == kk ? l[top[kk - 1]] : -INFINITY;
+}
+
+/* The kk (>= 1) largest logits, best first, ties to the lower id. Returns how many. */
+static int top_scalar(const float *l, int n, int kk, int32_t *top) {
+    int k = 0;
+    float thr = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (l[i] > thr || k < kk)
+            thr = top_insert(l, top, &k, kk, i);
+    return k;
+}
+
+/* sum of exp((l[i] - mx) * scale), every l[i] <= mx, scale > 0. */
+static double sumexp_scalar(const float *l, int n, float mx, float scale) {
+    double s = 0;
+    for (int i = 0; i < n; i++)
+        s += exp_neg((l[i] - mx) * scale);
+    return s;
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+__attribute__((target("avx2,fma"))) static int top_avx2(const float *l, int n, int kk, int32_t *top) {
+    int k = 0, i = 0;
+    float thr = -INFINITY;
+    for (; i < n && k < kk; i++)
+        thr = top_insert(l, top, &k, kk, i);
+    __m256 vt = _mm256_set1_ps(thr);
+    for (; i + 8 <= n; i += 8) {
+        int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(l + i), vt, _CMP_GT_OQ));
+        if (!mask)
+            continue;
+        for (int b = 0; b < 8; b++)
+            if ((mask >> b & 1) && l[i + b] > thr) // thr may have risen within these 8
+                thr = top_insert(l, top, &k, kk, i + b);
+        vt = _mm256_set1_ps(thr);
+    }
+    for (; i < n; i++)
+        if (l[i] > thr)
+            thr = top_insert(l, top, &k, kk, i);
+    return k;
+}
+
+__attribute__((target("avx2,fma"))) static double sumexp_avx2(const float *l, int n, float mx, float scale) {
+    const __m256 vmx = _mm256_set1_ps(mx), lo = _mm256_set1_ps(-87.0f), l2e = _mm256_set1_ps(LOG2E),
+                 vs = _mm256_set1_ps(scale);
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(l + i), vmx), vs), lo);
+        __m256 t = _mm256_mul_ps(x, l2e);
+        __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 f = _mm256_sub_ps(t, r);
+        __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(P6), f, _mm256_set1_ps(P5));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(P4));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(P3));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(P2));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(P1));
+        p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(r), _mm256_set1_epi32(127)), 23);
+        __m256 v = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    }
+    double d[4];
+    _mm256_storeu_pd(d, _mm256_add_pd(acc0, acc1));
+    double s = d[0] + d[1] + d[2] + d[3];
+    for (; i < n; i++)
+        s += exp_neg((l[i] - mx) * scale);
+    return s;
+}
+
+static int have_avx2(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#define PICK(name, ...) (have_avx2() ? name##_avx2(__VA_ARGS__) : name##_scalar(__VA_ARGS__))
+#else
+#define PICK(name, ...) name##_scalar(__VA_ARGS__)
+#endif
+
+/* The id of the largest logit (the lowest such id on ties). */
 static int32_t argmax(const float *l, int n) {
     int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (l[i] > l[best])
-            best = i;
+    PICK(top, l, n, 1, &best);
     return best;
 }
 
@@ -144,21 +267,31 @@ int32_t wk_sampler_sample(wk_sampler *s, float *logits) {
     adjust(s, logits);
     if (s->p.temperature <= 0 || s->p.top_k == 1)
         return argmax(logits, n);
-    const double inv_t = 1.0 / s->p.temperature;
-    const float mx = logits[argmax(logits, n)];
-    double total = 0;
-    for (int i = 0; i < n; i++)
-        total += exp((double)(logits[i] - mx) * inv_t);
+    const float inv_t = 1.0f / s->p.temperature;
+    const int32_t best = argmax(logits, n);
+    const float mx = logits[best];
+    double total = PICK(sumexp, logits, n, mx, inv_t);
 
     if ((s->p.top_k <= 0 || s->p.top_k >= n) && s->p.top_p >= 1.0f) {
-        // The full distribution: one draw, one scan.
+        // The full distribution: one draw; find its block by block sums, then
+        // the token inside the block.
+        enum { BLK = 4096 };
         double r = next_unit(s->rng) * total, acc = 0;
-        for (int i = 0; i < n; i++) {
-            acc += exp((double)(logits[i] - mx) * inv_t);
-            if (acc > r)
-                return i;
+        for (int b = 0; b < n; b += BLK) {
+            int m = n - b < BLK ? n - b : BLK;
+            double bs = PICK(sumexp, logits + b, m, mx, inv_t);
+            if (acc + bs <= r) {
+                acc += bs;
+                continue;
+            }
+            for (int i = b; i < b + m; i++) {
+                acc += exp_neg((logits[i] - mx) * inv_t);
+                if (acc > r)
+                    return i;
+            }
+            return b + m - 1; // the block's sum and its terms differ in the last bits
         }
-        return argmax(logits, n);
+        return best;
     }
 
     // Pop candidates in descending order until top_k or top_p is reached.
@@ -174,7 +307,7 @@ int32_t wk_sampler_sample(wk_sampler *s, float *logits) {
         int32_t id = h[0];
         h[0] = h[--hn];
         sift_down(h, hn, 0, logits);
-        double p = exp((double)(logits[id] - mx) * inv_t) / total;
+        double p = exp_neg((logits[id] - mx) * inv_t) / total;
         s->prob[k] = (float)p;
         h[n - 1 - k] = id; // popped ids collect at the tail of the array
         k++;
@@ -192,25 +325,14 @@ int32_t wk_sampler_sample(wk_sampler *s, float *logits) {
 }
 
 float wk_sampler_logprobs(const float *logits, int n_vocab, int32_t id, int n_top, int32_t *top_id, float *top_lp) {
-    const float mx = logits[argmax(logits, n_vocab)];
-    double total = 0;
-    for (int i = 0; i < n_vocab; i++)
-        total += exp((double)(logits[i] - mx));
-    const double lse = (double)mx + log(total);
-    // Top n_top by insertion into a short sorted list (n_top <= 20).
-    int k = 0;
-    for (int i = 0; i < n_vocab && n_top > 0; i++) {
-        float l = logits[i];
-        if (k == n_top && l <= logits[top_id[k - 1]])
-            continue;
-        int j = k < n_top ? k++ : k - 1;
-        while (j > 0 && l > logits[top_id[j - 1]]) {
-            top_id[j] = top_id[j - 1];
-            j--;
-        }
-        top_id[j] = i;
+    int32_t best[PROTO_MAX_TOP_LOGPROBS] = {0};
+    int kk = n_top > 0 ? n_top : 1; // the best one is the maximum, needed either way
+    int k = PICK(top, logits, n_vocab, kk, best);
+    const float mx = logits[best[0]];
+    const double lse = (double)mx + log(PICK(sumexp, logits, n_vocab, mx, 1.0f));
+    for (int i = 0; i < k && i < n_top; i++) {
+        top_id[i] = best[i];
+        top_lp[i] = (float)((double)logits[best[i]] - lse);
     }
-    for (int i = 0; i < k; i++)
-        top_lp[i] = (float)((double)logits[top_id[i]] - lse);
     return (float)((double)logits[id] - lse);
 }

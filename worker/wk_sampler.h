@@ -48,11 +48,14 @@ void wk_sampler_free(wk_sampler *s); // zeroed or freed sampler is a no-op
 /* Picks the next token from logits [n_vocab], which it adjusts in place (bias and
  * penalties). */
 int32_t wk_sampler_sample(wk_sampler *s, float *logits);
+/* 1 when wk_sampler_sample changes the logits it is given (bias or penalties). */
+int wk_sampler_adjusts(const wk_sampler *s);
 /* Counts an output token for the penalties. 0 or -ENOMEM. */
 int wk_sampler_accept(wk_sampler *s, int32_t id);
 
 /* Log-softmax of logits [n_vocab]: returns log p(id), and fills top_id/top_lp [n_top]
- * with the n_top most likely tokens, best first (ties to the lower id). */
+ * (n_top <= PROTO_MAX_TOP_LOGPROBS) with the n_top most likely tokens, best first
+ * (ties to the lower id). */
 float wk_sampler_logprobs(const float *logits, int n_vocab, int32_t id, int n_top, int32_t *top_id, float *top_lp);
 
 #endif

@@ -405,9 +405,10 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->b_logit_seq = malloc((size_t)ms * sizeof(seq *));
     s->b_tables = malloc((size_t)ms * s->max_blocks * sizeof(int32_t));
     s->logits = malloc((size_t)ms * s->n_vocab * sizeof(float));
+    s->raw = malloc((size_t)s->n_vocab * sizeof(float));
     s->prefix = wk_prefix_create(kv);
     if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->b_tables || !s->logits ||
-        !s->prefix || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
+        !s->raw || !s->prefix || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
         wk_sched_free(s);
         return NULL;
     }
@@ -857,11 +858,9 @@ int wk_sched_step(wk_sched *s) {
         if (idx < 0)
             continue; // its job failed earlier in this loop
         float *row = s->logits + (size_t)l * s->n_vocab;
-        // Raw logits for logprobs are kept aside before the sampler adjusts them.
-        const float *raw = NULL;
-        if (q->jb->logprobs) {
-            if (!s->raw && !(s->raw = malloc((size_t)s->n_vocab * sizeof *s->raw)))
-                return -ENOMEM;
+        // Raw logits for logprobs are kept aside when the sampler adjusts them.
+        const float *raw = q->jb->logprobs ? row : NULL;
+        if (raw && wk_sampler_adjusts(&q->smp)) {
             memcpy(s->raw, row, (size_t)s->n_vocab * sizeof *row);
             raw = s->raw;
         }

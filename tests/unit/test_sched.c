@@ -495,6 +495,29 @@ static void test_sampler(void) {
     for (int i = 0; i < 8; i++)
         sum += exp(wk_sampler_logprobs(base, 8, i, 0, top, tlp));
     ASSERT_NEAR(sum, 1.0, 1e-5);
+    // A vocabulary-sized row (the vectorized path and its tail) against double exp.
+    const int nv = 262144 + 5;
+    float *big = malloc((size_t)nv * sizeof *big);
+    uint64_t x = 88172645463325252ULL;
+    for (int i = 0; i < nv; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        big[i] = (float)((double)(x >> 11) * 0x1.0p-53 * 40.0 - 30.0);
+    }
+    big[nv - 1] = 12.5f; // the maximum sits in the scalar tail
+    big[77] = 12.25f;
+    double ref = 0;
+    for (int i = 0; i < nv; i++)
+        ref += exp((double)big[i] - 12.5);
+    int32_t bt[20];
+    float bl[20];
+    float got = wk_sampler_logprobs(big, nv, 77, 20, bt, bl);
+    ASSERT_NEAR(got, 12.25 - (12.5 + log(ref)), 2e-5);
+    ASSERT_EQ(bt[0], nv - 1);
+    ASSERT_EQ(bt[1], 77);
+    ASSERT_NEAR(bl[0], -log(ref), 2e-5);
+    for (int i = 1; i < 20; i++)
+        ASSERT_TRUE(bl[i] <= bl[i - 1]);
+    free(big);
 #undef RESET
 }
 
