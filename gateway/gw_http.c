@@ -47,7 +47,7 @@ struct gw_http {
 typedef struct choice_state {
     cm_buf text;     // non-streamed: the choice's text
     json_t *lp;      // non-streamed: its logprobs, NULL without
-    size_t text_off; // output bytes so far (legacy logprobs' text_offset)
+    size_t text_off; // characters before the next output (legacy logprobs' text_offset)
     int finish;      // proto_finish, 0 while running
 } choice_state;
 
@@ -56,6 +56,7 @@ typedef struct req_state {
     gw_http *srv;
     h2o_req_t *req; // NULL once the request is gone
     int stream, include_usage, n_choices;
+    int logprobs;   // requested: every choice has a logprobs object, empty or not
     choice_state *ch; // [n_choices]
     int started;    // SSE headers sent
     int final_sent;
@@ -245,7 +246,7 @@ static void on_delta(req_state *st, choice_state *c, const proto_event *ev) {
                       .text_off = &c->text_off, .with_usage_null = st->include_usage};
         size_t start = c->text_off;
         render_chunk(st, &k);
-        c->text_off = start + ev->text.len;
+        c->text_off = start + gw_utf8_chars(ev->text.p, ev->text.len);
         stream_send(st, 0);
         return;
     }
@@ -254,7 +255,7 @@ static void on_delta(req_state *st, choice_state *c, const proto_event *ev) {
         if (gw_logprobs_add(&c->lp, st->comp.legacy, ev->lp, ev->n_lp, &off))
             cm_warn("cannot keep the logprobs of %s (out of memory)", st->id);
     }
-    c->text_off += ev->text.len;
+    c->text_off += gw_utf8_chars(ev->text.p, ev->text.len);
     cm_buf_append(&c->text, ev->text.p, ev->text.len);
 }
 
@@ -282,10 +283,12 @@ static void on_finish(req_state *st, const proto_event *ev) {
     }
     gw_choice_out *out = calloc((size_t)st->n_choices, sizeof *out);
     cm_buf b = CM_BUF_INIT;
-    if (out) {
-        for (int i = 0; i < st->n_choices; i++)
-            out[i] = (gw_choice_out){(const char *)st->ch[i].text.data, st->ch[i].text.len,
-                                     st->ch[i].finish ? st->ch[i].finish : ev->finish_reason, st->ch[i].lp};
+    for (int i = 0; out && i < st->n_choices; i++) {
+        choice_state *c = &st->ch[i];
+        if (st->logprobs && !c->lp && gw_logprobs_add(&c->lp, st->comp.legacy, NULL, 0, &c->text_off))
+            cm_warn("cannot render the logprobs of %s (out of memory)", st->id);
+        out[i] = (gw_choice_out){(const char *)c->text.data, c->text.len, c->finish ? c->finish : ev->finish_reason,
+                                 c->lp};
     }
     if (!out || gw_render_completion(&b, &st->comp, out, st->n_choices, &u))
         respond_simple_error(st->req, 500, "server_error", NULL, NULL, "cannot render the response");
@@ -455,6 +458,14 @@ static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
     st->req = req;
     st->stream = cr.stream;
     st->include_usage = cr.include_usage;
+    st->logprobs = cr.submit.logprobs;
+    // Legacy text_offset counts from the start of the prompt, as OpenAI's does
+    // (token-id prompts have no text here: their offsets start at 0).
+    for (int i = 0; legacy && !cr.submit.echo && i < cr.n_choices; i++) {
+        const proto_prompt *p = &cr.submit.prompts[i / (int)cr.submit.n];
+        if (!p->tokens)
+            st->ch[i].text_off = gw_utf8_chars(p->text.p, p->text.len);
+    }
     random_id(st->id, sizeof st->id, legacy ? "cmpl-" : "chatcmpl-");
     st->comp.id = st->id;
     st->comp.model = s->cfg.model_id;
@@ -528,13 +539,14 @@ static int authorized(gw_http *s, h2o_req_t *req) {
 /* GET /metrics: Prometheus text from the workers' last STATS. */
 static void handle_metrics(gw_http *s, h2o_req_t *req) {
     cm_buf b = CM_BUF_INIT;
+    // The first seven are gauges, the token counts counters.
     static const char *const names[] = {"kolm_worker_ready",       "kolm_worker_jobs",
                                         "kolm_worker_running",     "kolm_worker_waiting",
                                         "kolm_worker_kv_blocks_free", "kolm_worker_kv_blocks_cached",
                                         "kolm_worker_kv_blocks_total", "kolm_worker_tokens_generated_total",
                                         "kolm_worker_tokens_prompt_total"};
     for (size_t m = 0; m < sizeof names / sizeof *names; m++) {
-        cm_buf_printf(&b, "# TYPE %s %s\n", names[m], strstr(names[m], "_total") ? "counter" : "gauge");
+        cm_buf_printf(&b, "# TYPE %s %s\n", names[m], m >= 7 ? "counter" : "gauge");
         for (int i = 0; i < gw_pool_n_workers(s->pool); i++) {
             proto_stats st;
             int ready;

@@ -152,8 +152,15 @@ static void add_legacy(json_t *acc, const proto_logprob *lp, uint32_t n, size_t 
         }
         json_array_append_new(tops, top);
         json_array_append_new(offs, json_integer((json_int_t)*text_off));
-        *text_off += lp[i].tok.len;
+        *text_off += gw_utf8_chars(lp[i].tok.p, lp[i].tok.len);
     }
+}
+
+size_t gw_utf8_chars(const char *s, size_t n) {
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return c;
 }
 
 int gw_logprobs_add(json_t **acc, int legacy, const proto_logprob *lp, uint32_t n, size_t *text_off) {

@@ -52,12 +52,16 @@ typedef struct gw_usage {
 /* finish_reason string for a proto_finish value. */
 const char *gw_finish_name(int finish);
 
-/* Appends the logprobs of n tokens to *acc, creating it on first use: for chat
- * {"content":[{token, logprob, bytes, top_logprobs}], "refusal":null}, for legacy
- * completions {tokens, token_logprobs, top_logprobs, text_offset}. *text_off is the
- * byte offset in the choice's text where the first of these tokens starts; it is
- * advanced past them. 0 or -ENOMEM. Release *acc with json_decref. */
+/* Appends the logprobs of n (>= 0) tokens to *acc, creating it on first use: for
+ * chat {"content":[{token, logprob, bytes, top_logprobs}], "refusal":null}, for
+ * legacy completions {tokens, token_logprobs, top_logprobs, text_offset}.
+ * *text_off is the offset, in characters, where the first of these tokens starts
+ * (legacy text_offset); it is advanced past them. 0 or -ENOMEM. Release *acc with
+ * json_decref. */
 int gw_logprobs_add(json_t **acc, int legacy, const proto_logprob *lp, uint32_t n, size_t *text_off);
+
+/* Characters (UTF-8 sequences started) in s[0..n): what text_offset counts. */
+size_t gw_utf8_chars(const char *s, size_t n);
 
 /* One finished choice of a non-streamed completion. */
 typedef struct gw_choice_out {

@@ -380,7 +380,10 @@ static int run_socket(worker *w) {
                      .model_id = {(char *)id, (uint32_t)strlen(id)},
                      .arch = {(char *)hp->arch_name, (uint32_t)strlen(hp->arch_name)},
                      .n_ctx = (uint32_t)w->n_ctx, .n_vocab = (uint32_t)hp->n_vocab};
-    if (proto_encode_hello(&w->out, &h) || flush_out(w))
+    if (proto_encode_hello(&w->out, &h))
+        return 1;
+    push_stats(w); // the KV pool's size from the start, not after the first job
+    if (flush_out(w))
         return 1;
     cm_buf in = CM_BUF_INIT;
     int rc = 0;

@@ -242,10 +242,6 @@ def test_logprobs_with_n2_sampling(openai_client, model_id):
 EOS_ID = 1  # Gemma's <eos>; +100 makes it the first token, so the completion is empty
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with logprobs requested, a choice whose completion is empty (first token <eos>) gets "
-    "logprobs: null instead of {\"content\": [], \"refusal\": null} (chat) / empty lists "
-    "(legacy), so choice.logprobs.content raises on the client"))
 def test_logprobs_present_for_empty_completion(openai_client, model_id):
     r = chat(openai_client, model_id, max_tokens=4, logprobs=True, top_logprobs=2,
              logit_bias={str(EOS_ID): 100})
@@ -622,10 +618,6 @@ def test_legacy_logprobs_shape(openai_client, model_id):
     assert all(not t for t in lp0.top_logprobs), lp0.top_logprobs
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "legacy logprobs.text_offset counts UTF-8 bytes, not characters: after the token "
-    "' cr\u00e8me' (6 characters, 7 bytes) the next offset is 7, so text[offset:] no longer "
-    "starts with the token (llama-cpp-python and vLLM, emulating OpenAI, count characters)"))
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_legacy_text_offset_counts_characters(openai_client, model_id, stream):
     prompt = "Caf\u00e9, cr\u00e8me br\u00fbl\u00e9e, r\u00e9sum\u00e9, na\u00efve, caf\u00e9,"
@@ -762,11 +754,6 @@ def test_disconnect_mid_stream_frees_the_worker(kolm_server, n):
     kolm_server.assert_serving()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the worker sends its first STATS only after the first frame from the gateway "
-    "(worker/wk_main.c run_socket: poll(-1) before the first push_stats; the gateway never "
-    "sends STATS_REQ), so until the first request /metrics shows kolm_worker_kv_blocks_total "
-    "0 and kolm_worker_kv_blocks_free 0"))
 def test_metrics_before_any_request(kolm_server_factory):
     """A fresh server reports its worker's KV pool from the start (total > 0, all free),
     not zeros until the first job changes a count."""
