@@ -509,7 +509,9 @@ static void append_model(cm_buf *b, gw_http *s) {
 static const char *const unsupported[] = {
     "/v1/embeddings", "/v1/audio/", "/v1/images/", "/v1/files", "/v1/fine_tuning/", "/v1/batches",
     "/v1/moderations", "/v1/assistants", "/v1/threads", "/v1/vector_stores", "/v1/responses", "/v1/uploads",
-    "/v1/realtime", "/v1/organization/", "/v1/evals", "/v1/containers", "/v1/chat/completions/", NULL,
+    "/v1/realtime", "/v1/organization/", "/v1/evals", "/v1/containers", "/v1/chat/completions/",
+    "/v1/conversations", "/v1/videos", "/v1/skills", "/v1/chatkit", "/v1/content_provenance_checks",
+    "/v1/projects/", NULL,
 };
 
 static int is_unsupported(h2o_req_t *req) {
@@ -577,7 +579,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
             goto not_allowed;
         handle_completion(s, req, path_is(req, "/v1/completions"));
     } else if (path_is(req, "/v1/models")) {
-        if (!method_is(req, "GET"))
+        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
         cm_buf b = CM_BUF_INIT;
         cm_buf_printf(&b, "{\"object\":\"list\",\"data\":[");
@@ -586,7 +588,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
         respond(req, 200, "application/json", b.data, b.len);
         cm_buf_free(&b);
     } else if (req->path_normalized.len > pl && !memcmp(req->path_normalized.base, prefix, pl)) {
-        if (!method_is(req, "GET"))
+        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
         h2o_iovec_t id = h2o_iovec_init(req->path_normalized.base + pl, req->path_normalized.len - pl);
         if (!h2o_memis(id.base, id.len, s->cfg.model_id, strlen(s->cfg.model_id))) {
@@ -608,7 +610,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
         else
             respond_simple_error(req, 503, "server_error", NULL, "worker_unavailable", "No model worker is ready.");
     } else if (path_is(req, "/metrics")) {
-        if (!method_is(req, "GET"))
+        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
         handle_metrics(s, req);
     } else if (is_unsupported(req)) {

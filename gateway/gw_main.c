@@ -136,8 +136,10 @@ static int serve(int argc, char **argv) {
             bad = parse_seconds(v, 86400 * 7, &timeout_ms);
         else if (!strcmp(a, "--sse-keepalive"))
             bad = parse_seconds(v, 3600, &keepalive_ms);
-        else if (!strcmp(a, "--api-key"))
+        else if (!strcmp(a, "--api-key")) {
             api_key = v;
+            bad = !*v; // an empty key would silently leave the server open
+        }
         else {
             fprintf(stderr, "kolm serve: unknown option %s (see kolm serve --help)\n", a);
             return 2;
@@ -207,8 +209,8 @@ static int serve(int argc, char **argv) {
         gw_pool_free(pool);
         return 1;
     }
-    cm_info("serving %s as '%s' on http://%s:%ld/v1 (%ld worker(s), %ld thread(s) each)", model, model_id, host, port,
-            workers, threads);
+    cm_info("serving %s as '%s' on http://%s:%ld/v1 (%ld worker(s), %ld thread(s) each%s)", model, model_id, host,
+            port, workers, threads, api_key && *api_key ? ", API key required" : "");
     int rc = 0;
     while (!g_stop) {
         h2o_evloop_run(loop, 100);

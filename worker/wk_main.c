@@ -433,6 +433,10 @@ static int run_socket(worker *w) {
                 }
             }
             cm_buf_consume(&in, off);
+            if (flush_out(w)) { // ACCEPTED leaves before a long step, so streams start at once
+                rc = 1;
+                break;
+            }
             if (eof) {
                 cm_info("the gateway closed the socket; exiting");
                 goto out;

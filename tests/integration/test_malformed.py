@@ -235,6 +235,16 @@ def test_wrong_method_is_405(kolm_server, method, path):
     assert_openai_error(status, headers, body, 405)
 
 
+@pytest.mark.parametrize("path", ["/v1/models", "/metrics", "/health"])
+def test_head_on_get_routes(kolm_server, path):
+    status, headers, body = kolm_server.request("HEAD", path)
+    assert status == 200 and body == b"", (status, body[:200])
+    if path == "/v1/models":
+        assert headers.get("content-type", "").startswith("application/json")
+    model_path = "/v1/models/" + kolm_server.model_id
+    assert kolm_server.request("HEAD", model_path)[0] == 200
+
+
 def check_protocol_level(status, headers, body):
     if status is None:
         return  # closed without a response: acceptable for non-HTTP input
