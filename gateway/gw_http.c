@@ -11,7 +11,10 @@
  * Two timers ride on each job: the deadline (--request-timeout) cancels the job and
  * answers 504 (or an SSE error), and a stream's keep-alive writes an SSE comment
  * line whenever nothing was sent for an interval, so proxies and clients with read
- * timeouts keep the connection during long prefills and queue waits. Both are
+ * timeouts keep the connection during long prefills and queue waits. A third, for
+ * non-streamed HTTP/1 requests only, watches for a client that hung up: h2o 2.2
+ * does not read an HTTP/1 socket while a request is handled, so the gateway peeks
+ * at it (recv MSG_PEEK) every LIVENESS_MS and cancels the job on EOF. All are
  * unlinked when the request is disposed. */
 #include "gateway/gw_http.h"
 
@@ -31,6 +34,7 @@
 /* h2o's own entity cap sits above ours so that our 413 (an OpenAI error body)
  * answers bodies up to this size; larger ones get h2o's plain 413. */
 #define H2O_ENTITY_CAP (256u << 20)
+#define LIVENESS_MS 250
 
 struct gw_http {
     h2o_globalconf_t config;
@@ -40,7 +44,7 @@ struct gw_http {
     gw_pool *pool;
     gw_http_config cfg;
     long long started;
-    h2o_timeout_t deadline_to, keepalive_to;
+    h2o_timeout_t deadline_to, keepalive_to, liveness_to;
 };
 
 /* One choice of a request. */
@@ -66,7 +70,7 @@ typedef struct req_state {
     cm_buf pending, flight;
     h2o_generator_t gen;
     gw_completion comp;
-    h2o_timeout_entry_t deadline, keepalive;
+    h2o_timeout_entry_t deadline, keepalive, liveness;
     char id[48];
 } req_state;
 
@@ -171,6 +175,8 @@ static void stop_timers(req_state *st) {
         h2o_timeout_unlink(&st->deadline);
     if (h2o_timeout_is_linked(&st->keepalive))
         h2o_timeout_unlink(&st->keepalive);
+    if (h2o_timeout_is_linked(&st->liveness))
+        h2o_timeout_unlink(&st->liveness);
 }
 
 static void on_stop(h2o_generator_t *gen, h2o_req_t *req) {
@@ -345,6 +351,27 @@ static void on_dead(gw_job *job) {
 
 static const gw_job_ops job_ops = {on_event, on_dead};
 
+/* A non-streamed HTTP/1 request's client check: EOF on its socket cancels the job
+ * (the answer is written to a closed socket, which ends the request in h2o). */
+static void on_liveness(h2o_timeout_entry_t *e) {
+    req_state *st = H2O_STRUCT_FROM_MEMBER(req_state, liveness, e);
+    if (!st->req)
+        return;
+    h2o_conn_t *conn = st->req->conn;
+    h2o_socket_t *sock = conn->callbacks->get_socket ? conn->callbacks->get_socket(conn) : NULL;
+    char c;
+    ssize_t n = sock ? recv(h2o_socket_get_fd(sock), &c, 1, MSG_PEEK | MSG_DONTWAIT) : -1;
+    if (n == 0 || (n < 0 && sock && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        cm_debug("client of %s hung up; cancelling", st->id);
+        gw_pool_cancel(st->srv->pool, &st->job);
+        stop_timers(st);
+        respond_simple_error(st->req, 400, "invalid_request_error", NULL, "client_closed",
+                             "The client closed the connection.");
+        return;
+    }
+    h2o_timeout_link(st->srv->ctx.loop, &st->srv->liveness_to, &st->liveness);
+}
+
 /* The request's deadline: cancel the job and say so. */
 static void on_deadline(h2o_timeout_entry_t *e) {
     req_state *st = H2O_STRUCT_FROM_MEMBER(req_state, deadline, e);
@@ -473,6 +500,7 @@ static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
     st->comp.legacy = legacy;
     st->deadline.cb = on_deadline;
     st->keepalive.cb = on_keepalive;
+    st->liveness.cb = on_liveness;
     rc = gw_pool_submit(s->pool, &st->job, &cr.submit);
     gw_chat_req_free(&cr);
     if (rc == -EBUSY) {
@@ -490,6 +518,8 @@ static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
         h2o_timeout_link(s->ctx.loop, &s->deadline_to, &st->deadline);
     if (st->stream && s->cfg.keepalive_ms)
         h2o_timeout_link(s->ctx.loop, &s->keepalive_to, &st->keepalive);
+    if (!st->stream && req->version < 0x200)
+        h2o_timeout_link(s->ctx.loop, &s->liveness_to, &st->liveness);
 }
 
 static void append_model(cm_buf *b, gw_http *s) {
@@ -688,6 +718,7 @@ gw_http *gw_http_create(h2o_loop_t *loop, gw_pool *pool, const gw_http_config *c
     h2o_context_init(&s->ctx, loop, &s->config);
     h2o_timeout_init(loop, &s->deadline_to, cfg->request_timeout_ms ? cfg->request_timeout_ms : 1);
     h2o_timeout_init(loop, &s->keepalive_to, cfg->keepalive_ms ? cfg->keepalive_ms : 1);
+    h2o_timeout_init(loop, &s->liveness_to, LIVENESS_MS);
     s->accept_ctx.ctx = &s->ctx;
     s->accept_ctx.hosts = s->config.hosts;
     int fd = listen_on(cfg->host, cfg->port);

@@ -310,6 +310,37 @@ def test_client_disconnects_mid_stream(kolm_server):
     kolm_server.assert_serving()
 
 
+def _worker_jobs(srv):
+    status, _, body = srv.request("GET", "/metrics", timeout=10)
+    assert status == 200, body[:200]
+    for line in body.decode().splitlines():
+        if line.startswith("kolm_worker_jobs{"):
+            return int(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no kolm_worker_jobs in /metrics: {body[:500]!r}")
+
+
+def test_client_disconnects_non_streamed(kolm_server):
+    """A non-streamed request whose client hangs up is cancelled in the worker
+    (h2o 2.2 does not read the HTTP/1 socket meanwhile; the gateway peeks at it),
+    long before its 1500 tokens would be done (~20 s on this CPU)."""
+    body = json.dumps(chat_body(kolm_server, max_tokens=1500, temperature=1.0,
+                                messages=[{"role": "user", "content": "Count from 1 to 1000."}]))
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body.encode())
+    s = socket.create_connection(("127.0.0.1", kolm_server.port), timeout=30)
+    s.sendall(req)
+    deadline = time.monotonic() + 10
+    while _worker_jobs(kolm_server) == 0:  # the worker has it
+        assert time.monotonic() < deadline, "the job never reached the worker"
+        time.sleep(0.05)
+    s.close()
+    t0 = time.monotonic()
+    while _worker_jobs(kolm_server) != 0:
+        assert time.monotonic() - t0 < 5, "the job still runs 5 s after its client left"
+        time.sleep(0.05)
+    kolm_server.assert_serving()
+
+
 def test_keeps_serving_at_the_end(kolm_server):
     status, j = kolm_server.chat("What is 12 times 7?", max_tokens=8)
     assert status == 200, j
