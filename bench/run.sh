@@ -10,8 +10,10 @@ export MAKEFLAGS="-j${KOLM_JOBS:-2}" CMAKE_BUILD_PARALLEL_LEVEL="${KOLM_JOBS:-2}
 bash deploy/setup.sh
 VPY="$REPO/.venv/bin/python"
 if ! "$VPY" -c 'import llama_cpp.server.app, uvicorn, sse_starlette, starlette_context' 2>/dev/null; then
-    CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF}" \
-        "$VPY" -m pip install -r tests/requirements.txt -r bench/requirements.txt
+    # The same llama.cpp build as the test oracle (see tests/oracle-wheel.sh).
+    WHEELS="$(bash tests/oracle-wheel.sh "$VPY")"
+    "$VPY" -m pip install --find-links "$WHEELS" --only-binary llama-cpp-python \
+        -r tests/requirements.txt -r bench/requirements.txt
 fi
 exec "$VPY" bench/bench.py --kolm-bin "$REPO/build/bin/kolm" \
     --model "${KOLM_HOME:-$HOME/.kolm}/models/gemma-3-270m-q4_k_m.gguf" --python "$VPY" "$@"

@@ -6,7 +6,8 @@
 #   setup        deploy/setup.sh without the build: Debian packages, .venv, default model
 #   build        ./build, Release, -DKOLM_WERROR=ON, CPU only
 #   deps         tests/requirements.txt into .venv (skipped when every pin is installed;
-#                llama-cpp-python builds llama.cpp from source, ~10 min on 2 cores)
+#                llama-cpp-python's wheel is built once per machine by tests/oracle-wheel.sh,
+#                ~10 min on 2 cores)
 #   unit         ctest in ./build
 #   asan         ./build-asan with -DKOLM_ASAN=ON (ASAN + UBSAN), ctest there
 #   fuzz         libFuzzer runs of the frame decoder and the chat request parser
@@ -90,13 +91,19 @@ EOF
 
 step_deps() {
     [ -x "$VPY" ] || { echo "no .venv (setup failed?)" >&2; return 1; }
+    local wheels marker
+    wheels="$(bash "$REPO/tests/oracle-wheel.sh" "$VPY")" || return 1
     if pins_installed "$REPO/tests/requirements.txt"; then
         echo "[tests] test dependencies already installed at the pinned versions" >&2
     else
-        # Only the llama.cpp library is needed by the oracle: no examples, tools,
-        # tests, server binary, multimodal library or curl.
-        CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF}" \
-            "$VPY" -m pip install -r "$REPO/tests/requirements.txt" || return 1
+        "$VPY" -m pip install --find-links "$wheels" --only-binary llama-cpp-python \
+            -r "$REPO/tests/requirements.txt" || return 1
+    fi
+    # The venv's llama_cpp must be the oracle build, not one pip built with other flags.
+    marker="$REPO/.venv/.oracle-$(basename "$wheels")"
+    if [ ! -f "$marker" ]; then
+        "$VPY" -m pip install --force-reinstall --no-deps "$wheels"/llama_cpp_python-*.whl || return 1
+        touch "$marker"
     fi
     "$VPY" -c 'import openai, jsonschema, yaml, nacl, pytest, gguf, numpy, llama_cpp' || return 1
 }
