@@ -12,6 +12,15 @@ Metrics (medians over --reps runs where repeated):
                    prompt (a random prefix defeats prefix caches)
   TTFB ms          request sent -> first SSE event;  TTFT ms: -> first content token
   agg tok/s @N     N concurrent streams of --agg-tokens tokens each: tokens / wall time
+  agg tok/s @N +logprobs  the same with logprobs and top_logprobs=5
+  request ms (max_tokens=1)  a short non-streamed request for one token, end to end
+  stream us/token  (streamed time - non-streamed time) / tokens for the same greedy
+                   generation of --decode-tokens tokens: what each SSE chunk costs,
+                   server and this Python client together
+  gateway CPU us/token, us/request  kolm only: CPU time of the gateway process
+                   (/proc/PID/task/*/schedstat, ns) per streamed token of long streams
+                   and per max_tokens=1 request, and per token of the N-stream runs; the
+                   worker's model time is not in it, the kernel's socket work is
 Token counts come from usage when the server sends it (stream_options.include_usage),
 otherwise from the number of content deltas (labelled in the output).
 
@@ -103,10 +112,10 @@ class Server:
         self.log.close()
 
 
-def chat(port, model, prompt, max_tokens, stream, timeout=600):
+def chat(port, model, prompt, max_tokens, stream, timeout=600, extra=None):
     """One chat completion. Returns a dict of timings (seconds, monotonic) and counts."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens, "temperature": 0, "stream": stream}
+            "max_tokens": max_tokens, "temperature": 0, "stream": stream, **(extra or {})}
     if stream:
         body["stream_options"] = {"include_usage": True}
     data = json.dumps(body).encode()
@@ -158,6 +167,18 @@ def chat(port, model, prompt, max_tokens, stream, timeout=600):
     out["end"] = time.monotonic()
     c.close()
     return out
+
+
+def cpu_ns(pid):
+    """CPU time of every thread of pid, in ns (schedstat's first field)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
 
 
 def n_completion(res):
@@ -212,15 +233,50 @@ def measure(srv, args, log):
     res["TTFT ms"] = (statistics.median(ttft) if ttft else None, "")
     log(f"{srv.name}: ttfb {res['TTFB ms']} ttft {res['TTFT ms']}")
 
-    for n in args.concurrency:
+    one_tok = []
+    for i in range(args.reps * 4):
+        r = chat(port, model, PROMPTS[i % len(PROMPTS)], 1, False)
+        if r["status"] == 200:
+            one_tok.append((r["end"] - r["t0"]) * 1000)
+    res["request ms (max_tokens=1)"] = (statistics.median(one_tok) if one_tok else None, "")
+    log(f"{srv.name}: max_tokens=1 {res['request ms (max_tokens=1)']}")
+
+    per_tok = []
+    for i in range(args.reps):
+        p = PROMPTS[i % len(PROMPTS)]
+        a = chat(port, model, p, args.decode_tokens, False)
+        b = chat(port, model, p, args.decode_tokens, True)
+        n, _ = n_completion(a)
+        if a["status"] == b["status"] == 200 and n:
+            per_tok.append(((b["end"] - b["t0"]) - (a["end"] - a["t0"])) / n * 1e6)
+    res["stream us/token"] = (statistics.median(per_tok) if per_tok else None, "")
+    log(f"{srv.name}: stream us/token {res['stream us/token']}")
+
+    if srv.name == "kolm":
+        gw = srv.proc.pid
+        c0, toks = cpu_ns(gw), 0
+        for i in range(args.reps):
+            r = chat(port, model, PROMPTS[i % len(PROMPTS)], args.decode_tokens * 2, True)
+            toks += n_completion(r)[0] if r["status"] == 200 else 0
+        res["gateway CPU us/token"] = ((cpu_ns(gw) - c0) / 1e3 / toks if toks else None, "")
+        c0, k = cpu_ns(gw), args.reps * 8
+        for i in range(k):
+            chat(port, model, PROMPTS[i % len(PROMPTS)], 1, False)
+        res["gateway CPU us/request"] = ((cpu_ns(gw) - c0) / 1e3 / k, "")
+        log(f"{srv.name}: gateway CPU {res['gateway CPU us/token']} us/token, "
+            f"{res['gateway CPU us/request']} us/request")
+
+    for n, extra in [(c, None) for c in args.concurrency] + [
+            (args.concurrency[-1], {"logprobs": True, "top_logprobs": 5})]:
         results = [None] * n
         barrier = threading.Barrier(n)
 
         def one(i):
             barrier.wait()
-            results[i] = chat(port, model, PROMPTS[i % len(PROMPTS)], args.agg_tokens, True)
+            results[i] = chat(port, model, PROMPTS[i % len(PROMPTS)], args.agg_tokens, True, extra=extra)
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        c0 = cpu_ns(srv.proc.pid) if srv.name == "kolm" else None
         t0 = time.monotonic()
         for t in threads:
             t.start()
@@ -230,9 +286,11 @@ def measure(srv, args, log):
         ok = [r for r in results if r and r["status"] == 200]
         total = sum(n_completion(r)[0] for r in ok)
         how = n_completion(ok[0])[1] if ok else ""
-        res[f"agg tok/s @{n}"] = (total / wall if ok else None,
-                                  how + ("" if len(ok) == n else f", {n - len(ok)} failed"))
-        log(f"{srv.name}: agg@{n} {res[f'agg tok/s @{n}']}")
+        key = f"agg tok/s @{n}" + (" +logprobs" if extra else "")
+        res[key] = (total / wall if ok else None, how + ("" if len(ok) == n else f", {n - len(ok)} failed"))
+        log(f"{srv.name}: {key} {res[key]}")
+        if c0 is not None and not extra and total:
+            res[f"gateway CPU us/token @{n}"] = ((cpu_ns(srv.proc.pid) - c0) / 1e3 / total, "")
     return res
 
 
