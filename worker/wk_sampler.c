@@ -294,14 +294,25 @@ int32_t wk_sampler_sample(wk_sampler *s, float *logits) {
         return best;
     }
 
-    // Pop candidates in descending order until top_k or top_p is reached.
+    // Pop candidates in descending order until top_k or top_p is reached. With
+    // top_p < 1 a token whose probability is under (1 - top_p) / n is never
+    // reached (all such tokens together hold less than 1 - top_p), so only the
+    // tokens above that bound go into the heap.
     int32_t *h = s->heap;
-    for (int i = 0; i < n; i++)
-        h[i] = i;
-    for (int i = n / 2 - 1; i >= 0; i--)
-        sift_down(h, n, i, logits);
-    int limit = s->p.top_k > 0 && s->p.top_k < n ? s->p.top_k : n;
-    int hn = n, k = 0;
+    int m = 0;
+    if (s->p.top_p < 1.0f) {
+        const float cut = mx + (float)(log(total * (1.0 - s->p.top_p) / n) / inv_t);
+        for (int i = 0; i < n; i++)
+            if (logits[i] >= cut)
+                h[m++] = i;
+    } else {
+        for (int i = 0; i < n; i++)
+            h[m++] = i;
+    }
+    for (int i = m / 2 - 1; i >= 0; i--)
+        sift_down(h, m, i, logits);
+    int limit = s->p.top_k > 0 && s->p.top_k < m ? s->p.top_k : m;
+    int hn = m, k = 0;
     double cum = 0;
     while (k < limit && hn > 0) {
         int32_t id = h[0];

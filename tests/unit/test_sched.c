@@ -433,6 +433,37 @@ static void test_sampler(void) {
             break;
     }
     wk_sampler_free(&a);
+    // top_p over a large vocabulary whose tail falls under the candidate cut: the
+    // draws follow the renormalized nucleus {0, 1, 2} exactly.
+    {
+        enum { NV = 4096 };
+        float *lg = malloc(NV * sizeof *lg), *tmp = malloc(NV * sizeof *tmp);
+        for (int i = 0; i < NV; i++)
+            lg[i] = -5.0f;
+        lg[0] = 5.0f, lg[1] = 4.5f, lg[2] = 4.0f;
+        double zz = exp(5.0) + exp(4.5) + exp(4.0) + (NV - 3) * exp(-5.0);
+        double p0 = exp(5.0) / zz, p1 = exp(4.5) / zz, p2 = exp(4.0) / zz;
+        ASSERT_TRUE(p0 + p1 < 0.9 && p0 + p1 + p2 >= 0.9); // the nucleus is exactly {0, 1, 2}
+        wk_sampler_params tp = P(1.0f, 0.9f, 0, 99);
+        ASSERT_EQ(wk_sampler_init(&s, NV, &tp), 0);
+        int cnt[3] = {0}, outside = 0;
+        for (int i = 0; i < 20000; i++) {
+            memcpy(tmp, lg, NV * sizeof *tmp);
+            int32_t x = wk_sampler_sample(&s, tmp);
+            if (x < 3)
+                cnt[x]++;
+            else
+                outside++;
+        }
+        ASSERT_EQ(outside, 0);
+        double pn = p0 + p1 + p2;
+        ASSERT_NEAR(cnt[0] / 20000.0, p0 / pn, 0.015);
+        ASSERT_NEAR(cnt[1] / 20000.0, p1 / pn, 0.015);
+        ASSERT_NEAR(cnt[2] / 20000.0, p2 / pn, 0.015);
+        wk_sampler_free(&s);
+        free(lg);
+        free(tmp);
+    }
     // logit_bias: -100 removes the best, +5 promotes a poor token.
     proto_bias bias[2] = {{1, -100.0f}, {2, -100.0f}};
     p = P(0, 1, 0, 1);
