@@ -190,14 +190,14 @@ static int call_arguments(gw_chat_req *req, const json_t *args, proto_str *out, 
     return 0;
 }
 
-/* One call {id, type: "function", function: {name, arguments}} (or a legacy
- * function_call {name, arguments} when id is NULL). */
-static int parse_call(gw_chat_req *req, json_t *c, const char *where, proto_call *out, gw_error *err) {
+/* One call {id, type: "function", function: {name, arguments}}, or with `legacy`
+ * a function_call {name, arguments}. where names it in errors. */
+static int parse_call(gw_chat_req *req, json_t *c, int legacy, const char *where, proto_call *out, gw_error *err) {
     static char param[96];
     json_t *fn = c, *id = NULL;
     if (!json_is_object(c))
         goto bad;
-    if (strstr(where, "tool_calls")) {
+    if (!legacy) {
         id = json_object_get(c, "id");
         fn = json_object_get(c, "function");
         if (!json_is_string(id) || !jeq(json_object_get(c, "type"), "function") || !json_is_object(fn))
@@ -266,7 +266,7 @@ static int parse_tool_fields(gw_chat_req *req, json_t *msgs, int i, proto_msg *p
                 snprintf(where, sizeof where, "messages[%d].function_call", i);
             else
                 snprintf(where, sizeof where, "messages[%d].tool_calls[%zu]", i, c);
-            if (parse_call(req, legacy ? fc : json_array_get(calls, c), where, &pm->calls[c], err))
+            if (parse_call(req, legacy ? fc : json_array_get(calls, c), legacy, where, &pm->calls[c], err))
                 return -1;
         }
     }

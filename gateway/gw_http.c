@@ -249,20 +249,16 @@ static void fail_request(req_state *st, const gw_error *err) {
 static void on_delta(req_state *st, choice_state *c, const proto_event *ev) {
     if (st->stream) {
         gw_chunk k = {.index = ev->choice, .text = ev->text.p, .len = ev->text.len, .lp = ev->lp, .n_lp = ev->n_lp,
-                      .text_off = &c->text_off, .with_usage_null = st->include_usage};
-        size_t start = c->text_off;
+                      .text_off = c->text_off, .with_usage_null = st->include_usage};
         render_chunk(st, &k);
-        c->text_off = start + gw_utf8_chars(ev->text.p, ev->text.len);
         stream_send(st, 0);
-        return;
-    }
-    if (ev->n_lp) {
+    } else {
         size_t off = c->text_off;
-        if (gw_logprobs_add(&c->lp, st->comp.legacy, ev->lp, ev->n_lp, &off))
+        if (ev->n_lp && gw_logprobs_add(&c->lp, st->comp.legacy, ev->lp, ev->n_lp, &off))
             cm_warn("cannot keep the logprobs of %s (out of memory)", st->id);
+        cm_buf_append(&c->text, ev->text.p, ev->text.len);
     }
     c->text_off += gw_utf8_chars(ev->text.p, ev->text.len);
-    cm_buf_append(&c->text, ev->text.p, ev->text.len);
 }
 
 static void on_finish(req_state *st, const proto_event *ev) {

@@ -256,14 +256,12 @@ int gw_render_chunk(cm_buf *out, const gw_completion *c, const gw_chunk *k) {
         json_object_set_new(ch, "delta", delta);
     }
     json_t *lp = NULL;
-    size_t off = k->text_off ? *k->text_off : 0;
+    size_t off = k->text_off;
     if (k->lp && k->n_lp && gw_logprobs_add(&lp, c->legacy, k->lp, k->n_lp, &off)) {
         json_decref(j);
         json_decref(ch);
         return -ENOMEM;
     }
-    if (k->text_off)
-        *k->text_off = off;
     json_object_set_new(ch, "logprobs", lp ? lp : json_null());
     json_object_set_new(ch, "finish_reason", k->finish ? json_string(gw_finish_name(k->finish)) : json_null());
     json_t *choices = json_array();

@@ -83,7 +83,7 @@ typedef struct gw_chunk {
     size_t len;
     const proto_logprob *lp; // [n_lp] or NULL: logprobs null
     uint32_t n_lp;
-    size_t *text_off;        // legacy logprobs: see gw_logprobs_add
+    size_t text_off;         // legacy logprobs: where the first token starts (see gw_logprobs_add)
     int finish;              // 0: null
     int with_usage_null;     // add "usage": null (stream_options.include_usage)
 } gw_chunk;

@@ -157,7 +157,7 @@ static void table_del(wk_prefix *p, uint32_t h) {
 
 /* ---- public ---- */
 
-int wk_prefix_match(wk_prefix *p, const int32_t *tok, int n, int max_blocks, int32_t *blocks) {
+int wk_prefix_match(wk_prefix *p, const int32_t *tok, int n, int max_blocks, int32_t *blocks, uint64_t *key_out) {
     uint64_t parent = 0;
     int k = 0;
     while (k < max_blocks && (k + 1) * p->bs <= n) {
@@ -173,6 +173,7 @@ int wk_prefix_match(wk_prefix *p, const int32_t *tok, int n, int max_blocks, int
         lru_push_front(p, i);
         parent = key;
     }
+    *key_out = parent;
     return k;
 }
 
@@ -189,10 +190,6 @@ uint64_t wk_prefix_insert(wk_prefix *p, uint64_t parent, const int32_t *tok, int
     lru_push_front(p, i);
     wk_kv_ref(p->kv, block);
     return key;
-}
-
-uint64_t wk_prefix_key(const wk_prefix *p, uint64_t parent, const int32_t *tok) {
-    return mix(parent, tok, p->bs);
 }
 
 int wk_prefix_evict(wk_prefix *p, int n) {

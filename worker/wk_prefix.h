@@ -23,12 +23,9 @@ void wk_prefix_free(wk_prefix *p);
 
 /* Finds the longest cached run of full blocks that starts tok[0..n) (at most
  * max_blocks of them), takes a reference on each for the caller and writes them
- * to blocks[]. Returns how many. */
-int wk_prefix_match(wk_prefix *p, const int32_t *tok, int n, int max_blocks, int32_t *blocks);
-
-/* The key of a block holding tok[0..block_size) after the prefix keyed `parent`
- * (0 = the empty prefix). */
-uint64_t wk_prefix_key(const wk_prefix *p, uint64_t parent, const int32_t *tok);
+ * to blocks[]. Returns how many; *key_out is the last matched block's key (0, the
+ * empty prefix, when none), the parent to insert the next block under. */
+int wk_prefix_match(wk_prefix *p, const int32_t *tok, int n, int max_blocks, int32_t *blocks, uint64_t *key_out);
 
 /* Lists `block`, a full block holding tok[0..block_size) after the prefix keyed
  * `parent`, and returns its key (the parent of the next block). The cache takes

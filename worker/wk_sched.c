@@ -41,7 +41,7 @@ enum { SEQ_WAITING = 1, SEQ_RUNNING = 2 };
 /* One job: its choices' shared bookkeeping. */
 typedef struct job {
     uint64_t id;
-    int n_choices, left;    // choices not yet finished
+    int left;               // choices not yet finished
     int n_per_prompt;       // choices per prompt (the request's n)
     uint8_t *ready;         // [n_prompts] the prompt's leader has computed it
     uint32_t pt, ct, cached; // usage of the whole job
@@ -509,8 +509,8 @@ fail:
     return NULL;
 }
 
-/* Appends p[0..n) of detokenized prompt text to q's output ahead of generation
- * (echo): emitted at once, never matched against stop strings. */
+/* Puts q's detokenized prompt ahead of its output (echo): emitted at once (all but
+ * an incomplete last character), never matched against stop strings. */
 static int seq_echo(wk_sched *s, seq *q) {
     for (int i = 0; i < q->n_prompt; i++) {
         proto_str p = piece_str(s, q->tok[i]);
@@ -570,7 +570,7 @@ int wk_sched_submit(wk_sched *s, const proto_submit *sub, int n_prompts, const i
         goto nomem;
     }
     j->id = sub->job_id;
-    j->n_choices = j->left = n_choices;
+    j->left = n_choices;
     j->n_per_prompt = n;
     j->logprobs = sub->logprobs;
     j->top_logprobs = sub->logprobs ? sub->top_logprobs : 0;
@@ -650,12 +650,9 @@ static int n_running(const wk_sched *s) {
  * left to compute, for the logits). */
 static void seq_start(wk_sched *s, seq *q) {
     int max = (q->n_tok - 1) / s->bs;
-    int k = wk_prefix_match(s->prefix, q->tok, q->n_tok, max, q->blocks);
+    int k = wk_prefix_match(s->prefix, q->tok, q->n_tok, max, q->blocks, &q->pkey);
     q->n_blocks = q->n_listed = k;
     q->n_done = k * s->bs;
-    q->pkey = 0;
-    for (int i = 0; i < k; i++)
-        q->pkey = wk_prefix_key(s->prefix, q->pkey, q->tok + (size_t)i * s->bs);
     if (!q->admitted) {
         q->admitted = 1;
         if (q->leader) // the first computation of this prompt: what it found cached

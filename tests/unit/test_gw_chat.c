@@ -421,8 +421,7 @@ static void test_render_logprobs(void) {
     json_decref(acc);
     // a legacy chunk has text and index, no delta
     b.len = 0;
-    size_t o2 = 0;
-    gw_chunk k = {.index = 2, .text = "c", .len = 1, .lp = plain + 1, .n_lp = 1, .text_off = &o2, .finish = 0};
+    gw_chunk k = {.index = 2, .text = "c", .len = 1, .lp = plain + 1, .n_lp = 1, .text_off = 4, .finish = 0};
     ASSERT_EQ(gw_render_chunk(&b, &lc, &k), 0);
     j = load((const char *)b.data + 6, b.len - 8);
     ch = json_array_get(json_object_get(j, "choices"), 0);
@@ -430,6 +429,7 @@ static void test_render_logprobs(void) {
     ASSERT_EQ(json_integer_value(json_object_get(ch, "index")), 2);
     ASSERT_TRUE(json_object_get(ch, "delta") == NULL);
     ASSERT_EQ(json_array_size(json_object_get(json_object_get(ch, "logprobs"), "tokens")), 1);
+    ASSERT_EQ(json_integer_value(json_array_get(json_object_get(json_object_get(ch, "logprobs"), "text_offset"), 0)), 4);
     json_decref(j);
     cm_buf_free(&b);
 }
