@@ -1,0 +1,894 @@
+/* wk_grammar: see wk_grammar.h.
+ *
+ * Design note. Three interned tables make the lazy DFA:
+ *   - frames: a call stack is a linked list of (return node, parent frame), hash-
+ *     consed so that equal stacks have equal ids (0 = the empty stack);
+ *   - configurations: (node << 32 | frame), kept only for nodes with byte edges
+ *     (the others are passed through by the closure);
+ *   - states: a sorted set of configurations plus an accept flag, hash-consed, with
+ *     256 memoized transitions each (-1 = not computed yet).
+ * A transition takes every configuration's matching byte edges, then closes the
+ * result under epsilon edges, calls (push a frame) and rule ends (pop one, or
+ * accept on the empty stack). The mask walk visits the vocabulary trie in
+ * preorder with one DFA state per depth, so a token costs one table lookup per
+ * byte that is not shared with the previous token, and a dead prefix skips its
+ * whole subtree. */
+#include "worker/wk_grammar.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- vocabulary */
+
+struct wk_gvocab {
+    int n_vocab;
+    uint8_t *bytes;    // token bytes, token i at bytes[tok_off[i] .. tok_off[i + 1])
+    int32_t *tok_off;  // [n_vocab + 1]
+    int32_t n_nodes;   // trie nodes in preorder
+    uint8_t *nb;       // [n_nodes] the byte leading into the node
+    uint16_t *nd;      // [n_nodes] depth (1 = a child of the root)
+    int32_t *nend;     // [n_nodes] index just past the node's subtree
+    int32_t *ntok_off; // [n_nodes + 1] tokens ending at node i: ntok[ntok_off[i] .. ntok_off[i + 1])
+    int32_t *ntok;
+    int32_t *eog;      // [n_eog]
+    int n_eog;
+    int max_len;
+};
+
+typedef struct tok_ref {
+    const uint8_t *p;
+    int len;
+    int32_t id;
+} tok_ref;
+
+static int tok_cmp(const void *a, const void *b) {
+    const tok_ref *x = a, *y = b;
+    int n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->p, y->p, (size_t)n);
+    if (c)
+        return c;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return x->id < y->id ? -1 : x->id > y->id;
+}
+
+void wk_gvocab_free(wk_gvocab *v) {
+    if (!v)
+        return;
+    free(v->bytes);
+    free(v->tok_off);
+    free(v->nb);
+    free(v->nd);
+    free(v->nend);
+    free(v->ntok_off);
+    free(v->ntok);
+    free(v->eog);
+    free(v);
+}
+
+int wk_gvocab_build(const wk_tok *t, wk_gvocab **out) {
+    *out = NULL;
+    int n = wk_tok_n_vocab(t);
+    if (n <= 0)
+        return -EINVAL;
+    wk_gvocab *v = calloc(1, sizeof *v);
+    tok_ref *refs = NULL;
+    int32_t *path = NULL;
+    if (!v)
+        return -ENOMEM;
+    v->n_vocab = n;
+    size_t total = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const char *p;
+        int len = wk_tok_piece(t, i, 0, &p);
+        if (len > 0 && !wk_tok_is_eog(t, i))
+            total += (size_t)len;
+    }
+    v->bytes = malloc(total ? total : 1);
+    v->tok_off = calloc((size_t)n + 1, sizeof *v->tok_off);
+    v->eog = calloc((size_t)n, sizeof *v->eog);
+    refs = malloc((size_t)n * sizeof *refs);
+    // Trie nodes: at most one per token byte.
+    v->nb = malloc(total ? total : 1);
+    v->nd = malloc((total ? total : 1) * sizeof *v->nd);
+    v->nend = malloc((total ? total : 1) * sizeof *v->nend);
+    v->ntok_off = malloc((total + 1) * sizeof *v->ntok_off);
+    v->ntok = malloc((size_t)n * sizeof *v->ntok);
+    if (!v->bytes || !v->tok_off || !v->eog || !refs || !v->nb || !v->nd || !v->nend || !v->ntok_off || !v->ntok)
+        goto oom;
+    size_t at = 0;
+    int nr = 0;
+    for (int32_t i = 0; i < n; i++) {
+        v->tok_off[i] = (int32_t)at;
+        const char *p;
+        int len = wk_tok_piece(t, i, 0, &p);
+        if (wk_tok_is_eog(t, i)) {
+            v->eog[v->n_eog++] = i;
+            continue;
+        }
+        if (len <= 0 || len > UINT16_MAX)
+            continue;
+        memcpy(v->bytes + at, p, (size_t)len);
+        refs[nr++] = (tok_ref){v->bytes + at, len, i};
+        at += (size_t)len;
+        if (len > v->max_len)
+            v->max_len = len;
+    }
+    v->tok_off[n] = (int32_t)at;
+    qsort(refs, (size_t)nr, sizeof *refs, tok_cmp);
+    path = malloc(((size_t)v->max_len + 1) * sizeof *path);
+    if (!path)
+        goto oom;
+    int depth = 0, nt = 0;
+    int32_t nn = 0;
+    const tok_ref *prev = NULL;
+    for (int r = 0; r < nr; r++) {
+        const tok_ref *k = &refs[r];
+        int l = 0;
+        if (prev)
+            while (l < prev->len && l < k->len && prev->p[l] == k->p[l])
+                l++;
+        for (; depth > l; depth--)
+            v->nend[path[depth]] = nn;
+        for (; depth < k->len; depth++) {
+            v->nb[nn] = k->p[depth];
+            v->nd[nn] = (uint16_t)(depth + 1);
+            v->ntok_off[nn] = nt;
+            path[depth + 1] = nn++;
+        }
+        v->ntok[nt++] = k->id; // the deepest node is the last one created
+        prev = k;
+    }
+    for (; depth > 0; depth--)
+        v->nend[path[depth]] = nn;
+    v->ntok_off[nn] = nt;
+    v->n_nodes = nn;
+    free(path);
+    free(refs);
+    *out = v;
+    return 0;
+oom:
+    free(path);
+    free(refs);
+    wk_gvocab_free(v);
+    return -ENOMEM;
+}
+
+int wk_gvocab_n_vocab(const wk_gvocab *v) {
+    return v->n_vocab;
+}
+
+const uint8_t *wk_gvocab_bytes(const wk_gvocab *v, int32_t id, int *len) {
+    if (id < 0 || id >= v->n_vocab) {
+        *len = 0;
+        return NULL;
+    }
+    *len = v->tok_off[id + 1] - v->tok_off[id];
+    return *len ? v->bytes + v->tok_off[id] : NULL;
+}
+
+/* ------------------------------------------------------------------- grammar */
+
+enum { E_BYTE, E_EPS, E_CALL };
+
+typedef struct bedge {
+    int32_t from, to, ret;
+    uint8_t kind, lo, hi;
+} bedge;
+
+typedef struct byte_edge {
+    uint8_t lo, hi;
+    int32_t to;
+} byte_edge;
+
+typedef struct move_edge {
+    int32_t to, ret; // ret < 0: epsilon; else a call returning to ret
+} move_edge;
+
+struct wk_grammar {
+    // building
+    bedge *be;
+    size_t n_be, cap_be;
+    uint8_t *end; // [n_nodes] 1 = a rule's end
+    int32_t n_nodes, cap_nodes;
+    int err, sealed;
+    int32_t root;
+    // sealed edges (CSR)
+    int32_t *b_off; // [n_nodes + 1]
+    byte_edge *b;
+    int32_t *m_off; // [n_nodes + 1]
+    move_edge *m;
+    // frames
+    int32_t *fr_ret, *fr_parent;
+    uint8_t *fr_depth;
+    int32_t n_fr, cap_fr;
+    int32_t *fr_ht; // open addressing, -1 = empty
+    uint32_t fr_ht_cap;
+    // states
+    uint64_t *cfg;
+    size_t n_cfg, cap_cfg;
+    size_t *st_off;
+    int32_t *st_n;
+    uint8_t *st_acc;
+    int32_t *trans; // [n_st * 256]
+    uint64_t **mask;
+    int32_t n_st, cap_st;
+    int32_t *st_ht;
+    uint32_t st_ht_cap;
+    int32_t start;
+    size_t mask_bytes;
+    // closure scratch
+    uint64_t *work, *out, *seen;
+    size_t cap_work, n_out, cap_out;
+    uint32_t seen_cap, n_seen;
+    int32_t *walk; // [max token length + 1] trie walk states
+    int cap_walk;
+};
+
+static void *grow(void *p, size_t elem, size_t *cap, size_t need) {
+    if (need <= *cap)
+        return p;
+    size_t c = *cap ? *cap : 16;
+    while (c < need)
+        c *= 2;
+    void *q = realloc(p, c * elem);
+    if (q)
+        *cap = c;
+    return q;
+}
+
+wk_grammar *wk_grammar_new(void) {
+    return calloc(1, sizeof(wk_grammar));
+}
+
+void wk_grammar_free(wk_grammar *g) {
+    if (!g)
+        return;
+    free(g->be);
+    free(g->end);
+    free(g->b_off);
+    free(g->b);
+    free(g->m_off);
+    free(g->m);
+    free(g->fr_ret);
+    free(g->fr_parent);
+    free(g->fr_depth);
+    free(g->fr_ht);
+    free(g->cfg);
+    free(g->st_off);
+    free(g->st_n);
+    free(g->st_acc);
+    free(g->trans);
+    if (g->mask)
+        for (int32_t i = 0; i < g->n_st; i++)
+            free(g->mask[i]);
+    free(g->mask);
+    free(g->st_ht);
+    free(g->work);
+    free(g->out);
+    free(g->seen);
+    free(g->walk);
+    free(g);
+}
+
+int32_t wk_grammar_node(wk_grammar *g) {
+    if (g->err)
+        return 0;
+    if (g->n_nodes >= WK_GRAMMAR_MAX_NODES) {
+        g->err = -E2BIG;
+        return 0;
+    }
+    if (g->n_nodes == g->cap_nodes) {
+        int32_t c = g->cap_nodes ? g->cap_nodes * 2 : 256;
+        uint8_t *e = realloc(g->end, (size_t)c);
+        if (!e) {
+            g->err = -ENOMEM;
+            return 0;
+        }
+        g->end = e;
+        g->cap_nodes = c;
+    }
+    g->end[g->n_nodes] = 0;
+    return g->n_nodes++;
+}
+
+int32_t wk_grammar_n_nodes(const wk_grammar *g) {
+    return g->n_nodes;
+}
+
+static void add_edge(wk_grammar *g, bedge e) {
+    if (g->err)
+        return;
+    bedge *p = grow(g->be, sizeof *p, &g->cap_be, g->n_be + 1);
+    if (!p) {
+        g->err = -ENOMEM;
+        return;
+    }
+    g->be = p;
+    g->be[g->n_be++] = e;
+}
+
+void wk_grammar_bytes(wk_grammar *g, int32_t from, uint8_t lo, uint8_t hi, int32_t to) {
+    add_edge(g, (bedge){.from = from, .to = to, .ret = -1, .kind = E_BYTE, .lo = lo, .hi = hi});
+}
+
+void wk_grammar_eps(wk_grammar *g, int32_t from, int32_t to) {
+    add_edge(g, (bedge){.from = from, .to = to, .ret = -1, .kind = E_EPS});
+}
+
+void wk_grammar_call(wk_grammar *g, int32_t from, int32_t rule_start, int32_t ret) {
+    add_edge(g, (bedge){.from = from, .to = rule_start, .ret = ret, .kind = E_CALL});
+}
+
+void wk_grammar_end(wk_grammar *g, int32_t node) {
+    if (!g->err)
+        g->end[node] = 1;
+}
+
+int32_t wk_grammar_lit(wk_grammar *g, int32_t from, const char *text, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        int32_t n = wk_grammar_node(g);
+        wk_grammar_bytes(g, from, (uint8_t)text[i], (uint8_t)text[i], n);
+        from = n;
+    }
+    return from;
+}
+
+static int utf8_len(uint32_t c) {
+    return c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+}
+
+static void utf8_enc(uint32_t c, uint8_t *b) {
+    switch (utf8_len(c)) {
+    case 1:
+        b[0] = (uint8_t)c;
+        break;
+    case 2:
+        b[0] = (uint8_t)(0xC0 | c >> 6);
+        b[1] = (uint8_t)(0x80 | (c & 0x3F));
+        break;
+    case 3:
+        b[0] = (uint8_t)(0xE0 | c >> 12);
+        b[1] = (uint8_t)(0x80 | (c >> 6 & 0x3F));
+        b[2] = (uint8_t)(0x80 | (c & 0x3F));
+        break;
+    default:
+        b[0] = (uint8_t)(0xF0 | c >> 18);
+        b[1] = (uint8_t)(0x80 | (c >> 12 & 0x3F));
+        b[2] = (uint8_t)(0x80 | (c >> 6 & 0x3F));
+        b[3] = (uint8_t)(0x80 | (c & 0x3F));
+    }
+}
+
+/* Splits [lo, hi] until every piece is a product of per-byte ranges (same
+ * encoded length, and below each split point either the full continuation range
+ * or one value), then emits each piece as a chain. */
+void wk_grammar_utf8(wk_grammar *g, int32_t from, uint32_t lo, uint32_t hi, int32_t to) {
+    if (hi > 0x10FFFF)
+        hi = 0x10FFFF;
+    if (lo > hi)
+        return;
+    if (lo <= 0xDFFF && hi >= 0xD800) {
+        if (lo < 0xD800)
+            wk_grammar_utf8(g, from, lo, 0xD7FF, to);
+        if (hi > 0xDFFF)
+            wk_grammar_utf8(g, from, 0xE000, hi, to);
+        return;
+    }
+    static const uint32_t top[] = {0x7F, 0x7FF, 0xFFFF};
+    for (int i = 0; i < 3; i++)
+        if (lo <= top[i] && hi > top[i]) {
+            wk_grammar_utf8(g, from, lo, top[i], to);
+            wk_grammar_utf8(g, from, top[i] + 1, hi, to);
+            return;
+        }
+    int n = utf8_len(lo);
+    for (int i = 1; i < n; i++) {
+        uint32_t m = (1u << (6 * i)) - 1;
+        if ((lo & ~m) != (hi & ~m)) {
+            if (lo & m) {
+                wk_grammar_utf8(g, from, lo, lo | m, to);
+                wk_grammar_utf8(g, from, (lo | m) + 1, hi, to);
+                return;
+            }
+            if ((hi & m) != m) {
+                wk_grammar_utf8(g, from, lo, (hi & ~m) - 1, to);
+                wk_grammar_utf8(g, from, hi & ~m, hi, to);
+                return;
+            }
+        }
+    }
+    uint8_t a[4], b[4];
+    utf8_enc(lo, a);
+    utf8_enc(hi, b);
+    int32_t cur = from;
+    for (int k = 0; k < n; k++) {
+        int32_t nxt = k == n - 1 ? to : wk_grammar_node(g);
+        wk_grammar_bytes(g, cur, a[k], b[k], nxt);
+        cur = nxt;
+    }
+}
+
+/* ----------------------------------------------------------- interned tables */
+
+static uint64_t mix(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+/* The frame (ret, parent), created if new; -ENOMEM. */
+static int32_t frame_get(wk_grammar *g, int32_t ret, int32_t parent) {
+    if ((uint32_t)g->n_fr * 2 >= g->fr_ht_cap) {
+        uint32_t c = g->fr_ht_cap ? g->fr_ht_cap * 2 : 1024;
+        int32_t *t = malloc(c * sizeof *t);
+        if (!t)
+            return -ENOMEM;
+        memset(t, 0xff, c * sizeof *t);
+        for (int32_t f = 1; f < g->n_fr; f++) {
+            uint32_t h = (uint32_t)mix((uint64_t)g->fr_ret[f] << 32 | (uint32_t)g->fr_parent[f]) & (c - 1);
+            while (t[h] >= 0)
+                h = (h + 1) & (c - 1);
+            t[h] = f;
+        }
+        free(g->fr_ht);
+        g->fr_ht = t;
+        g->fr_ht_cap = c;
+    }
+    uint32_t h = (uint32_t)mix((uint64_t)ret << 32 | (uint32_t)parent) & (g->fr_ht_cap - 1);
+    for (; g->fr_ht[h] >= 0; h = (h + 1) & (g->fr_ht_cap - 1)) {
+        int32_t f = g->fr_ht[h];
+        if (g->fr_ret[f] == ret && g->fr_parent[f] == parent)
+            return f;
+    }
+    if (g->n_fr == g->cap_fr) {
+        int32_t c = g->cap_fr * 2;
+        int32_t *r = realloc(g->fr_ret, (size_t)c * sizeof *r);
+        if (r)
+            g->fr_ret = r;
+        int32_t *p = realloc(g->fr_parent, (size_t)c * sizeof *p);
+        if (p)
+            g->fr_parent = p;
+        uint8_t *d = realloc(g->fr_depth, (size_t)c);
+        if (d)
+            g->fr_depth = d;
+        if (!r || !p || !d)
+            return -ENOMEM;
+        g->cap_fr = c;
+    }
+    int32_t f = g->n_fr++;
+    g->fr_ret[f] = ret;
+    g->fr_parent[f] = parent;
+    g->fr_depth[f] = (uint8_t)(g->fr_depth[parent] + 1);
+    g->fr_ht[h] = f;
+    return f;
+}
+
+static uint64_t state_hash(const uint64_t *c, int32_t n, int acc) {
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)acc;
+    for (int32_t i = 0; i < n; i++)
+        h = mix(h ^ c[i]);
+    return h;
+}
+
+static int st_ht_rebuild(wk_grammar *g, uint32_t c) {
+    int32_t *t = malloc(c * sizeof *t);
+    if (!t)
+        return -ENOMEM;
+    memset(t, 0xff, c * sizeof *t);
+    for (int32_t s = 0; s < g->n_st; s++) {
+        uint32_t h = (uint32_t)state_hash(g->cfg + g->st_off[s], g->st_n[s], g->st_acc[s]) & (c - 1);
+        while (t[h] >= 0)
+            h = (h + 1) & (c - 1);
+        t[h] = s;
+    }
+    free(g->st_ht);
+    g->st_ht = t;
+    g->st_ht_cap = c;
+    return 0;
+}
+
+/* The state of configurations c[0..n) (sorted, unique) and acc; created if new. */
+static int32_t state_get(wk_grammar *g, const uint64_t *c, int32_t n, int acc) {
+    if ((uint32_t)g->n_st * 2 >= g->st_ht_cap && st_ht_rebuild(g, g->st_ht_cap ? g->st_ht_cap * 2 : 256))
+        return -ENOMEM;
+    uint32_t h = (uint32_t)state_hash(c, n, acc) & (g->st_ht_cap - 1);
+    for (; g->st_ht[h] >= 0; h = (h + 1) & (g->st_ht_cap - 1)) {
+        int32_t s = g->st_ht[h];
+        if (g->st_n[s] == n && g->st_acc[s] == acc && (!n || !memcmp(g->cfg + g->st_off[s], c, (size_t)n * sizeof *c)))
+            return s;
+    }
+    if (g->n_st >= WK_GRAMMAR_MAX_STATES)
+        return -E2BIG;
+    if (g->n_st == g->cap_st) {
+        int32_t cs = g->cap_st ? g->cap_st * 2 : 64;
+        size_t *o = realloc(g->st_off, (size_t)cs * sizeof *o);
+        if (o)
+            g->st_off = o;
+        int32_t *sn = realloc(g->st_n, (size_t)cs * sizeof *sn);
+        if (sn)
+            g->st_n = sn;
+        uint8_t *sa = realloc(g->st_acc, (size_t)cs);
+        if (sa)
+            g->st_acc = sa;
+        int32_t *tr = realloc(g->trans, (size_t)cs * 256 * sizeof *tr);
+        if (tr)
+            g->trans = tr;
+        uint64_t **mk = realloc(g->mask, (size_t)cs * sizeof *mk);
+        if (mk)
+            g->mask = mk;
+        if (!o || !sn || !sa || !tr || !mk)
+            return -ENOMEM;
+        g->cap_st = cs;
+    }
+    uint64_t *cf = grow(g->cfg, sizeof *cf, &g->cap_cfg, g->n_cfg + (size_t)n + 1);
+    if (!cf)
+        return -ENOMEM;
+    g->cfg = cf;
+    if (n)
+        memcpy(g->cfg + g->n_cfg, c, (size_t)n * sizeof *c);
+    int32_t s = g->n_st++;
+    g->st_off[s] = g->n_cfg;
+    g->n_cfg += (size_t)n;
+    g->st_n[s] = n;
+    g->st_acc[s] = (uint8_t)acc;
+    g->mask[s] = NULL;
+    memset(g->trans + (size_t)s * 256, 0xff, 256 * sizeof *g->trans);
+    g->st_ht[h] = s;
+    return s;
+}
+
+/* ------------------------------------------------------------------ closure */
+
+/* Adds configuration k to the visited set; 1 if it was new, 0 if seen, -ENOMEM. */
+static int seen_add(wk_grammar *g, uint64_t k) {
+    if (g->n_seen * 2 >= g->seen_cap) {
+        uint32_t c = g->seen_cap ? g->seen_cap * 2 : 1024;
+        uint64_t *t = malloc(c * sizeof *t);
+        if (!t)
+            return -ENOMEM;
+        memset(t, 0xff, c * sizeof *t);
+        for (uint32_t i = 0; i < g->seen_cap; i++)
+            if (g->seen[i] != UINT64_MAX) {
+                uint32_t h = (uint32_t)mix(g->seen[i]) & (c - 1);
+                while (t[h] != UINT64_MAX)
+                    h = (h + 1) & (c - 1);
+                t[h] = g->seen[i];
+            }
+        free(g->seen);
+        g->seen = t;
+        g->seen_cap = c;
+    }
+    uint32_t h = (uint32_t)mix(k) & (g->seen_cap - 1);
+    for (; g->seen[h] != UINT64_MAX; h = (h + 1) & (g->seen_cap - 1))
+        if (g->seen[h] == k)
+            return 0;
+    g->seen[h] = k;
+    g->n_seen++;
+    return 1;
+}
+
+static int cfg_cmp(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define CFG(node, fr) ((uint64_t)(uint32_t)(node) << 32 | (uint32_t)(fr))
+
+/* Closes work[0..n) into the state it denotes: a state id or a negative errno. */
+static int32_t close_state(wk_grammar *g, size_t n) {
+    if (g->seen)
+        memset(g->seen, 0xff, g->seen_cap * sizeof *g->seen);
+    g->n_seen = 0;
+    g->n_out = 0;
+    int acc = 0;
+    size_t top = 0;
+    for (size_t i = 0; i < n; i++) { // dedup the seeds
+        int r = seen_add(g, g->work[i]);
+        if (r < 0)
+            return r;
+        if (r)
+            g->work[top++] = g->work[i];
+    }
+    while (top) {
+        uint64_t c = g->work[--top];
+        int32_t node = (int32_t)(c >> 32), fr = (int32_t)(uint32_t)c;
+        if (g->b_off[node + 1] > g->b_off[node]) {
+            uint64_t *o = grow(g->out, sizeof *o, &g->cap_out, g->n_out + 1);
+            if (!o)
+                return -ENOMEM;
+            g->out = o;
+            g->out[g->n_out++] = c;
+        }
+        // successors: at most one return plus the moves
+        size_t need = top + 1 + (size_t)(g->m_off[node + 1] - g->m_off[node]);
+        uint64_t *w = grow(g->work, sizeof *w, &g->cap_work, need);
+        if (!w)
+            return -ENOMEM;
+        g->work = w;
+        if (g->end[node]) {
+            if (fr == 0)
+                acc = 1;
+            else {
+                uint64_t k = CFG(g->fr_ret[fr], g->fr_parent[fr]);
+                int r = seen_add(g, k);
+                if (r < 0)
+                    return r;
+                if (r)
+                    g->work[top++] = k;
+            }
+        }
+        for (int32_t e = g->m_off[node]; e < g->m_off[node + 1]; e++) {
+            const move_edge *me = &g->m[e];
+            int32_t nf = fr;
+            if (me->ret >= 0) {
+                if (g->fr_depth[fr] >= WK_GRAMMAR_MAX_DEPTH)
+                    continue;
+                nf = frame_get(g, me->ret, fr);
+                if (nf < 0)
+                    return nf;
+            }
+            uint64_t k = CFG(me->to, nf);
+            int r = seen_add(g, k);
+            if (r < 0)
+                return r;
+            if (r)
+                g->work[top++] = k;
+        }
+    }
+    qsort(g->out, g->n_out, sizeof *g->out, cfg_cmp);
+    if (!g->n_out && !acc)
+        return WK_GRAMMAR_DEAD;
+    return state_get(g, g->out, (int32_t)g->n_out, acc);
+}
+
+static int32_t compute_trans(wk_grammar *g, int32_t s, uint8_t byte) {
+    size_t n = 0;
+    for (int32_t i = 0; i < g->st_n[s]; i++) {
+        uint64_t c = g->cfg[g->st_off[s] + (size_t)i];
+        int32_t node = (int32_t)(c >> 32), fr = (int32_t)(uint32_t)c;
+        for (int32_t e = g->b_off[node]; e < g->b_off[node + 1]; e++)
+            if (g->b[e].lo <= byte && byte <= g->b[e].hi) {
+                uint64_t *w = grow(g->work, sizeof *w, &g->cap_work, n + 1);
+                if (!w)
+                    return -ENOMEM;
+                g->work = w;
+                g->work[n++] = CFG(g->b[e].to, fr);
+            }
+    }
+    int32_t t = n ? close_state(g, n) : WK_GRAMMAR_DEAD;
+    if (t >= 0)
+        g->trans[(size_t)s * 256 + byte] = t;
+    return t;
+}
+
+static inline int32_t next(wk_grammar *g, int32_t s, uint8_t byte) {
+    int32_t t = g->trans[(size_t)s * 256 + byte];
+    return t >= 0 ? t : compute_trans(g, s, byte);
+}
+
+/* -------------------------------------------------------------------- seal */
+
+/* Marks in live[] the nodes from which a rule end can be reached (through
+ * byte and epsilon edges, and calls whose rule and return node are both live).
+ * Edges into other nodes are dropped by seal, so every configuration the DFA
+ * holds can still be completed. */
+static int productive(wk_grammar *g, uint8_t *live) {
+    int32_t n = g->n_nodes;
+    int32_t *off = calloc((size_t)n + 1, sizeof *off), *work = malloc(((size_t)n + 1) * sizeof *work);
+    size_t *rev = NULL;
+    if (!off || !work)
+        goto oom;
+    for (size_t i = 0; i < g->n_be; i++) {
+        off[g->be[i].to + 1]++;
+        if (g->be[i].kind == E_CALL)
+            off[g->be[i].ret + 1]++;
+    }
+    for (int32_t i = 0; i < n; i++)
+        off[i + 1] += off[i];
+    rev = malloc(((size_t)off[n] + 1) * sizeof *rev);
+    if (!rev)
+        goto oom;
+    for (size_t i = 0; i < g->n_be; i++) {
+        rev[off[g->be[i].to]++] = i;
+        if (g->be[i].kind == E_CALL)
+            rev[off[g->be[i].ret]++] = i;
+    }
+    for (int32_t i = n; i > 0; i--)
+        off[i] = off[i - 1];
+    off[0] = 0;
+    int32_t top = 0;
+    for (int32_t i = 0; i < n; i++)
+        if ((live[i] = g->end[i]))
+            work[top++] = i;
+    while (top) {
+        int32_t v = work[--top];
+        for (int32_t k = off[v]; k < off[v + 1]; k++) {
+            const bedge *e = &g->be[rev[k]];
+            if (live[e->from] || (e->kind == E_CALL && !(live[e->to] && live[e->ret])))
+                continue;
+            live[e->from] = 1;
+            work[top++] = e->from;
+        }
+    }
+    free(off);
+    free(work);
+    free(rev);
+    return 0;
+oom:
+    free(off);
+    free(work);
+    free(rev);
+    return -ENOMEM;
+}
+
+int wk_grammar_seal(wk_grammar *g, int32_t start) {
+    if (g->err)
+        return g->err;
+    int32_t n = g->n_nodes;
+    uint8_t *live = malloc((size_t)n + 1);
+    if (!live || productive(g, live)) {
+        free(live);
+        return -ENOMEM;
+    }
+    if (!live[start]) {
+        free(live);
+        return -ENOENT;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < g->n_be; i++) {
+        const bedge *e = &g->be[i];
+        if (live[e->from] && live[e->to] && (e->kind != E_CALL || live[e->ret]))
+            g->be[kept++] = *e;
+    }
+    g->n_be = kept;
+    free(live);
+    g->b_off = calloc((size_t)n + 1, sizeof *g->b_off);
+    g->m_off = calloc((size_t)n + 1, sizeof *g->m_off);
+    if (!g->b_off || !g->m_off)
+        return -ENOMEM;
+    size_t nb = 0, nm = 0;
+    for (size_t i = 0; i < g->n_be; i++) {
+        if (g->be[i].kind == E_BYTE) {
+            g->b_off[g->be[i].from + 1]++;
+            nb++;
+        } else {
+            g->m_off[g->be[i].from + 1]++;
+            nm++;
+        }
+    }
+    for (int32_t i = 0; i < n; i++) {
+        g->b_off[i + 1] += g->b_off[i];
+        g->m_off[i + 1] += g->m_off[i];
+    }
+    g->b = malloc((nb ? nb : 1) * sizeof *g->b);
+    g->m = malloc((nm ? nm : 1) * sizeof *g->m);
+    int32_t *fb = malloc(((size_t)n + 1) * sizeof *fb), *fm = malloc(((size_t)n + 1) * sizeof *fm);
+    if (!g->b || !g->m || !fb || !fm) {
+        free(fb);
+        free(fm);
+        return -ENOMEM;
+    }
+    memcpy(fb, g->b_off, ((size_t)n + 1) * sizeof *fb);
+    memcpy(fm, g->m_off, ((size_t)n + 1) * sizeof *fm);
+    for (size_t i = 0; i < g->n_be; i++) {
+        const bedge *e = &g->be[i];
+        if (e->kind == E_BYTE)
+            g->b[fb[e->from]++] = (byte_edge){e->lo, e->hi, e->to};
+        else
+            g->m[fm[e->from]++] = (move_edge){e->to, e->kind == E_CALL ? e->ret : -1};
+    }
+    free(fb);
+    free(fm);
+    free(g->be);
+    g->be = NULL;
+    g->n_be = g->cap_be = 0;
+    // frame 0: the empty stack
+    g->cap_fr = 64;
+    g->fr_ret = malloc((size_t)g->cap_fr * sizeof *g->fr_ret);
+    g->fr_parent = malloc((size_t)g->cap_fr * sizeof *g->fr_parent);
+    g->fr_depth = malloc((size_t)g->cap_fr);
+    if (!g->fr_ret || !g->fr_parent || !g->fr_depth)
+        return -ENOMEM;
+    g->fr_ret[0] = -1;
+    g->fr_parent[0] = 0;
+    g->fr_depth[0] = 0;
+    g->n_fr = 1;
+    g->sealed = 1;
+    g->root = start;
+    // state 0: dead
+    int32_t d = state_get(g, NULL, 0, 0);
+    if (d < 0)
+        return d;
+    for (int b = 0; b < 256; b++)
+        g->trans[b] = WK_GRAMMAR_DEAD;
+    g->work = grow(g->work, sizeof *g->work, &g->cap_work, 1);
+    if (!g->work)
+        return -ENOMEM;
+    g->work[0] = CFG(start, 0);
+    g->start = close_state(g, 1);
+    return g->start < 0 ? g->start : 0;
+}
+
+/* ----------------------------------------------------------------- matching */
+
+int32_t wk_grammar_start(wk_grammar *g) {
+    return g->start;
+}
+
+int32_t wk_grammar_step(wk_grammar *g, int32_t s, const uint8_t *bytes, size_t n) {
+    for (size_t i = 0; i < n && s > WK_GRAMMAR_DEAD; i++)
+        s = next(g, s, bytes[i]);
+    return s;
+}
+
+int wk_grammar_accepting(const wk_grammar *g, int32_t s) {
+    return s > 0 && g->st_acc[s];
+}
+
+int wk_grammar_complete(const wk_grammar *g, int32_t s) {
+    return s > 0 && g->st_acc[s] && g->st_n[s] == 0;
+}
+
+int32_t wk_grammar_n_states(const wk_grammar *g) {
+    return g->n_st;
+}
+
+static void masks_flush(wk_grammar *g) {
+    for (int32_t i = 0; i < g->n_st; i++) {
+        free(g->mask[i]);
+        g->mask[i] = NULL;
+    }
+    g->mask_bytes = 0;
+}
+
+const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, int *computed, int *err) {
+    *computed = 0;
+    *err = 0;
+    if (s <= 0) {
+        *err = -EINVAL;
+        return NULL;
+    }
+    if (g->mask[s])
+        return g->mask[s];
+    size_t words = ((size_t)v->n_vocab + 63) / 64;
+    if (g->mask_bytes + words * 8 > WK_GRAMMAR_MASK_BUDGET)
+        masks_flush(g);
+    uint64_t *m = calloc(words ? words : 1, sizeof *m);
+    if (!m || (g->cap_walk < v->max_len + 1 && !(g->walk = realloc(g->walk, ((size_t)v->max_len + 1) * sizeof *g->walk)))) {
+        free(m);
+        *err = -ENOMEM;
+        return NULL;
+    }
+    if (g->cap_walk < v->max_len + 1)
+        g->cap_walk = v->max_len + 1;
+    int32_t *st = g->walk;
+    st[0] = s;
+    for (int32_t i = 0; i < v->n_nodes;) {
+        int32_t t = next(g, st[v->nd[i] - 1], v->nb[i]);
+        if (t < 0) {
+            free(m);
+            *err = t;
+            return NULL;
+        }
+        if (t == WK_GRAMMAR_DEAD) {
+            i = v->nend[i];
+            continue;
+        }
+        st[v->nd[i]] = t;
+        for (int32_t k = v->ntok_off[i]; k < v->ntok_off[i + 1]; k++)
+            m[v->ntok[k] >> 6] |= 1ull << (v->ntok[k] & 63);
+        i++;
+    }
+    if (g->st_acc[s])
+        for (int k = 0; k < v->n_eog; k++)
+            m[v->eog[k] >> 6] |= 1ull << (v->eog[k] & 63);
+    g->mask[s] = m;
+    g->mask_bytes += words * 8;
+    *computed = 1;
+    return m;
+}
