@@ -2,8 +2,8 @@
  *
  * Policy: every field of CreateChatCompletionRequest / CreateCompletionRequest is
  * either honoured or refused by name with a 400; nothing is silently dropped.
- * Fields the worker cannot honour yet (tools, structured response_format, suffix,
- * echo with logprobs) are refused. Tool calls in the history (assistant tool_calls,
+ * Fields the worker cannot honour yet (tools, suffix, echo with logprobs) are
+ * refused. Tool calls in the history (assistant tool_calls,
  * tool results) are passed on for the chat template. Unknown fields are refused too, as OpenAI does
  * ("Unrecognized request argument supplied"). Parameter names built for
  * an error (messages[3].content) live in static buffers: the gateway is single-
@@ -95,6 +95,102 @@ static char *keep(gw_chat_req *req, char *s) {
     req->owned = p;
     req->owned[req->n_owned++] = s;
     return s;
+}
+
+/* Refuses any key of obj not in keys[], naming it as where.key. */
+static int only_keys(json_t *obj, const char *where, const char *const *keys, gw_error *err) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v) {
+        int ok = 0;
+        for (int i = 0; keys[i] && !ok; i++)
+            ok = !strcmp(k, keys[i]);
+        if (!ok) {
+            static char param[160];
+            snprintf(param, sizeof param, "%s.%.64s", where, k);
+            gw_error_set(err, 400, INVALID, param, "unknown_parameter", "Unrecognized argument in '%s': %.64s",
+                         where, k);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* response_format: text, json_object, or json_schema {name, description, schema,
+ * strict}. The schema travels to the worker as JSON text; the worker compiles it
+ * into the grammar and refuses what it cannot enforce. */
+static int parse_response_format(gw_chat_req *req, json_t *v, gw_error *err) {
+    if (!v || json_is_null(v))
+        return 0;
+    if (!json_is_object(v)) {
+        gw_error_set(err, 400, INVALID, "response_format", "invalid_type",
+                     "Invalid type for 'response_format': expected an object.");
+        return -1;
+    }
+    json_t *t = json_object_get(v, "type");
+    if (jeq(t, "text") || jeq(t, "json_object")) {
+        static const char *const keys[] = {"type", NULL};
+        if (only_keys(v, "response_format", keys, err))
+            return -1;
+        req->submit.format = jeq(t, "text") ? PROTO_FORMAT_TEXT : PROTO_FORMAT_JSON_OBJECT;
+        return 0;
+    }
+    if (!jeq(t, "json_schema")) {
+        gw_error_set(err, 400, INVALID, "response_format.type", "invalid_value",
+                     "Invalid 'response_format.type': expected one of 'text', 'json_object', 'json_schema'.");
+        return -1;
+    }
+    static const char *const keys[] = {"type", "json_schema", NULL};
+    static const char *const js_keys[] = {"name", "description", "schema", "strict", NULL};
+    json_t *js = json_object_get(v, "json_schema");
+    if (only_keys(v, "response_format", keys, err))
+        return -1;
+    if (!json_is_object(js)) {
+        gw_error_set(err, 400, INVALID, "response_format.json_schema", js ? "invalid_type" : "missing_required_parameter",
+                     "'response_format.json_schema' must be an object with a 'name' and a 'schema'.");
+        return -1;
+    }
+    if (only_keys(js, "response_format.json_schema", js_keys, err))
+        return -1;
+    json_t *name = json_object_get(js, "name"), *schema = json_object_get(js, "schema"),
+           *desc = json_object_get(js, "description"), *strict = json_object_get(js, "strict");
+    size_t nl = json_is_string(name) ? json_string_length(name) : 0;
+    int name_ok = nl >= 1 && nl <= 64;
+    for (size_t i = 0; name_ok && i < nl; i++) {
+        char ch = json_string_value(name)[i];
+        name_ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+                  ch == '-';
+    }
+    if (!name_ok) {
+        gw_error_set(err, 400, INVALID, "response_format.json_schema.name",
+                     name ? "invalid_value" : "missing_required_parameter",
+                     "'response_format.json_schema.name' must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -.");
+        return -1;
+    }
+    if (desc && !json_is_null(desc) && !json_is_string(desc)) {
+        gw_error_set(err, 400, INVALID, "response_format.json_schema.description", "invalid_type",
+                     "Invalid type for 'response_format.json_schema.description': expected a string.");
+        return -1;
+    }
+    if (schema && !json_is_null(schema) && !json_is_object(schema)) {
+        gw_error_set(err, 400, INVALID, "response_format.json_schema.schema", "invalid_type",
+                     "Invalid type for 'response_format.json_schema.schema': expected an object.");
+        return -1;
+    }
+    if (strict && !json_is_null(strict) && !json_is_boolean(strict)) {
+        gw_error_set(err, 400, INVALID, "response_format.json_schema.strict", "invalid_type",
+                     "Invalid type for 'response_format.json_schema.strict': expected a boolean.");
+        return -1;
+    }
+    char *text = schema && !json_is_null(schema) ? json_dumps(schema, JSON_COMPACT | JSON_PRESERVE_ORDER)
+                                                 : strdup("{}");
+    if (!text || !keep(req, text))
+        return nomem(err);
+    req->submit.format = PROTO_FORMAT_JSON_SCHEMA;
+    req->submit.strict = (uint8_t)json_is_true(strict);
+    req->submit.schema = (proto_str){text, (uint32_t)strlen(text)};
+    req->submit.schema_name = (proto_str){(char *)json_string_value(name), (uint32_t)nl};
+    return 0;
 }
 
 /* Message content: a string, null (assistant with tool_calls), or text parts. */
@@ -535,15 +631,7 @@ static int parse_chat_fields(gw_chat_req *req, json_t *root, gw_error *err) {
                          "Tool calling is not supported by this server yet.");
             return -1;
         }
-    if ((v = json_object_get(root, "response_format")) && !json_is_null(v)) {
-        json_t *t = json_object_get(v, "type");
-        if (!json_is_object(v) || !jeq(t, "text")) {
-            gw_error_set(err, 400, INVALID, "response_format", "unsupported_parameter",
-                         "Only response_format {\"type\":\"text\"} is supported by this server yet.");
-            return -1;
-        }
-    }
-    return 0;
+    return parse_response_format(req, json_object_get(root, "response_format"), err);
 }
 
 /* Parses the body into a JSON object and checks `model`. */

@@ -567,12 +567,21 @@ static int authorized(gw_http *s, h2o_req_t *req) {
 /* GET /metrics: Prometheus text from the workers' last STATS. */
 static void handle_metrics(gw_http *s, h2o_req_t *req) {
     cm_buf b = CM_BUF_INIT;
-    // The first seven are gauges, the token counts counters.
-    static const char *const names[] = {"kolm_worker_ready",       "kolm_worker_jobs",
-                                        "kolm_worker_running",     "kolm_worker_waiting",
-                                        "kolm_worker_kv_blocks_free", "kolm_worker_kv_blocks_cached",
-                                        "kolm_worker_kv_blocks_total", "kolm_worker_tokens_generated_total",
-                                        "kolm_worker_tokens_prompt_total"};
+    // The first seven are gauges, the rest counters.
+    static const char *const names[] = {"kolm_worker_ready",
+                                        "kolm_worker_jobs",
+                                        "kolm_worker_running",
+                                        "kolm_worker_waiting",
+                                        "kolm_worker_kv_blocks_free",
+                                        "kolm_worker_kv_blocks_cached",
+                                        "kolm_worker_kv_blocks_total",
+                                        "kolm_worker_tokens_generated_total",
+                                        "kolm_worker_tokens_prompt_total",
+                                        "kolm_worker_grammar_masks_total",
+                                        "kolm_worker_grammar_mask_seconds_total",
+                                        "kolm_worker_grammar_compiles_total",
+                                        "kolm_worker_grammar_cache_hits_total"};
+    enum { MASK_SECONDS = 10 };
     for (size_t m = 0; m < sizeof names / sizeof *names; m++) {
         cm_buf_printf(&b, "# TYPE %s %s\n", names[m], m >= 7 ? "counter" : "gauge");
         for (int i = 0; i < gw_pool_n_workers(s->pool); i++) {
@@ -582,8 +591,14 @@ static void handle_metrics(gw_http *s, h2o_req_t *req) {
             gw_pool_worker_stats(s->pool, i, &st, &ready, &pid);
             unsigned long long v[] = {(unsigned long long)ready, st.jobs, st.running, st.waiting,
                                       st.kv_blocks_free, st.kv_blocks_cached, st.kv_blocks_total,
-                                      (unsigned long long)st.tokens_generated, (unsigned long long)st.tokens_prompt};
-            cm_buf_printf(&b, "%s{worker=\"%d\",pid=\"%d\"} %llu\n", names[m], i, (int)pid, v[m]);
+                                      (unsigned long long)st.tokens_generated, (unsigned long long)st.tokens_prompt,
+                                      (unsigned long long)st.grammar_masks, (unsigned long long)st.grammar_mask_ns,
+                                      (unsigned long long)st.grammar_compiles,
+                                      (unsigned long long)st.grammar_cache_hits};
+            if (m == MASK_SECONDS)
+                cm_buf_printf(&b, "%s{worker=\"%d\",pid=\"%d\"} %.9f\n", names[m], i, (int)pid, (double)v[m] / 1e9);
+            else
+                cm_buf_printf(&b, "%s{worker=\"%d\",pid=\"%d\"} %llu\n", names[m], i, (int)pid, v[m]);
         }
     }
     respond(req, 200, "text/plain; version=0.0.4", b.data, b.len);

@@ -109,6 +109,8 @@ int proto_encode_hello(cm_buf *out, const proto_hello *h) {
 }
 
 int proto_encode_submit(cm_buf *out, const proto_submit *s) {
+    if (s->format > PROTO_FORMAT_JSON_SCHEMA)
+        return -EINVAL;
     if (s->n_msgs > PROTO_MAX_MESSAGES || s->n_stop > PROTO_MAX_STOP || s->n_prompts > PROTO_MAX_PROMPTS ||
         s->n_bias > PROTO_MAX_BIAS || s->n > PROTO_MAX_N || s->top_logprobs > PROTO_MAX_TOP_LOGPROBS)
         return -EMSGSIZE;
@@ -124,8 +126,9 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
         return rc;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);
+    int with_schema = s->format == PROTO_FORMAT_JSON_SCHEMA;
     rc = msgpack_pack_map(&pk, 12 + (s->has_seed ? 1 : 0) + (s->n_stop ? 1 : 0) + (s->n_prompts ? 1 : 0) +
-                                   (s->n_bias ? 1 : 0))
+                                   (s->n_bias ? 1 : 0) + (s->format ? 1 : 0) + (with_schema ? 3 : 0))
              ? -ENOMEM
              : 0;
     if (!rc)
@@ -205,6 +208,14 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
         for (uint32_t i = 0; !rc && i < s->n_stop; i++)
             rc = pk_str_val(&pk, &s->stop[i]);
     }
+    if (!rc && s->format)
+        rc = pk_u64(&pk, "fmt", s->format);
+    if (!rc && with_schema)
+        rc = pk_u64(&pk, "strict", s->strict);
+    if (!rc && with_schema)
+        rc = pk_str(&pk, "schema", &s->schema);
+    if (!rc && with_schema)
+        rc = pk_str(&pk, "schema_name", &s->schema_name);
     return frame_end(out, at, rc);
 }
 
@@ -326,13 +337,15 @@ int proto_encode_event(cm_buf *out, const proto_event *e) {
     return frame_end(out, at, rc);
 }
 
-static const char *const stats_keys[] = {"jobs", "running", "waiting", "kv_free", "kv_cached", "kv_total",
-                                         "tok_gen", "tok_prompt"};
+static const char *const stats_keys[] = {"jobs",     "running",    "waiting",    "kv_free",   "kv_cached",
+                                         "kv_total", "tok_gen",    "tok_prompt", "g_masks",   "g_mask_ns",
+                                         "g_compiles", "g_hits"};
 #define N_STATS (sizeof stats_keys / sizeof *stats_keys)
 
 static void stats_values(const proto_stats *s, uint64_t v[N_STATS]) {
     uint64_t t[N_STATS] = {s->jobs,           s->running,         s->waiting,          s->kv_blocks_free,
-                           s->kv_blocks_cached, s->kv_blocks_total, s->tokens_generated, s->tokens_prompt};
+                           s->kv_blocks_cached, s->kv_blocks_total, s->tokens_generated, s->tokens_prompt,
+                           s->grammar_masks,    s->grammar_mask_ns, s->grammar_compiles, s->grammar_cache_hits};
     memcpy(v, t, sizeof t);
 }
 
@@ -704,6 +717,21 @@ static int decode_submit(const msgpack_object *m, proto_submit *s) {
                 return rc;
         }
     }
+    u = 0;
+    if (OPT(get_uint(m, "fmt", PROTO_FORMAT_JSON_SCHEMA, 0, &u)))
+        return rc;
+    s->format = (uint8_t)u;
+    if (s->format == PROTO_FORMAT_JSON_SCHEMA) {
+        u = 0;
+        if (OPT(get_uint(m, "strict", 1, 0, &u)))
+            return rc;
+        s->strict = (uint8_t)u;
+        const msgpack_object *o = map_get(m, "schema"), *nm = map_get(m, "schema_name");
+        if (!o || !nm)
+            return -EBADMSG;
+        if ((rc = copy_str(o, PROTO_MAX_STR, &s->schema)) || (rc = copy_str(nm, PROTO_MAX_STR, &s->schema_name)))
+            return rc;
+    }
     return 0;
 }
 
@@ -817,7 +845,11 @@ static int decode_stats(const msgpack_object *m, proto_stats *s) {
                        .kv_blocks_cached = (uint32_t)v[4],
                        .kv_blocks_total = (uint32_t)v[5],
                        .tokens_generated = v[6],
-                       .tokens_prompt = v[7]};
+                       .tokens_prompt = v[7],
+                       .grammar_masks = v[8],
+                       .grammar_mask_ns = v[9],
+                       .grammar_compiles = v[10],
+                       .grammar_cache_hits = v[11]};
     return 0;
 }
 
@@ -907,6 +939,8 @@ void proto_frame_free(proto_frame *f) {
         for (uint32_t i = 0; i < f->u.submit.n_stop; i++)
             str_free(&f->u.submit.stop[i]);
         free(f->u.submit.stop);
+        str_free(&f->u.submit.schema);
+        str_free(&f->u.submit.schema_name);
         for (uint32_t i = 0; i < f->u.submit.n_prompts; i++) {
             str_free(&f->u.submit.prompts[i].text);
             free(f->u.submit.prompts[i].tokens);

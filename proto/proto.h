@@ -31,7 +31,7 @@
 #include "common/cm_buf.h"
 
 #define PROTO_MAGIC 0x4B4C4D46u /* "KLMF" */
-#define PROTO_VERSION 2
+#define PROTO_VERSION 3
 #define PROTO_HDR_SIZE 12
 
 /* Caps checked on decode (and on encode, returning -EMSGSIZE). */
@@ -103,6 +103,12 @@ typedef struct proto_bias {
     float bias; // added to the token's logit before sampling
 } proto_bias;
 
+typedef enum proto_format {
+    PROTO_FORMAT_TEXT = 0,        // free text
+    PROTO_FORMAT_JSON_OBJECT = 1, // any JSON object
+    PROTO_FORMAT_JSON_SCHEMA = 2, // JSON valid under proto_submit.schema
+} proto_format;
+
 typedef struct proto_submit {
     uint64_t job_id;
     uint32_t n_msgs;
@@ -124,6 +130,10 @@ typedef struct proto_submit {
     uint64_t seed;       // choice c samples from seed + c
     uint32_t n_stop;
     proto_str *stop;     // [n_stop]
+    uint8_t format;      // proto_format: output constrained by a grammar
+    uint8_t strict;      // JSON_SCHEMA: apply OpenAI's strict-mode rules to the schema
+    proto_str schema;    // JSON_SCHEMA: the schema as JSON text
+    proto_str schema_name; // JSON_SCHEMA: its name (for error messages)
 } proto_submit;
 
 typedef enum proto_event_kind {
@@ -182,6 +192,10 @@ typedef struct proto_stats {
     uint32_t kv_blocks_total;
     uint64_t tokens_generated;
     uint64_t tokens_prompt;
+    uint64_t grammar_masks;      // token masks applied
+    uint64_t grammar_mask_ns;    // time spent computing and applying them
+    uint64_t grammar_compiles;   // schemas compiled into grammars
+    uint64_t grammar_cache_hits; // submits served by an already compiled grammar
 } proto_stats;
 
 typedef struct proto_frame {

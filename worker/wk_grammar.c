@@ -172,6 +172,8 @@ const uint8_t *wk_gvocab_bytes(const wk_gvocab *v, int32_t id, int *len) {
 
 enum { E_BYTE, E_EPS, E_CALL };
 
+#define DIST_INF UINT32_MAX
+
 typedef struct bedge {
     int32_t from, to, ret;
     uint8_t kind, lo, hi;
@@ -199,9 +201,11 @@ struct wk_grammar {
     byte_edge *b;
     int32_t *m_off; // [n_nodes + 1]
     move_edge *m;
+    uint32_t *dist; // [n_nodes] bytes to the end of the node's rule
     // frames
     int32_t *fr_ret, *fr_parent;
     uint8_t *fr_depth;
+    uint32_t *fr_dist; // bytes to finish the callers once the top rule ends
     int32_t n_fr, cap_fr;
     int32_t *fr_ht; // open addressing, -1 = empty
     uint32_t fr_ht_cap;
@@ -211,6 +215,7 @@ struct wk_grammar {
     size_t *st_off;
     int32_t *st_n;
     uint8_t *st_acc;
+    uint32_t *st_dist; // bytes to the nearest accepting state
     int32_t *trans; // [n_st * 256]
     uint64_t **mask;
     int32_t n_st, cap_st;
@@ -254,7 +259,10 @@ void wk_grammar_free(wk_grammar *g) {
     free(g->fr_ret);
     free(g->fr_parent);
     free(g->fr_depth);
+    free(g->fr_dist);
     free(g->fr_ht);
+    free(g->dist);
+    free(g->st_dist);
     free(g->cfg);
     free(g->st_off);
     free(g->st_n);
@@ -456,7 +464,10 @@ static int32_t frame_get(wk_grammar *g, int32_t ret, int32_t parent) {
         uint8_t *d = realloc(g->fr_depth, (size_t)c);
         if (d)
             g->fr_depth = d;
-        if (!r || !p || !d)
+        uint32_t *fd = realloc(g->fr_dist, (size_t)c * sizeof *fd);
+        if (fd)
+            g->fr_dist = fd;
+        if (!r || !p || !d || !fd)
             return -ENOMEM;
         g->cap_fr = c;
     }
@@ -464,6 +475,8 @@ static int32_t frame_get(wk_grammar *g, int32_t ret, int32_t parent) {
     g->fr_ret[f] = ret;
     g->fr_parent[f] = parent;
     g->fr_depth[f] = (uint8_t)(g->fr_depth[parent] + 1);
+    uint64_t fd = (uint64_t)g->dist[ret] + g->fr_dist[parent];
+    g->fr_dist[f] = fd >= DIST_INF ? DIST_INF - 1 : (uint32_t)fd;
     g->fr_ht[h] = f;
     return f;
 }
@@ -515,13 +528,16 @@ static int32_t state_get(wk_grammar *g, const uint64_t *c, int32_t n, int acc) {
         uint8_t *sa = realloc(g->st_acc, (size_t)cs);
         if (sa)
             g->st_acc = sa;
+        uint32_t *sd = realloc(g->st_dist, (size_t)cs * sizeof *sd);
+        if (sd)
+            g->st_dist = sd;
         int32_t *tr = realloc(g->trans, (size_t)cs * 256 * sizeof *tr);
         if (tr)
             g->trans = tr;
         uint64_t **mk = realloc(g->mask, (size_t)cs * sizeof *mk);
         if (mk)
             g->mask = mk;
-        if (!o || !sn || !sa || !tr || !mk)
+        if (!o || !sn || !sa || !sd || !tr || !mk)
             return -ENOMEM;
         g->cap_st = cs;
     }
@@ -536,6 +552,12 @@ static int32_t state_get(wk_grammar *g, const uint64_t *c, int32_t n, int acc) {
     g->n_cfg += (size_t)n;
     g->st_n[s] = n;
     g->st_acc[s] = (uint8_t)acc;
+    uint64_t best = acc ? 0 : DIST_INF;
+    for (int32_t i = 0; i < n; i++) {
+        uint64_t d = (uint64_t)g->dist[c[i] >> 32] + g->fr_dist[(uint32_t)c[i]];
+        best = d < best ? d : best;
+    }
+    g->st_dist[s] = best >= DIST_INF ? DIST_INF : (uint32_t)best;
     g->mask[s] = NULL;
     memset(g->trans + (size_t)s * 256, 0xff, 256 * sizeof *g->trans);
     g->st_ht[h] = s;
@@ -673,26 +695,67 @@ static inline int32_t next(wk_grammar *g, int32_t s, uint8_t byte) {
 
 /* -------------------------------------------------------------------- seal */
 
-/* Marks in live[] the nodes from which a rule end can be reached (through
- * byte and epsilon edges, and calls whose rule and return node are both live).
- * Edges into other nodes are dropped by seal, so every configuration the DFA
- * holds can still be completed. */
-static int productive(wk_grammar *g, uint8_t *live) {
+/* dist[v] = the fewest bytes from node v to the end of its rule (a call costs
+ * its rule's distance plus the return node's), DIST_INF when no end can be
+ * reached. Knuth's generalization of Dijkstra's algorithm: nodes are settled in
+ * increasing distance, and a call edge is relaxed once both its rule and its
+ * return node are settled. Edges into unreachable-end nodes are dropped by seal,
+ * so every configuration the DFA holds can still be completed. */
+typedef struct hitem {
+    uint32_t d;
+    int32_t v;
+} hitem;
+
+static void heap_push(hitem *h, size_t *n, hitem x) {
+    size_t i = (*n)++;
+    for (; i && h[(i - 1) / 2].d > x.d; i = (i - 1) / 2)
+        h[i] = h[(i - 1) / 2];
+    h[i] = x;
+}
+
+static hitem heap_pop(hitem *h, size_t *n) {
+    hitem top = h[0], x = h[--*n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= *n)
+            break;
+        if (c + 1 < *n && h[c + 1].d < h[c].d)
+            c++;
+        if (h[c].d >= x.d)
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (*n)
+        h[i] = x;
+    return top;
+}
+
+static int distances(wk_grammar *g, uint32_t *dist) {
     int32_t n = g->n_nodes;
-    int32_t *off = calloc((size_t)n + 1, sizeof *off), *work = malloc(((size_t)n + 1) * sizeof *work);
-    size_t *rev = NULL;
-    if (!off || !work)
-        goto oom;
+    int32_t *off = calloc((size_t)n + 1, sizeof *off);
+    uint8_t *done = calloc((size_t)n + 1, 1);
+    size_t *rev = NULL, nh = 0;
+    hitem *heap = NULL;
+    int rc = -ENOMEM;
+    if (!off || !done)
+        goto out;
+    size_t n_rev = 0;
     for (size_t i = 0; i < g->n_be; i++) {
         off[g->be[i].to + 1]++;
-        if (g->be[i].kind == E_CALL)
+        n_rev++;
+        if (g->be[i].kind == E_CALL) {
             off[g->be[i].ret + 1]++;
+            n_rev++;
+        }
     }
     for (int32_t i = 0; i < n; i++)
         off[i + 1] += off[i];
-    rev = malloc(((size_t)off[n] + 1) * sizeof *rev);
-    if (!rev)
-        goto oom;
+    rev = malloc((n_rev + 1) * sizeof *rev);
+    heap = malloc((n_rev + (size_t)n + 1) * sizeof *heap); // one push per node and per relaxation at most
+    if (!rev || !heap)
+        goto out;
     for (size_t i = 0; i < g->n_be; i++) {
         rev[off[g->be[i].to]++] = i;
         if (g->be[i].kind == E_CALL)
@@ -701,52 +764,59 @@ static int productive(wk_grammar *g, uint8_t *live) {
     for (int32_t i = n; i > 0; i--)
         off[i] = off[i - 1];
     off[0] = 0;
-    int32_t top = 0;
-    for (int32_t i = 0; i < n; i++)
-        if ((live[i] = g->end[i]))
-            work[top++] = i;
-    while (top) {
-        int32_t v = work[--top];
-        for (int32_t k = off[v]; k < off[v + 1]; k++) {
+    for (int32_t i = 0; i < n; i++) {
+        dist[i] = g->end[i] ? 0 : DIST_INF;
+        if (g->end[i])
+            heap_push(heap, &nh, (hitem){0, i});
+    }
+    while (nh) {
+        hitem it = heap_pop(heap, &nh);
+        if (done[it.v] || it.d != dist[it.v])
+            continue;
+        done[it.v] = 1;
+        for (int32_t k = off[it.v]; k < off[it.v + 1]; k++) {
             const bedge *e = &g->be[rev[k]];
-            if (live[e->from] || (e->kind == E_CALL && !(live[e->to] && live[e->ret])))
+            uint64_t cand;
+            if (e->kind == E_BYTE)
+                cand = 1 + (uint64_t)dist[e->to];
+            else if (e->kind == E_EPS)
+                cand = dist[e->to];
+            else if (done[e->to] && done[e->ret])
+                cand = (uint64_t)dist[e->to] + dist[e->ret];
+            else
                 continue;
-            live[e->from] = 1;
-            work[top++] = e->from;
+            if (cand < dist[e->from] && !done[e->from]) {
+                dist[e->from] = cand >= DIST_INF ? DIST_INF - 1 : (uint32_t)cand;
+                heap_push(heap, &nh, (hitem){dist[e->from], e->from});
+            }
         }
     }
+    rc = 0;
+out:
     free(off);
-    free(work);
+    free(done);
     free(rev);
-    return 0;
-oom:
-    free(off);
-    free(work);
-    free(rev);
-    return -ENOMEM;
+    free(heap);
+    return rc;
 }
 
 int wk_grammar_seal(wk_grammar *g, int32_t start) {
     if (g->err)
         return g->err;
     int32_t n = g->n_nodes;
-    uint8_t *live = malloc((size_t)n + 1);
-    if (!live || productive(g, live)) {
-        free(live);
+    g->dist = malloc(((size_t)n + 1) * sizeof *g->dist);
+    if (!g->dist || distances(g, g->dist))
         return -ENOMEM;
-    }
-    if (!live[start]) {
-        free(live);
+    if (g->dist[start] == DIST_INF)
         return -ENOENT;
-    }
     size_t kept = 0;
     for (size_t i = 0; i < g->n_be; i++) {
         const bedge *e = &g->be[i];
-        if (live[e->from] && live[e->to] && (e->kind != E_CALL || live[e->ret]))
+        if (g->dist[e->from] != DIST_INF && g->dist[e->to] != DIST_INF &&
+            (e->kind != E_CALL || g->dist[e->ret] != DIST_INF))
             g->be[kept++] = *e;
     }
     g->n_be = kept;
-    free(live);
     g->b_off = calloc((size_t)n + 1, sizeof *g->b_off);
     g->m_off = calloc((size_t)n + 1, sizeof *g->m_off);
     if (!g->b_off || !g->m_off)
@@ -792,11 +862,13 @@ int wk_grammar_seal(wk_grammar *g, int32_t start) {
     g->fr_ret = malloc((size_t)g->cap_fr * sizeof *g->fr_ret);
     g->fr_parent = malloc((size_t)g->cap_fr * sizeof *g->fr_parent);
     g->fr_depth = malloc((size_t)g->cap_fr);
-    if (!g->fr_ret || !g->fr_parent || !g->fr_depth)
+    g->fr_dist = malloc((size_t)g->cap_fr * sizeof *g->fr_dist);
+    if (!g->fr_ret || !g->fr_parent || !g->fr_depth || !g->fr_dist)
         return -ENOMEM;
     g->fr_ret[0] = -1;
     g->fr_parent[0] = 0;
     g->fr_depth[0] = 0;
+    g->fr_dist[0] = 0;
     g->n_fr = 1;
     g->sealed = 1;
     g->root = start;
@@ -832,6 +904,10 @@ int wk_grammar_accepting(const wk_grammar *g, int32_t s) {
 
 int wk_grammar_complete(const wk_grammar *g, int32_t s) {
     return s > 0 && g->st_acc[s] && g->st_n[s] == 0;
+}
+
+uint32_t wk_grammar_distance(const wk_grammar *g, int32_t s) {
+    return s > 0 ? g->st_dist[s] : UINT32_MAX;
 }
 
 int32_t wk_grammar_n_states(const wk_grammar *g) {

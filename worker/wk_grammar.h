@@ -87,6 +87,9 @@ int wk_grammar_complete(const wk_grammar *g, int32_t state);
  * grammar serves one vocabulary. NULL and *err set (-ENOMEM, -E2BIG) on failure;
  * *computed is set to 1 when the mask was not cached, else 0. */
 const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t state, int *computed, int *err);
+/* The fewest bytes that take state to an accepting one (0 when accepting;
+ * UINT32_MAX for the dead state). */
+uint32_t wk_grammar_distance(const wk_grammar *g, int32_t state);
 /* Number of live DFA states (for tests and stats). */
 int32_t wk_grammar_n_states(const wk_grammar *g);
 

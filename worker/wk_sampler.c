@@ -120,7 +120,8 @@ static void adjust(const wk_sampler *s, float *logits) {
 /* NOTE: softmax and log-softmax over a 262k vocabulary on every token must not
  * cost more than a small part of a decode step, so exp runs as a polynomial (2^f on [-0.5, 0.5],
  * degree 6, relative error < 4e-6 for x in [-87, 0]; below -87 the term is under
- * 1e-38 of the sum's largest term and is clamped) that the AVX2 path evaluates 8
+ * 1e-38 of the sum's largest term and counts as 0, so a logit masked to -inf has
+ * probability exactly 0) that the AVX2 path evaluates 8
  * lanes at a time. Both paths compute the same terms and sum them in double; they
  * differ only in the order of the additions. */
 #define LOG2E 1.44269504089f
@@ -132,7 +133,8 @@ static void adjust(const wk_sampler *s, float *logits) {
 #define P1 6.9314718e-1f
 
 static float exp_neg(float x) {
-    x = x < -87.0f ? -87.0f : x;
+    if (!(x >= -87.0f))
+        return 0.0f;
     float t = x * LOG2E;
     float r = nearbyintf(t);
     float f = t - r;
@@ -203,7 +205,8 @@ __attribute__((target("avx2,fma"))) static double sumexp_avx2(const float *l, in
     __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
     int i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256 x = _mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(l + i), vmx), vs), lo);
+        __m256 x0 = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(l + i), vmx), vs);
+        __m256 keep = _mm256_cmp_ps(x0, lo, _CMP_GE_OQ), x = _mm256_max_ps(x0, lo);
         __m256 t = _mm256_mul_ps(x, l2e);
         __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         __m256 f = _mm256_sub_ps(t, r);
@@ -214,7 +217,7 @@ __attribute__((target("avx2,fma"))) static double sumexp_avx2(const float *l, in
         p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(P1));
         p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
         __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(r), _mm256_set1_epi32(127)), 23);
-        __m256 v = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+        __m256 v = _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
         acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
         acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
     }
@@ -284,12 +287,16 @@ int32_t wk_sampler_sample(wk_sampler *s, float *logits) {
                 acc += bs;
                 continue;
             }
+            int32_t last = best;
             for (int i = b; i < b + m; i++) {
-                acc += exp_neg((logits[i] - mx) * inv_t);
+                float e = exp_neg((logits[i] - mx) * inv_t);
+                if (e > 0)
+                    last = i;
+                acc += e;
                 if (acc > r)
                     return i;
             }
-            return b + m - 1; // the block's sum and its terms differ in the last bits
+            return last; // the block's sum and its terms differ in the last bits
         }
         return best;
     }

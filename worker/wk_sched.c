@@ -33,6 +33,7 @@
 
 #include "common/cm_buf.h"
 #include "common/cm_log.h"
+#include "worker/wk_gcache.h"
 #include "worker/wk_prefix.h"
 #include "worker/wk_sampler.h"
 
@@ -46,6 +47,7 @@ typedef struct job {
     uint8_t *ready;         // [n_prompts] the prompt's leader has computed it
     uint32_t pt, ct, cached; // usage of the whole job
     int top_logprobs, logprobs;
+    wk_grammar *gram;       // structured output: one reference from the grammar cache, or NULL
 } job;
 
 /* A sampled token's logprobs, held until its text is emitted. */
@@ -84,6 +86,8 @@ typedef struct seq {
     uint32_t n_stop;
     int chunk;       // tokens scheduled in the current step
     int row;         // block-table row in the current step
+    int32_t gstate;  // grammar state of the output so far (with jb->gram)
+    int cut;         // the token budget has narrowed the grammar: the output ends early (finish "length")
 } seq;
 
 struct wk_sched {
@@ -105,6 +109,7 @@ struct wk_sched {
     float *logits;
     float *raw; // [n_vocab] unadjusted logits of the row being sampled (logprobs)
     uint64_t tokens_gen, tokens_prompt;
+    wk_gcache *gc;
 };
 
 static int blocks_for(const wk_sched *s, int n) {
@@ -314,6 +319,7 @@ static void seq_remove(wk_sched *s, int idx) {
 }
 
 static void job_end(wk_sched *s, job *j) {
+    wk_gcache_put(s->gc, j->gram);
     job_free(j);
     s->n_jobs--;
 }
@@ -407,8 +413,9 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->logits = malloc((size_t)ms * s->n_vocab * sizeof(float));
     s->raw = malloc((size_t)s->n_vocab * sizeof(float));
     s->prefix = wk_prefix_create(kv);
+    s->gc = wk_gcache_new(t);
     if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->b_tables || !s->logits ||
-        !s->raw || !s->prefix || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
+        !s->raw || !s->prefix || !s->gc || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
         wk_sched_free(s);
         return NULL;
     }
@@ -421,6 +428,7 @@ void wk_sched_free(wk_sched *s) {
     while (s->n_seqs)
         job_drop(s, s->seqs[0]->jb);
     wk_prefix_free(s->prefix);
+    wk_gcache_free(s->gc);
     free(s->seqs);
     free(s->b_tok);
     free(s->b_pos);
@@ -501,6 +509,7 @@ static seq *seq_new(wk_sched *s, const proto_submit *sub, job *j, int prompt, ui
             q->n_stop = i + 1;
         }
     }
+    q->gstate = j->gram ? wk_grammar_start(j->gram) : 0;
     q->state = SEQ_WAITING;
     q->order = ++s->stamp;
     return q;
@@ -550,6 +559,15 @@ int wk_sched_submit(wk_sched *s, const proto_submit *sub, int n_prompts, const i
             emit_error(s, sub->job_id, 400, "invalid_value", "logit_bias", msg);
             return -EINVAL;
         }
+    wk_grammar *gram = NULL;
+    if (sub->format != PROTO_FORMAT_TEXT) {
+        int status;
+        if (!(gram = wk_gcache_get(s->gc, sub, &status, msg, sizeof msg))) {
+            emit_error(s, sub->job_id, status, status == 400 ? "invalid_json_schema" : "server_error",
+                       status == 400 ? "response_format" : "", msg);
+            return status == 400 ? -EINVAL : -ENOMEM;
+        }
+    }
     const int n_choices = n * n_prompts;
     if (s->n_seqs + n_choices > s->cap_seqs) {
         int cap = s->cap_seqs ? s->cap_seqs : 16;
@@ -569,6 +587,8 @@ int wk_sched_submit(wk_sched *s, const proto_submit *sub, int n_prompts, const i
         job_free(j);
         goto nomem;
     }
+    j->gram = gram;
+    gram = NULL; // the job's now
     j->id = sub->job_id;
     j->left = n_choices;
     j->n_per_prompt = n;
@@ -602,6 +622,7 @@ int wk_sched_submit(wk_sched *s, const proto_submit *sub, int n_prompts, const i
             }
     return 0;
 nomem:
+    wk_gcache_put(s->gc, gram);
     emit_error(s, sub->job_id, 503, "server_overloaded", "", "The worker is out of memory; retry later.");
     return -ENOMEM;
 }
@@ -637,6 +658,7 @@ void wk_sched_stats(const wk_sched *s, proto_stats *out) {
     out->kv_blocks_total = (uint32_t)wk_kv_n_blocks(s->kv);
     out->tokens_generated = s->tokens_gen;
     out->tokens_prompt = s->tokens_prompt;
+    wk_gcache_stats(s->gc, out);
 }
 
 static int n_running(const wk_sched *s) {
@@ -739,8 +761,10 @@ static int accept_token(wk_sched *s, seq *q, int32_t id, const float *raw) {
     s->tokens_gen++;
     if (wk_tok_is_eog(s->t, id)) {
         flush_text(s, q, 1);
-        return PROTO_FINISH_STOP;
+        return q->cut ? PROTO_FINISH_LENGTH : PROTO_FINISH_STOP;
     }
+    if (q->jb->gram && (q->gstate = wk_gcache_advance(s->gc, q->jb->gram, q->gstate, id)) <= 0)
+        return q->gstate < 0 ? q->gstate : -EPROTO; // the mask allowed only tokens that keep it alive
     if (q->n_tok == q->cap_tok) {
         int cap = q->cap_tok * 2;
         int32_t *p = realloc(q->tok, (size_t)cap * sizeof *p);
@@ -758,9 +782,12 @@ static int accept_token(wk_sched *s, seq *q, int32_t id, const float *raw) {
         return -ENOMEM;
     if (wk_sampler_accept(&q->smp, id))
         return -ENOMEM;
-    int done = q->n_gen >= q->max_gen || q->n_tok >= s->cfg.n_ctx;
+    int complete = q->jb->gram && wk_grammar_complete(q->jb->gram, q->gstate);
+    int done = complete || q->n_gen >= q->max_gen || q->n_tok >= s->cfg.n_ctx;
     if (flush_text(s, q, done))
         return PROTO_FINISH_STOP;
+    if (complete)
+        return q->cut ? PROTO_FINISH_LENGTH : PROTO_FINISH_STOP;
     return done ? PROTO_FINISH_LENGTH : 0;
 }
 
@@ -857,14 +884,24 @@ int wk_sched_step(wk_sched *s) {
         float *row = s->logits + (size_t)l * s->n_vocab;
         // Raw logits for logprobs are kept aside when the sampler adjusts them.
         const float *raw = q->jb->logprobs ? row : NULL;
-        if (raw && wk_sampler_adjusts(&q->smp)) {
+        if (raw && (wk_sampler_adjusts(&q->smp) || q->jb->gram)) {
             memcpy(s->raw, row, (size_t)s->n_vocab * sizeof *row);
             raw = s->raw;
         }
-        int32_t id = wk_sampler_sample(&q->smp, row);
-        int reason = accept_token(s, q, id, raw);
+        int reason = 0;
+        if (q->jb->gram) {
+            int left = q->max_gen - q->n_gen, room = s->cfg.n_ctx - q->n_tok, restricted;
+            int allowed = wk_gcache_mask(s->gc, q->jb->gram, q->gstate, left < room ? left : room, row, &restricted);
+            reason = allowed < 0 ? allowed : allowed == 0 ? -EPROTO : 0;
+            q->cut |= restricted;
+        }
+        if (!reason)
+            reason = accept_token(s, q, wk_sampler_sample(&q->smp, row), raw);
         if (reason < 0) {
-            emit_error(s, q->jb->id, 500, "server_error", "", "out of memory while generating");
+            emit_error(s, q->jb->id, 500, "server_error", "",
+                       reason == -ENOMEM   ? "out of memory while generating"
+                       : reason == -E2BIG ? "the response format's grammar grew past its state limit"
+                                          : "the response format's grammar allows no next token");
             job_drop(s, q->jb);
         } else if (reason) {
             seq_finish(s, idx, reason);

@@ -93,6 +93,34 @@ static void test_whole_strings(void) {
                   (const char *[]){"[1,]", "{\"a\"}", "tru", NULL});
 }
 
+static void test_distance(void) {
+    wk_grammar *g = compile("{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"minLength\":3},"
+                            "\"b\":{\"type\":\"array\",\"items\":{\"type\":\"integer\"},\"minItems\":2}},"
+                            "\"required\":[\"a\",\"b\"]}",
+                            0);
+    if (!g)
+        return;
+    const char *done = "{\"a\":\"xyz\",\"b\":[1,2]}";
+    int32_t s = wk_grammar_start(g);
+    ASSERT_EQ(wk_grammar_distance(g, s), strlen(done));
+    for (size_t i = 0; done[i]; i++) { // along a shortest sentence the distance drops by one per byte
+        s = wk_grammar_step(g, s, (const uint8_t *)done + i, 1);
+        ASSERT_EQ(wk_grammar_distance(g, s), strlen(done) - i - 1);
+    }
+    s = wk_grammar_step(g, wk_grammar_start(g), (const uint8_t *)"{\"a\":\"xyzw", 10);
+    ASSERT_EQ(wk_grammar_distance(g, s), strlen("\",\"b\":[1,2]}"));
+    ASSERT_EQ(wk_grammar_distance(g, WK_GRAMMAR_DEAD), UINT32_MAX);
+    wk_grammar_free(g);
+    g = compile("{\"$defs\":{\"t\":{\"type\":\"object\",\"properties\":{\"c\":{\"type\":\"array\",\"items\":"
+                "{\"$ref\":\"#/$defs/t\"}}},\"required\":[\"c\"]}},\"$ref\":\"#/$defs/t\"}",
+                0);
+    if (!g)
+        return;
+    s = wk_grammar_step(g, wk_grammar_start(g), (const uint8_t *)"{\"c\":[{\"c\":[", 12);
+    ASSERT_EQ(wk_grammar_distance(g, s), strlen("]}]}")); // the call stack's returns count
+    wk_grammar_free(g);
+}
+
 static void test_refusals(void) {
     static const struct {
         const char *schema, *needle;
@@ -432,6 +460,7 @@ static void test_with_vocab(const wk_tok *tok) {
 int main(void) {
     test_whole_strings();
     test_refusals();
+    test_distance();
     test_numbers();
     const char *path = getenv("KOLM_TEST_MODEL");
     char def[1024];

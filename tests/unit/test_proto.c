@@ -59,6 +59,29 @@ static void test_submit_roundtrip(void) {
     ASSERT_EQ(f.u.submit.msgs[1].n_calls, 0);
     proto_frame_free(&f);
 
+    // response formats: a JSON schema with its name and strict flag; json_object
+    cm_buf_free(&b);
+    proto_submit js = {.job_id = 9, .n_msgs = 1, .msgs = msgs, .temperature = 1, .top_p = 1,
+                       .format = PROTO_FORMAT_JSON_SCHEMA, .strict = 1, .schema = S("{\"type\":\"object\"}"),
+                       .schema_name = S("obj")};
+    ASSERT_EQ(proto_encode_submit(&b, &js), 0);
+    decode_one(&b, &f);
+    ASSERT_EQ(f.u.submit.format, PROTO_FORMAT_JSON_SCHEMA);
+    ASSERT_EQ(f.u.submit.strict, 1);
+    ASSERT_STREQ(f.u.submit.schema.p, "{\"type\":\"object\"}");
+    ASSERT_STREQ(f.u.submit.schema_name.p, "obj");
+    proto_frame_free(&f);
+    cm_buf_free(&b);
+    js.format = PROTO_FORMAT_JSON_OBJECT;
+    ASSERT_EQ(proto_encode_submit(&b, &js), 0);
+    decode_one(&b, &f);
+    ASSERT_EQ(f.u.submit.format, PROTO_FORMAT_JSON_OBJECT);
+    ASSERT_EQ(f.u.submit.schema.len, 0);
+    proto_frame_free(&f);
+    cm_buf_free(&b);
+    js.format = 7;
+    ASSERT_EQ(proto_encode_submit(&b, &js), -EINVAL);
+
     // raw prompts (text and token ids), n, penalties, logit_bias, logprobs, echo
     cm_buf_free(&b);
     int32_t ids[3] = {2, 0, 262143};
