@@ -193,6 +193,177 @@ static int parse_response_format(gw_chat_req *req, json_t *v, gw_error *err) {
     return 0;
 }
 
+/* 1 when s is a function name OpenAI accepts: 1-64 of a-z A-Z 0-9 _ -. */
+static int good_name(const json_t *s) {
+    size_t n = json_is_string(s) ? json_string_length(s) : 0;
+    if (n < 1 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = json_string_value(s)[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
+              ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int tool_error(gw_error *err, const char *fmt_param, int i, const char *code, const char *msg) {
+    static char param[96];
+    snprintf(param, sizeof param, fmt_param, i);
+    gw_error_set(err, 400, INVALID, param, code, "Invalid '%s': %s", param, msg);
+    return -1;
+}
+
+/* One function definition (tools[i].function, or functions[i]). */
+static int parse_function(gw_chat_req *req, json_t *fn, int i, int legacy, proto_tool *out, gw_error *err) {
+    const char *at = legacy ? "functions[%d]" : "tools[%d].function";
+    char where[64];
+    snprintf(where, sizeof where, at, i);
+    static const char *const keys[] = {"name", "description", "parameters", "strict", NULL};
+    if (!json_is_object(fn))
+        return tool_error(err, at, i, "invalid_type", "expected an object.");
+    if (only_keys(fn, where, keys, err))
+        return -1;
+    json_t *name = json_object_get(fn, "name"), *desc = json_object_get(fn, "description"),
+           *params = json_object_get(fn, "parameters"), *strict = json_object_get(fn, "strict");
+    if (!good_name(name))
+        return tool_error(err, legacy ? "functions[%d].name" : "tools[%d].function.name", i, "invalid_value",
+                          "a function name is 1 to 64 characters of a-z, A-Z, 0-9, _ and -.");
+    if (desc && !json_is_null(desc) && !json_is_string(desc))
+        return tool_error(err, legacy ? "functions[%d].description" : "tools[%d].function.description", i,
+                          "invalid_type", "expected a string.");
+    if (params && !json_is_null(params) && !json_is_object(params))
+        return tool_error(err, legacy ? "functions[%d].parameters" : "tools[%d].function.parameters", i,
+                          "invalid_type", "expected a JSON Schema object.");
+    if (strict && !json_is_null(strict) && !json_is_boolean(strict))
+        return tool_error(err, legacy ? "functions[%d].strict" : "tools[%d].function.strict", i, "invalid_type",
+                          "expected a boolean.");
+    char *text = params && !json_is_null(params) ? json_dumps(params, JSON_COMPACT | JSON_PRESERVE_ORDER)
+                                                 : strdup("{\"type\":\"object\",\"properties\":{}}");
+    if (!text || !keep(req, text))
+        return nomem(err);
+    out->name = (proto_str){(char *)json_string_value(name), (uint32_t)json_string_length(name)};
+    out->description = json_is_string(desc) ? (proto_str){(char *)json_string_value(desc),
+                                                           (uint32_t)json_string_length(desc)}
+                                            : (proto_str){"", 0};
+    out->parameters = (proto_str){text, (uint32_t)strlen(text)};
+    out->strict = (uint8_t)json_is_true(strict);
+    return 0;
+}
+
+/* tools + tool_choice + parallel_tool_calls, or the deprecated functions +
+ * function_call (one call at most, answered as message.function_call). With
+ * tool_choice "none" the tools are not sent: the model is not offered them. */
+static int parse_tools(gw_chat_req *req, json_t *root, gw_error *err) {
+    json_t *tools = json_object_get(root, "tools"), *fns = json_object_get(root, "functions"),
+           *tc = json_object_get(root, "tool_choice"), *fc = json_object_get(root, "function_call");
+    tools = json_is_null(tools) ? NULL : tools;
+    fns = json_is_null(fns) ? NULL : fns;
+    tc = json_is_null(tc) ? NULL : tc;
+    fc = json_is_null(fc) ? NULL : fc;
+    if (tools && fns) {
+        gw_error_set(err, 400, INVALID, "functions", "invalid_value",
+                     "Use either 'tools' or the deprecated 'functions', not both.");
+        return -1;
+    }
+    int legacy = fns != NULL;
+    json_t *list = legacy ? fns : tools, *choice = legacy ? fc : tc;
+    const char *lname = legacy ? "functions" : "tools", *cname = legacy ? "function_call" : "tool_choice";
+    if ((legacy && tc) || (!legacy && fc)) {
+        gw_error_set(err, 400, INVALID, legacy ? "tool_choice" : "function_call", "invalid_value",
+                     legacy ? "'tool_choice' goes with 'tools', not with 'functions'."
+                            : "'function_call' goes with 'functions', not with 'tools'.");
+        return -1;
+    }
+    if (list && !json_is_array(list)) {
+        gw_error_set(err, 400, INVALID, lname, "invalid_type", "Invalid type for '%s': expected an array.", lname);
+        return -1;
+    }
+    if (!list || !json_array_size(list)) {
+        if (choice) {
+            gw_error_set(err, 400, INVALID, cname, "invalid_value", "'%s' is only allowed when '%s' are specified.",
+                         cname, lname);
+            return -1;
+        }
+        return 0;
+    }
+    size_t n = json_array_size(list);
+    if (n > PROTO_MAX_TOOLS) {
+        gw_error_set(err, 400, INVALID, lname, "array_above_max_length",
+                     "Invalid '%s': at most %d functions, got %zu.", lname, PROTO_MAX_TOOLS, n);
+        return -1;
+    }
+    proto_tool *t = calloc(n, sizeof *t);
+    if (!t)
+        return nomem(err);
+    req->tools = t;
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(list, i), *fn = e;
+        if (!legacy) {
+            static const char *const keys[] = {"type", "function", NULL};
+            char where[32];
+            snprintf(where, sizeof where, "tools[%zu]", i);
+            if (!json_is_object(e))
+                return tool_error(err, "tools[%d]", (int)i, "invalid_type", "expected an object.");
+            if (!jeq(json_object_get(e, "type"), "function"))
+                return tool_error(err, "tools[%d].type", (int)i, "invalid_value", "the only tool type is 'function'.");
+            if (only_keys(e, where, keys, err))
+                return -1;
+            fn = json_object_get(e, "function");
+        }
+        if (parse_function(req, fn, (int)i, legacy, &t[i], err))
+            return -1;
+        for (size_t j = 0; j < i; j++)
+            if (t[j].name.len == t[i].name.len && !memcmp(t[j].name.p, t[i].name.p, t[i].name.len)) {
+                gw_error_set(err, 400, INVALID, lname, "invalid_value", "Invalid '%s': the function name '%s' is "
+                             "used twice.", lname, t[i].name.p);
+                return -1;
+            }
+    }
+    int mode = PROTO_TOOLS_AUTO;
+    json_t *named = NULL;
+    if (!choice || jeq(choice, "auto"))
+        mode = PROTO_TOOLS_AUTO;
+    else if (jeq(choice, "none"))
+        mode = PROTO_TOOLS_NONE;
+    else if (!legacy && jeq(choice, "required"))
+        mode = PROTO_TOOLS_REQUIRED;
+    else if (json_is_object(choice) && (legacy || jeq(json_object_get(choice, "type"), "function")))
+        named = legacy ? json_object_get(choice, "name") : json_object_get(json_object_get(choice, "function"), "name");
+    else {
+        gw_error_set(err, 400, INVALID, cname, "invalid_value",
+                     legacy ? "Invalid 'function_call': expected 'none', 'auto' or {\"name\": ...}."
+                            : "Invalid 'tool_choice': expected 'none', 'auto', 'required' or "
+                              "{\"type\": \"function\", \"function\": {\"name\": ...}}.");
+        return -1;
+    }
+    if (named || (json_is_object(choice) && !named)) {
+        size_t k = 0;
+        while (named && k < n &&
+               !(json_is_string(named) && t[k].name.len == json_string_length(named) &&
+                 !memcmp(t[k].name.p, json_string_value(named), t[k].name.len)))
+            k++;
+        if (!named || k == n) {
+            gw_error_set(err, 400, INVALID, cname, "invalid_value", "Invalid '%s': it names no function in '%s'.",
+                         cname, lname);
+            return -1;
+        }
+        mode = PROTO_TOOLS_NAMED;
+        req->submit.tool_name = t[k].name;
+    }
+    int par = !legacy;
+    if (get_bool(root, "parallel_tool_calls", &par, err))
+        return -1;
+    req->legacy_functions = legacy;
+    req->submit.tool_choice = (uint8_t)mode;
+    req->submit.parallel_calls = (uint8_t)(par && !legacy);
+    if (mode != PROTO_TOOLS_NONE) {
+        req->submit.tools = t;
+        req->submit.n_tools = (uint32_t)n;
+    }
+    return 0;
+}
+
 /* Message content: a string, null (assistant with tool_calls), or text parts. */
 static int parse_content(gw_chat_req *req, json_t *m, int idx, proto_str *out, gw_error *err) {
     static char param[64];
@@ -492,7 +663,7 @@ static const char *const chat_fields[] = {
     "model", "messages", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "seed", "n",
     "stream", "stream_options", "user", "metadata", "store", "logprobs", "top_logprobs", "presence_penalty",
     "frequency_penalty", "logit_bias", "parallel_tool_calls", "service_tier", "response_format", "tool_choice",
-    "tools", NULL,
+    "tools", "functions", "function_call", NULL,
 };
 
 static const char *const legacy_fields[] = {
@@ -623,15 +794,20 @@ static int parse_chat_fields(gw_chat_req *req, json_t *root, gw_error *err) {
     }
     req->submit.logprobs = (uint8_t)lp;
     req->submit.top_logprobs = (uint8_t)top;
-    const char *tooly[] = {"tools", "tool_choice"};
-    for (int i = 0; i < 2; i++)
-        if ((v = json_object_get(root, tooly[i])) && !json_is_null(v) &&
-            !(json_is_array(v) && json_array_size(v) == 0) && !jeq(v, "none")) {
-            gw_error_set(err, 400, INVALID, tooly[i], "unsupported_parameter",
-                         "Tool calling is not supported by this server yet.");
-            return -1;
-        }
-    return parse_response_format(req, json_object_get(root, "response_format"), err);
+    if (parse_response_format(req, json_object_get(root, "response_format"), err) || parse_tools(req, root, err))
+        return -1;
+    if (req->submit.tool_choice != PROTO_TOOLS_NONE && lp) {
+        gw_error_set(err, 400, INVALID, "logprobs", "unsupported_parameter",
+                     "'logprobs' together with tool calling is not supported by this server yet.");
+        return -1;
+    }
+    if (req->submit.tool_choice != PROTO_TOOLS_NONE && req->submit.format != PROTO_FORMAT_TEXT) {
+        gw_error_set(err, 400, INVALID, "response_format", "unsupported_parameter",
+                     "A structured 'response_format' together with tool calling is not supported by this server "
+                     "yet.");
+        return -1;
+    }
+    return 0;
 }
 
 /* Parses the body into a JSON object and checks `model`. */
@@ -800,6 +976,7 @@ void gw_chat_req_free(gw_chat_req *req) {
     for (int i = 0; i < req->n_owned; i++)
         free(req->owned[i]);
     free(req->owned);
+    free(req->tools);
     if (req->json)
         json_decref(req->json);
     memset(req, 0, sizeof *req);

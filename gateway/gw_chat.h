@@ -25,8 +25,10 @@ typedef struct gw_chat_req {
     int stream;
     int include_usage;
     void *json;          // the parsed document (jansson), owner of most strings
-    char **owned;        // joined content parts
+    char **owned;        // joined content parts, schema texts
     int n_owned;
+    proto_tool *tools;   // [submit.n_tools] (owned; strings point into json)
+    int legacy_functions; // tools came as the deprecated functions: answer with message.function_call
 } gw_chat_req;
 
 /* Parses body[0..len) for the served model `model_id`. 0 on success (free req with

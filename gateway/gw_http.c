@@ -53,6 +53,8 @@ typedef struct choice_state {
     json_t *lp;      // non-streamed: its logprobs, NULL without
     size_t text_off; // characters before the next output (legacy logprobs' text_offset)
     int finish;      // proto_finish, 0 while running
+    json_t *calls;   // non-streamed: its tool calls so far, NULL without
+    cm_buf args;     // non-streamed: the last call's arguments so far
 } choice_state;
 
 typedef struct req_state {
@@ -246,7 +248,46 @@ static void fail_request(req_state *st, const gw_error *err) {
     }
 }
 
+/* Non-streamed: the last call's arguments are complete. */
+static void close_call(choice_state *c) {
+    json_t *last = json_array_get(c->calls, json_array_size(c->calls) - 1);
+    if (last)
+        json_object_set_new(json_object_get(last, "function"), "arguments",
+                            gw_jstr((const char *)c->args.data, c->args.len));
+    c->args.len = 0;
+}
+
+/* A piece of tool call ev->call: its start (id made here, name) or an argument
+ * fragment. */
+static void on_call_delta(req_state *st, choice_state *c, const proto_event *ev) {
+    char id[40] = "";
+    if (ev->call_name.len)
+        random_id(id, sizeof id, "call_");
+    if (st->stream) {
+        gw_chunk k = {.index = ev->choice, .text = ev->text.p, .len = ev->text.len, .call = ev->call,
+                      .call_id = *id ? id : NULL, .call_name = ev->call_name.len ? ev->call_name.p : NULL,
+                      .with_usage_null = st->include_usage};
+        render_chunk(st, &k);
+        stream_send(st, 0);
+        return;
+    }
+    if (ev->call_name.len) {
+        if (!c->calls && !(c->calls = json_array()))
+            return;
+        close_call(c);
+        json_t *call = json_pack("{s:s,s:s,s:{s:s%,s:s}}", "id", id, "type", "function", "function", "name",
+                                 ev->call_name.p, (size_t)ev->call_name.len, "arguments", "");
+        if (!call || json_array_append_new(c->calls, call))
+            cm_warn("cannot keep a tool call of %s (out of memory)", st->id);
+    }
+    cm_buf_append(&c->args, ev->text.p, ev->text.len);
+}
+
 static void on_delta(req_state *st, choice_state *c, const proto_event *ev) {
+    if (ev->call) {
+        on_call_delta(st, c, ev);
+        return;
+    }
     if (st->stream) {
         gw_chunk k = {.index = ev->choice, .text = ev->text.p, .len = ev->text.len, .lp = ev->lp, .n_lp = ev->n_lp,
                       .text_off = c->text_off, .with_usage_null = st->include_usage};
@@ -289,8 +330,9 @@ static void on_finish(req_state *st, const proto_event *ev) {
         choice_state *c = &st->ch[i];
         if (st->logprobs && !c->lp && gw_logprobs_add(&c->lp, st->comp.legacy, NULL, 0, &c->text_off))
             cm_warn("cannot render the logprobs of %s (out of memory)", st->id);
+        close_call(c);
         out[i] = (gw_choice_out){(const char *)c->text.data, c->text.len, c->finish ? c->finish : ev->finish_reason,
-                                 c->lp};
+                                 c->lp, c->calls};
     }
     if (!out || gw_render_completion(&b, &st->comp, out, st->n_choices, &u))
         respond_simple_error(st->req, 500, "server_error", NULL, NULL, "cannot render the response");
@@ -386,8 +428,11 @@ static void dispose_state(void *p) {
     st->req = NULL;
     for (int i = 0; i < st->n_choices; i++) {
         cm_buf_free(&st->ch[i].text);
+        cm_buf_free(&st->ch[i].args);
         if (st->ch[i].lp)
             json_decref(st->ch[i].lp);
+        if (st->ch[i].calls)
+            json_decref(st->ch[i].calls);
     }
     cm_buf_free(&st->pending);
     cm_buf_free(&st->flight);
@@ -494,6 +539,7 @@ static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
     st->comp.model = s->cfg.model_id;
     st->comp.created = (long long)time(NULL);
     st->comp.legacy = legacy;
+    st->comp.functions = cr.legacy_functions;
     st->deadline.cb = on_deadline;
     st->keepalive.cb = on_keepalive;
     st->liveness.cb = on_liveness;

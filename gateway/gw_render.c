@@ -94,9 +94,10 @@ int gw_render_sse_error(cm_buf *out, const gw_error *err) {
     return sse(out, error_json(err));
 }
 
-const char *gw_finish_name(int finish) {
+const char *gw_finish_name(const gw_completion *c, int finish) {
     switch (finish) {
     case PROTO_FINISH_LENGTH: return "length";
+    case PROTO_FINISH_TOOL_CALLS: return c->functions ? "function_call" : "tool_calls";
     default: return "stop";
     }
 }
@@ -225,14 +226,24 @@ int gw_render_completion(cm_buf *out, const gw_completion *c, const gw_choice_ou
             json_object_set_new(o, "index", json_integer(i));
         } else {
             json_t *msg = json_object();
+            size_t nc = json_array_size(ch[i].calls);
             json_object_set_new(msg, "role", json_string("assistant"));
+            if (nc && !ch[i].len) { // only calls: content is null, as OpenAI sends it
+                json_decref(text);
+                text = json_null();
+            }
             json_object_set_new(msg, "content", text);
             json_object_set_new(msg, "refusal", json_null());
+            if (nc && c->functions)
+                json_object_set(msg, "function_call",
+                                json_object_get(json_array_get(ch[i].calls, 0), "function"));
+            else if (nc)
+                json_object_set(msg, "tool_calls", ch[i].calls);
             json_object_set_new(o, "index", json_integer(i));
             json_object_set_new(o, "message", msg);
         }
         json_object_set(o, "logprobs", ch[i].lp ? ch[i].lp : json_null());
-        json_object_set_new(o, "finish_reason", json_string(gw_finish_name(ch[i].finish)));
+        json_object_set_new(o, "finish_reason", json_string(gw_finish_name(c, ch[i].finish)));
         json_array_append_new(choices, o);
     }
     json_object_set_new(j, "choices", choices);
@@ -250,8 +261,28 @@ int gw_render_chunk(cm_buf *out, const gw_completion *c, const gw_chunk *k) {
         json_t *delta = json_object();
         if (k->role)
             json_object_set_new(delta, "role", json_string("assistant"));
-        if (k->text)
+        if (k->call) {
+            json_t *fn = json_object();
+            if (k->call_name)
+                json_object_set_new(fn, "name", json_string(k->call_name));
+            json_object_set_new(fn, "arguments", gw_jstr(k->text ? k->text : "", k->text ? k->len : 0));
+            if (c->functions) {
+                json_object_set_new(delta, "function_call", fn);
+            } else {
+                json_t *tc = json_object();
+                json_object_set_new(tc, "index", json_integer(k->call - 1));
+                if (k->call_id) {
+                    json_object_set_new(tc, "id", json_string(k->call_id));
+                    json_object_set_new(tc, "type", json_string("function"));
+                }
+                json_object_set_new(tc, "function", fn);
+                json_t *arr = json_array();
+                json_array_append_new(arr, tc);
+                json_object_set_new(delta, "tool_calls", arr);
+            }
+        } else if (k->text) {
             json_object_set_new(delta, "content", gw_jstr(k->text, k->len));
+        }
         json_object_set_new(ch, "index", json_integer(k->index));
         json_object_set_new(ch, "delta", delta);
     }
@@ -263,7 +294,7 @@ int gw_render_chunk(cm_buf *out, const gw_completion *c, const gw_chunk *k) {
         return -ENOMEM;
     }
     json_object_set_new(ch, "logprobs", lp ? lp : json_null());
-    json_object_set_new(ch, "finish_reason", k->finish ? json_string(gw_finish_name(k->finish)) : json_null());
+    json_object_set_new(ch, "finish_reason", k->finish ? json_string(gw_finish_name(c, k->finish)) : json_null());
     json_t *choices = json_array();
     json_array_append_new(choices, ch);
     json_object_set_new(j, "choices", choices);

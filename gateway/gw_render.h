@@ -43,14 +43,16 @@ typedef struct gw_completion {
     const char *model;
     long long created;
     int legacy;        // a /v1/completions text_completion
+    int functions;     // tools came as the deprecated functions: calls render as function_call
 } gw_completion;
 
 typedef struct gw_usage {
     uint32_t prompt_tokens, completion_tokens, cached_tokens;
 } gw_usage;
 
-/* finish_reason string for a proto_finish value. */
-const char *gw_finish_name(int finish);
+/* finish_reason string for a proto_finish value (tool calls are "function_call"
+ * for the deprecated functions API). */
+const char *gw_finish_name(const gw_completion *c, int finish);
 
 /* Appends the logprobs of n (>= 0) tokens to *acc, creating it on first use: for
  * chat {"content":[{token, logprob, bytes, top_logprobs}], "refusal":null}, for
@@ -67,8 +69,9 @@ size_t gw_utf8_chars(const char *s, size_t n);
 typedef struct gw_choice_out {
     const char *text;
     size_t len;
-    int finish;   // proto_finish
-    json_t *lp;   // logprobs (borrowed) or NULL
+    int finish;    // proto_finish
+    json_t *lp;    // logprobs (borrowed) or NULL
+    json_t *calls; // tool calls [{id, type, function: {name, arguments}}] (borrowed) or NULL
 } gw_choice_out;
 
 /* Appends the non-streamed body: chat.completion or text_completion. */
@@ -86,6 +89,9 @@ typedef struct gw_chunk {
     size_t text_off;         // legacy logprobs: where the first token starts (see gw_logprobs_add)
     int finish;              // 0: null
     int with_usage_null;     // add "usage": null (stream_options.include_usage)
+    uint32_t call;           // > 0: text is a fragment of the arguments of tool call `call` (1-based)
+    const char *call_id;     // the call's first delta: its id and function name
+    const char *call_name;
 } gw_chunk;
 
 /* Appends "data: {chunk}\n\n". */

@@ -109,8 +109,10 @@ int proto_encode_hello(cm_buf *out, const proto_hello *h) {
 }
 
 int proto_encode_submit(cm_buf *out, const proto_submit *s) {
-    if (s->format > PROTO_FORMAT_JSON_SCHEMA)
+    if (s->format > PROTO_FORMAT_JSON_SCHEMA || s->tool_choice > PROTO_TOOLS_NAMED)
         return -EINVAL;
+    if (s->n_tools > PROTO_MAX_TOOLS)
+        return -EMSGSIZE;
     if (s->n_msgs > PROTO_MAX_MESSAGES || s->n_stop > PROTO_MAX_STOP || s->n_prompts > PROTO_MAX_PROMPTS ||
         s->n_bias > PROTO_MAX_BIAS || s->n > PROTO_MAX_N || s->top_logprobs > PROTO_MAX_TOP_LOGPROBS)
         return -EMSGSIZE;
@@ -128,7 +130,8 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
     msgpack_packer_init(&pk, out, buf_write);
     int with_schema = s->format == PROTO_FORMAT_JSON_SCHEMA;
     rc = msgpack_pack_map(&pk, 12 + (s->has_seed ? 1 : 0) + (s->n_stop ? 1 : 0) + (s->n_prompts ? 1 : 0) +
-                                   (s->n_bias ? 1 : 0) + (s->format ? 1 : 0) + (with_schema ? 3 : 0))
+                                   (s->n_bias ? 1 : 0) + (s->format ? 1 : 0) + (with_schema ? 3 : 0) +
+                                   (s->n_tools ? 4 : 0))
              ? -ENOMEM
              : 0;
     if (!rc)
@@ -216,6 +219,25 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
         rc = pk_str(&pk, "schema", &s->schema);
     if (!rc && with_schema)
         rc = pk_str(&pk, "schema_name", &s->schema_name);
+    if (!rc && s->n_tools) {
+        rc = pk_key(&pk, "tools") || msgpack_pack_array(&pk, s->n_tools) ? -ENOMEM : 0;
+        for (uint32_t i = 0; !rc && i < s->n_tools; i++) {
+            const proto_tool *t = &s->tools[i];
+            rc = msgpack_pack_array(&pk, 4) ? -ENOMEM : pk_str_val(&pk, &t->name);
+            if (!rc)
+                rc = pk_str_val(&pk, &t->description);
+            if (!rc)
+                rc = pk_str_val(&pk, &t->parameters);
+            if (!rc)
+                rc = msgpack_pack_uint8(&pk, t->strict) ? -ENOMEM : 0;
+        }
+        if (!rc)
+            rc = pk_u64(&pk, "tc", s->tool_choice);
+        if (!rc)
+            rc = pk_u64(&pk, "par", s->parallel_calls);
+        if (!rc)
+            rc = pk_str(&pk, "tc_name", &s->tool_name);
+    }
     return frame_end(out, at, rc);
 }
 
@@ -286,7 +308,7 @@ int proto_encode_event(cm_buf *out, const proto_event *e) {
     int n = 3;
     switch (e->kind) {
     case PROTO_EV_ACCEPTED: n += 1; break;
-    case PROTO_EV_DELTA: n += 1 + (e->n_lp ? 1 : 0); break;
+    case PROTO_EV_DELTA: n += 1 + (e->n_lp ? 1 : 0) + (e->call ? 1 : 0) + (e->call_name.len ? 1 : 0); break;
     case PROTO_EV_FINISH: n += 5; break;
     case PROTO_EV_ERROR: n += 4; break;
     default: break;
@@ -308,6 +330,10 @@ int proto_encode_event(cm_buf *out, const proto_event *e) {
             rc = pk_str(&pk, "text", &e->text);
         if (!rc && e->n_lp)
             rc = pk_logprobs(&pk, e);
+        if (!rc && e->call)
+            rc = pk_u64(&pk, "call", e->call);
+        if (!rc && e->call_name.len)
+            rc = pk_str(&pk, "cname", &e->call_name);
         break;
     case PROTO_EV_FINISH:
         if (!rc)
@@ -732,6 +758,40 @@ static int decode_submit(const msgpack_object *m, proto_submit *s) {
         if ((rc = copy_str(o, PROTO_MAX_STR, &s->schema)) || (rc = copy_str(nm, PROTO_MAX_STR, &s->schema_name)))
             return rc;
     }
+    const msgpack_object *tools = map_get(m, "tools");
+    if (tools) {
+        if (tools->type != MSGPACK_OBJECT_ARRAY)
+            return -EBADMSG;
+        if (tools->via.array.size > PROTO_MAX_TOOLS)
+            return -EMSGSIZE;
+        if (tools->via.array.size && !(s->tools = calloc(tools->via.array.size, sizeof *s->tools)))
+            return -ENOMEM;
+        for (uint32_t i = 0; i < tools->via.array.size; i++) {
+            const msgpack_object *e = &tools->via.array.ptr[i];
+            if (e->type != MSGPACK_OBJECT_ARRAY || e->via.array.size != 4)
+                return -EBADMSG;
+            proto_tool *t = &s->tools[i];
+            s->n_tools = i + 1;
+            const msgpack_object *st = &e->via.array.ptr[3];
+            if ((rc = copy_str(&e->via.array.ptr[0], PROTO_MAX_STR, &t->name)) ||
+                (rc = copy_str(&e->via.array.ptr[1], PROTO_MAX_STR, &t->description)) ||
+                (rc = copy_str(&e->via.array.ptr[2], PROTO_MAX_STR, &t->parameters)))
+                return rc;
+            if (st->type != MSGPACK_OBJECT_POSITIVE_INTEGER || st->via.u64 > 1)
+                return -EBADMSG;
+            t->strict = (uint8_t)st->via.u64;
+        }
+        u = 0;
+        if ((rc = get_uint(m, "tc", PROTO_TOOLS_NAMED, 0, &u)))
+            return rc == -ENOENT ? -EBADMSG : rc;
+        s->tool_choice = (uint8_t)u;
+        u = 0;
+        if ((rc = get_uint(m, "par", 1, 0, &u)))
+            return rc == -ENOENT ? -EBADMSG : rc;
+        s->parallel_calls = (uint8_t)u;
+        if ((rc = get_str(m, "tc_name", 1, &s->tool_name)))
+            return rc;
+    }
     return 0;
 }
 
@@ -801,7 +861,7 @@ static int decode_event(const msgpack_object *m, proto_event *e) {
     if (OPT(get_uint(m, "finish", 255, 0, &u)))
         return rc;
     e->finish_reason = (uint8_t)u;
-    if (e->kind == PROTO_EV_FINISH && (u < PROTO_FINISH_STOP || u > PROTO_FINISH_CANCELLED))
+    if (e->kind == PROTO_EV_FINISH && (u < PROTO_FINISH_STOP || u > PROTO_FINISH_TOOL_CALLS))
         return -EBADMSG;
     u = 0;
     if (OPT(get_uint(m, "last", 1, 0, &u)))
@@ -823,6 +883,12 @@ static int decode_event(const msgpack_object *m, proto_event *e) {
     if (OPT(get_uint(m, "status", 999, 0, &u)))
         return rc;
     e->status = (uint16_t)u;
+    u = 0;
+    if (OPT(get_uint(m, "call", PROTO_MAX_CALLS, 0, &u)))
+        return rc;
+    e->call = (uint32_t)u;
+    if ((rc = get_str(m, "cname", 0, &e->call_name)))
+        return rc;
     if ((rc = get_str(m, "text", e->kind == PROTO_EV_DELTA, &e->text)) || (rc = get_str(m, "code", 0, &e->code)) ||
         (rc = get_str(m, "msg", 0, &e->message)) || (rc = get_str(m, "param", 0, &e->param)))
         return rc;
@@ -941,6 +1007,13 @@ void proto_frame_free(proto_frame *f) {
         free(f->u.submit.stop);
         str_free(&f->u.submit.schema);
         str_free(&f->u.submit.schema_name);
+        for (uint32_t i = 0; i < f->u.submit.n_tools; i++) {
+            str_free(&f->u.submit.tools[i].name);
+            str_free(&f->u.submit.tools[i].description);
+            str_free(&f->u.submit.tools[i].parameters);
+        }
+        free(f->u.submit.tools);
+        str_free(&f->u.submit.tool_name);
         for (uint32_t i = 0; i < f->u.submit.n_prompts; i++) {
             str_free(&f->u.submit.prompts[i].text);
             free(f->u.submit.prompts[i].tokens);
@@ -960,6 +1033,7 @@ void proto_frame_free(proto_frame *f) {
         str_free(&f->u.event.code);
         str_free(&f->u.event.message);
         str_free(&f->u.event.param);
+        str_free(&f->u.event.call_name);
         break;
     default:
         break;

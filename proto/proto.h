@@ -31,7 +31,7 @@
 #include "common/cm_buf.h"
 
 #define PROTO_MAGIC 0x4B4C4D46u /* "KLMF" */
-#define PROTO_VERSION 3
+#define PROTO_VERSION 4
 #define PROTO_HDR_SIZE 12
 
 /* Caps checked on decode (and on encode, returning -EMSGSIZE). */
@@ -47,6 +47,7 @@
 #define PROTO_MAX_BIAS 1024           /* logit_bias entries */
 #define PROTO_MAX_TOP_LOGPROBS 20
 #define PROTO_MAX_LOGPROBS 65536      /* token entries in one DELTA */
+#define PROTO_MAX_TOOLS 128           /* tools offered in one submit */
 
 typedef enum proto_type {
     PROTO_HELLO = 1,
@@ -109,6 +110,22 @@ typedef enum proto_format {
     PROTO_FORMAT_JSON_SCHEMA = 2, // JSON valid under proto_submit.schema
 } proto_format;
 
+typedef enum proto_tool_choice {
+    PROTO_TOOLS_NONE = 0,     // no calls (tools, if any, are not shown to the model)
+    PROTO_TOOLS_AUTO = 1,     // text or calls, the model's choice
+    PROTO_TOOLS_REQUIRED = 2, // at least one call, nothing else
+    PROTO_TOOLS_NAMED = 3,    // calls to proto_submit.tool_name only
+} proto_tool_choice;
+
+/* A function the model may call. parameters is the JSON Schema of its arguments
+ * as JSON text. */
+typedef struct proto_tool {
+    proto_str name;
+    proto_str description;
+    proto_str parameters;
+    uint8_t strict; // OpenAI's strict-mode rules apply to parameters
+} proto_tool;
+
 typedef struct proto_submit {
     uint64_t job_id;
     uint32_t n_msgs;
@@ -134,6 +151,11 @@ typedef struct proto_submit {
     uint8_t strict;      // JSON_SCHEMA: apply OpenAI's strict-mode rules to the schema
     proto_str schema;    // JSON_SCHEMA: the schema as JSON text
     proto_str schema_name; // JSON_SCHEMA: its name (for error messages)
+    uint32_t n_tools;
+    proto_tool *tools;   // [n_tools]
+    uint8_t tool_choice; // proto_tool_choice (NONE without tools)
+    uint8_t parallel_calls; // more than one call allowed
+    proto_str tool_name; // NAMED: the tool to call
 } proto_submit;
 
 typedef enum proto_event_kind {
@@ -147,6 +169,7 @@ typedef enum proto_finish {
     PROTO_FINISH_STOP = 1,   // EOS/EOT token or a stop string
     PROTO_FINISH_LENGTH = 2, // max_tokens or the context window
     PROTO_FINISH_CANCELLED = 3,
+    PROTO_FINISH_TOOL_CALLS = 4, // the choice ended with tool calls (tool_choice auto or required)
 } proto_finish;
 
 /* One alternative token and its log-probability. tok holds the token's bytes
@@ -169,7 +192,9 @@ typedef struct proto_event {
     uint64_t job_id;
     uint8_t kind;          // proto_event_kind
     uint32_t choice;       // choice index
-    proto_str text;        // DELTA
+    proto_str text;        // DELTA: content, or with call > 0 a fragment of the call's arguments
+    uint32_t call;         // DELTA: 0 = message content; k = the choice's k-th tool call (1-based)
+    proto_str call_name;   // DELTA: the call's function name, on its first delta only
     uint32_t n_lp;
     proto_logprob *lp;     // DELTA: [n_lp] the tokens whose text ends in this delta
     uint8_t finish_reason; // FINISH: proto_finish

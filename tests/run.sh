@@ -156,7 +156,7 @@ step_fuzz() {
     [ "$each" -ge 1 ] || each=1
     root="$(mktemp -d "${TMPDIR:-/tmp}/kolm-fuzz.XXXXXX")"
     mkdir -p "$root/proto" "$root/chat"
-    printf 'KLMF\x00\x03\x00\x03\x00\x00\x00\x06\x81\xa3job\x01' >"$root/proto/seed"
+    printf 'KLMF\x00\x04\x00\x03\x00\x00\x00\x06\x81\xa3job\x01' >"$root/proto/seed"
     printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["a"],"max_tokens":3}' \
         >"$root/chat/plain"
     printf '%s' '{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"assistant","content":null}],"temperature":0,"top_p":0.9,"top_k":4,"seed":7,"stop":"x"}' \

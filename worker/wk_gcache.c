@@ -8,13 +8,14 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/cm_buf.h"
 #include "worker/wk_jsonschema.h"
+#include "worker/wk_tools.h"
 
 typedef struct entry {
     uint64_t hash;
-    uint8_t format, strict;
-    char *schema; // owned copy of the schema text
-    uint32_t len;
+    char *key; // owned: everything the grammar is compiled from
+    size_t len;
     wk_grammar *g;
     int refs;
     uint64_t used; // last use, for eviction
@@ -27,6 +28,7 @@ typedef struct cand {
 
 struct wk_gcache {
     const wk_tok *t;
+    wk_template_family family;
     cand *cand; // [n_vocab] scratch of the budget check
     wk_gvocab *v; // built on first use
     entry *e;
@@ -35,15 +37,17 @@ struct wk_gcache {
     uint64_t masks, mask_ns, compiles, hits;
 };
 
-wk_gcache *wk_gcache_new(const wk_tok *t) {
+wk_gcache *wk_gcache_new(const wk_tok *t, wk_template_family family) {
     wk_gcache *c = calloc(1, sizeof *c);
-    if (c)
+    if (c) {
         c->t = t;
+        c->family = family;
+    }
     return c;
 }
 
 static void entry_free(entry *e) {
-    free(e->schema);
+    free(e->key);
     wk_grammar_free(e->g);
 }
 
@@ -58,13 +62,36 @@ void wk_gcache_free(wk_gcache *c) {
     free(c);
 }
 
-static uint64_t key_hash(uint8_t format, uint8_t strict, const char *p, uint32_t n) {
+static uint64_t key_hash(const uint8_t *p, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull;
-    h = (h ^ format) * 0x100000001b3ull;
-    h = (h ^ strict) * 0x100000001b3ull;
-    for (uint32_t i = 0; i < n; i++)
-        h = (h ^ (uint8_t)p[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
     return h;
+}
+
+static int key_str(cm_buf *k, const proto_str *s) {
+    uint32_t n = s->len;
+    return cm_buf_append(k, &n, sizeof n) || cm_buf_append(k, s->p ? s->p : "", s->len) ? -ENOMEM : 0;
+}
+
+/* Everything sub's grammar is compiled from, as one byte string. */
+static int make_key(const proto_submit *sub, cm_buf *k) {
+    if (sub->tool_choice != PROTO_TOOLS_NONE) {
+        uint8_t head[3] = {'T', sub->tool_choice, sub->parallel_calls};
+        int rc = cm_buf_append(k, head, sizeof head) || key_str(k, &sub->tool_name) ? -ENOMEM : 0;
+        for (uint32_t i = 0; !rc && i < sub->n_tools; i++)
+            rc = key_str(k, &sub->tools[i].name) || cm_buf_append(k, &sub->tools[i].strict, 1) ||
+                         key_str(k, &sub->tools[i].parameters)
+                     ? -ENOMEM
+                     : 0;
+        return rc;
+    }
+    uint8_t head[3] = {'F', sub->format, sub->format == PROTO_FORMAT_JSON_SCHEMA ? sub->strict : 0};
+    proto_str none = {"", 0};
+    return cm_buf_append(k, head, sizeof head) ||
+                   key_str(k, sub->format == PROTO_FORMAT_JSON_SCHEMA ? &sub->schema : &none)
+               ? -ENOMEM
+               : 0;
 }
 
 /* Drops unused entries, least recently used first, down to WK_GCACHE_CAP. */
@@ -84,56 +111,66 @@ static void evict(wk_gcache *c) {
     }
 }
 
-wk_grammar *wk_gcache_get(wk_gcache *c, const proto_submit *sub, int *status, char *msg, size_t msglen) {
+wk_grammar *wk_gcache_get(wk_gcache *c, const proto_submit *sub, int *status, char *msg, size_t msglen,
+                          char *param, size_t paramlen) {
     *status = 500;
-    snprintf(msg, msglen, "out of memory while compiling the response format");
-    uint8_t strict = sub->format == PROTO_FORMAT_JSON_SCHEMA ? sub->strict : 0;
-    const char *text = sub->format == PROTO_FORMAT_JSON_SCHEMA ? sub->schema.p : "";
-    uint32_t len = sub->format == PROTO_FORMAT_JSON_SCHEMA ? sub->schema.len : 0;
-    uint64_t h = key_hash(sub->format, strict, text, len);
+    snprintf(msg, msglen, "out of memory while compiling the output grammar");
+    snprintf(param, paramlen, "%s", "");
+    cm_buf k = CM_BUF_INIT;
+    if (make_key(sub, &k)) {
+        cm_buf_free(&k);
+        return NULL;
+    }
+    uint64_t h = key_hash(k.data, k.len);
     c->clock++;
     for (int i = 0; i < c->n; i++) {
         entry *e = &c->e[i];
-        if (e->hash == h && e->format == sub->format && e->strict == strict && e->len == len &&
-            !memcmp(e->schema, text, len)) {
+        if (e->hash == h && e->len == k.len && !memcmp(e->key, k.data, k.len)) {
             e->refs++;
             e->used = c->clock;
             c->hits++;
+            cm_buf_free(&k);
             return e->g;
         }
     }
+    wk_grammar *g = NULL;
+    int rc = -ENOMEM;
     if (!c->v && wk_gvocab_build(c->t, &c->v))
-        return NULL;
+        goto fail;
     if (c->n == c->cap) {
         int cap = c->cap ? c->cap * 2 : 8;
         entry *p = realloc(c->e, (size_t)cap * sizeof *p);
         if (!p)
-            return NULL;
+            goto fail;
         c->e = p;
         c->cap = cap;
     }
-    char err[512];
-    wk_grammar *g = NULL;
-    int rc = wk_jsonschema_grammar(sub->format == PROTO_FORMAT_JSON_SCHEMA ? text : NULL, len, strict, &g, err,
+    char err[600];
+    if (sub->tool_choice != PROTO_TOOLS_NONE) {
+        rc = wk_tools_grammar(c->family, sub, &g, err, sizeof err, param, paramlen);
+        if (rc == -EINVAL)
+            snprintf(msg, msglen, "%s", err);
+    } else {
+        int js = sub->format == PROTO_FORMAT_JSON_SCHEMA;
+        rc = wk_jsonschema_grammar(js ? sub->schema.p : NULL, js ? sub->schema.len : 0, js && sub->strict, &g, err,
                                    sizeof err);
-    if (rc == -EINVAL) {
+        if (rc == -EINVAL) {
+            snprintf(param, paramlen, "response_format");
+            snprintf(msg, msglen, "Invalid schema for response_format '%.*s': %s", (int)sub->schema_name.len,
+                     sub->schema_name.p ? sub->schema_name.p : "", err);
+        }
+    }
+    if (rc == -EINVAL)
         *status = 400;
-        snprintf(msg, msglen, "Invalid schema for response_format '%.*s': %s", (int)sub->schema_name.len,
-                 sub->schema_name.p ? sub->schema_name.p : "", err);
-        return NULL;
-    }
-    char *copy = malloc((size_t)len + 1);
-    if (rc || !copy) {
-        free(copy);
-        wk_grammar_free(g);
-        return NULL;
-    }
-    memcpy(copy, text, len);
-    copy[len] = 0;
+    if (rc)
+        goto fail;
     c->compiles++;
-    c->e[c->n++] = (entry){h, sub->format, strict, copy, len, g, 1, c->clock};
+    c->e[c->n++] = (entry){h, (char *)k.data, k.len, g, 1, c->clock};
     evict(c);
     return g;
+fail:
+    cm_buf_free(&k);
+    return NULL;
 }
 
 void wk_gcache_put(wk_gcache *c, wk_grammar *g) {

@@ -1,9 +1,9 @@
 /* wk_gcache: the worker's compiled grammars and the masks they put on logits.
  *
- * A job asking for structured output gets its grammar from here: compiled from
- * the submit's response format on first use, then shared by every job with the
- * same format, strict flag and schema text (the key is a hash of the three,
- * confirmed by comparing them). Entries are reference counted; at most
+ * A job asking for structured output or tool calls gets its grammar from here:
+ * compiled on first use, then shared by every job with the same inputs (the
+ * response format, strict flag and schema text, or the tools and tool_choice;
+ * the key is a hash of them, confirmed by comparing them). Entries are reference counted; at most
  * WK_GCACHE_CAP unused ones are kept, least recently used dropped first. The
  * cache also owns the vocabulary trie the masks are computed over (built on
  * first use) and the grammar counters reported in STATS. */
@@ -15,6 +15,7 @@
 
 #include "proto/proto.h"
 #include "worker/wk_grammar.h"
+#include "worker/wk_template.h"
 #include "worker/wk_tok.h"
 
 #define WK_GCACHE_CAP 32
@@ -24,15 +25,17 @@
 
 typedef struct wk_gcache wk_gcache;
 
-/* A cache over t (borrowed; it must outlive the cache). NULL on ENOMEM. */
-wk_gcache *wk_gcache_new(const wk_tok *t);
+/* A cache over t (borrowed; it must outlive the cache) for a model whose tool
+ * calls follow family's format. NULL on ENOMEM. */
+wk_gcache *wk_gcache_new(const wk_tok *t, wk_template_family family);
 void wk_gcache_free(wk_gcache *c); // NULL is a no-op; every grammar must have been put back
 
-/* The grammar for sub's response format (sub->format != PROTO_FORMAT_TEXT), with
- * one reference held for the caller (release with wk_gcache_put). On failure
- * NULL, *status is 400 (the schema is refused: msg says why, naming the keyword)
- * or 500 (out of memory). */
-wk_grammar *wk_gcache_get(wk_gcache *c, const proto_submit *sub, int *status, char *msg, size_t msglen);
+/* The grammar for sub's tools (tool_choice != NONE) or else its response format
+ * (format != TEXT), with one reference held for the caller (release with
+ * wk_gcache_put). On failure NULL, *status is 400 (a schema is refused: msg says
+ * why, naming the keyword; param the request field) or 500 (out of memory). */
+wk_grammar *wk_gcache_get(wk_gcache *c, const proto_submit *sub, int *status, char *msg, size_t msglen,
+                          char *param, size_t paramlen);
 void wk_gcache_put(wk_gcache *c, wk_grammar *g); // NULL is a no-op
 
 /* Sets every logit the grammar forbids in state to -inf (logits [n_vocab]).

@@ -30,6 +30,7 @@
 #include "worker/wk_model.h"
 #include "worker/wk_sched.h"
 #include "worker/wk_template.h"
+#include "worker/wk_tools.h"
 #include "worker/wk_tok.h"
 
 #define MAX_OUT_BUF (256u << 20) // a gateway that stops reading this long is gone
@@ -202,7 +203,7 @@ static int load(worker *w) {
         return -ENOMEM;
     }
     w->tmpl = wk_template_detect(w->g, hp->arch_name);
-    wk_sched_config cfg = {.n_ctx = w->n_ctx, .max_seqs = w->o.max_seqs, .step_tokens = 512};
+    wk_sched_config cfg = {.n_ctx = w->n_ctx, .max_seqs = w->o.max_seqs, .step_tokens = 512, .family = w->tmpl};
     w->sched = wk_sched_create(w->m, w->kv, w->tok, &cfg, on_event, w);
     if (!w->sched) {
         cm_error("cannot create the scheduler");
@@ -241,14 +242,35 @@ static void submit(worker *w, const proto_submit *sub) {
     int np = sub->n_prompts ? (int)sub->n_prompts : 1;
     int32_t **toks = calloc((size_t)np, sizeof *toks);
     int *nt = calloc((size_t)np, sizeof *nt);
-    wk_chat_msg *msgs = calloc(sub->n_msgs ? sub->n_msgs : 1, sizeof *msgs);
+    wk_chat_msg *msgs = calloc(sub->n_msgs + 1, sizeof *msgs);
+    char *tools = NULL, *sys = NULL;
     if (!toks || !nt || !msgs)
         goto nomem;
     if (!sub->n_prompts) {
-        for (uint32_t i = 0; i < sub->n_msgs; i++)
-            msgs[i] = (wk_chat_msg){sub->msgs[i].role.p, sub->msgs[i].content.p, sub->msgs[i].content.len,
-                                    sub->msgs[i].calls, (int)sub->msgs[i].n_calls};
-        int rc = wk_template_render(w->tmpl, w->tok, msgs, (int)sub->n_msgs, &toks[0], &nt[0], err, sizeof err);
+        int nm = 0;
+        if (sub->tool_choice != PROTO_TOOLS_NONE) {
+            // The tool definitions join the system message (or make one).
+            if (!(tools = wk_tools_prompt(w->tmpl, sub)))
+                goto nomem;
+            const proto_msg *m0 = sub->n_msgs ? &sub->msgs[0] : NULL;
+            int has_sys = m0 && (!strcmp(m0->role.p, "system") || !strcmp(m0->role.p, "developer"));
+            size_t tl = strlen(tools), cl = has_sys ? m0->content.len : 0;
+            if (!(sys = malloc(cl + 2 + tl + 1)))
+                goto nomem;
+            if (has_sys) {
+                memcpy(sys, m0->content.p, cl);
+                memcpy(sys + cl, "\n\n", 2);
+                cl += 2;
+            }
+            memcpy(sys + cl, tools, tl + 1);
+            msgs[nm++] = (wk_chat_msg){"system", sys, cl + tl, NULL, 0};
+        }
+        int first = nm && sub->n_msgs && !strcmp(msgs[0].role, "system") &&
+                    (!strcmp(sub->msgs[0].role.p, "system") || !strcmp(sub->msgs[0].role.p, "developer"));
+        for (uint32_t i = first ? 1 : 0; i < sub->n_msgs; i++)
+            msgs[nm++] = (wk_chat_msg){sub->msgs[i].role.p, sub->msgs[i].content.p, sub->msgs[i].content.len,
+                                       sub->msgs[i].calls, (int)sub->msgs[i].n_calls};
+        int rc = wk_template_render(w->tmpl, w->tok, msgs, nm, &toks[0], &nt[0], err, sizeof err);
         if (rc == -ENOMEM)
             goto nomem;
         if (rc) {
@@ -294,6 +316,8 @@ out:
     free(toks);
     free(nt);
     free(msgs);
+    free(tools);
+    free(sys);
 }
 
 /* ---- standalone ---- */

@@ -36,6 +36,7 @@
 #include "worker/wk_gcache.h"
 #include "worker/wk_prefix.h"
 #include "worker/wk_sampler.h"
+#include "worker/wk_tools.h"
 
 enum { SEQ_WAITING = 1, SEQ_RUNNING = 2 };
 
@@ -47,7 +48,8 @@ typedef struct job {
     uint8_t *ready;         // [n_prompts] the prompt's leader has computed it
     uint32_t pt, ct, cached; // usage of the whole job
     int top_logprobs, logprobs;
-    wk_grammar *gram;       // structured output: one reference from the grammar cache, or NULL
+    wk_grammar *gram;       // structured output or tools: one reference from the grammar cache, or NULL
+    int tool_choice;        // proto_tool_choice
 } job;
 
 /* A sampled token's logprobs, held until its text is emitted. */
@@ -88,6 +90,7 @@ typedef struct seq {
     int row;         // block-table row in the current step
     int32_t gstate;  // grammar state of the output so far (with jb->gram)
     int cut;         // the token budget has narrowed the grammar: the output ends early (finish "length")
+    wk_tcx *tcx;     // with tools: reads the output into content and calls
 } seq;
 
 struct wk_sched {
@@ -205,13 +208,29 @@ static proto_str piece_str(const wk_sched *s, int32_t id) {
     return n > 0 ? (proto_str){(char *)p, (uint32_t)n} : (proto_str){"", 0};
 }
 
+typedef struct tcx_ctx {
+    wk_sched *s;
+    seq *q;
+} tcx_ctx;
+
+/* A piece of content or of a tool call, read from the output by q->tcx. */
+static void on_tcx(void *ud, uint32_t call, const char *name, const char *text, size_t len) {
+    tcx_ctx *c = ud;
+    proto_event ev = {.job_id = c->q->jb->id, .kind = PROTO_EV_DELTA, .choice = c->q->choice, .call = call};
+    ev.text = (proto_str){(char *)text, (uint32_t)len};
+    if (name)
+        ev.call_name = (proto_str){(char *)name, (uint32_t)strlen(name)};
+    c->s->emit(c->s->ud, &ev);
+}
+
 /* Emits q->pend[0..n) as one DELTA with the logprobs of the tokens that end in it
- * (an empty delta only when such tokens exist and `final`). */
+ * (an empty delta only when such tokens exist and `final`); with tools, as the
+ * content and call deltas read from it. */
 static void emit_delta(wk_sched *s, seq *q, size_t n, int final) {
     int k = 0;
     while (k < q->n_lp && q->lp[k].end <= q->emitted + n)
         k++;
-    if (!n && !(final && k))
+    if (!n && !(final && (k || q->tcx)))
         return;
     cm_buf out = CM_BUF_INIT;
     proto_logprob *lp = k ? calloc((size_t)k, sizeof *lp) : NULL;
@@ -224,6 +243,11 @@ static void emit_delta(wk_sched *s, seq *q, size_t n, int final) {
                                 .top = top + (size_t)i * q->jb->top_logprobs};
         for (int t = 0; t < e->n_top; t++)
             lp[i].top[t] = (proto_top){piece_str(s, e->top_id[t]), e->top_lp[t]};
+    }
+    if (q->tcx) { // logprobs are refused together with tools
+        tcx_ctx c = {s, q};
+        wk_tcx_feed(q->tcx, (const char *)out.data, out.len, final, on_tcx, &c); // ENOMEM: drop this piece
+        goto done;
     }
     proto_event ev = {.job_id = q->jb->id, .kind = PROTO_EV_DELTA, .choice = q->choice, .n_lp = (uint32_t)k, .lp = lp};
     ev.text.p = out.data ? (char *)out.data : "";
@@ -295,6 +319,7 @@ static void seq_free(seq *q) {
     free(q->tok);
     free(q->blocks);
     free(q->lp);
+    wk_tcx_free(q->tcx);
     wk_sampler_free(&q->smp);
     cm_buf_free(&q->pend);
     for (uint32_t i = 0; i < q->n_stop; i++)
@@ -329,6 +354,8 @@ static void job_end(wk_sched *s, job *j) {
 static void seq_finish(wk_sched *s, int idx, int reason) {
     seq *q = s->seqs[idx];
     job *j = q->jb;
+    if (reason == PROTO_FINISH_STOP && q->tcx && wk_tcx_calls(q->tcx) && j->tool_choice != PROTO_TOOLS_NAMED)
+        reason = PROTO_FINISH_TOOL_CALLS;
     j->left--;
     proto_event ev = {.job_id = j->id,
                       .kind = PROTO_EV_FINISH,
@@ -413,7 +440,7 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->logits = malloc((size_t)ms * s->n_vocab * sizeof(float));
     s->raw = malloc((size_t)s->n_vocab * sizeof(float));
     s->prefix = wk_prefix_create(kv);
-    s->gc = wk_gcache_new(t);
+    s->gc = wk_gcache_new(t, cfg->family);
     if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->b_tables || !s->logits ||
         !s->raw || !s->prefix || !s->gc || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
         wk_sched_free(s);
@@ -510,6 +537,8 @@ static seq *seq_new(wk_sched *s, const proto_submit *sub, job *j, int prompt, ui
         }
     }
     q->gstate = j->gram ? wk_grammar_start(j->gram) : 0;
+    if (j->tool_choice != PROTO_TOOLS_NONE && !(q->tcx = wk_tcx_new(s->cfg.family)))
+        goto fail;
     q->state = SEQ_WAITING;
     q->order = ++s->stamp;
     return q;
@@ -560,11 +589,11 @@ int wk_sched_submit(wk_sched *s, const proto_submit *sub, int n_prompts, const i
             return -EINVAL;
         }
     wk_grammar *gram = NULL;
-    if (sub->format != PROTO_FORMAT_TEXT) {
+    if (sub->format != PROTO_FORMAT_TEXT || sub->tool_choice != PROTO_TOOLS_NONE) {
         int status;
-        if (!(gram = wk_gcache_get(s->gc, sub, &status, msg, sizeof msg))) {
-            emit_error(s, sub->job_id, status, status == 400 ? "invalid_json_schema" : "server_error",
-                       status == 400 ? "response_format" : "", msg);
+        char param[64];
+        if (!(gram = wk_gcache_get(s->gc, sub, &status, msg, sizeof msg, param, sizeof param))) {
+            emit_error(s, sub->job_id, status, status == 400 ? "invalid_json_schema" : "server_error", param, msg);
             return status == 400 ? -EINVAL : -ENOMEM;
         }
     }
@@ -589,6 +618,7 @@ int wk_sched_submit(wk_sched *s, const proto_submit *sub, int n_prompts, const i
     }
     j->gram = gram;
     gram = NULL; // the job's now
+    j->tool_choice = sub->tool_choice;
     j->id = sub->job_id;
     j->left = n_choices;
     j->n_per_prompt = n;

@@ -20,6 +20,7 @@
 #include "proto/proto.h"
 #include "worker/wk_kv.h"
 #include "worker/wk_model.h"
+#include "worker/wk_template.h"
 #include "worker/wk_tok.h"
 
 typedef struct wk_sched wk_sched;
@@ -31,6 +32,7 @@ typedef struct wk_sched_config {
     int n_ctx;        // context window (prompt + completion) in tokens
     int max_seqs;     // sequences running at once
     int step_tokens;  // token budget of one forward step (prefill chunking)
+    wk_template_family family; // the chat template's family (the tool-call format)
 } wk_sched_config;
 
 /* Creates a scheduler over m, kv and t (all borrowed; they must outlive it) and

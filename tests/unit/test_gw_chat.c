@@ -81,8 +81,27 @@ static void test_errors(void) {
     CASE("\"logit_bias\":{\"5\":101}", 400, "logit_bias", "invalid_value");
     CASE("\"logit_bias\":{\"5\":\"x\"}", 400, "logit_bias", "invalid_value");
     CASE("\"prompt\":\"x\"", 400, "prompt", "unknown_parameter"); // a legacy field
-    CASE("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", 400, "tools", "unsupported_parameter");
-    CASE("\"response_format\":{\"type\":\"json_object\"}", 400, "response_format", "unsupported_parameter");
+    CASE("\"tools\":[{\"type\":\"retrieval\"}]", 400, "tools[0].type", "invalid_value");
+    CASE("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a b\"}}]", 400, "tools[0].function.name",
+         "invalid_value");
+    CASE("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":[]}}]", 400,
+         "tools[0].function.parameters", "invalid_type");
+    CASE("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":"
+         "{\"name\":\"f\"}}]",
+         400, "tools", "invalid_value");
+    CASE("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":{\"type\":\"function\","
+         "\"function\":{\"name\":\"g\"}}",
+         400, "tool_choice", "invalid_value");
+    CASE("\"tool_choice\":\"required\"", 400, "tool_choice", "invalid_value");
+    CASE("\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"logprobs\":true", 400, "logprobs",
+         "unsupported_parameter");
+    CASE("\"functions\":[{\"name\":\"f\"}],\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]", 400,
+         "functions", "invalid_value");
+    CASE("\"response_format\":{\"type\":\"yaml\"}", 400, "response_format.type", "invalid_value");
+    CASE("\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"schema\":{}}}", 400,
+         "response_format.json_schema.name", "missing_required_parameter");
+    CASE("\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\",\"schema\":\"s\"}}", 400,
+         "response_format.json_schema.schema", "invalid_type");
     CASE("\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", 400, "stop", "invalid_value");
     CASE("\"stop\":5", 400, "stop", "invalid_type");
     CASE("\"stream_options\":{\"include_usage\":true}", 400, "stream_options", "invalid_value");
@@ -254,10 +273,10 @@ static json_t *load(const char *s, size_t n) {
 }
 
 static void test_render(void) {
-    gw_completion c = {"chatcmpl-x", MODEL, 123, 0};
+    gw_completion c = {"chatcmpl-x", MODEL, 123, 0, 0};
     gw_usage u = {10, 3, 0};
     cm_buf b = CM_BUF_INIT;
-    gw_choice_out one = {"h\"i\n", 4, PROTO_FINISH_LENGTH, NULL};
+    gw_choice_out one = {"h\"i\n", 4, PROTO_FINISH_LENGTH, NULL, NULL};
     ASSERT_EQ(gw_render_completion(&b, &c, &one, 1, &u), 0);
     json_t *j = load((const char *)b.data, b.len);
     ASSERT_STREQ(json_string_value(json_object_get(j, "object")), "chat.completion");
@@ -323,10 +342,10 @@ static void test_nul(void) {
 /* Invalid UTF-8 (a worker breaking the contract, a message cut mid-character)
  * still renders as JSON with every field present, invalid bytes as U+FFFD. */
 static void test_render_bad_utf8(void) {
-    gw_completion c = {"chatcmpl-x", MODEL, 123, 0};
+    gw_completion c = {"chatcmpl-x", MODEL, 123, 0, 0};
     gw_usage u = {1, 1, 0};
     cm_buf b = CM_BUF_INIT;
-    gw_choice_out bad = {"a\xC3(\xED\xA0\x80z\xF0\x9F", 9, PROTO_FINISH_STOP, NULL};
+    gw_choice_out bad = {"a\xC3(\xED\xA0\x80z\xF0\x9F", 9, PROTO_FINISH_STOP, NULL, NULL};
     ASSERT_EQ(gw_render_completion(&b, &c, &bad, 1, &u), 0);
     json_t *j = load((const char *)b.data, b.len);
     json_t *msg = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message");
@@ -380,8 +399,8 @@ static void test_render_logprobs(void) {
                  " b");
     ASSERT_TRUE(json_is_null(json_object_get(acc, "refusal")));
 
-    gw_completion c = {"chatcmpl-x", MODEL, 1, 0};
-    gw_choice_out two[2] = {{"x", 1, PROTO_FINISH_STOP, acc}, {"yz", 2, PROTO_FINISH_LENGTH, NULL}};
+    gw_completion c = {"chatcmpl-x", MODEL, 1, 0, 0};
+    gw_choice_out two[2] = {{"x", 1, PROTO_FINISH_STOP, acc, NULL}, {"yz", 2, PROTO_FINISH_LENGTH, NULL, NULL}};
     gw_usage u = {3, 4, 2};
     cm_buf b = CM_BUF_INIT;
     ASSERT_EQ(gw_render_completion(&b, &c, two, 2, &u), 0);
@@ -408,8 +427,8 @@ static void test_render_logprobs(void) {
     ASSERT_STREQ(json_string_value(json_array_get(json_object_get(acc, "tokens"), 0)), "ab");
     ASSERT_NEAR(json_real_value(json_array_get(json_object_get(acc, "token_logprobs"), 1)), -2, 0);
     ASSERT_EQ(json_object_size(json_array_get(json_object_get(acc, "top_logprobs"), 0)), 2);
-    gw_completion lc = {"cmpl-x", MODEL, 1, 1};
-    gw_choice_out lo = {"abc", 3, PROTO_FINISH_STOP, acc};
+    gw_completion lc = {"cmpl-x", MODEL, 1, 1, 0};
+    gw_choice_out lo = {"abc", 3, PROTO_FINISH_STOP, acc, NULL};
     b.len = 0;
     ASSERT_EQ(gw_render_completion(&b, &lc, &lo, 1, &u), 0);
     j = load((const char *)b.data, b.len);
