@@ -253,7 +253,7 @@ static int parse_function(gw_chat_req *req, json_t *fn, int i, int legacy, proto
 
 /* tools + tool_choice + parallel_tool_calls, or the deprecated functions +
  * function_call (one call at most, answered as message.function_call). With
- * tool_choice "none" the tools are not sent: the model is not offered them. */
+ * tool_choice "none" the model still sees the tools but cannot call them. */
 static int parse_tools(gw_chat_req *req, json_t *root, gw_error *err) {
     json_t *tools = json_object_get(root, "tools"), *fns = json_object_get(root, "functions"),
            *tc = json_object_get(root, "tool_choice"), *fc = json_object_get(root, "function_call");
@@ -357,10 +357,8 @@ static int parse_tools(gw_chat_req *req, json_t *root, gw_error *err) {
     req->legacy_functions = legacy;
     req->submit.tool_choice = (uint8_t)mode;
     req->submit.parallel_calls = (uint8_t)(par && !legacy);
-    if (mode != PROTO_TOOLS_NONE) {
-        req->submit.tools = t;
-        req->submit.n_tools = (uint32_t)n;
-    }
+    req->submit.tools = t;
+    req->submit.n_tools = (uint32_t)n;
     return 0;
 }
 
@@ -801,7 +799,7 @@ static int parse_chat_fields(gw_chat_req *req, json_t *root, gw_error *err) {
                      "'logprobs' together with tool calling is not supported by this server yet.");
         return -1;
     }
-    if (req->submit.tool_choice != PROTO_TOOLS_NONE && req->submit.format != PROTO_FORMAT_TEXT) {
+    if (req->submit.n_tools && req->submit.format != PROTO_FORMAT_TEXT) {
         gw_error_set(err, 400, INVALID, "response_format", "unsupported_parameter",
                      "A structured 'response_format' together with tool calling is not supported by this server "
                      "yet.");

@@ -111,10 +111,10 @@ typedef enum proto_format {
 } proto_format;
 
 typedef enum proto_tool_choice {
-    PROTO_TOOLS_NONE = 0,     // no calls (tools, if any, are not shown to the model)
+    PROTO_TOOLS_NONE = 0,     // no calls (tools, if any, are shown to the model all the same)
     PROTO_TOOLS_AUTO = 1,     // text or calls, the model's choice
     PROTO_TOOLS_REQUIRED = 2, // at least one call, nothing else
-    PROTO_TOOLS_NAMED = 3,    // calls to proto_submit.tool_name only
+    PROTO_TOOLS_NAMED = 3,    // one call, to proto_submit.tool_name
 } proto_tool_choice;
 
 /* A function the model may call. parameters is the JSON Schema of its arguments

@@ -76,7 +76,7 @@ static int key_str(cm_buf *k, const proto_str *s) {
 
 /* Everything sub's grammar is compiled from, as one byte string. */
 static int make_key(const proto_submit *sub, cm_buf *k) {
-    if (sub->tool_choice != PROTO_TOOLS_NONE) {
+    if (sub->n_tools) {
         uint8_t head[3] = {'T', sub->tool_choice, sub->parallel_calls};
         int rc = cm_buf_append(k, head, sizeof head) || key_str(k, &sub->tool_name) ? -ENOMEM : 0;
         for (uint32_t i = 0; !rc && i < sub->n_tools; i++)
@@ -146,7 +146,7 @@ wk_grammar *wk_gcache_get(wk_gcache *c, const proto_submit *sub, int *status, ch
         c->cap = cap;
     }
     char err[600];
-    if (sub->tool_choice != PROTO_TOOLS_NONE) {
+    if (sub->n_tools) {
         rc = wk_tools_grammar(c->family, sub, &g, err, sizeof err, param, paramlen);
         if (rc == -EINVAL)
             snprintf(msg, msglen, "%s", err);

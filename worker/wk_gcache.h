@@ -30,7 +30,7 @@ typedef struct wk_gcache wk_gcache;
 wk_gcache *wk_gcache_new(const wk_tok *t, wk_template_family family);
 void wk_gcache_free(wk_gcache *c); // NULL is a no-op; every grammar must have been put back
 
-/* The grammar for sub's tools (tool_choice != NONE) or else its response format
+/* The grammar for sub's tools (wk_tools_constrain) or else its response format
  * (format != TEXT), with one reference held for the caller (release with
  * wk_gcache_put). On failure NULL, *status is 400 (a schema is refused: msg says
  * why, naming the keyword; param the request field) or 500 (out of memory). */

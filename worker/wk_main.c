@@ -248,7 +248,7 @@ static void submit(worker *w, const proto_submit *sub) {
         goto nomem;
     if (!sub->n_prompts) {
         int nm = 0;
-        if (sub->tool_choice != PROTO_TOOLS_NONE) {
+        if (sub->n_tools) {
             // The tool definitions join the system message (or make one).
             if (!(tools = wk_tools_prompt(w->tmpl, sub)))
                 goto nomem;

@@ -589,7 +589,7 @@ int wk_sched_submit(wk_sched *s, const proto_submit *sub, int n_prompts, const i
             return -EINVAL;
         }
     wk_grammar *gram = NULL;
-    if (sub->format != PROTO_FORMAT_TEXT || sub->tool_choice != PROTO_TOOLS_NONE) {
+    if (sub->format != PROTO_FORMAT_TEXT || wk_tools_constrain(s->cfg.family, sub)) {
         int status;
         char param[64];
         if (!(gram = wk_gcache_get(s->gc, sub, &status, msg, sizeof msg, param, sizeof param))) {

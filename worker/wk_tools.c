@@ -109,6 +109,10 @@ static void text_without(wk_grammar *g, const char *trigger, int32_t start, int3
     }
 }
 
+int wk_tools_constrain(wk_template_family f, const proto_submit *sub) {
+    return sub->n_tools && (sub->tool_choice != PROTO_TOOLS_NONE || markup_of(f)->text_trigger);
+}
+
 int wk_tools_grammar(wk_template_family f, const proto_submit *sub, wk_grammar **out, char *err, size_t errlen,
                      char *param, size_t paramlen) {
     *out = NULL;
@@ -150,9 +154,11 @@ int wk_tools_grammar(wk_template_family f, const proto_submit *sub, wk_grammar *
         wk_grammar_eps(g, wk_grammar_lit(g, args, mk->close, strlen(mk->close)), after);
     }
     wk_grammar_eps(g, after, end);
-    if (mk->sep && sub->parallel_calls)
+    if (mk->sep && sub->parallel_calls && sub->tool_choice != PROTO_TOOLS_NAMED)
         wk_grammar_eps(g, wk_grammar_lit(g, after, mk->sep, strlen(mk->sep)), calls);
-    if (sub->tool_choice != PROTO_TOOLS_AUTO) {
+    if (sub->tool_choice == PROTO_TOOLS_NONE) { // the markup never completes: no way into a call
+        text_without(g, mk->text_trigger, start, end, wk_grammar_node(g));
+    } else if (sub->tool_choice != PROTO_TOOLS_AUTO) {
         wk_grammar_eps(g, start, calls);
     } else if (mk->text_trigger) {
         text_without(g, mk->text_trigger, start, end, body);

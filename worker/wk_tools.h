@@ -9,11 +9,11 @@
  *       ChatML, Gemma: <tool_call>\n{"name": "NAME", "arguments": ARGS}\n</tool_call>
  *                      (several separated by "\n" when parallel calls are allowed)
  *       Llama 3:       {"name": "NAME", "parameters": ARGS}   (one call)
- *     with NAME one of the offered tools (only the named one for a named
- *     tool_choice) and ARGS valid under that tool's parameters schema
- *     (wk_jsonschema). "required" and named choices are calls only; "auto" is free
- *     text that may turn into calls once the call markup appears (ChatML, Gemma),
- *     or text not starting with '{' (Llama 3), or calls;
+ *     with NAME one of the offered tools and ARGS valid under that tool's
+ *     parameters schema (wk_jsonschema). "required" is calls only; a named choice
+ *     is one call to that tool; "auto" is free text that may turn into calls once
+ *     the call markup appears (ChatML, Gemma), or text not starting with '{'
+ *     (Llama 3), or calls; "none" is free text without the call markup;
  *   - wk_tcx: reads the output back into message content and calls (name, then
  *     argument fragments as they arrive). It relies on the grammar: the markup is
  *     exactly as above, and the markup's closing text cannot occur inside ARGS. */
@@ -31,8 +31,14 @@
  * frees), or NULL on ENOMEM. */
 char *wk_tools_prompt(wk_template_family f, const proto_submit *sub);
 
-/* A sealed grammar for sub's tools and tool_choice (!= NONE). 0, -ENOMEM, or
- * -EINVAL with err saying why and param naming the tool's parameters field. */
+/* 1 when sub's tools constrain the output: a tool_choice other than none, or
+ * none for a family whose call markup can be kept out of free text (all but
+ * Llama 3, whose calls are plain JSON). */
+int wk_tools_constrain(wk_template_family f, const proto_submit *sub);
+
+/* A sealed grammar for sub's tools and tool_choice (wk_tools_constrain true). 0,
+ * -ENOMEM, or -EINVAL with err saying why and param naming the tool's
+ * parameters field. */
 int wk_tools_grammar(wk_template_family f, const proto_submit *sub, wk_grammar **out, char *err, size_t errlen,
                      char *param, size_t paramlen);
 
