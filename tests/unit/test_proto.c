@@ -175,6 +175,56 @@ static void test_logprob_event(void) {
     cm_buf_free(&b);
 }
 
+/* Tools in a submit; tool-call deltas and the tool_calls finish. */
+static void test_tools_roundtrip(void) {
+    cm_buf b = CM_BUF_INIT;
+    proto_msg m = {.role = S("user"), .content = S("hi")};
+    proto_tool t[2] = {{S("get_weather"), S("Weather"), S("{\"type\":\"object\"}"), 1}, {S("ping"), S(""), S("{}"), 0}};
+    proto_submit s = {.job_id = 5, .n_msgs = 1, .msgs = &m, .temperature = 1, .top_p = 1, .n_tools = 2, .tools = t,
+                      .tool_choice = PROTO_TOOLS_NAMED, .parallel_calls = 1, .tool_name = S("ping")};
+    ASSERT_EQ(proto_encode_submit(&b, &s), 0);
+    proto_frame f;
+    ASSERT_TRUE(proto_decode(b.data, b.len, &f) > 0);
+    ASSERT_EQ(f.u.submit.n_tools, 2);
+    ASSERT_STREQ(f.u.submit.tools[0].name.p, "get_weather");
+    ASSERT_STREQ(f.u.submit.tools[0].description.p, "Weather");
+    ASSERT_STREQ(f.u.submit.tools[0].parameters.p, "{\"type\":\"object\"}");
+    ASSERT_EQ(f.u.submit.tools[0].strict, 1);
+    ASSERT_EQ(f.u.submit.tools[1].strict, 0);
+    ASSERT_EQ(f.u.submit.tool_choice, PROTO_TOOLS_NAMED);
+    ASSERT_EQ(f.u.submit.parallel_calls, 1);
+    ASSERT_STREQ(f.u.submit.tool_name.p, "ping");
+    proto_frame_free(&f);
+    cm_buf_free(&b);
+    s.tool_choice = 9;
+    ASSERT_EQ(proto_encode_submit(&b, &s), -EINVAL);
+    cm_buf_free(&b);
+    proto_event d = {.job_id = 5, .kind = PROTO_EV_DELTA, .choice = 1, .call = 2, .call_name = S("ping"), .text = S("")};
+    proto_event a = {.job_id = 5, .kind = PROTO_EV_DELTA, .choice = 1, .call = 2, .text = S("{\"a\"")};
+    proto_event fin = {.job_id = 5, .kind = PROTO_EV_FINISH, .finish_reason = PROTO_FINISH_TOOL_CALLS, .last = 1};
+    ASSERT_EQ(proto_encode_event(&b, &d), 0);
+    ASSERT_EQ(proto_encode_event(&b, &a), 0);
+    ASSERT_EQ(proto_encode_event(&b, &fin), 0);
+    size_t at = 0;
+    for (int i = 0; i < 3; i++) {
+        ssize_t n = proto_decode(b.data + at, b.len - at, &f);
+        ASSERT_TRUE(n > 0);
+        at += (size_t)n;
+        if (i == 0) {
+            ASSERT_EQ(f.u.event.call, 2);
+            ASSERT_STREQ(f.u.event.call_name.p, "ping");
+        } else if (i == 1) {
+            ASSERT_EQ(f.u.event.call, 2);
+            ASSERT_EQ(f.u.event.call_name.len, 0);
+            ASSERT_STREQ(f.u.event.text.p, "{\"a\"");
+        } else {
+            ASSERT_EQ(f.u.event.finish_reason, PROTO_FINISH_TOOL_CALLS);
+        }
+        proto_frame_free(&f);
+    }
+    cm_buf_free(&b);
+}
+
 static void test_events_and_others(void) {
     cm_buf b = CM_BUF_INIT;
     proto_event evs[4] = {
@@ -359,6 +409,7 @@ static void test_corruption(void) {
 
 int main(void) {
     test_submit_roundtrip();
+    test_tools_roundtrip();
     test_events_and_others();
     test_logprob_event();
     test_bad_headers();
