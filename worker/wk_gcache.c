@@ -28,8 +28,8 @@ typedef struct cand {
 
 struct wk_gcache {
     const wk_tok *t;
+    cand *cand; // [n_vocab] scratch of the budget check near the end
     wk_template_family family;
-    cand *cand; // [n_vocab] scratch of the budget check
     wk_gvocab *v; // built on first use
     entry *e;
     int n, cap;
@@ -194,7 +194,9 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
     *restricted = 0;
     uint64_t t0 = now_ns();
     int computed, err;
-    const uint64_t *m = wk_grammar_mask(g, c->v, state, &computed, &err);
+    const wk_grise *rises;
+    int n_rises;
+    const uint64_t *m = wk_grammar_mask(g, c->v, state, &rises, &n_rises, &computed, &err);
     if (!m)
         return err;
     const int n = wk_gvocab_n_vocab(c->v);
@@ -216,29 +218,37 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
                 logits[i] = -INFINITY;
         }
     }
+    // The budget: drop the tokens after which the tokens left cannot finish the
+    // document (when none can, keep the ones that come nearest). While the
+    // budget covers the distance in bytes, only rising tokens can go, and they
+    // are listed farthest first; nearer the end every allowed token is checked.
     uint32_t d = wk_grammar_distance(g, state);
-    if (budget >= 0 && (uint64_t)budget < (uint64_t)d + WK_GCACHE_BUDGET_SLACK) {
-        // Keep the tokens that leave a finishable distance; when none does (the
-        // budget is below even the shortest document), the ones closest to it.
-        int k = 0;
-        uint32_t best = UINT32_MAX;
+    if (budget >= 1 && (uint32_t)budget - 1 >= d) {
+        for (int i = 0; i < n_rises && rises[i].dist > (uint32_t)budget - 1; i++) {
+            logits[rises[i].token] = -INFINITY;
+            allowed--;
+            *restricted = 1;
+        }
+    } else if (budget >= 1) {
         if (!c->cand && !(c->cand = malloc((size_t)n * sizeof *c->cand)))
             return -ENOMEM;
+        int k = 0;
+        uint32_t best = UINT32_MAX;
         for (int w = 0; w * 64 < n; w++)
             for (uint64_t x = m[w]; x; x &= x - 1) {
                 int32_t id = w * 64 + __builtin_ctzll(x);
                 int len;
                 const uint8_t *b = wk_gvocab_bytes(c->v, id, &len);
-                if (!len) { // end of generation: allowed only when accepting already
+                if (!len) { // end of generation: allowed only when accepting
                     best = 0;
                     continue;
                 }
                 int32_t t = wk_grammar_step(g, state, b, (size_t)len);
                 if (t < 0)
                     return t;
-                uint32_t td = wk_grammar_distance(g, t);
-                c->cand[k++] = (cand){id, td};
-                best = td < best ? td : best;
+                c->cand[k] = (cand){id, wk_grammar_distance(g, t)};
+                best = c->cand[k].dist < best ? c->cand[k].dist : best;
+                k++;
             }
         uint32_t limit = (uint32_t)budget - 1 > best ? (uint32_t)budget - 1 : best;
         for (int i = 0; i < k; i++)

@@ -19,9 +19,6 @@
 #include "worker/wk_tok.h"
 
 #define WK_GCACHE_CAP 32
-/* The budget check starts when the tokens left are within this many of the
- * document's remaining distance in bytes (one token can add that much). */
-#define WK_GCACHE_BUDGET_SLACK 256
 
 typedef struct wk_gcache wk_gcache;
 
@@ -43,8 +40,8 @@ void wk_gcache_put(wk_gcache *c, wk_grammar *g); // NULL is a no-op
  * also forbids the tokens after which the rest of the budget could not finish
  * the document (its distance in bytes exceeds the tokens left: every byte has
  * a token of its own), so a constrained output that is cut by max_tokens still
- * ends as a whole document when one fits; when none fits, the tokens nearest to
- * the end are kept. *restricted is set to 1 when that
+ * ends as a whole document when one fits; when none fits, only the tokens that
+ * come nearest to the end stay allowed. *restricted is set to 1 when that
  * removed a token. Returns the number of tokens left allowed, or a negative
  * errno. */
 int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float *logits, int *restricted);

@@ -218,6 +218,8 @@ struct wk_grammar {
     uint32_t *st_dist; // bytes to the nearest accepting state
     int32_t *trans; // [n_st * 256]
     uint64_t **mask;
+    wk_grise **rise; // [n_st] with mask: its rising tokens
+    int32_t *n_rise;
     int32_t n_st, cap_st;
     int32_t *st_ht;
     uint32_t st_ht_cap;
@@ -269,9 +271,13 @@ void wk_grammar_free(wk_grammar *g) {
     free(g->st_acc);
     free(g->trans);
     if (g->mask)
-        for (int32_t i = 0; i < g->n_st; i++)
+        for (int32_t i = 0; i < g->n_st; i++) {
             free(g->mask[i]);
+            free(g->rise[i]);
+        }
     free(g->mask);
+    free(g->rise);
+    free(g->n_rise);
     free(g->st_ht);
     free(g->work);
     free(g->out);
@@ -537,7 +543,13 @@ static int32_t state_get(wk_grammar *g, const uint64_t *c, int32_t n, int acc) {
         uint64_t **mk = realloc(g->mask, (size_t)cs * sizeof *mk);
         if (mk)
             g->mask = mk;
-        if (!o || !sn || !sa || !sd || !tr || !mk)
+        wk_grise **rs = realloc(g->rise, (size_t)cs * sizeof *rs);
+        if (rs)
+            g->rise = rs;
+        int32_t *nr = realloc(g->n_rise, (size_t)cs * sizeof *nr);
+        if (nr)
+            g->n_rise = nr;
+        if (!o || !sn || !sa || !sd || !tr || !mk || !rs || !nr)
             return -ENOMEM;
         g->cap_st = cs;
     }
@@ -559,6 +571,8 @@ static int32_t state_get(wk_grammar *g, const uint64_t *c, int32_t n, int acc) {
     }
     g->st_dist[s] = best >= DIST_INF ? DIST_INF : (uint32_t)best;
     g->mask[s] = NULL;
+    g->rise[s] = NULL;
+    g->n_rise[s] = 0;
     memset(g->trans + (size_t)s * 256, 0xff, 256 * sizeof *g->trans);
     g->st_ht[h] = s;
     return s;
@@ -917,20 +931,34 @@ int32_t wk_grammar_n_states(const wk_grammar *g) {
 static void masks_flush(wk_grammar *g) {
     for (int32_t i = 0; i < g->n_st; i++) {
         free(g->mask[i]);
+        free(g->rise[i]);
         g->mask[i] = NULL;
+        g->rise[i] = NULL;
+        g->n_rise[i] = 0;
     }
     g->mask_bytes = 0;
 }
 
-const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, int *computed, int *err) {
+static int rise_cmp(const void *a, const void *b) {
+    const wk_grise *x = a, *y = b;
+    return x->dist != y->dist ? (x->dist < y->dist ? 1 : -1) : (x->token > y->token) - (x->token < y->token);
+}
+
+const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, const wk_grise **rises,
+                                int *n_rises, int *computed, int *err) {
     *computed = 0;
     *err = 0;
+    *rises = NULL;
+    *n_rises = 0;
     if (s <= 0) {
         *err = -EINVAL;
         return NULL;
     }
-    if (g->mask[s])
+    if (g->mask[s]) {
+        *rises = g->rise[s];
+        *n_rises = g->n_rise[s];
         return g->mask[s];
+    }
     size_t words = ((size_t)v->n_vocab + 63) / 64;
     if (g->mask_bytes + words * 8 > WK_GRAMMAR_MASK_BUDGET)
         masks_flush(g);
@@ -944,10 +972,14 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, in
         g->cap_walk = v->max_len + 1;
     int32_t *st = g->walk;
     st[0] = s;
+    wk_grise *rs = NULL;
+    size_t nr = 0, cap_r = 0;
+    const uint32_t here = g->st_dist[s];
     for (int32_t i = 0; i < v->n_nodes;) {
         int32_t t = next(g, st[v->nd[i] - 1], v->nb[i]);
         if (t < 0) {
             free(m);
+            free(rs);
             *err = t;
             return NULL;
         }
@@ -956,10 +988,29 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, in
             continue;
         }
         st[v->nd[i]] = t;
-        for (int32_t k = v->ntok_off[i]; k < v->ntok_off[i + 1]; k++)
+        for (int32_t k = v->ntok_off[i]; k < v->ntok_off[i + 1]; k++) {
             m[v->ntok[k] >> 6] |= 1ull << (v->ntok[k] & 63);
+            if (g->st_dist[t] > here) {
+                wk_grise *p = grow(rs, sizeof *rs, &cap_r, nr + 1);
+                if (!p) {
+                    free(m);
+                    free(rs);
+                    *err = -ENOMEM;
+                    return NULL;
+                }
+                rs = p;
+                rs[nr++] = (wk_grise){v->ntok[k], g->st_dist[t]};
+            }
+        }
         i++;
     }
+    if (nr)
+        qsort(rs, nr, sizeof *rs, rise_cmp);
+    g->rise[s] = rs;
+    g->n_rise[s] = (int32_t)nr;
+    g->mask_bytes += nr * sizeof *rs;
+    *rises = rs;
+    *n_rises = (int)nr;
     if (g->st_acc[s])
         for (int k = 0; k < v->n_eog; k++)
             m[v->eog[k] >> 6] |= 1ull << (v->eog[k] & 63);

@@ -82,11 +82,20 @@ int32_t wk_grammar_step(wk_grammar *g, int32_t state, const uint8_t *bytes, size
 int wk_grammar_accepting(const wk_grammar *g, int32_t state);
 /* 1 when state is accepting and no byte can follow. */
 int wk_grammar_complete(const wk_grammar *g, int32_t state);
+/* An allowed token after which the distance to an accepting state grows. */
+typedef struct wk_grise {
+    int32_t token;
+    uint32_t dist; // wk_grammar_distance after the token
+} wk_grise;
+
 /* The allowed-token bitmask of state over v ([ceil(n_vocab / 64)] words, bit i of
  * word i / 64), owned by g and valid until the next wk_grammar_mask call. A
- * grammar serves one vocabulary. NULL and *err set (-ENOMEM, -E2BIG) on failure;
- * *computed is set to 1 when the mask was not cached, else 0. */
-const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t state, int *computed, int *err);
+ * grammar serves one vocabulary. *rises / *n_rises (same lifetime) list the
+ * allowed tokens that take the state farther from acceptance, farthest first.
+ * NULL and *err set (-ENOMEM, -E2BIG) on failure; *computed is set to 1 when the
+ * mask was not cached, else 0. */
+const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t state, const wk_grise **rises,
+                                int *n_rises, int *computed, int *err);
 /* The fewest bytes that take state to an accepting one (0 when accepting;
  * UINT32_MAX for the dead state). */
 uint32_t wk_grammar_distance(const wk_grammar *g, int32_t state);

@@ -291,7 +291,9 @@ static int walk(wk_grammar *g, const wk_gvocab *v, int max_steps, int ref_every,
         int computed, err;
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        const uint64_t *m = wk_grammar_mask(g, v, s, &computed, &err);
+        const wk_grise *rises;
+        int n_rises;
+        const uint64_t *m = wk_grammar_mask(g, v, s, &rises, &n_rises, &computed, &err);
         clock_gettime(CLOCK_MONOTONIC, &t1);
         *mask_us += (double)(t1.tv_sec - t0.tv_sec) * 1e6 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e3;
         (*n_masks)++;
@@ -350,6 +352,18 @@ static int walk(wk_grammar *g, const wk_gvocab *v, int max_steps, int ref_every,
                     KT_FAIL_("token %d: reference %d, dfa %d after '%.*s'", id, rwant, want, (int)len, buf);
                 }
             }
+            if (bit && !is_eog) { // rising tokens are listed with their distance, farthest first
+                uint32_t nd = wk_grammar_distance(g, wk_grammar_step(g, s, tb, (size_t)tl));
+                int listed = -1;
+                for (int r = 0; r < n_rises && listed < 0; r++)
+                    if (rises[r].token == id)
+                        listed = r;
+                if ((nd > wk_grammar_distance(g, s)) != (listed >= 0) || (listed >= 0 && rises[listed].dist != nd)) {
+                    kt_checks++;
+                    KT_FAIL_("token %d: distance %u -> %u, listed as rising: %d", id, wk_grammar_distance(g, s), nd,
+                             listed >= 0);
+                }
+            }
             if (bit != want) {
                 kt_checks++;
                 KT_FAIL_("token %d: mask %d, step %d after '%.*s'", id, bit, want, (int)len, buf);
@@ -363,6 +377,8 @@ static int walk(wk_grammar *g, const wk_gvocab *v, int max_steps, int ref_every,
             }
         }
         kt_checks++;
+        for (int r = 1; r < n_rises; r++)
+            ASSERT_TRUE(rises[r].dist <= rises[r - 1].dist);
         (void)words;
         if (wk_grammar_complete(g, s)) {
             ASSERT_EQ(na, 0);
