@@ -13,6 +13,8 @@ Metrics (medians over --reps runs where repeated):
   TTFB ms          request sent -> first SSE event;  TTFT ms: -> first content token
   agg tok/s @N     N concurrent streams of --agg-tokens tokens each: tokens / wall time
   agg tok/s @N +logprobs  the same with logprobs and top_logprobs=5
+  agg tok/s @N +json_schema  the same with a strict json_schema response_format
+                   (grammar-constrained decoding on every stream)
   request ms (max_tokens=1)  a short non-streamed request for one token, end to end
   stream us/token  (streamed time - non-streamed time) / tokens for the same greedy
                    generation of --decode-tokens tokens: what each SSE chunk costs,
@@ -53,6 +55,13 @@ PROMPTS = [
 LONG_TEXT = ("The history of the printing press begins in the fifteenth century, when "
              "movable type changed how knowledge spread across Europe. Printers set lines of "
              "metal letters by hand, inked them, and pressed paper against the type. ")
+
+
+# Structured output for the "+json_schema" row: every stream constrained by a grammar.
+ANSWER_SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": {
+    "type": "object", "additionalProperties": False, "required": ["answer", "confidence"],
+    "properties": {"answer": {"type": "string", "maxLength": 400},
+                   "confidence": {"type": "number", "minimum": 0, "maximum": 1}}}}}
 
 
 def free_port():
@@ -267,7 +276,8 @@ def measure(srv, args, log):
             f"{res['gateway CPU us/request']} us/request")
 
     for n, extra in [(c, None) for c in args.concurrency] + [
-            (args.concurrency[-1], {"logprobs": True, "top_logprobs": 5})]:
+            (args.concurrency[-1], {"logprobs": True, "top_logprobs": 5}),
+            (args.concurrency[-1], {"response_format": ANSWER_SCHEMA})]:
         results = [None] * n
         barrier = threading.Barrier(n)
 
@@ -286,7 +296,7 @@ def measure(srv, args, log):
         ok = [r for r in results if r and r["status"] == 200]
         total = sum(n_completion(r)[0] for r in ok)
         how = n_completion(ok[0])[1] if ok else ""
-        key = f"agg tok/s @{n}" + (" +logprobs" if extra else "")
+        key = f"agg tok/s @{n}" + ("" if not extra else " +logprobs" if "logprobs" in extra else " +json_schema")
         res[key] = (total / wall if ok else None, how + ("" if len(ok) == n else f", {n - len(ok)} failed"))
         log(f"{srv.name}: {key} {res[key]}")
         if c0 is not None and not extra and total:

@@ -29,6 +29,7 @@ typedef struct cand {
 struct wk_gcache {
     const wk_tok *t;
     cand *cand; // [n_vocab] scratch of the budget check near the end
+    int32_t *ids; // [n_vocab] the allowed tokens of a sparse mask
     wk_template_family family;
     wk_gvocab *v; // built on first use
     entry *e;
@@ -58,6 +59,7 @@ void wk_gcache_free(wk_gcache *c) {
         entry_free(&c->e[i]);
     free(c->e);
     free(c->cand);
+    free(c->ids);
     wk_gvocab_free(c->v);
     free(c);
 }
@@ -190,8 +192,10 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float *logits, int *restricted) {
+int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float *logits, int n_logits,
+                   const int32_t **ids, int *restricted) {
     *restricted = 0;
+    *ids = NULL;
     uint64_t t0 = now_ns();
     int computed, err;
     const wk_grise *rises;
@@ -199,24 +203,39 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
     const uint64_t *m = wk_grammar_mask(g, c->v, state, &rises, &n_rises, &computed, &err);
     if (!m)
         return err;
-    const int n = wk_gvocab_n_vocab(c->v);
+    const int n = wk_gvocab_n_vocab(c->v) < n_logits ? wk_gvocab_n_vocab(c->v) : n_logits, words = (n + 63) / 64;
     int allowed = 0;
-    for (int w = 0; w * 64 < n; w++) {
-        uint64_t x = m[w];
-        int base = w * 64, top = n - base < 64 ? n - base : 64;
-        allowed += __builtin_popcountll(x);
-        if (x == UINT64_MAX)
-            continue;
-        if (!x) {
-            for (int i = 0; i < top; i++)
-                logits[base + i] = -INFINITY;
-            continue;
+    for (int w = 0; w < words; w++)
+        allowed += __builtin_popcountll(m[w]);
+    if (!c->ids && !(c->ids = malloc((size_t)n * sizeof *c->ids)))
+        return -ENOMEM;
+    if (allowed * 2 < n) { // few allowed: hand them over as a list, leave the row alone
+        int k = 0;
+        for (int w = 0; w < words; w++)
+            for (uint64_t x = m[w]; x; x &= x - 1)
+                if (w * 64 + __builtin_ctzll(x) < n)
+                    c->ids[k++] = w * 64 + __builtin_ctzll(x);
+        *ids = c->ids;
+        allowed = k;
+    } else { // many allowed: forbid the rest in the row
+        for (int w = 0; w < words; w++) {
+            uint64_t x = m[w];
+            int base = w * 64, top = n - base < 64 ? n - base : 64;
+            if (x == UINT64_MAX)
+                continue;
+            if (!x) {
+                for (int i = 0; i < top; i++)
+                    logits[base + i] = -INFINITY;
+                continue;
+            }
+            for (uint64_t off = ~x; off; off &= off - 1) {
+                int i = base + __builtin_ctzll(off);
+                if (i < n)
+                    logits[i] = -INFINITY;
+            }
         }
-        for (uint64_t off = ~x; off; off &= off - 1) {
-            int i = base + __builtin_ctzll(off);
-            if (i < n)
-                logits[i] = -INFINITY;
-        }
+        for (int i = n; i < n_logits; i++) // padded rows past the tokenizer's vocabulary
+            logits[i] = -INFINITY;
     }
     // The budget: drop the tokens after which the tokens left cannot finish the
     // document (when none can, keep the ones that come nearest). While the

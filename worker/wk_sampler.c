@@ -265,9 +265,8 @@ static void sift_down(int32_t *h, int n, int i, const float *l) {
     }
 }
 
-int32_t wk_sampler_sample(wk_sampler *s, float *logits) {
-    const int n = s->n_vocab;
-    adjust(s, logits);
+/* Draws an index of logits[0..n) (already adjusted). */
+static int32_t pick(wk_sampler *s, const float *logits, int n) {
     if (s->p.temperature <= 0 || s->p.top_k == 1)
         return argmax(logits, n);
     const float inv_t = 1.0f / s->p.temperature;
@@ -340,6 +339,18 @@ int32_t wk_sampler_sample(wk_sampler *s, float *logits) {
             return h[n - 1 - i];
     }
     return h[n - 1 - (k - 1)];
+}
+
+int32_t wk_sampler_sample(wk_sampler *s, float *logits) {
+    adjust(s, logits);
+    return pick(s, logits, s->n_vocab);
+}
+
+int32_t wk_sampler_sample_subset(wk_sampler *s, float *logits, const int32_t *ids, int n, float *vals) {
+    adjust(s, logits);
+    for (int i = 0; i < n; i++)
+        vals[i] = logits[ids[i]];
+    return ids[pick(s, vals, n)];
 }
 
 float wk_sampler_logprobs(const float *logits, int n_vocab, int32_t id, int n_top, int32_t *top_id, float *top_lp) {

@@ -48,6 +48,10 @@ void wk_sampler_free(wk_sampler *s); // zeroed or freed sampler is a no-op
 /* Picks the next token from logits [n_vocab], which it adjusts in place (bias and
  * penalties). */
 int32_t wk_sampler_sample(wk_sampler *s, float *logits);
+/* The same draw restricted to the tokens ids[0..n) (ascending, n >= 1): as if
+ * every other logit were -inf, at the cost of the n tokens only. vals [n] is the
+ * caller's scratch. */
+int32_t wk_sampler_sample_subset(wk_sampler *s, float *logits, const int32_t *ids, int n, float *vals);
 /* 1 when wk_sampler_sample changes the logits it is given (bias or penalties). */
 int wk_sampler_adjusts(const wk_sampler *s);
 /* Counts an output token for the penalties. 0 or -ENOMEM. */

@@ -111,6 +111,7 @@ struct wk_sched {
     seq **b_logit_seq;
     float *logits;
     float *raw; // [n_vocab] unadjusted logits of the row being sampled (logprobs)
+    float *sub; // [n_vocab] logits of a grammar's allowed tokens (sparse masks)
     uint64_t tokens_gen, tokens_prompt;
     wk_gcache *gc;
 };
@@ -439,10 +440,11 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->b_tables = malloc((size_t)ms * s->max_blocks * sizeof(int32_t));
     s->logits = malloc((size_t)ms * s->n_vocab * sizeof(float));
     s->raw = malloc((size_t)s->n_vocab * sizeof(float));
+    s->sub = malloc((size_t)s->n_vocab * sizeof(float));
     s->prefix = wk_prefix_create(kv);
     s->gc = wk_gcache_new(t, cfg->family);
     if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->b_tables || !s->logits ||
-        !s->raw || !s->prefix || !s->gc || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
+        !s->raw || !s->sub || !s->prefix || !s->gc || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
         wk_sched_free(s);
         return NULL;
     }
@@ -465,6 +467,7 @@ void wk_sched_free(wk_sched *s) {
     free(s->b_tables);
     free(s->logits);
     free(s->raw);
+    free(s->sub);
     free(s);
 }
 
@@ -919,14 +922,20 @@ int wk_sched_step(wk_sched *s) {
             raw = s->raw;
         }
         int reason = 0;
+        const int32_t *ids = NULL;
+        int n_ids = 0;
         if (q->jb->gram) {
             int left = q->max_gen - q->n_gen, room = s->cfg.n_ctx - q->n_tok, restricted;
-            int allowed = wk_gcache_mask(s->gc, q->jb->gram, q->gstate, left < room ? left : room, row, &restricted);
-            reason = allowed < 0 ? allowed : allowed == 0 ? -EPROTO : 0;
+            n_ids = wk_gcache_mask(s->gc, q->jb->gram, q->gstate, left < room ? left : room, row, s->n_vocab, &ids,
+                                   &restricted);
+            reason = n_ids < 0 ? n_ids : n_ids == 0 ? -EPROTO : 0;
             q->cut |= restricted;
         }
         if (!reason)
-            reason = accept_token(s, q, wk_sampler_sample(&q->smp, row), raw);
+            reason = accept_token(s, q,
+                                  ids ? wk_sampler_sample_subset(&q->smp, row, ids, n_ids, s->sub)
+                                      : wk_sampler_sample(&q->smp, row),
+                                  raw);
         if (reason < 0) {
             emit_error(s, q->jb->id, 500, "server_error", "",
                        reason == -ENOMEM   ? "out of memory while generating"

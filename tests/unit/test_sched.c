@@ -380,6 +380,47 @@ static wk_sampler_params P(float temp, float top_p, int top_k, uint64_t seed) {
     return (wk_sampler_params){.temperature = temp, .top_p = top_p, .top_k = top_k, .has_seed = 1, .seed = seed};
 }
 
+/* Sampling among a grammar's allowed tokens (a list) draws what sampling the
+ * whole row with every other logit at -inf draws. */
+static void test_sampler_subset(void) {
+    enum { NV = 4096, NA = 300 };
+    float *row = malloc(NV * sizeof *row), *masked = malloc(NV * sizeof *masked), *vals = malloc(NA * sizeof *vals);
+    int32_t ids[NA];
+    uint64_t x = 42;
+    for (int i = 0; i < NV; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        row[i] = (float)((x >> 40) % 2000) / 100.0f - 10.0f;
+    }
+    for (int i = 0; i < NA; i++)
+        ids[i] = i * 13 + 5; // ascending
+    struct {
+        float t, top_p;
+        int top_k;
+    } cfg[] = {{0, 1, 0}, {0.8f, 0.9f, 0}, {1.5f, 0.5f, 0}, {1.0f, 1.0f, 40}, {0.7f, 0.95f, 10}};
+    for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++)
+        for (uint64_t seed = 1; seed <= 20; seed++) {
+            wk_sampler_params p = {.temperature = cfg[c].t, .top_p = cfg[c].top_p, .top_k = cfg[c].top_k,
+                                   .has_seed = 1, .seed = seed};
+            wk_sampler a, b;
+            ASSERT_EQ(wk_sampler_init(&a, NV, &p), 0);
+            ASSERT_EQ(wk_sampler_init(&b, NV, &p), 0);
+            for (int i = 0; i < NV; i++)
+                masked[i] = -INFINITY;
+            for (int i = 0; i < NA; i++)
+                masked[ids[i]] = row[ids[i]];
+            float *r2 = malloc(NV * sizeof *r2);
+            memcpy(r2, row, NV * sizeof *r2);
+            int32_t want = wk_sampler_sample(&a, masked), got = wk_sampler_sample_subset(&b, r2, ids, NA, vals);
+            ASSERT_EQ(got, want);
+            free(r2);
+            wk_sampler_free(&a);
+            wk_sampler_free(&b);
+        }
+    free(row);
+    free(masked);
+    free(vals);
+}
+
 static void test_sampler(void) {
     const float base[8] = {0.1f, 2.0f, 2.0f, -1.0f, 0.5f, 1.9f, -3.0f, 0.0f};
     float logits[8];
@@ -554,6 +595,7 @@ static void test_sampler(void) {
 
 int main(void) {
     test_sampler();
+    test_sampler_subset();
     const char *path = getenv("KOLM_TEST_MODEL");
     char def[1024];
     if (!path) {
