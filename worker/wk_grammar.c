@@ -184,6 +184,25 @@ typedef struct byte_edge {
     int32_t to;
 } byte_edge;
 
+/* A call-stack frame: where to return, the frame below, and the bytes the
+ * callers need once the top rule ends. */
+typedef struct frame {
+    int32_t ret, parent;
+    uint32_t dist;
+    uint8_t depth;
+} frame;
+
+/* A DFA state: its configurations cfg[off .. off + n), and its cached mask. */
+typedef struct state {
+    size_t off;
+    int32_t n;
+    uint8_t acc;
+    uint32_t dist;   // bytes to the nearest accepting state
+    uint64_t *mask;  // NULL until computed
+    wk_grise *rise;  // with mask: its rising tokens, farthest first
+    int32_t n_rise;
+} state;
+
 typedef struct move_edge {
     int32_t to, ret; // ret < 0: epsilon; else a call returning to ret
 } move_edge;
@@ -203,23 +222,15 @@ struct wk_grammar {
     move_edge *m;
     uint32_t *dist; // [n_nodes] bytes to the end of the node's rule
     // frames
-    int32_t *fr_ret, *fr_parent;
-    uint8_t *fr_depth;
-    uint32_t *fr_dist; // bytes to finish the callers once the top rule ends
+    frame *fr;
     int32_t n_fr, cap_fr;
     int32_t *fr_ht; // open addressing, -1 = empty
     uint32_t fr_ht_cap;
     // states
     uint64_t *cfg;
     size_t n_cfg, cap_cfg;
-    size_t *st_off;
-    int32_t *st_n;
-    uint8_t *st_acc;
-    uint32_t *st_dist; // bytes to the nearest accepting state
+    state *st;
     int32_t *trans; // [n_st * 256]
-    uint64_t **mask;
-    wk_grise **rise; // [n_st] with mask: its rising tokens
-    int32_t *n_rise;
     int32_t n_st, cap_st;
     int32_t *st_ht;
     uint32_t st_ht_cap;
@@ -258,26 +269,16 @@ void wk_grammar_free(wk_grammar *g) {
     free(g->b);
     free(g->m_off);
     free(g->m);
-    free(g->fr_ret);
-    free(g->fr_parent);
-    free(g->fr_depth);
-    free(g->fr_dist);
+    free(g->fr);
     free(g->fr_ht);
     free(g->dist);
-    free(g->st_dist);
     free(g->cfg);
-    free(g->st_off);
-    free(g->st_n);
-    free(g->st_acc);
+    for (int32_t i = 0; i < g->n_st; i++) {
+        free(g->st[i].mask);
+        free(g->st[i].rise);
+    }
+    free(g->st);
     free(g->trans);
-    if (g->mask)
-        for (int32_t i = 0; i < g->n_st; i++) {
-            free(g->mask[i]);
-            free(g->rise[i]);
-        }
-    free(g->mask);
-    free(g->rise);
-    free(g->n_rise);
     free(g->st_ht);
     free(g->work);
     free(g->out);
@@ -444,7 +445,7 @@ static int32_t frame_get(wk_grammar *g, int32_t ret, int32_t parent) {
             return -ENOMEM;
         memset(t, 0xff, c * sizeof *t);
         for (int32_t f = 1; f < g->n_fr; f++) {
-            uint32_t h = (uint32_t)mix((uint64_t)g->fr_ret[f] << 32 | (uint32_t)g->fr_parent[f]) & (c - 1);
+            uint32_t h = (uint32_t)mix((uint64_t)g->fr[f].ret << 32 | (uint32_t)g->fr[f].parent) & (c - 1);
             while (t[h] >= 0)
                 h = (h + 1) & (c - 1);
             t[h] = f;
@@ -456,33 +457,19 @@ static int32_t frame_get(wk_grammar *g, int32_t ret, int32_t parent) {
     uint32_t h = (uint32_t)mix((uint64_t)ret << 32 | (uint32_t)parent) & (g->fr_ht_cap - 1);
     for (; g->fr_ht[h] >= 0; h = (h + 1) & (g->fr_ht_cap - 1)) {
         int32_t f = g->fr_ht[h];
-        if (g->fr_ret[f] == ret && g->fr_parent[f] == parent)
+        if (g->fr[f].ret == ret && g->fr[f].parent == parent)
             return f;
     }
     if (g->n_fr == g->cap_fr) {
-        int32_t c = g->cap_fr * 2;
-        int32_t *r = realloc(g->fr_ret, (size_t)c * sizeof *r);
-        if (r)
-            g->fr_ret = r;
-        int32_t *p = realloc(g->fr_parent, (size_t)c * sizeof *p);
-        if (p)
-            g->fr_parent = p;
-        uint8_t *d = realloc(g->fr_depth, (size_t)c);
-        if (d)
-            g->fr_depth = d;
-        uint32_t *fd = realloc(g->fr_dist, (size_t)c * sizeof *fd);
-        if (fd)
-            g->fr_dist = fd;
-        if (!r || !p || !d || !fd)
+        frame *p = realloc(g->fr, (size_t)g->cap_fr * 2 * sizeof *p);
+        if (!p)
             return -ENOMEM;
-        g->cap_fr = c;
+        g->fr = p;
+        g->cap_fr *= 2;
     }
     int32_t f = g->n_fr++;
-    g->fr_ret[f] = ret;
-    g->fr_parent[f] = parent;
-    g->fr_depth[f] = (uint8_t)(g->fr_depth[parent] + 1);
-    uint64_t fd = (uint64_t)g->dist[ret] + g->fr_dist[parent];
-    g->fr_dist[f] = fd >= DIST_INF ? DIST_INF - 1 : (uint32_t)fd;
+    uint64_t fd = (uint64_t)g->dist[ret] + g->fr[parent].dist;
+    g->fr[f] = (frame){ret, parent, fd >= DIST_INF ? DIST_INF - 1 : (uint32_t)fd, (uint8_t)(g->fr[parent].depth + 1)};
     g->fr_ht[h] = f;
     return f;
 }
@@ -500,7 +487,7 @@ static int st_ht_rebuild(wk_grammar *g, uint32_t c) {
         return -ENOMEM;
     memset(t, 0xff, c * sizeof *t);
     for (int32_t s = 0; s < g->n_st; s++) {
-        uint32_t h = (uint32_t)state_hash(g->cfg + g->st_off[s], g->st_n[s], g->st_acc[s]) & (c - 1);
+        uint32_t h = (uint32_t)state_hash(g->cfg + g->st[s].off, g->st[s].n, g->st[s].acc) & (c - 1);
         while (t[h] >= 0)
             h = (h + 1) & (c - 1);
         t[h] = s;
@@ -518,38 +505,20 @@ static int32_t state_get(wk_grammar *g, const uint64_t *c, int32_t n, int acc) {
     uint32_t h = (uint32_t)state_hash(c, n, acc) & (g->st_ht_cap - 1);
     for (; g->st_ht[h] >= 0; h = (h + 1) & (g->st_ht_cap - 1)) {
         int32_t s = g->st_ht[h];
-        if (g->st_n[s] == n && g->st_acc[s] == acc && (!n || !memcmp(g->cfg + g->st_off[s], c, (size_t)n * sizeof *c)))
+        if (g->st[s].n == n && g->st[s].acc == acc && (!n || !memcmp(g->cfg + g->st[s].off, c, (size_t)n * sizeof *c)))
             return s;
     }
     if (g->n_st >= WK_GRAMMAR_MAX_STATES)
         return -E2BIG;
     if (g->n_st == g->cap_st) {
         int32_t cs = g->cap_st ? g->cap_st * 2 : 64;
-        size_t *o = realloc(g->st_off, (size_t)cs * sizeof *o);
-        if (o)
-            g->st_off = o;
-        int32_t *sn = realloc(g->st_n, (size_t)cs * sizeof *sn);
-        if (sn)
-            g->st_n = sn;
-        uint8_t *sa = realloc(g->st_acc, (size_t)cs);
-        if (sa)
-            g->st_acc = sa;
-        uint32_t *sd = realloc(g->st_dist, (size_t)cs * sizeof *sd);
-        if (sd)
-            g->st_dist = sd;
+        state *st = realloc(g->st, (size_t)cs * sizeof *st);
+        if (st)
+            g->st = st;
         int32_t *tr = realloc(g->trans, (size_t)cs * 256 * sizeof *tr);
         if (tr)
             g->trans = tr;
-        uint64_t **mk = realloc(g->mask, (size_t)cs * sizeof *mk);
-        if (mk)
-            g->mask = mk;
-        wk_grise **rs = realloc(g->rise, (size_t)cs * sizeof *rs);
-        if (rs)
-            g->rise = rs;
-        int32_t *nr = realloc(g->n_rise, (size_t)cs * sizeof *nr);
-        if (nr)
-            g->n_rise = nr;
-        if (!o || !sn || !sa || !sd || !tr || !mk || !rs || !nr)
+        if (!st || !tr)
             return -ENOMEM;
         g->cap_st = cs;
     }
@@ -560,19 +529,14 @@ static int32_t state_get(wk_grammar *g, const uint64_t *c, int32_t n, int acc) {
     if (n)
         memcpy(g->cfg + g->n_cfg, c, (size_t)n * sizeof *c);
     int32_t s = g->n_st++;
-    g->st_off[s] = g->n_cfg;
-    g->n_cfg += (size_t)n;
-    g->st_n[s] = n;
-    g->st_acc[s] = (uint8_t)acc;
     uint64_t best = acc ? 0 : DIST_INF;
     for (int32_t i = 0; i < n; i++) {
-        uint64_t d = (uint64_t)g->dist[c[i] >> 32] + g->fr_dist[(uint32_t)c[i]];
+        uint64_t d = (uint64_t)g->dist[c[i] >> 32] + g->fr[(uint32_t)c[i]].dist;
         best = d < best ? d : best;
     }
-    g->st_dist[s] = best >= DIST_INF ? DIST_INF : (uint32_t)best;
-    g->mask[s] = NULL;
-    g->rise[s] = NULL;
-    g->n_rise[s] = 0;
+    g->st[s] = (state){.off = g->n_cfg, .n = n, .acc = (uint8_t)acc,
+                       .dist = best >= DIST_INF ? DIST_INF : (uint32_t)best};
+    g->n_cfg += (size_t)n;
     memset(g->trans + (size_t)s * 256, 0xff, 256 * sizeof *g->trans);
     g->st_ht[h] = s;
     return s;
@@ -650,7 +614,7 @@ static int32_t close_state(wk_grammar *g, size_t n) {
             if (fr == 0)
                 acc = 1;
             else {
-                uint64_t k = CFG(g->fr_ret[fr], g->fr_parent[fr]);
+                uint64_t k = CFG(g->fr[fr].ret, g->fr[fr].parent);
                 int r = seen_add(g, k);
                 if (r < 0)
                     return r;
@@ -662,7 +626,7 @@ static int32_t close_state(wk_grammar *g, size_t n) {
             const move_edge *me = &g->m[e];
             int32_t nf = fr;
             if (me->ret >= 0) {
-                if (g->fr_depth[fr] >= WK_GRAMMAR_MAX_DEPTH)
+                if (g->fr[fr].depth >= WK_GRAMMAR_MAX_DEPTH)
                     continue;
                 nf = frame_get(g, me->ret, fr);
                 if (nf < 0)
@@ -684,8 +648,8 @@ static int32_t close_state(wk_grammar *g, size_t n) {
 
 static int32_t compute_trans(wk_grammar *g, int32_t s, uint8_t byte) {
     size_t n = 0;
-    for (int32_t i = 0; i < g->st_n[s]; i++) {
-        uint64_t c = g->cfg[g->st_off[s] + (size_t)i];
+    for (int32_t i = 0; i < g->st[s].n; i++) {
+        uint64_t c = g->cfg[g->st[s].off + (size_t)i];
         int32_t node = (int32_t)(c >> 32), fr = (int32_t)(uint32_t)c;
         for (int32_t e = g->b_off[node]; e < g->b_off[node + 1]; e++)
             if (g->b[e].lo <= byte && byte <= g->b[e].hi) {
@@ -873,16 +837,9 @@ int wk_grammar_seal(wk_grammar *g, int32_t start) {
     g->n_be = g->cap_be = 0;
     // frame 0: the empty stack
     g->cap_fr = 64;
-    g->fr_ret = malloc((size_t)g->cap_fr * sizeof *g->fr_ret);
-    g->fr_parent = malloc((size_t)g->cap_fr * sizeof *g->fr_parent);
-    g->fr_depth = malloc((size_t)g->cap_fr);
-    g->fr_dist = malloc((size_t)g->cap_fr * sizeof *g->fr_dist);
-    if (!g->fr_ret || !g->fr_parent || !g->fr_depth || !g->fr_dist)
+    if (!(g->fr = malloc((size_t)g->cap_fr * sizeof *g->fr)))
         return -ENOMEM;
-    g->fr_ret[0] = -1;
-    g->fr_parent[0] = 0;
-    g->fr_depth[0] = 0;
-    g->fr_dist[0] = 0;
+    g->fr[0] = (frame){.ret = -1};
     g->n_fr = 1;
     g->sealed = 1;
     g->root = start;
@@ -913,15 +870,15 @@ int32_t wk_grammar_step(wk_grammar *g, int32_t s, const uint8_t *bytes, size_t n
 }
 
 int wk_grammar_accepting(const wk_grammar *g, int32_t s) {
-    return s > 0 && g->st_acc[s];
+    return s > 0 && g->st[s].acc;
 }
 
 int wk_grammar_complete(const wk_grammar *g, int32_t s) {
-    return s > 0 && g->st_acc[s] && g->st_n[s] == 0;
+    return s > 0 && g->st[s].acc && g->st[s].n == 0;
 }
 
 uint32_t wk_grammar_distance(const wk_grammar *g, int32_t s) {
-    return s > 0 ? g->st_dist[s] : UINT32_MAX;
+    return s > 0 ? g->st[s].dist : UINT32_MAX;
 }
 
 int32_t wk_grammar_n_states(const wk_grammar *g) {
@@ -930,11 +887,11 @@ int32_t wk_grammar_n_states(const wk_grammar *g) {
 
 static void masks_flush(wk_grammar *g) {
     for (int32_t i = 0; i < g->n_st; i++) {
-        free(g->mask[i]);
-        free(g->rise[i]);
-        g->mask[i] = NULL;
-        g->rise[i] = NULL;
-        g->n_rise[i] = 0;
+        free(g->st[i].mask);
+        free(g->st[i].rise);
+        g->st[i].mask = NULL;
+        g->st[i].rise = NULL;
+        g->st[i].n_rise = 0;
     }
     g->mask_bytes = 0;
 }
@@ -954,10 +911,10 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
         *err = -EINVAL;
         return NULL;
     }
-    if (g->mask[s]) {
-        *rises = g->rise[s];
-        *n_rises = g->n_rise[s];
-        return g->mask[s];
+    if (g->st[s].mask) {
+        *rises = g->st[s].rise;
+        *n_rises = g->st[s].n_rise;
+        return g->st[s].mask;
     }
     size_t words = ((size_t)v->n_vocab + 63) / 64;
     if (g->mask_bytes + words * 8 > WK_GRAMMAR_MASK_BUDGET)
@@ -974,7 +931,7 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
     st[0] = s;
     wk_grise *rs = NULL;
     size_t nr = 0, cap_r = 0;
-    const uint32_t here = g->st_dist[s];
+    const uint32_t here = g->st[s].dist;
     for (int32_t i = 0; i < v->n_nodes;) {
         int32_t t = next(g, st[v->nd[i] - 1], v->nb[i]);
         if (t < 0) {
@@ -990,7 +947,7 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
         st[v->nd[i]] = t;
         for (int32_t k = v->ntok_off[i]; k < v->ntok_off[i + 1]; k++) {
             m[v->ntok[k] >> 6] |= 1ull << (v->ntok[k] & 63);
-            if (g->st_dist[t] > here) {
+            if (g->st[t].dist > here) {
                 wk_grise *p = grow(rs, sizeof *rs, &cap_r, nr + 1);
                 if (!p) {
                     free(m);
@@ -999,22 +956,22 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
                     return NULL;
                 }
                 rs = p;
-                rs[nr++] = (wk_grise){v->ntok[k], g->st_dist[t]};
+                rs[nr++] = (wk_grise){v->ntok[k], g->st[t].dist};
             }
         }
         i++;
     }
     if (nr)
         qsort(rs, nr, sizeof *rs, rise_cmp);
-    g->rise[s] = rs;
-    g->n_rise[s] = (int32_t)nr;
+    g->st[s].rise = rs;
+    g->st[s].n_rise = (int32_t)nr;
     g->mask_bytes += nr * sizeof *rs;
     *rises = rs;
     *n_rises = (int)nr;
-    if (g->st_acc[s])
+    if (g->st[s].acc)
         for (int k = 0; k < v->n_eog; k++)
             m[v->eog[k] >> 6] |= 1ull << (v->eog[k] & 63);
-    g->mask[s] = m;
+    g->st[s].mask = m;
     g->mask_bytes += words * 8;
     *computed = 1;
     return m;

@@ -52,6 +52,19 @@ static int kt_checks = 0;
             KT_FAIL_("%s ~= %s: %.9g != %.9g (tol %g)", #a, #b, kt_a_, kt_b_, (double)(tol));                  \
     } while (0)
 
+/* The default model's GGUF for the tests that need one: $KOLM_TEST_MODEL, else
+ * ${KOLM_HOME:-~/.kolm}/models/gemma-3-270m-q4_k_m.gguf (into buf). */
+static inline const char *kt_model_path(char *buf, size_t n) {
+    const char *path = getenv("KOLM_TEST_MODEL"), *home = getenv("KOLM_HOME"), *user = getenv("HOME");
+    if (path && *path)
+        return path;
+    if (home && *home)
+        snprintf(buf, n, "%s/models/gemma-3-270m-q4_k_m.gguf", home);
+    else
+        snprintf(buf, n, "%s/.kolm/models/gemma-3-270m-q4_k_m.gguf", user ? user : "");
+    return buf;
+}
+
 /* Call at the end of main: prints the plain closing line and returns the exit code. */
 static inline int kt_done(const char *name) {
     printf("%s: %d checks, %d failed\n", name, kt_checks, kt_failures);

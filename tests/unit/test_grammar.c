@@ -478,14 +478,8 @@ int main(void) {
     test_refusals();
     test_distance();
     test_numbers();
-    const char *path = getenv("KOLM_TEST_MODEL");
     char def[1024];
-    if (!path) {
-        const char *home = getenv("KOLM_HOME");
-        snprintf(def, sizeof def, "%s%s/models/gemma-3-270m-q4_k_m.gguf", home ? home : getenv("HOME"),
-                 home ? "" : "/.kolm");
-        path = def;
-    }
+    const char *path = kt_model_path(def, sizeof def);
     wk_gguf *gg = NULL;
     wk_tok *tok = NULL;
     char err[256];

@@ -596,14 +596,8 @@ static void test_sampler(void) {
 int main(void) {
     test_sampler();
     test_sampler_subset();
-    const char *path = getenv("KOLM_TEST_MODEL");
     char def[1024];
-    if (!path) {
-        const char *home = getenv("KOLM_HOME");
-        snprintf(def, sizeof def, "%s%s/models/gemma-3-270m-q4_k_m.gguf", home ? home : getenv("HOME"),
-                 home ? "" : "/.kolm");
-        path = def;
-    }
+    const char *path = kt_model_path(def, sizeof def);
     env e = {0};
     char err[256];
     if (wk_gguf_open(path, &e.g, err, sizeof err)) {
