@@ -116,10 +116,11 @@ int main(int argc, char **argv) {
             for (int k = 0; k < steps && !wk_grammar_complete(g, s); k++) {
                 int restricted;
                 const int32_t *ids;
+                int na;
                 double a = now_us();
-                int na = wk_gcache_mask(gc, g, s, -1, logits, nv, &ids, &restricted);
+                int n_ok = wk_gcache_mask(gc, g, s, -1, logits, nv, &ids, &na, &restricted);
                 double dt = now_us() - a;
-                if (na <= 0)
+                if (n_ok <= 0)
                     break;
                 if (n_all == cap) {
                     cap *= 2;

@@ -193,9 +193,10 @@ static uint64_t now_ns(void) {
 }
 
 int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float *logits, int n_logits,
-                   const int32_t **ids, int *restricted) {
+                   const int32_t **ids, int *n_ids, int *restricted) {
     *restricted = 0;
     *ids = NULL;
+    *n_ids = 0;
     uint64_t t0 = now_ns();
     int computed, err;
     const wk_grise *rises;
@@ -216,7 +217,7 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
                 if (w * 64 + __builtin_ctzll(x) < n)
                     c->ids[k++] = w * 64 + __builtin_ctzll(x);
         *ids = c->ids;
-        allowed = k;
+        *n_ids = allowed = k;
     } else { // many allowed: forbid the rest in the row
         for (int w = 0; w < words; w++) {
             uint64_t x = m[w];

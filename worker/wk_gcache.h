@@ -38,8 +38,9 @@ void wk_gcache_put(wk_gcache *c, wk_grammar *g); // NULL is a no-op
 /* Applies the grammar's mask of state to logits [n_logits] (rows past the
  * tokenizer's vocabulary are never allowed). When many tokens are allowed, every
  * forbidden logit is set to -inf and *ids is NULL; when few are, *ids lists the
- * allowed tokens (ascending, the row's other logits untouched: sample among the
- * list only; valid until the next call) and the count is its length.
+ * allowed tokens (*n_ids of them, ascending; the row's other logits untouched:
+ * sample among the list only; valid until the next call). Tokens the budget
+ * drops (below) have -inf logits either way.
  * budget (tokens the output may still take, this one included; < 0: no limit)
  * also forbids the tokens after which the rest of the budget could not finish
  * the document (its distance in bytes exceeds the tokens left: every byte has
@@ -49,7 +50,7 @@ void wk_gcache_put(wk_gcache *c, wk_grammar *g); // NULL is a no-op
  * removed a token. Returns the number of tokens left allowed, or a negative
  * errno. */
 int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float *logits, int n_logits,
-                   const int32_t **ids, int *restricted);
+                   const int32_t **ids, int *n_ids, int *restricted);
 /* The grammar state after token id from state: a live state, or <= 0 when the
  * token leaves the language (or a negative errno). */
 int32_t wk_gcache_advance(wk_gcache *c, wk_grammar *g, int32_t state, int32_t id);

@@ -926,9 +926,9 @@ int wk_sched_step(wk_sched *s) {
         int n_ids = 0;
         if (q->jb->gram) {
             int left = q->max_gen - q->n_gen, room = s->cfg.n_ctx - q->n_tok, restricted;
-            n_ids = wk_gcache_mask(s->gc, q->jb->gram, q->gstate, left < room ? left : room, row, s->n_vocab, &ids,
-                                   &restricted);
-            reason = n_ids < 0 ? n_ids : n_ids == 0 ? -EPROTO : 0;
+            int allowed = wk_gcache_mask(s->gc, q->jb->gram, q->gstate, left < room ? left : room, row, s->n_vocab,
+                                         &ids, &n_ids, &restricted);
+            reason = allowed < 0 ? allowed : allowed == 0 ? -EPROTO : 0;
             q->cut |= restricted;
         }
         if (!reason)

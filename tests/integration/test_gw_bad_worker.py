@@ -10,6 +10,7 @@ msgpack encoder and takes the script for a job from the job's user message.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +19,13 @@ import time
 
 import pytest
 
-from conftest import free_port
+from conftest import REPO, free_port
+
+
+def proto_version():
+    """PROTO_VERSION from proto/proto.h: the fake speaks the version the gateway expects."""
+    m = re.search(r"#define PROTO_VERSION (\d+)", (REPO / "proto" / "proto.h").read_text())
+    return int(m.group(1))
 
 FAKE = r'''#!PYTHON
 import os, sys, struct, select
@@ -36,7 +43,7 @@ def m(d):
     return out
 
 def frame(t, p):
-    return struct.pack(">IHHI", 0x4B4C4D46, 2, t, len(p)) + p
+    return struct.pack(">IHHI", 0x4B4C4D46, PROTO_VERSION, t, len(p)) + p
 
 def ev(job, kind, **kw):
     return frame(4, m(dict(job=job, kind=kind, choice=0, **kw)))
@@ -84,7 +91,8 @@ def fake_server(kolm_bin, tmp_path):
     bindir.mkdir()
     shutil.copy2(kolm_bin, bindir / "kolm")
     worker = bindir / "kolm-worker"
-    worker.write_text(FAKE.replace("PYTHON", os.path.realpath(os.sys.executable), 1))
+    worker.write_text(FAKE.replace("PYTHON", os.path.realpath(os.sys.executable), 1)
+                      .replace("PROTO_VERSION", str(proto_version())))
     worker.chmod(0o755)
     model = tmp_path / "fake.gguf"
     model.write_bytes(b"")
