@@ -21,17 +21,28 @@
 
 /* ---------------------------------------------------------------- vocabulary */
 
-struct wk_gvocab {
-    int n_vocab;
-    uint8_t *bytes;    // token bytes, token i at bytes[tok_off[i] .. tok_off[i + 1])
-    int32_t *tok_off;  // [n_vocab + 1]
-    int32_t n_nodes;   // trie nodes in preorder
+/* Tokens laid out as a byte trie in preorder. */
+typedef struct trie {
+    int32_t n_nodes;
     uint8_t *nb;       // [n_nodes] the byte leading into the node
     uint16_t *nd;      // [n_nodes] depth (1 = a child of the root)
     int32_t *nend;     // [n_nodes] index just past the node's subtree
     int32_t *ntok_off; // [n_nodes + 1] tokens ending at node i: ntok[ntok_off[i] .. ntok_off[i + 1])
     int32_t *ntok;
-    int32_t *eog;      // [n_eog]
+} trie;
+
+struct wk_gvocab {
+    int n_vocab;
+    uint8_t *bytes;   // token bytes, token i at bytes[tok_off[i] .. tok_off[i + 1])
+    int32_t *tok_off; // [n_vocab + 1]
+    trie all;         // every token with bytes (not the end-of-generation ones)
+    trie other;       // the tokens that are not plain text (below)
+    // Plain tokens: whole UTF-8 characters that a JSON string holds as they are
+    // (no '"', '\\' or control character). plain[r * words ..] is the bitset of
+    // those of at most r characters, r = 0 .. max_chars.
+    uint64_t *plain;
+    int max_chars;
+    int32_t *eog; // [n_eog]
     int n_eog;
     int max_len;
 };
@@ -53,18 +64,84 @@ static int tok_cmp(const void *a, const void *b) {
     return x->id < y->id ? -1 : x->id > y->id;
 }
 
+static void trie_free(trie *t) {
+    free(t->nb);
+    free(t->nd);
+    free(t->nend);
+    free(t->ntok_off);
+    free(t->ntok);
+}
+
 void wk_gvocab_free(wk_gvocab *v) {
     if (!v)
         return;
     free(v->bytes);
     free(v->tok_off);
-    free(v->nb);
-    free(v->nd);
-    free(v->nend);
-    free(v->ntok_off);
-    free(v->ntok);
+    trie_free(&v->all);
+    trie_free(&v->other);
+    free(v->plain);
     free(v->eog);
     free(v);
+}
+
+/* The trie of refs[0..nr) (sorted), whose bytes total `total`. */
+static int trie_build(trie *t, const tok_ref *refs, int nr, size_t total, int max_len) {
+    t->nb = malloc(total + 1);
+    t->nd = malloc((total + 1) * sizeof *t->nd);
+    t->nend = malloc((total + 1) * sizeof *t->nend);
+    t->ntok_off = malloc((total + 1) * sizeof *t->ntok_off);
+    t->ntok = malloc(((size_t)nr + 1) * sizeof *t->ntok);
+    int32_t *path = malloc(((size_t)max_len + 1) * sizeof *path);
+    if (!t->nb || !t->nd || !t->nend || !t->ntok_off || !t->ntok || !path) {
+        free(path);
+        return -ENOMEM;
+    }
+    int depth = 0, nt = 0;
+    int32_t nn = 0;
+    const tok_ref *prev = NULL;
+    for (int r = 0; r < nr; r++) {
+        const tok_ref *k = &refs[r];
+        int l = 0;
+        if (prev)
+            while (l < prev->len && l < k->len && prev->p[l] == k->p[l])
+                l++;
+        for (; depth > l; depth--)
+            t->nend[path[depth]] = nn;
+        for (; depth < k->len; depth++) {
+            t->nb[nn] = k->p[depth];
+            t->nd[nn] = (uint16_t)(depth + 1);
+            t->ntok_off[nn] = nt;
+            path[depth + 1] = nn++;
+        }
+        t->ntok[nt++] = k->id; // the deepest node is the last one created
+        prev = k;
+    }
+    for (; depth > 0; depth--)
+        t->nend[path[depth]] = nn;
+    t->ntok_off[nn] = nt;
+    t->n_nodes = nn;
+    free(path);
+    return 0;
+}
+
+/* Characters in p[0..n) when it is plain JSON string text (whole, valid UTF-8
+ * characters, none of them '"', '\\' or below U+0020), else -1. */
+static int plain_chars(const uint8_t *p, int n) {
+    int chars = 0;
+    for (int i = 0; i < n; chars++) {
+        uint8_t c = p[i];
+        int len = c < 0x80 ? 1 : c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+        if (!len || i + len > n || (len == 1 && (c < 0x20 || c == '"' || c == '\\')))
+            return -1;
+        for (int k = 1; k < len; k++)
+            if ((p[i + k] & 0xC0) != 0x80)
+                return -1;
+        if ((c == 0xE0 && p[i + 1] < 0xA0) || (c == 0xED && p[i + 1] > 0x9F) || (c == 0xF0 && p[i + 1] < 0x90) ||
+            (c == 0xF4 && p[i + 1] > 0x8F))
+            return -1; // overlong, surrogate, above U+10FFFF
+        i += len;
+    }
+    return chars;
 }
 
 int wk_gvocab_build(const wk_tok *t, wk_gvocab **out) {
@@ -73,8 +150,8 @@ int wk_gvocab_build(const wk_tok *t, wk_gvocab **out) {
     if (n <= 0)
         return -EINVAL;
     wk_gvocab *v = calloc(1, sizeof *v);
-    tok_ref *refs = NULL;
-    int32_t *path = NULL;
+    tok_ref *refs = NULL, *others = NULL;
+    int *chars = NULL;
     if (!v)
         return -ENOMEM;
     v->n_vocab = n;
@@ -89,18 +166,15 @@ int wk_gvocab_build(const wk_tok *t, wk_gvocab **out) {
     v->tok_off = calloc((size_t)n + 1, sizeof *v->tok_off);
     v->eog = calloc((size_t)n, sizeof *v->eog);
     refs = malloc((size_t)n * sizeof *refs);
-    // Trie nodes: at most one per token byte.
-    v->nb = malloc(total ? total : 1);
-    v->nd = malloc((total ? total : 1) * sizeof *v->nd);
-    v->nend = malloc((total ? total : 1) * sizeof *v->nend);
-    v->ntok_off = malloc((total + 1) * sizeof *v->ntok_off);
-    v->ntok = malloc((size_t)n * sizeof *v->ntok);
-    if (!v->bytes || !v->tok_off || !v->eog || !refs || !v->nb || !v->nd || !v->nend || !v->ntok_off || !v->ntok)
+    others = malloc((size_t)n * sizeof *others);
+    chars = malloc((size_t)n * sizeof *chars);
+    if (!v->bytes || !v->tok_off || !v->eog || !refs || !others || !chars)
         goto oom;
-    size_t at = 0;
-    int nr = 0;
+    size_t at = 0, other_bytes = 0;
+    int nr = 0, no = 0;
     for (int32_t i = 0; i < n; i++) {
         v->tok_off[i] = (int32_t)at;
+        chars[i] = -1;
         const char *p;
         int len = wk_tok_piece(t, i, 0, &p);
         if (wk_tok_is_eog(t, i)) {
@@ -111,46 +185,39 @@ int wk_gvocab_build(const wk_tok *t, wk_gvocab **out) {
             continue;
         memcpy(v->bytes + at, p, (size_t)len);
         refs[nr++] = (tok_ref){v->bytes + at, len, i};
+        if ((chars[i] = plain_chars(v->bytes + at, len)) < 0) {
+            others[no++] = refs[nr - 1];
+            other_bytes += (size_t)len;
+        } else if (chars[i] > v->max_chars) {
+            v->max_chars = chars[i];
+        }
         at += (size_t)len;
         if (len > v->max_len)
             v->max_len = len;
     }
     v->tok_off[n] = (int32_t)at;
     qsort(refs, (size_t)nr, sizeof *refs, tok_cmp);
-    path = malloc(((size_t)v->max_len + 1) * sizeof *path);
-    if (!path)
+    qsort(others, (size_t)no, sizeof *others, tok_cmp);
+    if (trie_build(&v->all, refs, nr, at, v->max_len) || trie_build(&v->other, others, no, other_bytes, v->max_len))
         goto oom;
-    int depth = 0, nt = 0;
-    int32_t nn = 0;
-    const tok_ref *prev = NULL;
-    for (int r = 0; r < nr; r++) {
-        const tok_ref *k = &refs[r];
-        int l = 0;
-        if (prev)
-            while (l < prev->len && l < k->len && prev->p[l] == k->p[l])
-                l++;
-        for (; depth > l; depth--)
-            v->nend[path[depth]] = nn;
-        for (; depth < k->len; depth++) {
-            v->nb[nn] = k->p[depth];
-            v->nd[nn] = (uint16_t)(depth + 1);
-            v->ntok_off[nn] = nt;
-            path[depth + 1] = nn++;
-        }
-        v->ntok[nt++] = k->id; // the deepest node is the last one created
-        prev = k;
-    }
-    for (; depth > 0; depth--)
-        v->nend[path[depth]] = nn;
-    v->ntok_off[nn] = nt;
-    v->n_nodes = nn;
-    free(path);
+    size_t words = ((size_t)n + 63) / 64;
+    if (!(v->plain = calloc(((size_t)v->max_chars + 1) * words, sizeof *v->plain)))
+        goto oom;
+    for (int32_t i = 0; i < n; i++)
+        if (chars[i] > 0)
+            v->plain[(size_t)chars[i] * words + (size_t)i / 64] |= 1ull << (i & 63);
+    for (int r = 1; r <= v->max_chars; r++) // at most r characters
+        for (size_t w = 0; w < words; w++)
+            v->plain[(size_t)r * words + w] |= v->plain[(size_t)(r - 1) * words + w];
+    free(chars);
     free(refs);
+    free(others);
     *out = v;
     return 0;
 oom:
-    free(path);
+    free(chars);
     free(refs);
+    free(others);
     wk_gvocab_free(v);
     return -ENOMEM;
 }
@@ -171,6 +238,7 @@ const uint8_t *wk_gvocab_bytes(const wk_gvocab *v, int32_t id, int *len) {
 /* ------------------------------------------------------------------- grammar */
 
 enum { E_BYTE, E_EPS, E_CALL };
+enum { TAG_INERT = 1, TAG_PLAIN = 2 };
 
 #define DIST_INF UINT32_MAX
 
@@ -212,6 +280,7 @@ struct wk_grammar {
     bedge *be;
     size_t n_be, cap_be;
     uint8_t *end; // [n_nodes] 1 = a rule's end
+    uint32_t *tag; // [n_nodes] 0, TAG_INERT, or TAG_PLAIN + chars (UINT32_MAX: unbounded)
     int32_t n_nodes, cap_nodes;
     int err, sealed;
     int32_t root;
@@ -265,6 +334,7 @@ void wk_grammar_free(wk_grammar *g) {
         return;
     free(g->be);
     free(g->end);
+    free(g->tag);
     free(g->b_off);
     free(g->b);
     free(g->m_off);
@@ -297,14 +367,19 @@ int32_t wk_grammar_node(wk_grammar *g) {
     if (g->n_nodes == g->cap_nodes) {
         int32_t c = g->cap_nodes ? g->cap_nodes * 2 : 256;
         uint8_t *e = realloc(g->end, (size_t)c);
-        if (!e) {
+        if (e)
+            g->end = e;
+        uint32_t *t = realloc(g->tag, (size_t)c * sizeof *t);
+        if (t)
+            g->tag = t;
+        if (!e || !t) {
             g->err = -ENOMEM;
             return 0;
         }
-        g->end = e;
         g->cap_nodes = c;
     }
     g->end[g->n_nodes] = 0;
+    g->tag[g->n_nodes] = 0;
     return g->n_nodes++;
 }
 
@@ -339,6 +414,16 @@ void wk_grammar_call(wk_grammar *g, int32_t from, int32_t rule_start, int32_t re
 void wk_grammar_end(wk_grammar *g, int32_t node) {
     if (!g->err)
         g->end[node] = 1;
+}
+
+void wk_grammar_plain(wk_grammar *g, int32_t node, uint32_t chars) {
+    if (!g->err)
+        g->tag[node] = chars >= UINT32_MAX - TAG_PLAIN ? UINT32_MAX : TAG_PLAIN + chars;
+}
+
+void wk_grammar_inert(wk_grammar *g, int32_t node) {
+    if (!g->err)
+        g->tag[node] = TAG_INERT;
 }
 
 int32_t wk_grammar_lit(wk_grammar *g, int32_t from, const char *text, size_t len) {
@@ -927,13 +1012,32 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
     }
     if (g->cap_walk < v->max_len + 1)
         g->cap_walk = v->max_len + 1;
+    // One plain node (and inert ones): the plain tokens it takes come from the
+    // vocabulary's bitsets, and only the other tokens are walked.
+    const trie *tr = &v->all;
+    int plain = 0;
+    uint32_t cap = 0;
+    for (int32_t i = 0; i < g->st[s].n; i++) {
+        uint32_t tg = g->tag[g->cfg[g->st[s].off + (size_t)i] >> 32];
+        if (tg >= TAG_PLAIN) {
+            plain++;
+            cap = tg == UINT32_MAX ? UINT32_MAX : tg - TAG_PLAIN;
+        } else if (tg != TAG_INERT) {
+            plain = 2;
+        }
+    }
+    if (plain == 1) {
+        uint32_t r = cap < (uint32_t)v->max_chars ? cap : (uint32_t)v->max_chars;
+        memcpy(m, v->plain + (size_t)r * words, words * sizeof *m);
+        tr = &v->other;
+    }
     int32_t *st = g->walk;
     st[0] = s;
     wk_grise *rs = NULL;
     size_t nr = 0, cap_r = 0;
     const uint32_t here = g->st[s].dist;
-    for (int32_t i = 0; i < v->n_nodes;) {
-        int32_t t = next(g, st[v->nd[i] - 1], v->nb[i]);
+    for (int32_t i = 0; i < tr->n_nodes;) {
+        int32_t t = next(g, st[tr->nd[i] - 1], tr->nb[i]);
         if (t < 0) {
             free(m);
             free(rs);
@@ -941,12 +1045,12 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
             return NULL;
         }
         if (t == WK_GRAMMAR_DEAD) {
-            i = v->nend[i];
+            i = tr->nend[i];
             continue;
         }
-        st[v->nd[i]] = t;
-        for (int32_t k = v->ntok_off[i]; k < v->ntok_off[i + 1]; k++) {
-            m[v->ntok[k] >> 6] |= 1ull << (v->ntok[k] & 63);
+        st[tr->nd[i]] = t;
+        for (int32_t k = tr->ntok_off[i]; k < tr->ntok_off[i + 1]; k++) {
+            m[tr->ntok[k] >> 6] |= 1ull << (tr->ntok[k] & 63);
             if (g->st[t].dist > here) {
                 wk_grise *p = grow(rs, sizeof *rs, &cap_r, nr + 1);
                 if (!p) {
@@ -956,7 +1060,7 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
                     return NULL;
                 }
                 rs = p;
-                rs[nr++] = (wk_grise){v->ntok[k], g->st[t].dist};
+                rs[nr++] = (wk_grise){tr->ntok[k], g->st[t].dist};
             }
         }
         i++;

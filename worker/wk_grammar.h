@@ -63,6 +63,15 @@ void wk_grammar_call(wk_grammar *g, int32_t from, int32_t rule_start, int32_t re
 void wk_grammar_end(wk_grammar *g, int32_t node);
 /* from --text--> returned node (a chain of single-byte edges). */
 int32_t wk_grammar_lit(wk_grammar *g, int32_t from, const char *text, size_t len);
+/* Declares that a plain token (whole UTF-8 characters a JSON string holds as
+ * they are: no '"', '\\' or control character) of c characters keeps a
+ * configuration at node alive exactly when c <= chars (WK_GRAMMAR_UNBOUNDED: any
+ * c), and never raises its distance; wk_grammar_inert: no plain token keeps one
+ * alive. A state made of one such node and inert ones gets its mask without
+ * walking the plain tokens. The caller vouches for it (wk_jsonschema's strings). */
+#define WK_GRAMMAR_UNBOUNDED UINT32_MAX
+void wk_grammar_plain(wk_grammar *g, int32_t node, uint32_t chars);
+void wk_grammar_inert(wk_grammar *g, int32_t node);
 /* from --(UTF-8 of any code point in [lo, hi], surrogates excluded)--> to. */
 void wk_grammar_utf8(wk_grammar *g, int32_t from, uint32_t lo, uint32_t hi, int32_t to);
 int32_t wk_grammar_n_nodes(const wk_grammar *g);

@@ -170,8 +170,10 @@ typedef struct pcell {
     int32_t q, k;
 } pcell;
 
-/* '"' then code points accepted by rx, count in [min, max] (max < 0: none), '"'. */
-static int emit_string_rx(wk_js *c, const wk_rx *rx, long min, long max, int32_t from, int32_t to) {
+/* '"' then code points accepted by rx, count in [min, max] (max < 0: none), '"'.
+ * plain: rx is "any code point", so every cell takes any plain text (tagged for
+ * wk_grammar's mask shortcut). */
+static int emit_string_rx(wk_js *c, const wk_rx *rx, long min, long max, int plain, int32_t from, int32_t to) {
     long kk = max >= 0 ? max : min; // counts above kk are the same state (no max)
     if ((double)rx->n_states * (double)(kk + 1) > 2e6)
         return fail(c, "string length bounds %ld..%ld are too large for this pattern", min, max);
@@ -186,6 +188,8 @@ static int emit_string_rx(wk_js *c, const wk_rx *rx, long min, long max, int32_t
     memset(map, 0xff, cells * sizeof *map);
     int32_t open = lit(c, from, "\""), close = node(c);
     wk_grammar_bytes(c->g, close, '"', '"', to);
+    if (plain)
+        wk_grammar_inert(c->g, close);
     size_t nw = 0;
 #define CELL(q, k) ((size_t)(q) * (size_t)(kk + 1) + (size_t)(k))
     map[CELL(rx->start, 0)] = open;
@@ -193,6 +197,8 @@ static int emit_string_rx(wk_js *c, const wk_rx *rx, long min, long max, int32_t
     while (nw) {
         pcell p = work[--nw];
         int32_t at = map[CELL(p.q, p.k)];
+        if (plain)
+            wk_grammar_plain(c->g, at, max >= 0 ? (uint32_t)(max - p.k) : WK_GRAMMAR_UNBOUNDED);
         if (rx->accept[p.q] && p.k >= min)
             wk_grammar_eps(c->g, at, close);
         for (int32_t e = rx->eps_off[p.q]; e < rx->eps_off[p.q + 1]; e++) {
@@ -290,7 +296,7 @@ static int emit_string(wk_js *c, json_t *s, int32_t from, int32_t to) {
         static wk_rx_edge any[1] = {{0, 0x10FFFF, 0}};
         rx = (wk_rx){.n_states = 1, .start = 0, .accept = acc1, .edge_off = eo, .edges = any, .eps_off = xo};
     }
-    int rc = emit_string_rx(c, &rx, min, max, from, to);
+    int rc = emit_string_rx(c, &rx, min, max, !src, from, to);
     if (src)
         wk_rx_free(&rx);
     return rc;
