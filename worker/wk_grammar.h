@@ -30,7 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "worker/wk_tok.h"
+#include "worker/wk_gvocab.h"
 
 #define WK_GRAMMAR_DEAD 0 /* the state no continuation can leave */
 #define WK_GRAMMAR_MAX_DEPTH 64
@@ -38,16 +38,7 @@
 #define WK_GRAMMAR_MAX_STATES 32768
 #define WK_GRAMMAR_MASK_BUDGET (64u << 20) /* bytes of cached masks per grammar */
 
-typedef struct wk_gvocab wk_gvocab;
 typedef struct wk_grammar wk_grammar;
-
-/* Builds the vocabulary trie of t (borrowed during the call only); the
- * end-of-generation tokens (wk_tok_is_eog) are kept aside. 0 or -ENOMEM. */
-int wk_gvocab_build(const wk_tok *t, wk_gvocab **out);
-void wk_gvocab_free(wk_gvocab *v); // NULL is a no-op
-int wk_gvocab_n_vocab(const wk_gvocab *v);
-/* The bytes of token id as the grammar sees them (NULL/0 for control tokens). */
-const uint8_t *wk_gvocab_bytes(const wk_gvocab *v, int32_t id, int *len);
 
 /* --- building --- */
 wk_grammar *wk_grammar_new(void); // NULL on ENOMEM
