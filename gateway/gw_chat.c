@@ -2,13 +2,15 @@
  *
  * Policy: every field of CreateChatCompletionRequest / CreateCompletionRequest is
  * either honoured or refused by name with a 400; nothing is silently dropped.
- * Fields the worker cannot honour yet (tools, suffix, echo with logprobs) are
- * refused. Tool calls in the history (assistant tool_calls,
- * tool results) are passed on for the chat template. Unknown fields are refused too, as OpenAI does
+ * Fields the worker cannot honour yet (suffix, echo with logprobs) are refused.
+ * response_format and the tool-calling fields are parsed in gw_tools.c. Tool
+ * calls in the history (assistant tool_calls, tool results) are passed on for
+ * the chat template. Unknown fields are refused too, as OpenAI does
  * ("Unrecognized request argument supplied"). Parameter names built for
  * an error (messages[3].content) live in static buffers: the gateway is single-
  * threaded and renders an error before it parses the next request. */
 #include "gateway/gw_chat.h"
+#include "gateway/gw_parse.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -20,7 +22,7 @@
 
 #define INVALID "invalid_request_error"
 
-static int nomem(gw_error *err) {
+int gw_nomem(gw_error *err) {
     gw_error_set(err, 500, "server_error", NULL, NULL, "Out of memory.");
     return -1;
 }
@@ -28,7 +30,7 @@ static int nomem(gw_error *err) {
 /* ---- parsing ---- */
 
 /* 1 when v is the JSON string lit exactly (length-aware: "user\u0000x" is not "user"). */
-static int jeq(const json_t *v, const char *lit) {
+int gw_jeq(const json_t *v, const char *lit) {
     size_t n = strlen(lit);
     return json_is_string(v) && json_string_length(v) == n && !memcmp(json_string_value(v), lit, n);
 }
@@ -74,7 +76,7 @@ static int get_integer(json_t *root, const char *key, long long lo, long long hi
     return 0;
 }
 
-static int get_bool(json_t *root, const char *key, int *out, gw_error *err) {
+int gw_get_bool(json_t *root, const char *key, int *out, gw_error *err) {
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v))
         return 0;
@@ -86,7 +88,7 @@ static int get_bool(json_t *root, const char *key, int *out, gw_error *err) {
     return 0;
 }
 
-static char *keep(gw_chat_req *req, char *s) {
+char *gw_keep(gw_chat_req *req, char *s) {
     char **p = realloc(req->owned, (size_t)(req->n_owned + 1) * sizeof *p);
     if (!p) {
         free(s);
@@ -95,271 +97,6 @@ static char *keep(gw_chat_req *req, char *s) {
     req->owned = p;
     req->owned[req->n_owned++] = s;
     return s;
-}
-
-/* Refuses any key of obj not in keys[], naming it as where.key. */
-static int only_keys(json_t *obj, const char *where, const char *const *keys, gw_error *err) {
-    const char *k;
-    json_t *v;
-    json_object_foreach(obj, k, v) {
-        int ok = 0;
-        for (int i = 0; keys[i] && !ok; i++)
-            ok = !strcmp(k, keys[i]);
-        if (!ok) {
-            static char param[160];
-            snprintf(param, sizeof param, "%s.%.64s", where, k);
-            gw_error_set(err, 400, INVALID, param, "unknown_parameter", "Unrecognized argument in '%s': %.64s",
-                         where, k);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* response_format: text, json_object, or json_schema {name, description, schema,
- * strict}. The schema travels to the worker as JSON text; the worker compiles it
- * into the grammar and refuses what it cannot enforce. */
-static int parse_response_format(gw_chat_req *req, json_t *v, gw_error *err) {
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_object(v)) {
-        gw_error_set(err, 400, INVALID, "response_format", "invalid_type",
-                     "Invalid type for 'response_format': expected an object.");
-        return -1;
-    }
-    json_t *t = json_object_get(v, "type");
-    if (jeq(t, "text") || jeq(t, "json_object")) {
-        static const char *const keys[] = {"type", NULL};
-        if (only_keys(v, "response_format", keys, err))
-            return -1;
-        req->submit.format = jeq(t, "text") ? PROTO_FORMAT_TEXT : PROTO_FORMAT_JSON_OBJECT;
-        return 0;
-    }
-    if (!jeq(t, "json_schema")) {
-        gw_error_set(err, 400, INVALID, "response_format.type", "invalid_value",
-                     "Invalid 'response_format.type': expected one of 'text', 'json_object', 'json_schema'.");
-        return -1;
-    }
-    static const char *const keys[] = {"type", "json_schema", NULL};
-    static const char *const js_keys[] = {"name", "description", "schema", "strict", NULL};
-    json_t *js = json_object_get(v, "json_schema");
-    if (only_keys(v, "response_format", keys, err))
-        return -1;
-    if (!json_is_object(js)) {
-        gw_error_set(err, 400, INVALID, "response_format.json_schema", js ? "invalid_type" : "missing_required_parameter",
-                     "'response_format.json_schema' must be an object with a 'name' and a 'schema'.");
-        return -1;
-    }
-    if (only_keys(js, "response_format.json_schema", js_keys, err))
-        return -1;
-    json_t *name = json_object_get(js, "name"), *schema = json_object_get(js, "schema"),
-           *desc = json_object_get(js, "description"), *strict = json_object_get(js, "strict");
-    size_t nl = json_is_string(name) ? json_string_length(name) : 0;
-    int name_ok = nl >= 1 && nl <= 64;
-    for (size_t i = 0; name_ok && i < nl; i++) {
-        char ch = json_string_value(name)[i];
-        name_ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-                  ch == '-';
-    }
-    if (!name_ok) {
-        gw_error_set(err, 400, INVALID, "response_format.json_schema.name",
-                     name ? "invalid_value" : "missing_required_parameter",
-                     "'response_format.json_schema.name' must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -.");
-        return -1;
-    }
-    if (desc && !json_is_null(desc) && !json_is_string(desc)) {
-        gw_error_set(err, 400, INVALID, "response_format.json_schema.description", "invalid_type",
-                     "Invalid type for 'response_format.json_schema.description': expected a string.");
-        return -1;
-    }
-    if (schema && !json_is_null(schema) && !json_is_object(schema)) {
-        gw_error_set(err, 400, INVALID, "response_format.json_schema.schema", "invalid_type",
-                     "Invalid type for 'response_format.json_schema.schema': expected an object.");
-        return -1;
-    }
-    if (strict && !json_is_null(strict) && !json_is_boolean(strict)) {
-        gw_error_set(err, 400, INVALID, "response_format.json_schema.strict", "invalid_type",
-                     "Invalid type for 'response_format.json_schema.strict': expected a boolean.");
-        return -1;
-    }
-    char *text = schema && !json_is_null(schema) ? json_dumps(schema, JSON_COMPACT | JSON_PRESERVE_ORDER)
-                                                 : strdup("{}");
-    if (!text || !keep(req, text))
-        return nomem(err);
-    req->submit.format = PROTO_FORMAT_JSON_SCHEMA;
-    req->submit.strict = (uint8_t)json_is_true(strict);
-    req->submit.schema = (proto_str){text, (uint32_t)strlen(text)};
-    req->submit.schema_name = (proto_str){(char *)json_string_value(name), (uint32_t)nl};
-    return 0;
-}
-
-/* 1 when s is a function name OpenAI accepts: 1-64 of a-z A-Z 0-9 _ -. */
-static int good_name(const json_t *s) {
-    size_t n = json_is_string(s) ? json_string_length(s) : 0;
-    if (n < 1 || n > 64)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = json_string_value(s)[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '_' ||
-              ch == '-'))
-            return 0;
-    }
-    return 1;
-}
-
-static int tool_error(gw_error *err, const char *fmt_param, int i, const char *code, const char *msg) {
-    static char param[96];
-    snprintf(param, sizeof param, fmt_param, i);
-    gw_error_set(err, 400, INVALID, param, code, "Invalid '%s': %s", param, msg);
-    return -1;
-}
-
-/* One function definition (tools[i].function, or functions[i]). */
-static int parse_function(gw_chat_req *req, json_t *fn, int i, int legacy, proto_tool *out, gw_error *err) {
-    const char *at = legacy ? "functions[%d]" : "tools[%d].function";
-    char where[64];
-    snprintf(where, sizeof where, at, i);
-    static const char *const keys[] = {"name", "description", "parameters", "strict", NULL};
-    if (!json_is_object(fn))
-        return tool_error(err, at, i, "invalid_type", "expected an object.");
-    if (only_keys(fn, where, keys, err))
-        return -1;
-    json_t *name = json_object_get(fn, "name"), *desc = json_object_get(fn, "description"),
-           *params = json_object_get(fn, "parameters"), *strict = json_object_get(fn, "strict");
-    if (!good_name(name))
-        return tool_error(err, legacy ? "functions[%d].name" : "tools[%d].function.name", i, "invalid_value",
-                          "a function name is 1 to 64 characters of a-z, A-Z, 0-9, _ and -.");
-    if (desc && !json_is_null(desc) && !json_is_string(desc))
-        return tool_error(err, legacy ? "functions[%d].description" : "tools[%d].function.description", i,
-                          "invalid_type", "expected a string.");
-    if (params && !json_is_null(params) && !json_is_object(params))
-        return tool_error(err, legacy ? "functions[%d].parameters" : "tools[%d].function.parameters", i,
-                          "invalid_type", "expected a JSON Schema object.");
-    if (strict && !json_is_null(strict) && !json_is_boolean(strict))
-        return tool_error(err, legacy ? "functions[%d].strict" : "tools[%d].function.strict", i, "invalid_type",
-                          "expected a boolean.");
-    char *text = params && !json_is_null(params) ? json_dumps(params, JSON_COMPACT | JSON_PRESERVE_ORDER)
-                                                 : strdup("{\"type\":\"object\",\"properties\":{}}");
-    if (!text || !keep(req, text))
-        return nomem(err);
-    out->name = (proto_str){(char *)json_string_value(name), (uint32_t)json_string_length(name)};
-    out->description = json_is_string(desc) ? (proto_str){(char *)json_string_value(desc),
-                                                           (uint32_t)json_string_length(desc)}
-                                            : (proto_str){"", 0};
-    out->parameters = (proto_str){text, (uint32_t)strlen(text)};
-    out->strict = (uint8_t)json_is_true(strict);
-    return 0;
-}
-
-/* tools + tool_choice + parallel_tool_calls, or the deprecated functions +
- * function_call (one call at most, answered as message.function_call). With
- * tool_choice "none" the model still sees the tools but cannot call them. */
-static int parse_tools(gw_chat_req *req, json_t *root, gw_error *err) {
-    json_t *tools = json_object_get(root, "tools"), *fns = json_object_get(root, "functions"),
-           *tc = json_object_get(root, "tool_choice"), *fc = json_object_get(root, "function_call");
-    tools = json_is_null(tools) ? NULL : tools;
-    fns = json_is_null(fns) ? NULL : fns;
-    tc = json_is_null(tc) ? NULL : tc;
-    fc = json_is_null(fc) ? NULL : fc;
-    if (tools && fns) {
-        gw_error_set(err, 400, INVALID, "functions", "invalid_value",
-                     "Use either 'tools' or the deprecated 'functions', not both.");
-        return -1;
-    }
-    int legacy = fns != NULL;
-    json_t *list = legacy ? fns : tools, *choice = legacy ? fc : tc;
-    const char *lname = legacy ? "functions" : "tools", *cname = legacy ? "function_call" : "tool_choice";
-    if ((legacy && tc) || (!legacy && fc)) {
-        gw_error_set(err, 400, INVALID, legacy ? "tool_choice" : "function_call", "invalid_value",
-                     legacy ? "'tool_choice' goes with 'tools', not with 'functions'."
-                            : "'function_call' goes with 'functions', not with 'tools'.");
-        return -1;
-    }
-    if (list && !json_is_array(list)) {
-        gw_error_set(err, 400, INVALID, lname, "invalid_type", "Invalid type for '%s': expected an array.", lname);
-        return -1;
-    }
-    if (!list || !json_array_size(list)) {
-        if (choice) {
-            gw_error_set(err, 400, INVALID, cname, "invalid_value", "'%s' is only allowed when '%s' are specified.",
-                         cname, lname);
-            return -1;
-        }
-        return 0;
-    }
-    size_t n = json_array_size(list);
-    if (n > PROTO_MAX_TOOLS) {
-        gw_error_set(err, 400, INVALID, lname, "array_above_max_length",
-                     "Invalid '%s': at most %d functions, got %zu.", lname, PROTO_MAX_TOOLS, n);
-        return -1;
-    }
-    proto_tool *t = calloc(n, sizeof *t);
-    if (!t)
-        return nomem(err);
-    req->tools = t;
-    for (size_t i = 0; i < n; i++) {
-        json_t *e = json_array_get(list, i), *fn = e;
-        if (!legacy) {
-            static const char *const keys[] = {"type", "function", NULL};
-            char where[32];
-            snprintf(where, sizeof where, "tools[%zu]", i);
-            if (!json_is_object(e))
-                return tool_error(err, "tools[%d]", (int)i, "invalid_type", "expected an object.");
-            if (!jeq(json_object_get(e, "type"), "function"))
-                return tool_error(err, "tools[%d].type", (int)i, "invalid_value", "the only tool type is 'function'.");
-            if (only_keys(e, where, keys, err))
-                return -1;
-            fn = json_object_get(e, "function");
-        }
-        if (parse_function(req, fn, (int)i, legacy, &t[i], err))
-            return -1;
-        for (size_t j = 0; j < i; j++)
-            if (t[j].name.len == t[i].name.len && !memcmp(t[j].name.p, t[i].name.p, t[i].name.len)) {
-                gw_error_set(err, 400, INVALID, lname, "invalid_value", "Invalid '%s': the function name '%s' is "
-                             "used twice.", lname, t[i].name.p);
-                return -1;
-            }
-    }
-    int mode = PROTO_TOOLS_AUTO;
-    json_t *named = NULL;
-    if (!choice || jeq(choice, "auto"))
-        mode = PROTO_TOOLS_AUTO;
-    else if (jeq(choice, "none"))
-        mode = PROTO_TOOLS_NONE;
-    else if (!legacy && jeq(choice, "required"))
-        mode = PROTO_TOOLS_REQUIRED;
-    else if (json_is_object(choice) && (legacy || jeq(json_object_get(choice, "type"), "function")))
-        named = legacy ? json_object_get(choice, "name") : json_object_get(json_object_get(choice, "function"), "name");
-    else {
-        gw_error_set(err, 400, INVALID, cname, "invalid_value",
-                     legacy ? "Invalid 'function_call': expected 'none', 'auto' or {\"name\": ...}."
-                            : "Invalid 'tool_choice': expected 'none', 'auto', 'required' or "
-                              "{\"type\": \"function\", \"function\": {\"name\": ...}}.");
-        return -1;
-    }
-    if (named || (json_is_object(choice) && !named)) {
-        size_t k = 0;
-        while (named && k < n &&
-               !(json_is_string(named) && t[k].name.len == json_string_length(named) &&
-                 !memcmp(t[k].name.p, json_string_value(named), t[k].name.len)))
-            k++;
-        if (!named || k == n) {
-            gw_error_set(err, 400, INVALID, cname, "invalid_value", "Invalid '%s': it names no function in '%s'.",
-                         cname, lname);
-            return -1;
-        }
-        mode = PROTO_TOOLS_NAMED;
-        req->submit.tool_name = t[k].name;
-    }
-    int par = !legacy;
-    if (get_bool(root, "parallel_tool_calls", &par, err))
-        return -1;
-    req->legacy_functions = legacy;
-    req->submit.tool_choice = (uint8_t)mode;
-    req->submit.parallel_calls = (uint8_t)(par && !legacy);
-    req->submit.tools = t;
-    req->submit.n_tools = (uint32_t)n;
-    return 0;
 }
 
 /* Message content: a string, null (assistant with tool_calls), or text parts. */
@@ -396,7 +133,7 @@ static int parse_content(gw_chat_req *req, json_t *m, int idx, proto_str *out, g
             gw_error_set(err, 400, INVALID, param, "invalid_type", "Invalid content part at '%s'.", param);
             goto fail;
         }
-        if (!jeq(type, "text")) {
+        if (!gw_jeq(type, "text")) {
             snprintf(param, sizeof param, "messages[%d].content[%zu].type", idx, i);
             gw_error_set(err, 400, INVALID, param, "invalid_value",
                          "Content parts of type '%s' are not supported by this model; only 'text' is.",
@@ -414,7 +151,7 @@ static int parse_content(gw_chat_req *req, json_t *m, int idx, proto_str *out, g
     if (cm_buf_append(&joined, "", 1))
         goto nomem;
     out->len = (uint32_t)(joined.len - 1);
-    out->p = keep(req, (char *)joined.data);
+    out->p = gw_keep(req, (char *)joined.data);
     if (!out->p) {
         joined.data = NULL;
         goto nomem;
@@ -429,7 +166,7 @@ fail:
 
 /* A function name as OpenAI allows it: [A-Za-z0-9_-]{1,64} (so it needs no
  * escaping when a template writes it into JSON). */
-static int valid_name(const json_t *v) {
+int gw_valid_name(const json_t *v) {
     size_t n = json_is_string(v) ? json_string_length(v) : 0;
     const char *s = json_string_value(v);
     if (n < 1 || n > 64)
@@ -448,8 +185,8 @@ static int call_arguments(gw_chat_req *req, const json_t *args, proto_str *out, 
     char *s = json_dumps(parsed ? parsed : args, JSON_COMPACT | JSON_ENCODE_ANY);
     if (parsed)
         json_decref(parsed);
-    if (!s || !keep(req, s))
-        return nomem(err);
+    if (!s || !gw_keep(req, s))
+        return gw_nomem(err);
     out->p = s;
     out->len = (uint32_t)strlen(s);
     return 0;
@@ -465,7 +202,7 @@ static int parse_call(gw_chat_req *req, json_t *c, int legacy, const char *where
     if (!legacy) {
         id = json_object_get(c, "id");
         fn = json_object_get(c, "function");
-        if (!json_is_string(id) || !jeq(json_object_get(c, "type"), "function") || !json_is_object(fn))
+        if (!json_is_string(id) || !gw_jeq(json_object_get(c, "type"), "function") || !json_is_object(fn))
             goto bad;
         out->id.p = (char *)json_string_value(id);
         out->id.len = (uint32_t)json_string_length(id);
@@ -473,7 +210,7 @@ static int parse_call(gw_chat_req *req, json_t *c, int legacy, const char *where
         out->id.p = "";
     }
     json_t *name = json_object_get(fn, "name"), *args = json_object_get(fn, "arguments");
-    if (!valid_name(name) || !json_is_string(args))
+    if (!gw_valid_name(name) || !json_is_string(args))
         goto bad;
     out->name.p = (char *)json_string_value(name);
     out->name.len = (uint32_t)json_string_length(name);
@@ -494,7 +231,7 @@ static int parse_tool_fields(gw_chat_req *req, json_t *msgs, int i, proto_msg *p
     json_t *m = json_array_get(msgs, (size_t)i);
     json_t *name = json_object_get(m, "name"), *calls = json_object_get(m, "tool_calls"),
            *fc = json_object_get(m, "function_call"), *tcid = json_object_get(m, "tool_call_id");
-    int assistant = jeq(json_object_get(m, "role"), "assistant"), tool = jeq(json_object_get(m, "role"), "tool");
+    int assistant = gw_jeq(json_object_get(m, "role"), "assistant"), tool = gw_jeq(json_object_get(m, "role"), "tool");
     if (name && !json_is_null(name)) {
         if (!json_is_string(name)) {
             snprintf(param, sizeof param, "messages[%d].name", i);
@@ -523,7 +260,7 @@ static int parse_tool_fields(gw_chat_req *req, json_t *msgs, int i, proto_msg *p
         }
         pm->calls = calloc(n, sizeof *pm->calls);
         if (!pm->calls)
-            return nomem(err);
+            return gw_nomem(err);
         pm->n_calls = (uint32_t)n;
         for (size_t c = 0; c < n; c++) {
             char where[64];
@@ -600,8 +337,8 @@ static int parse_messages(gw_chat_req *req, json_t *root, gw_error *err) {
         }
         json_t *role = json_object_get(m, "role");
         const char *r = json_string_value(role);
-        if (!r || !(jeq(role, "system") || jeq(role, "developer") || jeq(role, "user") || jeq(role, "assistant") ||
-                    jeq(role, "tool"))) {
+        if (!r || !(gw_jeq(role, "system") || gw_jeq(role, "developer") || gw_jeq(role, "user") || gw_jeq(role, "assistant") ||
+                    gw_jeq(role, "tool"))) {
             snprintf(param, sizeof param, "messages[%zu].role", i);
             gw_error_set(err, 400, INVALID, param, role ? "invalid_value" : "missing_required_parameter",
                          "Invalid '%s': expected one of 'system', 'developer', 'user', 'assistant', 'tool'.", param);
@@ -709,7 +446,7 @@ static int parse_logit_bias(gw_chat_req *req, json_t *root, gw_error *err) {
         return 0;
     proto_bias *b = calloc(n, sizeof *b);
     if (!b)
-        return nomem(err);
+        return gw_nomem(err);
     req->submit.bias = b;
     const char *k;
     json_t *val;
@@ -742,7 +479,7 @@ static int parse_common(gw_chat_req *req, json_t *root, long long max_tokens, gw
         get_number(root, "frequency_penalty", -2, 2, &freq, err) ||
         get_integer(root, "max_tokens", 1, INT32_MAX, &max_tokens, err) ||
         get_integer(root, "top_k", 0, INT32_MAX, &top_k, err) || get_integer(root, "n", 1, PROTO_MAX_N, &n, err) ||
-        get_integer(root, "seed", INT64_MIN, INT64_MAX, &seed, err) || get_bool(root, "stream", &req->stream, err) ||
+        get_integer(root, "seed", INT64_MIN, INT64_MAX, &seed, err) || gw_get_bool(root, "stream", &req->stream, err) ||
         parse_stop(req, root, err) || parse_logit_bias(req, root, err))
         return -1;
     s->temperature = (float)temp;
@@ -767,7 +504,7 @@ static int parse_common(gw_chat_req *req, json_t *root, long long max_tokens, gw
                          "Invalid type for 'stream_options': expected an object.");
             return -1;
         }
-        if (get_bool(so, "include_usage", &req->include_usage, err)) {
+        if (gw_get_bool(so, "include_usage", &req->include_usage, err)) {
             err->param = "stream_options.include_usage";
             return -1;
         }
@@ -780,7 +517,7 @@ static int parse_chat_fields(gw_chat_req *req, json_t *root, gw_error *err) {
     json_t *v;
     long long mct = -1, top = 0;
     int lp = 0;
-    if (get_integer(root, "max_completion_tokens", 1, INT32_MAX, &mct, err) || get_bool(root, "logprobs", &lp, err) ||
+    if (get_integer(root, "max_completion_tokens", 1, INT32_MAX, &mct, err) || gw_get_bool(root, "logprobs", &lp, err) ||
         get_integer(root, "top_logprobs", 0, PROTO_MAX_TOP_LOGPROBS, &top, err))
         return -1;
     if (mct > 0)
@@ -792,7 +529,7 @@ static int parse_chat_fields(gw_chat_req *req, json_t *root, gw_error *err) {
     }
     req->submit.logprobs = (uint8_t)lp;
     req->submit.top_logprobs = (uint8_t)top;
-    if (parse_response_format(req, json_object_get(root, "response_format"), err) || parse_tools(req, root, err))
+    if (gw_parse_response_format(req, json_object_get(root, "response_format"), err) || gw_parse_tools(req, root, err))
         return -1;
     if (req->submit.tool_choice != PROTO_TOOLS_NONE && lp) {
         gw_error_set(err, 400, INVALID, "logprobs", "unsupported_parameter",
@@ -838,7 +575,7 @@ static int begin(const char *body, size_t len, const char *model_id, gw_chat_req
 
 static int check_model(json_t *root, const char *model_id, gw_error *err) {
     json_t *model = json_object_get(root, "model");
-    if (jeq(model, model_id))
+    if (gw_jeq(model, model_id))
         return 0;
     gw_error_set(err, 404, INVALID, "model", "model_not_found",
                  "The model '%.200s' does not exist or you do not have access to it.", json_string_value(model));
@@ -887,7 +624,7 @@ static int parse_prompt(gw_chat_req *req, json_t *root, gw_error *err) {
     }
     proto_prompt *pr = calloc(n, sizeof *pr);
     if (!pr)
-        return nomem(err);
+        return gw_nomem(err);
     req->submit.prompts = pr;
     req->submit.n_prompts = (uint32_t)n;
     for (size_t i = 0; i < n; i++) {
@@ -909,7 +646,7 @@ static int parse_prompt(gw_chat_req *req, json_t *root, gw_error *err) {
         }
         pr[i].tokens = malloc(k * sizeof *pr[i].tokens);
         if (!pr[i].tokens)
-            return nomem(err);
+            return gw_nomem(err);
         pr[i].n_tokens = (uint32_t)k;
         for (size_t t = 0; t < k; t++) {
             json_t *id = json_array_get(p, t);
@@ -933,7 +670,7 @@ int gw_completions_parse(const char *body, size_t len, const char *model_id, gw_
     int echo = 0;
     if (parse_prompt(req, root, err) || refuse_unknown(root, legacy_fields, err) ||
         parse_common(req, root, 16, err) || get_integer(root, "logprobs", 0, 5, &lp, err) ||
-        get_bool(root, "echo", &echo, err) || get_integer(root, "best_of", 1, PROTO_MAX_N, &best_of, err))
+        gw_get_bool(root, "echo", &echo, err) || get_integer(root, "best_of", 1, PROTO_MAX_N, &best_of, err))
         goto fail;
     req->submit.logprobs = lp >= 0;
     req->submit.top_logprobs = (uint8_t)(lp > 0 ? lp : 0);
@@ -948,7 +685,7 @@ int gw_completions_parse(const char *body, size_t len, const char *model_id, gw_
                      "echo together with logprobs (prompt logprobs) is not supported by this server yet.");
         goto fail;
     }
-    if ((v = json_object_get(root, "suffix")) && !json_is_null(v) && !jeq(v, "")) {
+    if ((v = json_object_get(root, "suffix")) && !json_is_null(v) && !gw_jeq(v, "")) {
         gw_error_set(err, 400, INVALID, "suffix", "unsupported_parameter",
                      "'suffix' (insertion) is not supported by this model.");
         goto fail;
