@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "common/cm_buf.h"
+#include "worker/wk_gvocab.h"
 #include "worker/wk_jsonschema.h"
 #include "worker/wk_tools.h"
 
@@ -242,12 +243,63 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
     // document (when none can, keep the ones that come nearest). While the
     // budget covers the distance in bytes, only rising tokens can go, and they
     // are listed farthest first; nearer the end every allowed token is checked.
-    uint32_t d = wk_grammar_distance(g, state);
+    uint32_t d = wk_grammar_distance(g, state), cap, min_chars;
     if (budget >= 1 && (uint32_t)budget - 1 >= d) {
         for (int i = 0; i < n_rises && rises[i].dist > (uint32_t)budget - 1; i++) {
             logits[rises[i].token] = -INFINITY;
             allowed--;
             *restricted = 1;
+        }
+    } else if (budget >= 1 && wk_grammar_plain_state(g, state, &cap, &min_chars)) {
+        // Inside a free string: a plain token of k characters leaves the distance
+        // at d - min(k, min_chars), so only the other tokens need a step each.
+        if (!c->cand && !(c->cand = malloc((size_t)n * sizeof *c->cand)))
+            return -ENOMEM;
+        const trie *o = &c->v->other;
+        int k = 0;
+        // The longest plain token allowed (plain_le grows at every length a token has).
+        size_t words = ((size_t)c->v->n_vocab + 63) / 64;
+        int r = cap < (uint32_t)c->v->max_chars ? (int)cap : c->v->max_chars;
+        while (r > 0 && !memcmp(c->v->plain + (size_t)r * words, c->v->plain + (size_t)(r - 1) * words,
+                                words * sizeof *c->v->plain))
+            r--;
+        uint32_t best = r > 0 ? d - ((uint32_t)r < min_chars ? (uint32_t)r : min_chars) : UINT32_MAX;
+        for (int32_t i = 0; i < o->ntok_off[o->n_nodes]; i++) {
+            int32_t id = o->ntok[i];
+            if (id >= n || !(m[id >> 6] >> (id & 63) & 1))
+                continue;
+            int len;
+            const uint8_t *b = wk_gvocab_bytes(c->v, id, &len);
+            int32_t t = wk_grammar_step(g, state, b, (size_t)len);
+            if (t < 0)
+                return t;
+            c->cand[k] = (cand){id, wk_grammar_distance(g, t)};
+            best = c->cand[k].dist < best ? c->cand[k].dist : best;
+            k++;
+        }
+        if (wk_grammar_accepting(g, state))
+            best = 0;
+        uint32_t limit = (uint32_t)budget - 1 > best ? (uint32_t)budget - 1 : best;
+        for (int i = 0; i < k; i++)
+            if (c->cand[i].dist > limit) {
+                logits[c->cand[i].id] = -INFINITY;
+                allowed--;
+                *restricted = 1;
+            }
+        if (limit < d) { // plain tokens need min(chars, min_chars) >= d - limit
+            uint32_t need = d - limit;
+            int below = min_chars < need ? c->v->max_chars : (int)need - 1 < c->v->max_chars ? (int)need - 1
+                                                                                               : c->v->max_chars;
+            const uint64_t *drop = c->v->plain + (size_t)below * words;
+            for (size_t w = 0; w < words; w++)
+                for (uint64_t x = m[w] & drop[w]; x; x &= x - 1) {
+                    int32_t id = (int32_t)(w * 64) + __builtin_ctzll(x);
+                    if (id < n && logits[id] != -INFINITY) {
+                        logits[id] = -INFINITY;
+                        allowed--;
+                        *restricted = 1;
+                    }
+                }
         }
     } else if (budget >= 1) {
         if (!c->cand && !(c->cand = malloc((size_t)n * sizeof *c->cand)))

@@ -66,6 +66,7 @@ struct wk_grammar {
     size_t n_be, cap_be;
     uint8_t *end; // [n_nodes] 1 = a rule's end
     uint32_t *tag; // [n_nodes] 0, TAG_INERT, or TAG_PLAIN + chars (UINT32_MAX: unbounded)
+    uint32_t *tag_min; // [n_nodes] plain nodes: characters still needed to reach the minimum
     int32_t n_nodes, cap_nodes;
     int err, sealed;
     int32_t root;
@@ -120,6 +121,7 @@ void wk_grammar_free(wk_grammar *g) {
     free(g->be);
     free(g->end);
     free(g->tag);
+    free(g->tag_min);
     free(g->b_off);
     free(g->b);
     free(g->m_off);
@@ -157,7 +159,10 @@ int32_t wk_grammar_node(wk_grammar *g) {
         uint32_t *t = realloc(g->tag, (size_t)c * sizeof *t);
         if (t)
             g->tag = t;
-        if (!e || !t) {
+        uint32_t *tm = realloc(g->tag_min, (size_t)c * sizeof *tm);
+        if (tm)
+            g->tag_min = tm;
+        if (!e || !t || !tm) {
             g->err = -ENOMEM;
             return 0;
         }
@@ -165,6 +170,7 @@ int32_t wk_grammar_node(wk_grammar *g) {
     }
     g->end[g->n_nodes] = 0;
     g->tag[g->n_nodes] = 0;
+    g->tag_min[g->n_nodes] = 0;
     return g->n_nodes++;
 }
 
@@ -201,9 +207,11 @@ void wk_grammar_end(wk_grammar *g, int32_t node) {
         g->end[node] = 1;
 }
 
-void wk_grammar_plain(wk_grammar *g, int32_t node, uint32_t chars) {
-    if (!g->err)
-        g->tag[node] = chars >= UINT32_MAX - TAG_PLAIN ? UINT32_MAX : TAG_PLAIN + chars;
+void wk_grammar_plain(wk_grammar *g, int32_t node, uint32_t chars, uint32_t min_chars) {
+    if (g->err)
+        return;
+    g->tag[node] = chars >= UINT32_MAX - TAG_PLAIN ? UINT32_MAX : TAG_PLAIN + chars;
+    g->tag_min[node] = min_chars;
 }
 
 void wk_grammar_inert(wk_grammar *g, int32_t node) {
@@ -747,6 +755,22 @@ int wk_grammar_complete(const wk_grammar *g, int32_t s) {
     return s > 0 && g->st[s].acc && g->st[s].n == 0;
 }
 
+int wk_grammar_plain_state(const wk_grammar *g, int32_t s, uint32_t *chars, uint32_t *min_chars) {
+    int plain = 0;
+    for (int32_t i = 0; s > 0 && i < g->st[s].n; i++) {
+        int32_t node = (int32_t)(g->cfg[g->st[s].off + (size_t)i] >> 32);
+        uint32_t tg = g->tag[node];
+        if (tg >= TAG_PLAIN) {
+            plain++;
+            *chars = tg == UINT32_MAX ? UINT32_MAX : tg - TAG_PLAIN;
+            *min_chars = g->tag_min[node];
+        } else if (tg != TAG_INERT) {
+            return 0;
+        }
+    }
+    return plain == 1;
+}
+
 uint32_t wk_grammar_distance(const wk_grammar *g, int32_t s) {
     return s > 0 ? g->st[s].dist : UINT32_MAX;
 }
@@ -800,18 +824,8 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
     // One plain node (and inert ones): the plain tokens it takes come from the
     // vocabulary's bitsets, and only the other tokens are walked.
     const trie *tr = &v->all;
-    int plain = 0;
-    uint32_t cap = 0;
-    for (int32_t i = 0; i < g->st[s].n; i++) {
-        uint32_t tg = g->tag[g->cfg[g->st[s].off + (size_t)i] >> 32];
-        if (tg >= TAG_PLAIN) {
-            plain++;
-            cap = tg == UINT32_MAX ? UINT32_MAX : tg - TAG_PLAIN;
-        } else if (tg != TAG_INERT) {
-            plain = 2;
-        }
-    }
-    if (plain == 1) {
+    uint32_t cap, min_chars;
+    if (wk_grammar_plain_state(g, s, &cap, &min_chars)) {
         uint32_t r = cap < (uint32_t)v->max_chars ? cap : (uint32_t)v->max_chars;
         memcpy(m, v->plain + (size_t)r * words, words * sizeof *m);
         tr = &v->other;

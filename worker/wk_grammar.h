@@ -57,11 +57,11 @@ int32_t wk_grammar_lit(wk_grammar *g, int32_t from, const char *text, size_t len
 /* Declares that a plain token (whole UTF-8 characters a JSON string holds as
  * they are: no '"', '\\' or control character) of c characters keeps a
  * configuration at node alive exactly when c <= chars (WK_GRAMMAR_UNBOUNDED: any
- * c), and never raises its distance; wk_grammar_inert: no plain token keeps one
- * alive. A state made of one such node and inert ones gets its mask without
+ * c), and lowers its distance by min(c, min_chars); wk_grammar_inert: no plain
+ * token keeps one alive. A state made of one such node and inert ones gets its mask without
  * walking the plain tokens. The caller vouches for it (wk_jsonschema's strings). */
 #define WK_GRAMMAR_UNBOUNDED UINT32_MAX
-void wk_grammar_plain(wk_grammar *g, int32_t node, uint32_t chars);
+void wk_grammar_plain(wk_grammar *g, int32_t node, uint32_t chars, uint32_t min_chars);
 void wk_grammar_inert(wk_grammar *g, int32_t node);
 /* from --(UTF-8 of any code point in [lo, hi], surrogates excluded)--> to. */
 void wk_grammar_utf8(wk_grammar *g, int32_t from, uint32_t lo, uint32_t hi, int32_t to);
@@ -99,6 +99,9 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t state
 /* The fewest bytes that take state to an accepting one (0 when accepting;
  * UINT32_MAX for the dead state). */
 uint32_t wk_grammar_distance(const wk_grammar *g, int32_t state);
+/* 1 when state is one plain node (wk_grammar_plain) and inert ones: *chars and
+ * *min_chars are the node's. */
+int wk_grammar_plain_state(const wk_grammar *g, int32_t state, uint32_t *chars, uint32_t *min_chars);
 /* Number of live DFA states (for tests and stats). */
 int32_t wk_grammar_n_states(const wk_grammar *g);
 

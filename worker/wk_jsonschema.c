@@ -198,7 +198,8 @@ static int emit_string_rx(wk_js *c, const wk_rx *rx, long min, long max, int pla
         pcell p = work[--nw];
         int32_t at = map[CELL(p.q, p.k)];
         if (plain)
-            wk_grammar_plain(c->g, at, max >= 0 ? (uint32_t)(max - p.k) : WK_GRAMMAR_UNBOUNDED);
+            wk_grammar_plain(c->g, at, max >= 0 ? (uint32_t)(max - p.k) : WK_GRAMMAR_UNBOUNDED,
+                             p.k < min ? (uint32_t)(min - p.k) : 0);
         if (rx->accept[p.q] && p.k >= min)
             wk_grammar_eps(c->g, at, close);
         for (int32_t e = rx->eps_off[p.q]; e < rx->eps_off[p.q + 1]; e++) {
