@@ -2,7 +2,8 @@
  *
  * Design note. Every schema is emitted inline between two nodes, except $ref
  * targets and repeated array items, which become rules (called, so recursion and
- * repetition cost one node per use). Strings are the product of a code-point NFA
+ * repetition cost one node per use). Strings and numbers are in wk_jsscalar.c.
+ * Strings are the product of a code-point NFA
  * (the pattern or format, or "any code point") with a length counter; each
  * code-point edge is expanded into its JSON encoding. Numbers are a digit-by-digit
  * comparison automaton against the bounds written as 20 + 20 decimal digits:
@@ -19,31 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/wk_regex.h"
+#include "worker/wk_js_int.h"
 
-typedef struct rule {
-    json_t *schema;
-    int32_t start;
-} rule;
-
-struct wk_js {
-    wk_grammar *g;
-    json_t *root;  // document the current $refs resolve against
-    int strict;
-    rule *rules;
-    int n_rules, cap_rules;
-    int32_t any;   // start of the any-value rule, -1 until needed
-    int32_t num;   // [lazily] start of the free-number rule
-    json_t *owned; // merged schemas
-    char *err;
-    size_t errlen;
-    int failed;
-    int depth;
-    char path[512]; // JSON pointer of the schema being compiled
-    size_t path_len;
-};
-
-static int fail(wk_js *c, const char *fmt, ...) {
+int wk_js_fail(wk_js *c, const char *fmt, ...) {
     if (!c->failed) {
         va_list ap;
         va_start(ap, fmt);
@@ -89,410 +68,6 @@ void wk_js_free(wk_js *c) {
     free(c->rules);
     json_decref(c->owned);
     free(c);
-}
-
-/* ------------------------------------------------------------- small emitters */
-
-static int32_t node(wk_js *c) {
-    return wk_grammar_node(c->g);
-}
-
-static int32_t lit(wk_js *c, int32_t from, const char *s) {
-    return wk_grammar_lit(c->g, from, s, strlen(s));
-}
-
-int32_t wk_js_ws(wk_js *c, int32_t from) {
-    int32_t out = node(c), cur = from;
-    for (int i = 0; i < WK_JS_MAX_WS; i++) {
-        wk_grammar_eps(c->g, cur, out);
-        int32_t n = node(c);
-        wk_grammar_bytes(c->g, cur, ' ', ' ', n);
-        wk_grammar_bytes(c->g, cur, '\t', '\n', n);
-        wk_grammar_bytes(c->g, cur, '\r', '\r', n);
-        cur = n;
-    }
-    wk_grammar_eps(c->g, cur, out);
-    return out;
-}
-
-/* from --(the JSON string encoding of one code point in [lo, hi])--> to. */
-static void emit_cp(wk_js *c, int32_t from, uint32_t lo, uint32_t hi, int32_t to) {
-    int32_t esc = -1, u3 = -1, hx[2] = {-1, -1};
-    static const char short_esc[32] = {[8] = 'b', [9] = 't', [10] = 'n', [12] = 'f', [13] = 'r'};
-    for (uint32_t cp = lo; cp <= hi && cp < 0x20; cp++) {
-        if (esc < 0) {
-            esc = node(c);
-            wk_grammar_bytes(c->g, from, '\\', '\\', esc);
-        }
-        if (short_esc[cp]) {
-            wk_grammar_bytes(c->g, esc, (uint8_t)short_esc[cp], (uint8_t)short_esc[cp], to);
-            continue;
-        }
-        if (u3 < 0)
-            u3 = lit(c, esc, "u00");
-        int h = (int)(cp >> 4);
-        if (hx[h] < 0) {
-            hx[h] = node(c);
-            wk_grammar_bytes(c->g, u3, (uint8_t)('0' + h), (uint8_t)('0' + h), hx[h]);
-        }
-        uint8_t d = (uint8_t)("0123456789abcdef"[cp & 15]);
-        wk_grammar_bytes(c->g, hx[h], d, d, to);
-    }
-    static const uint32_t quoted[] = {'"', '\\'};
-    for (int i = 0; i < 2; i++)
-        if (lo <= quoted[i] && quoted[i] <= hi) {
-            if (esc < 0) {
-                esc = node(c);
-                wk_grammar_bytes(c->g, from, '\\', '\\', esc);
-            }
-            wk_grammar_bytes(c->g, esc, (uint8_t)quoted[i], (uint8_t)quoted[i], to);
-        }
-    // raw: [0x20, 0x10FFFF] minus '"' and '\\'
-    uint32_t cuts[][2] = {{0x20, 0x21}, {0x23, 0x5B}, {0x5D, 0x10FFFF}};
-    for (int i = 0; i < 3; i++) {
-        uint32_t a = lo > cuts[i][0] ? lo : cuts[i][0], b = hi < cuts[i][1] ? hi : cuts[i][1];
-        if (a <= b)
-            wk_grammar_utf8(c->g, from, a, b, to);
-    }
-}
-
-/* Alternatives: each branch gets its own entry node (so that loops inside one
- * branch cannot leak into another). */
-static int32_t branch(wk_js *c, int32_t from) {
-    int32_t n = node(c);
-    wk_grammar_eps(c->g, from, n);
-    return n;
-}
-
-/* ------------------------------------------------------------------ strings */
-
-typedef struct pcell {
-    int32_t q, k;
-} pcell;
-
-/* '"' then code points accepted by rx, count in [min, max] (max < 0: none), '"'.
- * plain: rx is "any code point", so every cell takes any plain text (tagged for
- * wk_grammar's mask shortcut). */
-static int emit_string_rx(wk_js *c, const wk_rx *rx, long min, long max, int plain, int32_t from, int32_t to) {
-    long kk = max >= 0 ? max : min; // counts above kk are the same state (no max)
-    if ((double)rx->n_states * (double)(kk + 1) > 2e6)
-        return fail(c, "string length bounds %ld..%ld are too large for this pattern", min, max);
-    size_t cells = (size_t)rx->n_states * (size_t)(kk + 1);
-    int32_t *map = malloc(cells * sizeof *map);
-    pcell *work = malloc(cells * sizeof *work);
-    if (!map || !work) {
-        free(map);
-        free(work);
-        return -ENOMEM;
-    }
-    memset(map, 0xff, cells * sizeof *map);
-    int32_t open = lit(c, from, "\""), close = node(c);
-    wk_grammar_bytes(c->g, close, '"', '"', to);
-    if (plain)
-        wk_grammar_inert(c->g, close);
-    size_t nw = 0;
-#define CELL(q, k) ((size_t)(q) * (size_t)(kk + 1) + (size_t)(k))
-    map[CELL(rx->start, 0)] = open;
-    work[nw++] = (pcell){rx->start, 0};
-    while (nw) {
-        pcell p = work[--nw];
-        int32_t at = map[CELL(p.q, p.k)];
-        if (plain)
-            wk_grammar_plain(c->g, at, max >= 0 ? (uint32_t)(max - p.k) : WK_GRAMMAR_UNBOUNDED,
-                             p.k < min ? (uint32_t)(min - p.k) : 0);
-        if (rx->accept[p.q] && p.k >= min)
-            wk_grammar_eps(c->g, at, close);
-        for (int32_t e = rx->eps_off[p.q]; e < rx->eps_off[p.q + 1]; e++) {
-            int32_t q = rx->eps[e];
-            if (map[CELL(q, p.k)] < 0) {
-                map[CELL(q, p.k)] = node(c);
-                work[nw++] = (pcell){q, p.k};
-            }
-            wk_grammar_eps(c->g, at, map[CELL(q, p.k)]);
-        }
-        long nk = p.k + 1;
-        if (max >= 0 && nk > max)
-            continue;
-        if (nk > kk)
-            nk = kk;
-        for (int32_t e = rx->edge_off[p.q]; e < rx->edge_off[p.q + 1]; e++) {
-            const wk_rx_edge *ed = &rx->edges[e];
-            if (map[CELL(ed->to, nk)] < 0) {
-                map[CELL(ed->to, nk)] = node(c);
-                work[nw++] = (pcell){ed->to, (int32_t)nk};
-            }
-            emit_cp(c, at, ed->lo, ed->hi, map[CELL(ed->to, nk)]);
-        }
-    }
-#undef CELL
-    free(map);
-    free(work);
-    return 0;
-}
-
-static const struct {
-    const char *name, *rx;
-} formats[] = {
-#define DATE                                                                                                       \
-    "[0-9]{4}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-8]))"
-#define TIME "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
-    {"date", "^" DATE "$"},
-    {"time", "^" TIME "$"},
-    {"date-time", "^" DATE "T" TIME "$"},
-    {"uuid", "^[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"},
-    {"email", "^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\\.[A-Za-z0-9-]{1,63}){0,4}\\.[A-Za-z]{2,12}$"},
-    {"ipv4", "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"},
-#undef DATE
-#undef TIME
-};
-
-static int get_count(wk_js *c, json_t *s, const char *key, long *out) {
-    json_t *v = json_object_get(s, key);
-    if (!v)
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
-        return fail(c, "'%s' must be a non-negative integer", key);
-    if (json_integer_value(v) > 100000)
-        return fail(c, "'%s' above 100000 is not supported", key);
-    *out = (long)json_integer_value(v);
-    return 0;
-}
-
-static int emit_string(wk_js *c, json_t *s, int32_t from, int32_t to) {
-    long min = 0, max = -1;
-    if (get_count(c, s, "minLength", &min) || get_count(c, s, "maxLength", &max))
-        return -EINVAL;
-    if (max >= 0 && min > max)
-        return fail(c, "minLength %ld is above maxLength %ld", min, max);
-    json_t *pat = json_object_get(s, "pattern"), *fmt = json_object_get(s, "format");
-    if (pat && !json_is_string(pat))
-        return fail(c, "'pattern' must be a string");
-    if (fmt && !json_is_string(fmt))
-        return fail(c, "'format' must be a string");
-    if (pat && fmt)
-        return fail(c, "'pattern' together with 'format' is not supported");
-    const char *src = pat ? json_string_value(pat) : NULL;
-    size_t srclen = pat ? json_string_length(pat) : 0;
-    if (fmt) {
-        for (size_t i = 0; i < sizeof formats / sizeof *formats && !src; i++)
-            if (!strcmp(formats[i].name, json_string_value(fmt))) {
-                src = formats[i].rx;
-                srclen = strlen(src);
-            }
-        if (!src)
-            return fail(c, "format '%s' is not supported (supported: date-time, date, time, uuid, email, ipv4)",
-                        json_string_value(fmt));
-    }
-    wk_rx rx = {0};
-    if (src) {
-        char e[200] = "";
-        int rc = wk_rx_compile(src, srclen, &rx, e, sizeof e);
-        if (rc == -ENOMEM)
-            return rc;
-        if (rc)
-            return fail(c, "'%s' %s: %s", pat ? "pattern" : "format", pat ? "is not supported" : "failed", e);
-    } else { // any code point, any number of times
-        static uint8_t acc1[1] = {1};
-        static int32_t eo[2] = {0, 1}, xo[2] = {0, 0};
-        static wk_rx_edge any[1] = {{0, 0x10FFFF, 0}};
-        rx = (wk_rx){.n_states = 1, .start = 0, .accept = acc1, .edge_off = eo, .edges = any, .eps_off = xo};
-    }
-    int rc = emit_string_rx(c, &rx, min, max, !src, from, to);
-    if (src)
-        wk_rx_free(&rx);
-    return rc;
-}
-
-/* ------------------------------------------------------------------ numbers */
-
-enum { ND = 40, NI = 20 }; // digit positions: NI integer, ND - NI fraction
-
-typedef struct dec {
-    int inf;        // no bound
-    uint8_t d[ND];  // d[0..NI) integer digits (most significant first), d[NI..ND) fraction
-} dec;
-
-/* |v| as 20 + 20 digits; dir > 0 rounds up past 20 fraction digits, dir < 0 down.
- * Magnitudes >= 1e20 set inf. */
-static void dec_of(double v, int dir, dec *out) {
-    memset(out, 0, sizeof *out);
-    v = fabs(v);
-    if (!(v < 1e20)) {
-        out->inf = 1;
-        return;
-    }
-    char buf[64];
-    for (int p = 1; p <= 17; p++) { // shortest decimal that reads back as v
-        snprintf(buf, sizeof buf, "%.*e", p - 1, v);
-        if (strtod(buf, NULL) == v)
-            break;
-    }
-    // buf = D.DDDDe[+-]XX
-    char digs[32];
-    int nd = 0, exp10 = atoi(strchr(buf, 'e') + 1);
-    for (const char *p = buf; *p && *p != 'e'; p++)
-        if (*p >= '0' && *p <= '9')
-            digs[nd++] = *p;
-    int rest = 0;
-    for (int i = 0; i < nd; i++) {
-        int pos = NI - 1 - exp10 + i; // digit i has weight 10^(exp10 - i)
-        if (pos < 0)
-            continue; // cannot happen below 1e20
-        if (pos >= ND) {
-            rest |= digs[i] != '0';
-            continue;
-        }
-        out->d[pos] = (uint8_t)(digs[i] - '0');
-    }
-    if (rest && dir > 0) // round up at the last fraction digit
-        for (int pos = ND - 1; pos >= 0; pos--) {
-            if (++out->d[pos] < 10)
-                break;
-            out->d[pos] = 0;
-        }
-}
-
-static int dec_cmp(const dec *a, const dec *b) {
-    if (a->inf || b->inf)
-        return a->inf == b->inf ? 0 : a->inf ? 1 : -1;
-    return memcmp(a->d, b->d, ND);
-}
-
-static int dec_zero_from(const dec *a, int p) {
-    for (; p < ND; p++)
-        if (a->d[p])
-            return 0;
-    return 1;
-}
-
-typedef struct magn {
-    wk_js *c;
-    const dec *a, *b; // a finite; b may be inf
-    int a_excl, b_excl, int_only;
-    int32_t to;
-    int32_t memo[ND + 1][2][2][2]; // [position][eqA][eqB][after '.']
-} magn;
-
-static int32_t magn_state(magn *m, int p, int ea, int eb, int dot);
-
-/* From `at`, digits [dlo, dhi] at position p under (ea, eb) into their states. */
-static void magn_digits(magn *m, int32_t at, int p, int ea, int eb, int dlo, int dhi, int dot) {
-    int a = ea ? m->a->d[p] : -1, b = eb ? m->b->d[p] : 10;
-    int lo = dlo > a ? dlo : a, hi = dhi < b ? dhi : b; // below a or above b leaves the range
-    if (ea && a > dhi)
-        return;
-    for (int d = lo < 0 ? 0 : lo; d <= hi;) {
-        int na = ea && d == a, nb = eb && d == b;
-        int e = d; // extend the run of digits with the same successor
-        while (e + 1 <= hi && (ea && e + 1 == a) == na && (eb && e + 1 == b) == nb)
-            e++;
-        wk_grammar_bytes(m->c->g, at, (uint8_t)('0' + d), (uint8_t)('0' + e), magn_state(m, p + 1, na, nb, dot));
-        d = e + 1;
-    }
-}
-
-/* The node before digit position p (p == NI: after the integer digits). */
-static int32_t magn_state(magn *m, int p, int ea, int eb, int dot) {
-    int32_t *slot = &m->memo[p][ea][eb][dot];
-    if (*slot >= 0)
-        return *slot;
-    int32_t at = *slot = node(m->c);
-    int can_end = p == NI ? !dot : dot && p > NI;
-    if (can_end) {
-        int low = !ea || (dec_zero_from(m->a, p) && !m->a_excl);
-        int up = !eb || !dec_zero_from(m->b, p) || !m->b_excl;
-        if (low && up)
-            wk_grammar_eps(m->c->g, at, m->to);
-    }
-    if (p < NI) {
-        magn_digits(m, at, p, ea, eb, 0, 9, 0);
-    } else if (p == NI && !dot) {
-        if (!m->int_only)
-            wk_grammar_bytes(m->c->g, at, '.', '.', magn_state(m, NI, ea, eb, 1));
-    } else if (p < ND) {
-        magn_digits(m, at, p, ea, eb, 0, 9, 1);
-    }
-    return at;
-}
-
-/* from --(a decimal y written without sign, a <= y <= b)--> to. */
-static void emit_magnitude(wk_js *c, const dec *a, int a_excl, const dec *b, int b_excl, int int_only, int32_t from,
-                           int32_t to) {
-    magn m = {.c = c, .a = a, .b = b, .a_excl = a_excl, .b_excl = b_excl, .int_only = int_only, .to = to};
-    memset(m.memo, 0xff, sizeof m.memo);
-    for (int n = 1; n <= NI; n++) { // integer part of n digits
-        int p0 = NI - n, ea = 1, eb = !b->inf;
-        for (int p = 0; p < p0; p++) {
-            if (a->d[p])
-                ea = -1; // shorter than a: below it
-            if (eb && b->d[p])
-                eb = 0;
-        }
-        if (ea < 0)
-            continue;
-        magn_digits(&m, from, p0, ea, eb, n == 1 ? 0 : 1, 9, 0);
-    }
-}
-
-static int num_bound(wk_js *c, json_t *s, const char *key, double *v, int *has) {
-    json_t *x = json_object_get(s, key);
-    if (!x)
-        return 0;
-    if (!json_is_number(x))
-        return fail(c, "'%s' must be a number", key);
-    double d = json_number_value(x);
-    if (!isfinite(d))
-        return fail(c, "'%s' must be finite", key);
-    *v = d;
-    *has = 1;
-    return 0;
-}
-
-static int emit_number(wk_js *c, json_t *s, int int_only, int32_t from, int32_t to) {
-    double lo = 0, hi = 0, xlo = 0, xhi = 0;
-    int has_lo = 0, has_hi = 0, has_xlo = 0, has_xhi = 0;
-    if (num_bound(c, s, "minimum", &lo, &has_lo) || num_bound(c, s, "maximum", &hi, &has_hi) ||
-        num_bound(c, s, "exclusiveMinimum", &xlo, &has_xlo) || num_bound(c, s, "exclusiveMaximum", &xhi, &has_xhi))
-        return -EINVAL;
-    int lo_excl = 0, hi_excl = 0;
-    if (has_xlo && (!has_lo || xlo >= lo)) {
-        lo = xlo;
-        lo_excl = has_lo = 1;
-    }
-    if (has_xhi && (!has_hi || xhi <= hi)) {
-        hi = xhi;
-        hi_excl = has_hi = 1;
-    }
-    if (has_lo && has_hi && (lo > hi || (lo == hi && (lo_excl || hi_excl))))
-        return fail(c, "no number satisfies the bounds (minimum above maximum)");
-    int done = 0;
-    dec a, b;
-    if (!has_hi || hi >= 0) { // y = x >= 0
-        dec_of(has_lo && lo > 0 ? lo : 0, 1, &a);
-        if (has_hi)
-            dec_of(hi, -1, &b);
-        else
-            b.inf = 1;
-        if (!a.inf && dec_cmp(&a, &b) <= 0) {
-            emit_magnitude(c, &a, has_lo && lo >= 0 && lo_excl, &b, has_hi && hi_excl, int_only, branch(c, from), to);
-            done = 1;
-        }
-    }
-    if (!has_lo || lo < 0) { // x = -y, y > 0
-        dec_of(has_hi && hi < 0 ? hi : 0, 1, &a);
-        if (has_lo)
-            dec_of(lo, -1, &b);
-        else
-            b.inf = 1;
-        if (!a.inf && dec_cmp(&a, &b) <= 0) {
-            int32_t neg = lit(c, branch(c, from), "-");
-            emit_magnitude(c, &a, has_hi && hi < 0 ? hi_excl : 1, &b, has_lo && lo_excl, int_only, neg, to);
-            done = 1;
-        }
-    }
-    if (!done)
-        return fail(c, "no number satisfies the bounds");
-    return 0;
 }
 
 /* ---------------------------------------------------------- schema structure */
@@ -541,8 +116,10 @@ static int check_keywords(wk_js *c, json_t *s) {
     const char *k;
     json_t *v;
     json_object_foreach(s, k, v) {
+        if (!strcmp(k, "uniqueItems") && json_is_false(v))
+            continue; // the default: no constraint
         if (!in_list(keywords, k) && !in_list(annotations, k))
-            return fail(c, "schema keyword '%s' is not supported", k);
+            return wk_js_fail(c, "schema keyword '%s' is not supported", k);
     }
     return 0;
 }
@@ -568,18 +145,18 @@ static int types_of(wk_js *c, json_t *s, int *out) {
     }
     if (json_is_string(t)) {
         if (!(m = type_bit(json_string_value(t))))
-            return fail(c, "unknown type '%s'", json_string_value(t));
+            return wk_js_fail(c, "unknown type '%s'", json_string_value(t));
     } else if (json_is_array(t) && json_array_size(t)) {
         size_t i;
         json_t *x;
         json_array_foreach(t, i, x) {
             int b = json_is_string(x) ? type_bit(json_string_value(x)) : 0;
             if (!b)
-                return fail(c, "'type' must name JSON types");
+                return wk_js_fail(c, "'type' must name JSON types");
             m |= b;
         }
     } else {
-        return fail(c, "'type' must be a string or a non-empty array of strings");
+        return wk_js_fail(c, "'type' must be a string or a non-empty array of strings");
     }
     if ((m & T_NUM) && (m & T_INT))
         m &= ~T_INT;
@@ -612,7 +189,7 @@ static int emit_literal(wk_js *c, json_t *v, int32_t from, int32_t to) {
     char *t = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
     if (!t)
         return -ENOMEM;
-    int32_t e = wk_grammar_lit(c->g, branch(c, from), t, strlen(t));
+    int32_t e = wk_grammar_lit(c->g, wk_js_branch(c, from), t, strlen(t));
     wk_grammar_eps(c->g, e, to);
     free(t);
     return 0;
@@ -624,7 +201,7 @@ static int emit_value(wk_js *c, json_t *s, int32_t from, int32_t to);
 
 static json_t *resolve_ref(wk_js *c, const char *ref) {
     if (ref[0] != '#') {
-        fail(c, "$ref '%s' is not supported: only references into the same schema ('#...') are", ref);
+        wk_js_fail(c, "$ref '%s' is not supported: only references into the same schema ('#...') are", ref);
         return NULL;
     }
     json_t *cur = c->root;
@@ -653,7 +230,7 @@ static json_t *resolve_ref(wk_js *c, const char *ref) {
         }
     }
     if (!cur || *p) {
-        fail(c, "$ref '%s' does not resolve", ref);
+        wk_js_fail(c, "$ref '%s' does not resolve", ref);
         return NULL;
     }
     return cur;
@@ -680,7 +257,7 @@ static int emit_call(wk_js *c, json_t *s, int32_t from, int32_t to) {
         c->rules = r;
         c->cap_rules = cap;
     }
-    int32_t start = node(c), end = node(c);
+    int32_t start = wk_js_node(c), end = wk_js_node(c);
     wk_grammar_end(c->g, end);
     c->rules[c->n_rules++] = (rule){s, start};
     wk_grammar_call(c->g, from, start, to);
@@ -691,32 +268,32 @@ static int emit_call(wk_js *c, json_t *s, int32_t from, int32_t to) {
 static int32_t any_rule(wk_js *c) {
     if (c->any >= 0)
         return c->any;
-    int32_t s = c->any = node(c), e = node(c);
+    int32_t s = c->any = wk_js_node(c), e = wk_js_node(c);
     wk_grammar_end(c->g, e);
     static const char *const words[] = {"true", "false", "null"};
     for (int i = 0; i < 3; i++)
-        wk_grammar_eps(c->g, lit(c, branch(c, s), words[i]), e);
-    emit_string(c, NULL, branch(c, s), e);
-    emit_number(c, NULL, 0, branch(c, s), e);
+        wk_grammar_eps(c->g, wk_js_lit(c, wk_js_branch(c, s), words[i]), e);
+    wk_js_string(c, NULL, wk_js_branch(c, s), e);
+    wk_js_number(c, NULL, 0, wk_js_branch(c, s), e);
     // object
-    int32_t o = wk_js_ws(c, lit(c, branch(c, s), "{")), close = node(c), member = node(c), after = node(c);
+    int32_t o = wk_js_ws(c, wk_js_lit(c, wk_js_branch(c, s), "{")), close = wk_js_node(c), member = wk_js_node(c), after = wk_js_node(c);
     wk_grammar_bytes(c->g, close, '}', '}', e);
     wk_grammar_eps(c->g, o, close);
     wk_grammar_eps(c->g, o, member);
-    emit_string(c, NULL, member, (o = node(c)));
-    wk_grammar_call(c->g, wk_js_ws(c, lit(c, wk_js_ws(c, o), ":")), s, after);
+    wk_js_string(c, NULL, member, (o = wk_js_node(c)));
+    wk_grammar_call(c->g, wk_js_ws(c, wk_js_lit(c, wk_js_ws(c, o), ":")), s, after);
     int32_t aw = wk_js_ws(c, after);
     wk_grammar_eps(c->g, aw, close);
-    wk_grammar_eps(c->g, wk_js_ws(c, lit(c, aw, ",")), member);
+    wk_grammar_eps(c->g, wk_js_ws(c, wk_js_lit(c, aw, ",")), member);
     // array
-    int32_t a = wk_js_ws(c, lit(c, branch(c, s), "[")), aclose = node(c), item = node(c), aafter = node(c);
+    int32_t a = wk_js_ws(c, wk_js_lit(c, wk_js_branch(c, s), "[")), aclose = wk_js_node(c), item = wk_js_node(c), aafter = wk_js_node(c);
     wk_grammar_bytes(c->g, aclose, ']', ']', e);
     wk_grammar_eps(c->g, a, aclose);
     wk_grammar_eps(c->g, a, item);
     wk_grammar_call(c->g, item, s, aafter);
     int32_t iw = wk_js_ws(c, aafter);
     wk_grammar_eps(c->g, iw, aclose);
-    wk_grammar_eps(c->g, wk_js_ws(c, lit(c, iw, ",")), item);
+    wk_grammar_eps(c->g, wk_js_ws(c, wk_js_lit(c, iw, ",")), item);
     return s;
 }
 
@@ -727,14 +304,14 @@ static json_t *deref(wk_js *c, json_t *s) {
     for (int hops = 0; json_is_object(s) && json_object_get(s, "$ref") && hops < 32; hops++) {
         json_t *r = json_object_get(s, "$ref");
         if (!json_is_string(r)) {
-            fail(c, "'$ref' must be a string");
+            wk_js_fail(c, "'$ref' must be a string");
             return NULL;
         }
         const char *k;
         json_t *v;
         json_object_foreach(s, k, v) {
             if (strcmp(k, "$ref") && !in_list(annotations, k) && strcmp(k, "$defs") && strcmp(k, "definitions")) {
-                fail(c, "'%s' beside '$ref' is not supported", k);
+                wk_js_fail(c, "'%s' beside '$ref' is not supported", k);
                 return NULL;
             }
         }
@@ -755,7 +332,7 @@ static json_t *all_of2(wk_js *c, json_t *a, json_t *b) {
 }
 
 /* The schema valid exactly where a and b both are, for the keywords we merge;
- * NULL after fail() when they cannot be merged. */
+ * NULL after wk_js_fail() when they cannot be merged. */
 static json_t *merge(wk_js *c, json_t *a, json_t *b) {
     if (!(a = deref(c, a)) || !(b = deref(c, b)))
         return NULL;
@@ -764,7 +341,7 @@ static json_t *merge(wk_js *c, json_t *a, json_t *b) {
     if (json_is_true(b))
         return a;
     if (!json_is_object(a) || !json_is_object(b)) {
-        fail(c, "allOf/anyOf members must be schemas (objects or true)");
+        wk_js_fail(c, "allOf/anyOf members must be schemas (objects or true)");
         return NULL;
     }
     json_t *r = own(c, json_copy(a));
@@ -806,7 +383,7 @@ static json_t *merge(wk_js *c, json_t *a, json_t *b) {
                 return NULL;
             int t = (ta & tb) | ((ta & T_NUM) && (tb & T_INT) ? T_INT : 0) | ((tb & T_NUM) && (ta & T_INT) ? T_INT : 0);
             if (!t) {
-                fail(c, "allOf requires disjoint types");
+                wk_js_fail(c, "allOf requires disjoint types");
                 return NULL;
             }
             m = own(c, json_array());
@@ -831,7 +408,7 @@ static json_t *merge(wk_js *c, json_t *a, json_t *b) {
         } else if (json_equal(va, vb)) {
             continue;
         } else {
-            fail(c, "combining two different '%s' (allOf, or anyOf with siblings) is not supported", k);
+            wk_js_fail(c, "combining two different '%s' (allOf, or anyOf with siblings) is not supported", k);
             return NULL;
         }
         if (!m || json_object_set(r, k, m))
@@ -862,14 +439,14 @@ static void key_trie(wk_js *c, const char **names, int n, size_t d, int32_t t, i
         while (j < n && strlen(names[j]) > d && (uint8_t)names[j][d] == ch)
             j++;
         if (ch > prev)
-            emit_cp(c, t, prev, ch - 1u, any_tail);
+            wk_js_cp(c, t, prev, ch - 1u, any_tail);
         prev = ch + 1u;
-        int32_t child = node(c);
+        int32_t child = wk_js_node(c);
         wk_grammar_bytes(c->g, t, ch, ch, child);
         key_trie(c, names + i, j - i, d + 1, child, any_tail, to);
         i = j;
     }
-    emit_cp(c, t, prev, 0x10FFFF, any_tail);
+    wk_js_cp(c, t, prev, 0x10FFFF, any_tail);
     if (!ends)
         wk_grammar_bytes(c->g, t, '"', '"', to);
 }
@@ -879,13 +456,13 @@ static int emit_key_except(wk_js *c, const char **names, int n, int32_t from, in
     for (int i = 0; i < n; i++)
         for (const char *p = names[i]; *p; p++)
             if ((uint8_t)*p < 0x20 || (uint8_t)*p >= 0x7F || *p == '"' || *p == '\\')
-                return fail(c, "additionalProperties beside property names with non-ASCII or escaped characters "
+                return wk_js_fail(c, "additionalProperties beside property names with non-ASCII or escaped characters "
                                "is not supported");
     qsort(names, (size_t)n, sizeof *names, name_cmp);
-    int32_t tail = node(c);
-    emit_cp(c, tail, 0, 0x10FFFF, tail);
+    int32_t tail = wk_js_node(c);
+    wk_js_cp(c, tail, 0, 0x10FFFF, tail);
     wk_grammar_bytes(c->g, tail, '"', '"', to);
-    key_trie(c, names, n, 0, lit(c, from, "\""), tail, to);
+    key_trie(c, names, n, 0, wk_js_lit(c, from, "\""), tail, to);
     return 0;
 }
 
@@ -896,7 +473,7 @@ static int emit_member(wk_js *c, const char *key, json_t *schema, int32_t from, 
     json_decref(ks);
     if (!kt)
         return -ENOMEM;
-    int32_t at = wk_js_ws(c, lit(c, wk_js_ws(c, lit(c, from, kt)), ":"));
+    int32_t at = wk_js_ws(c, wk_js_lit(c, wk_js_ws(c, wk_js_lit(c, from, kt)), ":"));
     free(kt);
     size_t old = path_push(c, "properties", key);
     int rc = emit_value(c, schema, at, to);
@@ -908,27 +485,27 @@ static int emit_object(wk_js *c, json_t *s, int32_t from, int32_t to) {
     json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required"),
            *addl = json_object_get(s, "additionalProperties");
     if (props && !json_is_object(props))
-        return fail(c, "'properties' must be an object");
+        return wk_js_fail(c, "'properties' must be an object");
     if (req && !json_is_array(req))
-        return fail(c, "'required' must be an array of strings");
+        return wk_js_fail(c, "'required' must be an array of strings");
     if (addl && !json_is_boolean(addl) && !json_is_object(addl))
-        return fail(c, "'additionalProperties' must be a boolean or a schema");
+        return wk_js_fail(c, "'additionalProperties' must be a boolean or a schema");
     size_t i;
     json_t *x;
     json_array_foreach(req, i, x) {
         if (!json_is_string(x))
-            return fail(c, "'required' must be an array of strings");
+            return wk_js_fail(c, "'required' must be an array of strings");
     }
     if (c->strict) {
         if (!json_is_false(addl))
-            return fail(c, "strict mode: 'additionalProperties' is required to be supplied and to be false");
+            return wk_js_fail(c, "strict mode: 'additionalProperties' is required to be supplied and to be false");
         const char *k;
         json_t *v;
         json_object_foreach(props, k, v) {
             int listed = 0;
             json_array_foreach(req, i, x) listed |= !strcmp(json_string_value(x), k);
             if (!listed)
-                return fail(c, "strict mode: 'required' is required to include every property; missing '%s'", k);
+                return wk_js_fail(c, "strict mode: 'required' is required to include every property; missing '%s'", k);
         }
     }
     // the members: properties in order, then required names that are not properties
@@ -961,16 +538,16 @@ static int emit_object(wk_js *c, json_t *s, int32_t from, int32_t to) {
         }
     }
     json_t *extra = addl ? (json_is_false(addl) ? NULL : addl) : (np ? NULL : json_true());
-    A[0] = wk_js_ws(c, lit(c, from, "{"));
+    A[0] = wk_js_ws(c, wk_js_lit(c, from, "{"));
     for (size_t j = 0; j <= n; j++) {
         if (j)
-            A[j] = node(c);
-        B[j] = node(c);
+            A[j] = wk_js_node(c);
+        B[j] = wk_js_node(c);
     }
     for (size_t j = 0; j < n; j++) {
-        int32_t key = node(c);
+        int32_t key = wk_js_node(c);
         wk_grammar_eps(c->g, A[j], key);
-        wk_grammar_eps(c->g, wk_js_ws(c, lit(c, wk_js_ws(c, B[j]), ",")), key);
+        wk_grammar_eps(c->g, wk_js_ws(c, wk_js_lit(c, wk_js_ws(c, B[j]), ",")), key);
         if ((rc = emit_member(c, names[j], sch[j], key, B[j + 1])))
             goto out;
         if (!must[j]) {
@@ -979,18 +556,18 @@ static int emit_object(wk_js *c, json_t *s, int32_t from, int32_t to) {
         }
     }
     if (extra) {
-        int32_t key = node(c), colon = node(c);
+        int32_t key = wk_js_node(c), colon = wk_js_node(c);
         wk_grammar_eps(c->g, A[n], key);
-        wk_grammar_eps(c->g, wk_js_ws(c, lit(c, wk_js_ws(c, B[n]), ",")), key);
+        wk_grammar_eps(c->g, wk_js_ws(c, wk_js_lit(c, wk_js_ws(c, B[n]), ",")), key);
         if ((rc = emit_key_except(c, names, (int)n, key, colon)))
             goto out;
         size_t old = path_push(c, "additionalProperties", NULL);
-        rc = emit_value(c, extra, wk_js_ws(c, lit(c, wk_js_ws(c, colon), ":")), B[n]);
+        rc = emit_value(c, extra, wk_js_ws(c, wk_js_lit(c, wk_js_ws(c, colon), ":")), B[n]);
         path_pop(c, old);
         if (rc)
             goto out;
     }
-    int32_t close = node(c);
+    int32_t close = wk_js_node(c);
     wk_grammar_bytes(c->g, close, '}', '}', to);
     wk_grammar_eps(c->g, A[n], close);
     wk_grammar_eps(c->g, wk_js_ws(c, B[n]), close);
@@ -1007,25 +584,25 @@ out:
 static int emit_array(wk_js *c, json_t *s, int32_t from, int32_t to) {
     json_t *prefix = json_object_get(s, "prefixItems"), *items = json_object_get(s, "items");
     if (prefix && !json_is_array(prefix))
-        return fail(c, "'prefixItems' must be an array of schemas");
+        return wk_js_fail(c, "'prefixItems' must be an array of schemas");
     if (json_is_array(items))
-        return fail(c, "'items' as an array is not supported: use 'prefixItems'");
+        return wk_js_fail(c, "'items' as an array is not supported: use 'prefixItems'");
     if (items && !json_is_boolean(items) && !json_is_object(items))
-        return fail(c, "'items' must be a schema");
+        return wk_js_fail(c, "'items' must be a schema");
     long min = 0, max = -1;
-    if (get_count(c, s, "minItems", &min) || get_count(c, s, "maxItems", &max))
+    if (wk_js_count(c, s, "minItems", &min) || wk_js_count(c, s, "maxItems", &max))
         return -EINVAL;
     if (max >= 0 && min > max)
-        return fail(c, "minItems %ld is above maxItems %ld", min, max);
+        return wk_js_fail(c, "minItems %ld is above maxItems %ld", min, max);
     long np = (long)json_array_size(prefix);
     json_t *rest = items ? (json_is_false(items) ? NULL : items) : (np ? NULL : json_true());
     if (!rest && min > np)
-        return fail(c, "minItems %ld needs more items than prefixItems allows", min);
+        return wk_js_fail(c, "minItems %ld needs more items than prefixItems allows", min);
     // positions k = 0, 1, ...: close when k >= minItems, stop at the last one;
     // unbounded, position K and all after it are the same node (a loop).
     long limit = rest ? max : (max >= 0 && max < np ? max : np), big = np > min ? np : min;
     long K = big > 1 ? big : 1;
-    int32_t close = node(c), cur = wk_js_ws(c, lit(c, from, "["));
+    int32_t close = wk_js_node(c), cur = wk_js_ws(c, wk_js_lit(c, from, "["));
     wk_grammar_bytes(c->g, close, ']', ']', to);
     int rc = 0;
     for (long k = 0; !rc; k++) {
@@ -1034,7 +611,7 @@ static int emit_array(wk_js *c, json_t *s, int32_t from, int32_t to) {
         if (limit >= 0 && k == limit)
             break;
         int loop = limit < 0 && k == K;
-        int32_t at = k ? wk_js_ws(c, lit(c, wk_js_ws(c, cur), ",")) : cur, nxt = loop ? cur : node(c);
+        int32_t at = k ? wk_js_ws(c, wk_js_lit(c, wk_js_ws(c, cur), ",")) : cur, nxt = loop ? cur : wk_js_node(c);
         char idx[24];
         snprintf(idx, sizeof idx, "%ld", k);
         size_t old = path_push(c, k < np ? "prefixItems" : "items", k < np ? idx : NULL);
@@ -1052,7 +629,7 @@ static int emit_array(wk_js *c, json_t *s, int32_t from, int32_t to) {
 static int emit_choices(wk_js *c, json_t *s, const char *kw, int32_t from, int32_t to) {
     json_t *list = json_object_get(s, kw);
     if (!json_is_array(list) || !json_array_size(list))
-        return fail(c, "'%s' must be a non-empty array of schemas", kw);
+        return wk_js_fail(c, "'%s' must be a non-empty array of schemas", kw);
     json_t *base = own(c, json_copy(s));
     if (!base)
         return -ENOMEM;
@@ -1065,7 +642,7 @@ static int emit_choices(wk_js *c, json_t *s, const char *kw, int32_t from, int32
         snprintf(idx, sizeof idx, "%zu", i);
         size_t old = path_push(c, kw, idx);
         json_t *m = keep ? merge(c, base, x) : x;
-        int rc = m ? emit_value(c, m, branch(c, from), to) : -EINVAL;
+        int rc = m ? emit_value(c, m, wk_js_branch(c, from), to) : -EINVAL;
         path_pop(c, old);
         if (rc)
             return rc;
@@ -1076,7 +653,7 @@ static int emit_choices(wk_js *c, json_t *s, const char *kw, int32_t from, int32
 static int emit_enum(wk_js *c, json_t *s, int32_t from, int32_t to) {
     json_t *e = json_object_get(s, "enum"), *k = json_object_get(s, "const");
     if (e && (!json_is_array(e) || !json_array_size(e)))
-        return fail(c, "'enum' must be a non-empty array");
+        return wk_js_fail(c, "'enum' must be a non-empty array");
     int types = T_ALL;
     if (json_object_get(s, "type") && types_of(c, s, &types))
         return -EINVAL;
@@ -1100,7 +677,7 @@ static int emit_enum(wk_js *c, json_t *s, int32_t from, int32_t to) {
         any = 1;
     }
     if (!any)
-        return fail(c, "no value of '%s' satisfies the schema's type", e ? "enum" : "const");
+        return wk_js_fail(c, "no value of '%s' satisfies the schema's type", e ? "enum" : "const");
     return 0;
 }
 
@@ -1109,7 +686,7 @@ static int emit_value(wk_js *c, json_t *s, int32_t from, int32_t to) {
         return -EINVAL;
     if (++c->depth > 200) {
         c->depth--;
-        return fail(c, "schema nesting is too deep");
+        return wk_js_fail(c, "schema nesting is too deep");
     }
     int rc = 0;
     if (json_is_true(s)) {
@@ -1117,11 +694,11 @@ static int emit_value(wk_js *c, json_t *s, int32_t from, int32_t to) {
         goto out;
     }
     if (json_is_false(s)) {
-        rc = fail(c, "the schema 'false' accepts no value");
+        rc = wk_js_fail(c, "the schema 'false' accepts no value");
         goto out;
     }
     if (!json_is_object(s)) {
-        rc = fail(c, "a schema must be an object or a boolean");
+        rc = wk_js_fail(c, "a schema must be an object or a boolean");
         goto out;
     }
     if ((rc = check_keywords(c, s)))
@@ -1133,13 +710,13 @@ static int emit_value(wk_js *c, json_t *s, int32_t from, int32_t to) {
         goto out;
     }
     if (json_object_get(s, "anyOf") && json_object_get(s, "oneOf")) {
-        rc = fail(c, "'anyOf' together with 'oneOf' is not supported");
+        rc = wk_js_fail(c, "'anyOf' together with 'oneOf' is not supported");
         goto out;
     }
     if (json_object_get(s, "allOf")) {
         json_t *list = json_object_get(s, "allOf"), *m = own(c, json_copy(s)), *x;
         if (!json_is_array(list) || !json_array_size(list)) {
-            rc = fail(c, "'allOf' must be a non-empty array of schemas");
+            rc = wk_js_fail(c, "'allOf' must be a non-empty array of schemas");
             goto out;
         }
         if (!m) {
@@ -1164,7 +741,7 @@ static int emit_value(wk_js *c, json_t *s, int32_t from, int32_t to) {
     json_t *defs = json_object_get(s, "$defs");
     if ((defs && !json_is_object(defs)) || (json_object_get(s, "definitions") &&
                                             !json_is_object(json_object_get(s, "definitions")))) {
-        rc = fail(c, "'$defs' must be an object of schemas");
+        rc = wk_js_fail(c, "'$defs' must be an object of schemas");
         goto out;
     }
     if (json_object_get(s, "enum") || json_object_get(s, "const")) {
@@ -1179,19 +756,19 @@ static int emit_value(wk_js *c, json_t *s, int32_t from, int32_t to) {
         goto out;
     }
     if (types & T_NULL)
-        wk_grammar_eps(c->g, lit(c, branch(c, from), "null"), to);
+        wk_grammar_eps(c->g, wk_js_lit(c, wk_js_branch(c, from), "null"), to);
     if (types & T_BOOL) {
-        wk_grammar_eps(c->g, lit(c, branch(c, from), "true"), to);
-        wk_grammar_eps(c->g, lit(c, branch(c, from), "false"), to);
+        wk_grammar_eps(c->g, wk_js_lit(c, wk_js_branch(c, from), "true"), to);
+        wk_grammar_eps(c->g, wk_js_lit(c, wk_js_branch(c, from), "false"), to);
     }
     if (!rc && (types & T_OBJ))
-        rc = emit_object(c, s, branch(c, from), to);
+        rc = emit_object(c, s, wk_js_branch(c, from), to);
     if (!rc && (types & T_ARR))
-        rc = emit_array(c, s, branch(c, from), to);
+        rc = emit_array(c, s, wk_js_branch(c, from), to);
     if (!rc && (types & T_STR))
-        rc = emit_string(c, s, branch(c, from), to);
+        rc = wk_js_string(c, s, wk_js_branch(c, from), to);
     if (!rc && (types & (T_NUM | T_INT)))
-        rc = emit_number(c, s, !(types & T_NUM), branch(c, from), to);
+        rc = wk_js_number(c, s, !(types & T_NUM), wk_js_branch(c, from), to);
 out:
     c->depth--;
     return rc;
@@ -1212,7 +789,7 @@ int wk_js_emit(wk_js *c, json_t *schema, int strict, int32_t from, int32_t to, c
         if (!r)
             return -EINVAL;
         if (!json_is_string(t) || strcmp(json_string_value(t), "object") || json_object_get(r, "anyOf"))
-            return fail(c, "strict mode: the root schema must be of type 'object' and not use anyOf");
+            return wk_js_fail(c, "strict mode: the root schema must be of type 'object' and not use anyOf");
     }
     int rc = emit_value(c, schema, from, to);
     return rc ? rc : c->failed ? -EINVAL : 0;

@@ -89,6 +89,8 @@ static void test_whole_strings(void) {
                   "{\"type\":\"boolean\"}}",
                   (const char *[]){"{\"id\":1,\"x\":true}", "{\"i\":true}", "{\"idx\":false,\"y\":true}", NULL},
                   (const char *[]){"{\"id\":1,\"id\":true}", "{\"id\":true}", "{\"x\":1}", NULL});
+    check_strings("{\"type\":\"array\",\"items\":{\"type\":\"integer\"},\"uniqueItems\":false,\"maxItems\":2}",
+                  (const char *[]){"[1,1]", NULL}, (const char *[]){"[1,1,1]", NULL});
     check_strings("{}", (const char *[]){"1", "[1,{\"a\":[null,\"x\"]}]", "\"s\"", "{}", NULL},
                   (const char *[]){"[1,]", "{\"a\"}", "tru", NULL});
 }
