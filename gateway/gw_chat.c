@@ -407,20 +407,26 @@ static const char *const legacy_fields[] = {
     "user", NULL,
 };
 
-static int refuse_unknown(json_t *root, const char *const *fields, gw_error *err) {
+int gw_only_keys(json_t *obj, const char *where, const char *const *keys, gw_error *err) {
     const char *k;
     json_t *v;
-    json_object_foreach(root, k, v) {
+    json_object_foreach(obj, k, v) {
         int ok = 0;
-        for (int i = 0; fields[i] && !ok; i++)
-            ok = !strcmp(k, fields[i]);
-        if (!ok) {
-            static char param[64];
-            snprintf(param, sizeof param, "%s", k);
+        for (int i = 0; keys[i] && !ok; i++)
+            ok = !strcmp(k, keys[i]);
+        if (ok)
+            continue;
+        static char param[160];
+        if (!where) {
+            snprintf(param, sizeof param, "%.63s", k);
             gw_error_set(err, 400, INVALID, param, "unknown_parameter", "Unrecognized request argument supplied: %s",
                          k);
-            return -1;
+        } else {
+            snprintf(param, sizeof param, "%s.%.64s", where, k);
+            gw_error_set(err, 400, INVALID, param, "unknown_parameter", "Unrecognized argument in '%s': %.64s",
+                         where, k);
         }
+        return -1;
     }
     return 0;
 }
@@ -586,7 +592,7 @@ int gw_chat_parse(const char *body, size_t len, const char *model_id, gw_chat_re
     if (begin(body, len, model_id, req, err))
         goto fail;
     json_t *root = req->json;
-    if (parse_messages(req, root, err) || refuse_unknown(root, chat_fields, err) ||
+    if (parse_messages(req, root, err) || gw_only_keys(root, NULL, chat_fields, err) ||
         parse_common(req, root, -1, err) || parse_chat_fields(req, root, err) || check_model(root, model_id, err))
         goto fail;
     req->n_choices = (int)req->submit.n;
@@ -668,7 +674,7 @@ int gw_completions_parse(const char *body, size_t len, const char *model_id, gw_
     req->legacy = 1;
     long long lp = -1, best_of = 0;
     int echo = 0;
-    if (parse_prompt(req, root, err) || refuse_unknown(root, legacy_fields, err) ||
+    if (parse_prompt(req, root, err) || gw_only_keys(root, NULL, legacy_fields, err) ||
         parse_common(req, root, 16, err) || get_integer(root, "logprobs", 0, 5, &lp, err) ||
         gw_get_bool(root, "echo", &echo, err) || get_integer(root, "best_of", 1, PROTO_MAX_N, &best_of, err))
         goto fail;

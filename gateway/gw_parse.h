@@ -16,6 +16,10 @@ int gw_get_bool(json_t *root, const char *key, int *out, gw_error *err);
 /* Hands s (malloc'd) to req, which frees it with the request; NULL (s freed)
  * when out of memory. */
 char *gw_keep(gw_chat_req *req, char *s);
+/* Refuses (400 unknown_parameter) any key of obj not in keys[] (NULL-ended),
+ * naming it as where.key, or as the key itself for the request (where NULL).
+ * 0 or -1. */
+int gw_only_keys(json_t *obj, const char *where, const char *const *keys, gw_error *err);
 /* A function name as OpenAI allows it: [A-Za-z0-9_-]{1,64}. */
 int gw_valid_name(const json_t *v);
 

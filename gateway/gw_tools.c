@@ -12,25 +12,6 @@
 
 #define INVALID "invalid_request_error"
 
-/* Refuses any key of obj not in keys[], naming it as where.key. */
-static int only_keys(json_t *obj, const char *where, const char *const *keys, gw_error *err) {
-    const char *k;
-    json_t *v;
-    json_object_foreach(obj, k, v) {
-        int ok = 0;
-        for (int i = 0; keys[i] && !ok; i++)
-            ok = !strcmp(k, keys[i]);
-        if (!ok) {
-            static char param[160];
-            snprintf(param, sizeof param, "%s.%.64s", where, k);
-            gw_error_set(err, 400, INVALID, param, "unknown_parameter", "Unrecognized argument in '%s': %.64s",
-                         where, k);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* response_format: text, json_object, or json_schema {name, description, schema,
  * strict}. The schema travels to the worker as JSON text; the worker compiles it
  * into the grammar and refuses what it cannot enforce. */
@@ -45,7 +26,7 @@ int gw_parse_response_format(gw_chat_req *req, json_t *v, gw_error *err) {
     json_t *t = json_object_get(v, "type");
     if (gw_jeq(t, "text") || gw_jeq(t, "json_object")) {
         static const char *const keys[] = {"type", NULL};
-        if (only_keys(v, "response_format", keys, err))
+        if (gw_only_keys(v, "response_format", keys, err))
             return -1;
         req->submit.format = gw_jeq(t, "text") ? PROTO_FORMAT_TEXT : PROTO_FORMAT_JSON_OBJECT;
         return 0;
@@ -58,14 +39,14 @@ int gw_parse_response_format(gw_chat_req *req, json_t *v, gw_error *err) {
     static const char *const keys[] = {"type", "json_schema", NULL};
     static const char *const js_keys[] = {"name", "description", "schema", "strict", NULL};
     json_t *js = json_object_get(v, "json_schema");
-    if (only_keys(v, "response_format", keys, err))
+    if (gw_only_keys(v, "response_format", keys, err))
         return -1;
     if (!json_is_object(js)) {
         gw_error_set(err, 400, INVALID, "response_format.json_schema", js ? "invalid_type" : "missing_required_parameter",
                      "'response_format.json_schema' must be an object with a 'name' and a 'schema'.");
         return -1;
     }
-    if (only_keys(js, "response_format.json_schema", js_keys, err))
+    if (gw_only_keys(js, "response_format.json_schema", js_keys, err))
         return -1;
     json_t *name = json_object_get(js, "name"), *schema = json_object_get(js, "schema"),
            *desc = json_object_get(js, "description"), *strict = json_object_get(js, "strict");
@@ -117,7 +98,7 @@ static int parse_function(gw_chat_req *req, json_t *fn, int i, int legacy, proto
     static const char *const keys[] = {"name", "description", "parameters", "strict", NULL};
     if (!json_is_object(fn))
         return tool_error(err, at, i, "invalid_type", "expected an object.");
-    if (only_keys(fn, where, keys, err))
+    if (gw_only_keys(fn, where, keys, err))
         return -1;
     json_t *name = json_object_get(fn, "name"), *desc = json_object_get(fn, "description"),
            *params = json_object_get(fn, "parameters"), *strict = json_object_get(fn, "strict");
@@ -202,7 +183,7 @@ int gw_parse_tools(gw_chat_req *req, json_t *root, gw_error *err) {
                 return tool_error(err, "tools[%d]", (int)i, "invalid_type", "expected an object.");
             if (!gw_jeq(json_object_get(e, "type"), "function"))
                 return tool_error(err, "tools[%d].type", (int)i, "invalid_value", "the only tool type is 'function'.");
-            if (only_keys(e, where, keys, err))
+            if (gw_only_keys(e, where, keys, err))
                 return -1;
             fn = json_object_get(e, "function");
         }

@@ -193,6 +193,23 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Records token id (allowed in state) with its distance after it; end-of-
+ * generation tokens (no bytes) are left to the caller. 0 or a negative errno. */
+static int cand_add(wk_gcache *c, wk_grammar *g, int32_t state, int32_t id, int *k, uint32_t *best) {
+    int len;
+    const uint8_t *b = wk_gvocab_bytes(c->v, id, &len);
+    if (!len)
+        return 0;
+    int32_t t = wk_grammar_step(g, state, b, (size_t)len);
+    if (t < 0)
+        return t;
+    c->cand[*k] = (cand){id, wk_grammar_distance(g, t)};
+    if (c->cand[*k].dist < *best)
+        *best = c->cand[*k].dist;
+    (*k)++;
+    return 0;
+}
+
 int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float *logits, int n_logits,
                    const int32_t **ids, int *n_ids, int *restricted) {
     *restricted = 0;
@@ -250,35 +267,36 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
             allowed--;
             *restricted = 1;
         }
-    } else if (budget >= 1 && wk_grammar_plain_state(g, state, &cap, &min_chars)) {
-        // Inside a free string: a plain token of k characters leaves the distance
-        // at d - min(k, min_chars), so only the other tokens need a step each.
+    } else if (budget >= 1) {
+        // Nearer the end: step every allowed token, keep those that leave at most
+        // budget - 1 bytes (or, when none does, the nearest). Inside a free string
+        // a plain token of k characters leaves d - min(k, min_chars), so only the
+        // other tokens need a step there.
         if (!c->cand && !(c->cand = malloc((size_t)n * sizeof *c->cand)))
             return -ENOMEM;
-        const trie *o = &c->v->other;
-        int k = 0;
-        // The longest plain token allowed (plain_le grows at every length a token has).
         size_t words = ((size_t)c->v->n_vocab + 63) / 64;
-        int r = cap < (uint32_t)c->v->max_chars ? (int)cap : c->v->max_chars;
-        while (r > 0 && !memcmp(c->v->plain + (size_t)r * words, c->v->plain + (size_t)(r - 1) * words,
-                                words * sizeof *c->v->plain))
-            r--;
-        uint32_t best = r > 0 ? d - ((uint32_t)r < min_chars ? (uint32_t)r : min_chars) : UINT32_MAX;
-        for (int32_t i = 0; i < o->ntok_off[o->n_nodes]; i++) {
-            int32_t id = o->ntok[i];
-            if (id >= n || !(m[id >> 6] >> (id & 63) & 1))
-                continue;
-            int len;
-            const uint8_t *b = wk_gvocab_bytes(c->v, id, &len);
-            int32_t t = wk_grammar_step(g, state, b, (size_t)len);
-            if (t < 0)
-                return t;
-            c->cand[k] = (cand){id, wk_grammar_distance(g, t)};
-            best = c->cand[k].dist < best ? c->cand[k].dist : best;
-            k++;
+        int plain = wk_grammar_plain_state(g, state, &cap, &min_chars), k = 0, rc;
+        uint32_t best = wk_grammar_accepting(g, state) && c->v->n_eog ? 0 : UINT32_MAX; // end of generation
+        if (plain) {
+            const trie *o = &c->v->other;
+            // The longest plain token allowed (plain_le grows at every length a token has).
+            int r = cap < (uint32_t)c->v->max_chars ? (int)cap : c->v->max_chars;
+            while (r > 0 && !memcmp(c->v->plain + (size_t)r * words, c->v->plain + (size_t)(r - 1) * words,
+                                    words * sizeof *c->v->plain))
+                r--;
+            if (r > 0 && d - ((uint32_t)r < min_chars ? (uint32_t)r : min_chars) < best)
+                best = d - ((uint32_t)r < min_chars ? (uint32_t)r : min_chars);
+            for (int32_t i = 0; i < o->ntok_off[o->n_nodes]; i++) {
+                int32_t id = o->ntok[i];
+                if (id < n && (m[id >> 6] >> (id & 63) & 1) && (rc = cand_add(c, g, state, id, &k, &best)))
+                    return rc;
+            }
+        } else {
+            for (int w = 0; w * 64 < n; w++)
+                for (uint64_t x = m[w]; x; x &= x - 1)
+                    if ((rc = cand_add(c, g, state, w * 64 + __builtin_ctzll(x), &k, &best)))
+                        return rc;
         }
-        if (wk_grammar_accepting(g, state))
-            best = 0;
         uint32_t limit = (uint32_t)budget - 1 > best ? (uint32_t)budget - 1 : best;
         for (int i = 0; i < k; i++)
             if (c->cand[i].dist > limit) {
@@ -286,7 +304,7 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
                 allowed--;
                 *restricted = 1;
             }
-        if (limit < d) { // plain tokens need min(chars, min_chars) >= d - limit
+        if (plain && limit < d) { // plain tokens need min(chars, min_chars) >= d - limit
             uint32_t need = d - limit;
             int below = min_chars < need ? c->v->max_chars : (int)need - 1 < c->v->max_chars ? (int)need - 1
                                                                                                : c->v->max_chars;
@@ -301,34 +319,6 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
                     }
                 }
         }
-    } else if (budget >= 1) {
-        if (!c->cand && !(c->cand = malloc((size_t)n * sizeof *c->cand)))
-            return -ENOMEM;
-        int k = 0;
-        uint32_t best = UINT32_MAX;
-        for (int w = 0; w * 64 < n; w++)
-            for (uint64_t x = m[w]; x; x &= x - 1) {
-                int32_t id = w * 64 + __builtin_ctzll(x);
-                int len;
-                const uint8_t *b = wk_gvocab_bytes(c->v, id, &len);
-                if (!len) { // end of generation: allowed only when accepting
-                    best = 0;
-                    continue;
-                }
-                int32_t t = wk_grammar_step(g, state, b, (size_t)len);
-                if (t < 0)
-                    return t;
-                c->cand[k] = (cand){id, wk_grammar_distance(g, t)};
-                best = c->cand[k].dist < best ? c->cand[k].dist : best;
-                k++;
-            }
-        uint32_t limit = (uint32_t)budget - 1 > best ? (uint32_t)budget - 1 : best;
-        for (int i = 0; i < k; i++)
-            if (c->cand[i].dist > limit) {
-                logits[c->cand[i].id] = -INFINITY;
-                allowed--;
-                *restricted = 1;
-            }
     }
     c->masks++;
     c->mask_ns += now_ns() - t0;
