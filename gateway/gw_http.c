@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/cm_crypto.h"
 #include "common/cm_log.h"
 #include "gateway/gw_chat.h"
 
@@ -70,6 +71,7 @@ typedef struct req_state {
     int sending;
     int quiet;      // no bytes queued since the last keep-alive tick
     cm_buf pending, flight;
+    cm_sha256_ctx body_hash; // SSE: the bytes handed to h2o so far, until the stream is sealed
     h2o_generator_t gen;
     gw_completion comp;
     h2o_timeout_entry_t deadline, keepalive, liveness;
@@ -114,12 +116,58 @@ static void add_request_id(h2o_req_t *req) {
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, v.base, v.len);
 }
 
-static void respond(h2o_req_t *req, int status, const char *ctype, const void *body, size_t len) {
+static gw_http *server_of(h2o_req_t *req) {
+    return H2O_STRUCT_FROM_MEMBER(gw_http, ctx, req->conn->ctx);
+}
+
+/* Signs a receipt for req's answer (see gw_receipt.h) into out. response_sha256
+ * NULL: an SSE header receipt. */
+static int make_receipt(h2o_req_t *req, int status, const uint8_t *response_sha256, int stream, const gw_usage *u,
+                        cm_buf *out) {
+    gw_http *s = server_of(req);
+    uint8_t rq[CM_SHA256_LEN];
+    cm_sha256(req->entity.base ? req->entity.base : "", req->entity.len, rq);
+    gw_receipt_in in = {.artifact = s->cfg.artifact_cid,
+                        .model = s->cfg.model_id,
+                        .method = req->method.base,
+                        .method_len = req->method.len,
+                        .path = req->path.base,
+                        .path_len = req->path.len,
+                        .status = status,
+                        .request_sha256 = rq,
+                        .response_sha256 = response_sha256,
+                        .stream = stream,
+                        .prompt_tokens = u ? (long long)u->prompt_tokens : -1,
+                        .completion_tokens = u ? (long long)u->completion_tokens : -1};
+    return gw_receipt_make(s->cfg.receipts, &in, out);
+}
+
+static void add_receipt_header(h2o_req_t *req, int status, const uint8_t *response_sha256, int stream,
+                               const gw_usage *u) {
+    cm_buf t = CM_BUF_INIT;
+    if (make_receipt(req, status, response_sha256, stream, u, &t))
+        cm_error("cannot sign a receipt (out of memory)");
+    else
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-kolm-receipt"), 0, NULL,
+                              h2o_strdup(&req->pool, (const char *)t.data, t.len).base, t.len);
+    cm_buf_free(&t);
+}
+
+/* Every non-streamed answer goes out here, with its receipt; u: token counts. */
+static void respond_usage(h2o_req_t *req, int status, const char *ctype, const void *body, size_t len,
+                          const gw_usage *u) {
     req->res.status = status;
     req->res.reason = reason_for(status);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype, strlen(ctype));
     add_request_id(req);
+    uint8_t rs[CM_SHA256_LEN];
+    cm_sha256(body, len, rs);
+    add_receipt_header(req, status, rs, 0, u);
     h2o_send_inline(req, body, len);
+}
+
+static void respond(h2o_req_t *req, int status, const char *ctype, const void *body, size_t len) {
+    respond_usage(req, status, ctype, body, len, NULL);
 }
 
 static void respond_error(h2o_req_t *req, const gw_error *err) {
@@ -156,6 +204,7 @@ static void stream_send(req_state *st, int final) {
     st->pending.len = 0;
     st->sending = 1;
     h2o_iovec_t iov = h2o_iovec_init(st->flight.data, st->flight.len);
+    cm_sha256_update(&st->body_hash, st->flight.data, st->flight.len);
     if (final)
         st->final_sent = 1;
     h2o_send(st->req, &iov, 1, final ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
@@ -222,6 +271,9 @@ static void start_stream(req_state *st) {
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-accel-buffering"), 0, NULL, H2O_STRLIT("no"));
     add_request_id(req);
+    add_receipt_header(req, 200, NULL, 1, NULL);
+    if (cm_sha256_init(&st->body_hash))
+        cm_error("cannot hash the stream of %s (out of memory): its final receipt will not verify", st->id);
     st->gen.proceed = on_proceed;
     st->gen.stop = on_stop;
     h2o_start_response(req, &st->gen);
@@ -234,6 +286,33 @@ static void start_stream(req_state *st) {
     stream_send(st, 0);
 }
 
+/* The stream's last event, pending[at..len), gets the receipt over the whole
+ * body (what was sent, what is pending, then "data: [DONE]" when done follows)
+ * as its last member "kolm_receipt"; see gw_receipt.h. */
+static void seal_stream(req_state *st, size_t at, const gw_usage *u, int done) {
+    static const char done_line[] = "data: [DONE]\n\n", key[] = ",\"kolm_receipt\":\"";
+    cm_buf *p = &st->pending;
+    if (at >= p->len || p->len < 3 || memcmp(p->data + p->len - 3, "}\n\n", 3)) {
+        cm_error("the last event of %s is not a JSON object: its stream has no final receipt", st->id);
+        return;
+    }
+    uint8_t rs[CM_SHA256_LEN];
+    cm_sha256_update(&st->body_hash, p->data, p->len);
+    if (done)
+        cm_sha256_update(&st->body_hash, done_line, sizeof done_line - 1);
+    cm_sha256_final(&st->body_hash, rs); // no later bytes are hashed
+    cm_buf t = CM_BUF_INIT;
+    if (cm_buf_append(&t, key, sizeof key - 1) || make_receipt(st->req, 200, rs, 1, u, &t) ||
+        cm_buf_append(&t, "\"", 1) || cm_buf_reserve(p, t.len)) {
+        cm_error("cannot sign the final receipt of %s (out of memory)", st->id);
+    } else {
+        memmove(p->data + p->len - 3 + t.len, p->data + p->len - 3, 3);
+        memcpy(p->data + p->len - 3, t.data, t.len);
+        p->len += t.len;
+    }
+    cm_buf_free(&t);
+}
+
 /* ---- worker events ---- */
 
 static void fail_request(req_state *st, const gw_error *err) {
@@ -241,7 +320,9 @@ static void fail_request(req_state *st, const gw_error *err) {
         return;
     stop_timers(st);
     if (st->started) {
+        size_t at = st->pending.len;
         gw_render_sse_error(&st->pending, err);
+        seal_stream(st, at, NULL, 0);
         stream_end(st);
     } else {
         respond_error(st->req, err);
@@ -303,9 +384,11 @@ static void on_delta(req_state *st, choice_state *c, const proto_event *ev) {
 }
 
 static void on_finish(req_state *st, const proto_event *ev) {
+    size_t at = SIZE_MAX; // where this event's finish chunk starts in pending
     if (ev->choice < (uint32_t)st->n_choices && !st->ch[ev->choice].finish) {
         st->ch[ev->choice].finish = ev->finish_reason;
         if (st->stream) {
+            at = st->pending.len;
             gw_chunk k = {.index = ev->choice, .text = st->comp.legacy ? "" : NULL, .finish = ev->finish_reason,
                           .with_usage_null = st->include_usage};
             render_chunk(st, &k);
@@ -318,8 +401,15 @@ static void on_finish(req_state *st, const proto_event *ev) {
     gw_usage u = {ev->prompt_tokens, ev->completion_tokens, ev->cached_tokens};
     stop_timers(st);
     if (st->stream) {
-        if (st->include_usage)
+        if (st->include_usage) {
+            at = st->pending.len;
             gw_render_usage_chunk(&st->pending, &st->comp, &u);
+        } else if (at == SIZE_MAX) { // the last choice's finish went out earlier: an empty delta carries the receipt
+            at = st->pending.len;
+            gw_chunk k = {.index = 0, .text = st->comp.legacy ? "" : NULL};
+            render_chunk(st, &k);
+        }
+        seal_stream(st, at, &u, 1);
         cm_buf_append(&st->pending, "data: [DONE]\n\n", 14);
         stream_end(st);
         return;
@@ -337,7 +427,7 @@ static void on_finish(req_state *st, const proto_event *ev) {
     if (!out || gw_render_completion(&b, &st->comp, out, st->n_choices, &u))
         respond_simple_error(st->req, 500, "server_error", NULL, NULL, "cannot render the response");
     else
-        respond(st->req, 200, "application/json", b.data, b.len);
+        respond_usage(st->req, 200, "application/json", b.data, b.len, &u);
     free(out);
     cm_buf_free(&b);
 }
@@ -436,6 +526,7 @@ static void dispose_state(void *p) {
     }
     cm_buf_free(&st->pending);
     cm_buf_free(&st->flight);
+    cm_sha256_free(&st->body_hash);
 }
 
 /* ---- routes ---- */
@@ -651,6 +742,26 @@ static void handle_metrics(gw_http *s, h2o_req_t *req) {
     cm_buf_free(&b);
 }
 
+/* GET /v1/kolm/keys: the key that signs receipts, and the served artifact's signer. */
+static void handle_keys(gw_http *s, h2o_req_t *req) {
+    const cm_key *k = gw_receipts_key(s->cfg.receipts);
+    char pk[64];
+    cm_b64url(k->pk, CM_PK_LEN, pk);
+    cm_buf b = CM_BUF_INIT;
+    cm_buf_printf(&b,
+                  "{\"object\":\"list\",\"data\":[{\"id\":\"%s\",\"object\":\"kolm.key\",\"alg\":\"ed25519\","
+                  "\"use\":\"receipt\",\"public_key\":\"%s\"}",
+                  k->id, pk);
+    if (s->cfg.artifact_signer)
+        cm_buf_printf(&b,
+                      ",{\"id\":\"%s\",\"object\":\"kolm.key\",\"alg\":\"ed25519\",\"use\":\"artifact\","
+                      "\"public_key\":\"%s\"}",
+                      s->cfg.artifact_signer, s->cfg.artifact_signer_pk);
+    cm_buf_printf(&b, "]}");
+    respond(req, 200, "application/json", b.data, b.len);
+    cm_buf_free(&b);
+}
+
 static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     gw_http *s = *(gw_http **)(self + 1);
     const char *prefix = "/v1/models/";
@@ -689,6 +800,10 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
             respond(req, 200, "application/json", b.data, b.len);
             cm_buf_free(&b);
         }
+    } else if (path_is(req, "/v1/kolm/keys")) {
+        if (!method_is(req, "GET") && !method_is(req, "HEAD"))
+            goto not_allowed;
+        handle_keys(s, req);
     } else if (path_is(req, "/health")) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;

@@ -2,7 +2,8 @@
  * the per-request state that turns worker events into JSON responses or SSE.
  *
  * Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
- * GET /v1/models/{id}, GET /health, GET /metrics. Other OpenAI endpoints answer an
+ * GET /v1/models/{id}, GET /v1/kolm/keys, GET /health, GET /metrics. Every answer
+ * carries a signed x-kolm-receipt (gw_receipt.h). Other OpenAI endpoints answer an
  * OpenAI-shaped 404 `unsupported_endpoint`; unknown paths a 404 `unknown_url`;
  * known paths with the wrong method a 405. With an API key set, /v1 requests
  * without it get a 401. The server owns the h2o configuration and context; the
@@ -15,6 +16,7 @@
 #include <stdint.h>
 
 #include "gateway/gw_pool.h"
+#include "gateway/gw_receipt.h"
 
 typedef struct gw_http_config {
     const char *host;
@@ -26,6 +28,10 @@ typedef struct gw_http_config {
     uint64_t request_timeout_ms; // 0 = none
     uint64_t keepalive_ms;       // SSE comment after this long without output; 0 = none
     const char *api_key;         // NULL or "": no authentication
+    gw_receipts *receipts;       // signs every response (borrowed)
+    const char *artifact_cid;    // the served artifact's CID; NULL for a raw GGUF
+    const char *artifact_signer; // its signer's key id and public key (base64url), NULL when unsigned
+    const char *artifact_signer_pk;
 } gw_http_config;
 
 typedef struct gw_http gw_http;

@@ -1,6 +1,8 @@
-/* kolm: the command-line entry. `kolm serve` runs the gateway: it spawns the
- * worker pool, listens for HTTP, and runs the h2o event loop until SIGINT/SIGTERM,
- * then stops the workers and exits 0. */
+/* kolm: the command-line entry. `kolm serve` runs the gateway: it checks the
+ * artifact's signature against the keyring, spawns the worker pool (the workers
+ * check the blob hashes as they load), listens for HTTP, and runs the h2o event
+ * loop until SIGINT/SIGTERM, then stops the workers and exits 0. The artifact
+ * commands (keygen, pack, inspect, verify) are in gw_cli.c. */
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -11,11 +13,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/cm_kolm.h"
 #include "common/cm_log.h"
+#include "gateway/gw_cli.h"
 #include "gateway/gw_http.h"
 #include "gateway/gw_pool.h"
 
-#define DEFAULT_MODEL "gemma-3-270m-q4_k_m.gguf"
+#define DEFAULT_ARTIFACT "gemma-3-270m-q4_k_m.kolm"
 
 static volatile sig_atomic_t g_stop;
 
@@ -25,13 +29,23 @@ static void on_signal(int sig) {
 }
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: kolm serve [--http] [MODEL_PATH] [--port 8765] [--host 127.0.0.1] [--workers N]\n"
+    fprintf(f, "usage: kolm serve [--http] [ARTIFACT.kolm] [--port 8765] [--host 127.0.0.1] [--workers N]\n"
                "                  [--threads T] [--ctx N] [--max-body BYTES] [--max-jobs N] [--max-messages N]\n"
                "                  [--max-request-tokens N] [--request-timeout S] [--sse-keepalive S]\n"
-               "                  [--api-key KEY]\n"
+               "                  [--api-key KEY] [--keyring DIR] [--allow-unsigned] [--receipt-key FILE]\n"
+               "                  [--receipt-log-max BYTES]\n"
+               "       kolm keygen | pack | inspect | verify ...   (kolm COMMAND --help)\n"
                "\n"
-               "Serves MODEL_PATH (a GGUF file; default $KOLM_HOME/models/" DEFAULT_MODEL ",\n"
-               "KOLM_HOME defaulting to ~/.kolm) with an OpenAI-compatible API on http://HOST:PORT/v1.\n"
+               "Serves ARTIFACT.kolm (default $KOLM_HOME/artifacts/" DEFAULT_ARTIFACT ", KOLM_HOME\n"
+               "defaulting to ~/.kolm) with an OpenAI-compatible API on http://HOST:PORT/v1. Every answer\n"
+               "carries a signed x-kolm-receipt; receipts are logged in $KOLM_HOME/receipts/.\n"
+               "  --keyring DIR   trusted artifact signers: a directory of .pub files (default\n"
+               "                  $KOLM_HOME/keys/trusted; kolm keygen adds its key there)\n"
+               "  --allow-unsigned  serve an artifact that is unsigned, signed by an untrusted key or whose\n"
+               "                  signature fails, or a raw GGUF file (logged; blob hashes are still checked)\n"
+               "  --receipt-key FILE  the receipt signing key (default $KOLM_HOME/keys/gateway.key, made on\n"
+               "                  first use)\n"
+               "  --receipt-log-max B  receipt log size before rotation (default 67108864)\n"
                "  --http          serve HTTP (the default and only transport)\n"
                "  --port N        TCP port (default 8765)\n"
                "  --host ADDR     bind address (default 127.0.0.1: loopback only)\n"
@@ -70,20 +84,37 @@ static int parse_long(const char *s, long lo, long hi, long *out) {
     return 0;
 }
 
-/* Path of kolm-worker beside this executable. */
-static int worker_path(char *out, size_t n) {
-    char self[PATH_MAX];
-    ssize_t l = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (l <= 0)
+/* What serve checks before it spawns workers: a .kolm's signature and signer
+ * (the workers hash the blobs), or that a raw GGUF is allowed. *art stays NULL for
+ * a GGUF. */
+static int check_model(const char *model, const char *home, const char *keyring, int allow_unsigned, cm_kolm **art) {
+    char err[1024];
+    *art = NULL;
+    if (cm_kolm_is_artifact(model) != 1) {
+        if (!allow_unsigned) {
+            fprintf(stderr,
+                    "kolm serve: %s is not a .kolm artifact, so nothing about it can be verified.\n"
+                    "Pack and sign it (kolm keygen; kolm pack %s -o NAME.kolm), or pass --allow-unsigned.\n",
+                    model, model);
+            return -1;
+        }
+        cm_warn("serving %s unsigned (--allow-unsigned): receipts name no artifact", model);
+        return 0;
+    }
+    if (cm_kolm_open(model, home, art, err, sizeof err)) {
+        fprintf(stderr, "kolm serve: refusing %s\n", err);
         return -1;
-    self[l] = 0;
-    char *slash = strrchr(self, '/');
-    if (!slash)
-        return -1;
-    *slash = 0;
-    if ((size_t)snprintf(out, n, "%s/kolm-worker", self) >= n)
-        return -1;
-    return access(out, X_OK);
+    }
+    if (cm_kolm_check_trust(*art, keyring, err, sizeof err)) {
+        if (!allow_unsigned) {
+            fprintf(stderr, "kolm serve: refusing %s\n(--allow-unsigned serves it anyway)\n", err);
+            cm_kolm_close(*art);
+            *art = NULL;
+            return -1;
+        }
+        cm_warn("serving it anyway (--allow-unsigned): %s", err);
+    }
+    return 0;
 }
 
 static int serve(int argc, char **argv) {
@@ -92,6 +123,9 @@ static int serve(int argc, char **argv) {
          max_request_tokens = 1L << 20;
     uint64_t timeout_ms = 600000, keepalive_ms = 15000;
     const char *api_key = getenv("KOLM_API_KEY");
+    const char *keyring = NULL, *receipt_key = NULL;
+    int allow_unsigned = 0;
+    long receipt_log_max = 64L << 20;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -100,6 +134,10 @@ static int serve(int argc, char **argv) {
         }
         if (!strcmp(a, "--http"))
             continue;
+        if (!strcmp(a, "--allow-unsigned")) {
+            allow_unsigned = 1;
+            continue;
+        }
         if (a[0] != '-') {
             if (model) {
                 fprintf(stderr, "kolm serve: more than one model given (%s, %s)\n", model, a);
@@ -136,6 +174,12 @@ static int serve(int argc, char **argv) {
             bad = parse_seconds(v, 86400 * 7, &timeout_ms);
         else if (!strcmp(a, "--sse-keepalive"))
             bad = parse_seconds(v, 3600, &keepalive_ms);
+        else if (!strcmp(a, "--keyring"))
+            keyring = v;
+        else if (!strcmp(a, "--receipt-key"))
+            receipt_key = v;
+        else if (!strcmp(a, "--receipt-log-max"))
+            bad = parse_long(v, 4096, 1L << 40, &receipt_log_max);
         else if (!strcmp(a, "--api-key")) {
             api_key = v;
             bad = !*v; // an empty key would silently leave the server open
@@ -149,27 +193,46 @@ static int serve(int argc, char **argv) {
             return 2;
         }
     }
-    char defpath[PATH_MAX];
+    char home[PATH_MAX], defpath[PATH_MAX + 64], ring[PATH_MAX + 64];
+    gw_cli_home(home, sizeof home);
     if (!model) {
-        const char *home = getenv("KOLM_HOME");
-        const char *uhome = getenv("HOME");
-        if (home)
-            snprintf(defpath, sizeof defpath, "%s/models/" DEFAULT_MODEL, home);
-        else
-            snprintf(defpath, sizeof defpath, "%s/.kolm/models/" DEFAULT_MODEL, uhome ? uhome : ".");
+        snprintf(defpath, sizeof defpath, "%s/artifacts/" DEFAULT_ARTIFACT, home);
         model = defpath;
+    }
+    if (!keyring) {
+        snprintf(ring, sizeof ring, "%s/keys/trusted", home);
+        keyring = ring;
     }
     struct stat stb;
     if (stat(model, &stb) || !S_ISREG(stb.st_mode)) {
         fprintf(stderr,
                 "kolm serve: model file %s not found.\n"
-                "Install the embedded default model with deploy/serve-default.sh (or deploy/setup.sh),\n"
-                "or pass the path of a GGUF file.\n",
+                "Install and pack the embedded default model with deploy/serve-default.sh,\n"
+                "or pass the path of a .kolm artifact.\n",
                 model);
         return 1;
     }
+    cm_log_init("gateway", CM_LOG_INFO);
+    if (cm_crypto_init()) {
+        fprintf(stderr, "kolm serve: libsodium cannot initialize\n");
+        return 1;
+    }
+    cm_kolm *art;
+    if (check_model(model, home, keyring, allow_unsigned, &art))
+        return 1;
+    char err[1024] = "";
+    gw_receipts_config rc_cfg = {.home = home, .key_path = receipt_key, .log_max = (uint64_t)receipt_log_max};
+    gw_receipts *receipts = gw_receipts_open(&rc_cfg, err, sizeof err);
+    if (!receipts) {
+        fprintf(stderr, "kolm serve: %s\n", err);
+        cm_kolm_close(art);
+        return 1;
+    }
+    char signer_pk[64] = "";
+    if (art && art->has_sig)
+        cm_b64url(art->signer, CM_PK_LEN, signer_pk);
     char wexe[PATH_MAX];
-    if (worker_path(wexe, sizeof wexe)) {
+    if (gw_cli_worker_path(wexe, sizeof wexe)) {
         fprintf(stderr, "kolm serve: cannot find the kolm-worker executable next to kolm\n");
         return 1;
     }
@@ -180,14 +243,14 @@ static int serve(int argc, char **argv) {
     const char *slash = strrchr(model, '/');
     const char *model_id = slash ? slash + 1 : model;
 
-    cm_log_init("gateway", CM_LOG_INFO);
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
     h2o_evloop_t *loop = h2o_evloop_create();
-    gw_pool_config pc = {.worker_exe = wexe, .model_path = model, .model_id = model_id, .n_workers = (int)workers,
+    gw_pool_config pc = {.worker_exe = wexe, .model_path = model, .model_id = model_id,
+                         .artifact_cid = art ? art->cid : NULL, .n_workers = (int)workers,
                          .threads = (int)threads, .ctx = (int)ctx, .max_jobs = (int)max_jobs};
     gw_pool *pool = gw_pool_create(loop, &pc);
     if (!pool) {
@@ -202,7 +265,11 @@ static int serve(int argc, char **argv) {
                          .max_request_tokens = max_request_tokens,
                          .request_timeout_ms = timeout_ms,
                          .keepalive_ms = keepalive_ms,
-                         .api_key = api_key};
+                         .api_key = api_key,
+                         .receipts = receipts,
+                         .artifact_cid = art ? art->cid : NULL,
+                         .artifact_signer = art && art->has_sig ? art->signer_id : NULL,
+                         .artifact_signer_pk = signer_pk};
     gw_http *http = gw_http_create(loop, pool, &hc);
     if (!http) {
         gw_pool_shutdown(pool, 2000);
@@ -211,6 +278,9 @@ static int serve(int argc, char **argv) {
     }
     cm_info("serving %s as '%s' on http://%s:%ld/v1 (%ld worker(s), %ld thread(s) each%s)", model, model_id, host,
             port, workers, threads, api_key && *api_key ? ", API key required" : "");
+    if (art)
+        cm_info("artifact %s, signed by %s; receipts signed by %s", art->cid, art->has_sig ? art->signer_id : "nobody",
+                gw_receipts_key(receipts)->id);
     int rc = 0;
     while (!g_stop) {
         h2o_evloop_run(loop, 100);
@@ -225,6 +295,8 @@ static int serve(int argc, char **argv) {
     gw_pool_shutdown(pool, 5000);
     gw_http_free(http);
     gw_pool_free(pool);
+    gw_receipts_close(receipts);
+    cm_kolm_close(art);
     return rc;
 }
 
@@ -233,8 +305,20 @@ int main(int argc, char **argv) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (cm_crypto_init()) {
+        fprintf(stderr, "kolm: libsodium cannot initialize\n");
+        return 1;
+    }
     if (!strcmp(argv[1], "serve"))
         return serve(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "keygen"))
+        return gw_cli_keygen(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "pack"))
+        return gw_cli_pack(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "inspect"))
+        return gw_cli_inspect(argc - 2, argv + 2);
+    if (!strcmp(argv[1], "verify"))
+        return gw_cli_verify(argc - 2, argv + 2);
     fprintf(stderr, "kolm: unknown command '%s' (see kolm --help)\n", argv[1]);
     return 2;
 }

@@ -191,6 +191,8 @@ static int spawn(worker *w) {
     argv[a++] = "--fd", argv[a++] = fdarg;
     argv[a++] = "--model", argv[a++] = (char *)p->cfg.model_path;
     argv[a++] = "--model-id", argv[a++] = (char *)p->cfg.model_id;
+    if (p->cfg.artifact_cid)
+        argv[a++] = "--artifact-cid", argv[a++] = (char *)p->cfg.artifact_cid;
     argv[a++] = "--worker-id", argv[a++] = idarg;
     argv[a++] = "--threads", argv[a++] = tharg;
     if (p->cfg.ctx > 0)

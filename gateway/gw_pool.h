@@ -35,6 +35,7 @@ typedef struct gw_pool_config {
     const char *worker_exe; // path of kolm-worker
     const char *model_path;
     const char *model_id;
+    const char *artifact_cid; // a .kolm's CID: the workers refuse any other file; NULL for a GGUF
     int n_workers;
     int threads;
     int ctx; // 0 = worker default

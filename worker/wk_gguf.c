@@ -36,8 +36,10 @@ typedef struct wk_kv {
 } wk_kv;
 
 struct wk_gguf {
-    uint8_t *map;
+    uint8_t *map; // the whole file
     size_t map_size;
+    const uint8_t *base; // the GGUF inside it (a .kolm blob, or the whole file)
+    size_t size;
     uint32_t version;
     wk_kv *kv;
     uint64_t n_kv;
@@ -350,6 +352,10 @@ static int parse_tensor(cursor *c, wk_gguf_tensor *t, uint64_t *rel_off, int idx
 }
 
 int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
+    return wk_gguf_open_at(path, 0, 0, out, err, errlen);
+}
+
+int wk_gguf_open_at(const char *path, uint64_t offset, uint64_t size, wk_gguf **out, char *err, size_t errlen) {
     int rc = -EINVAL, fd = -1, r;
     uint64_t *rel = NULL;
     wk_gguf_tensor **order = NULL;
@@ -378,7 +384,9 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
         cm_set_err(err, errlen, "%s: %s", path, strerror(errno));
         goto fail;
     }
-    if (!S_ISREG(st.st_mode) || st.st_size < 24) {
+    if (!size && S_ISREG(st.st_mode) && (uint64_t)st.st_size > offset)
+        size = (uint64_t)st.st_size - offset;
+    if (!S_ISREG(st.st_mode) || size < 24 || offset > (uint64_t)st.st_size || size > (uint64_t)st.st_size - offset) {
         cm_set_err(err, errlen, "%s: not a GGUF file (too small: %lld bytes)", path, (long long)st.st_size);
         goto fail;
     }
@@ -392,12 +400,14 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
     }
     close(fd);
     fd = -1;
+    g->base = g->map + offset;
+    g->size = (size_t)size;
 
-    cursor c = {g->map, g->map_size, 0};
+    cursor c = {g->base, g->size, 0};
     uint32_t magic = 0;
     uint64_t n_tensors = 0, n_kv = 0;
     (void)cur_u32(&c, &magic);
-    if (memcmp(g->map, "GGUF", 4)) {
+    if (memcmp(g->base, "GGUF", 4)) {
         cm_set_err(err, errlen, "%s: bad magic (not a GGUF file)", path);
         goto fail;
     }
@@ -411,11 +421,11 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
     (void)cur_u64(&c, &n_kv);
     // Smallest descriptor: name len + 1 byte + n_dims + 1 dim + type + offset = 33 bytes;
     // smallest kv: key len + 1 byte + type + 1 byte value = 14 bytes.
-    if (n_tensors > (g->map_size - c.pos) / 33 || n_tensors > INT32_MAX) {
+    if (n_tensors > (g->size - c.pos) / 33 || n_tensors > INT32_MAX) {
         cm_set_err(err, errlen, "%s: tensor count %llu does not fit the file", path, (unsigned long long)n_tensors);
         goto fail;
     }
-    if (n_kv > (g->map_size - c.pos) / 14) {
+    if (n_kv > (g->size - c.pos) / 14) {
         cm_set_err(err, errlen, "%s: metadata count %llu does not fit the file", path, (unsigned long long)n_kv);
         goto fail;
     }
@@ -473,13 +483,13 @@ int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen) {
                     (unsigned long long)rel[i], (unsigned long long)align);
             goto fail;
         }
-        if (data_start > g->map_size || rel[i] > g->map_size - data_start ||
-            t->size > g->map_size - data_start - rel[i]) {
+        if (data_start > g->size || rel[i] > g->size - data_start ||
+            t->size > g->size - data_start - rel[i]) {
             cm_set_err(err, errlen, "truncated tensor data for %s (offset %llu + %zu bytes past the end of the file)",
                     t->name, (unsigned long long)rel[i], t->size);
             goto fail;
         }
-        t->data = g->map + data_start + rel[i];
+        t->data = g->base + data_start + rel[i];
     }
     // Tensor extents must not overlap.
     if (g->n_tensors > 1) {
@@ -653,7 +663,7 @@ int wk_gguf_arr_str(const wk_gguf *g, const char *key, uint64_t i, const char **
         return -ENOENT;
     if (kv->type != WK_GGUF_ARRAY || kv->etype != WK_GGUF_STRING || i >= kv->n)
         return -EINVAL;
-    const uint8_t *p = g->map + kv->str_offs[i];
+    const uint8_t *p = g->base + kv->str_offs[i];
     memcpy(&n, p, 8);
     *s = (const char *)p + 8;
     *len = (size_t)n;

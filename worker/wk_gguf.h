@@ -43,6 +43,9 @@ typedef struct wk_gguf wk_gguf;
 /* Opens and validates path. 0 or a negative errno; on error *out is NULL and err
  * holds a message naming the problem ("truncated tensor data for blk.3.attn_q.weight"). */
 int wk_gguf_open(const char *path, wk_gguf **out, char *err, size_t errlen);
+/* The GGUF held in bytes [offset, offset+size) of path (size 0: to the end), as a
+ * .kolm artifact embeds it; tensor alignment is relative to offset. */
+int wk_gguf_open_at(const char *path, uint64_t offset, uint64_t size, wk_gguf **out, char *err, size_t errlen);
 void wk_gguf_close(wk_gguf *g); // NULL is a no-op
 
 /* Scalars. Integers of any GGUF integer type (and bool) convert when the value

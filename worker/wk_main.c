@@ -4,6 +4,12 @@
  *               [--ctx N] [--kv-mib M] [--block-size B] [--max-seqs S]
  *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
  *               [--seed S] [--stop S]...      (standalone: one request, text to stdout)
+ *   kolm-worker --describe GGUF               (the model's metadata as JSON, for kolm pack)
+ *
+ * PATH is a GGUF file or a .kolm artifact. An artifact's weights blob is mapped in
+ * place (no copy) while a thread hashes every blob against the manifest; the
+ * worker says HELLO only when both are done and fails naming the blob otherwise.
+ * With --artifact-cid the artifact must be exactly the one the gateway verified.
  *
  * With --fd the worker speaks proto/ frames on that Unix socket: HELLO once the
  * model is loaded, then SUBMIT/CANCEL/STATS_REQ/SHUTDOWN in, EVENT/STATS out. The
@@ -13,8 +19,10 @@
  * gateway respawns workers). */
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +30,8 @@
 #include <unistd.h>
 
 #include "common/cm_buf.h"
+#include "common/cm_crypto.h"
+#include "common/cm_kolm.h"
 #include "common/cm_log.h"
 #include "kernels/cpu/kn_cpu.h"
 #include "proto/proto.h"
@@ -39,6 +49,7 @@ typedef struct opts {
     int fd;
     const char *model;
     const char *model_id;
+    const char *artifact_cid;
     int worker_id, threads, ctx, kv_mib, block_size, max_seqs;
     const char *prompt;
     int max_tokens;
@@ -69,10 +80,11 @@ typedef struct worker {
 } worker;
 
 static void usage(void) {
-    fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]\n"
-                    "                   [--ctx N] [--kv-mib M] [--block-size B] [--max-seqs S]\n"
+    fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--artifact-cid CID] [--worker-id K]\n"
+                    "                   [--threads T] [--ctx N] [--kv-mib M] [--block-size B] [--max-seqs S]\n"
                     "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
-                    "                   [--seed S] [--stop S]...\n");
+                    "                   [--seed S] [--stop S]...\n"
+                    "       kolm-worker --describe GGUF\n");
 }
 
 static int parse_int(const char *s, long lo, long hi, int *out) {
@@ -107,6 +119,8 @@ static int parse_args(int argc, char **argv, opts *o) {
             o->model = v;
         else if (!strcmp(a, "--model-id"))
             o->model_id = v;
+        else if (!strcmp(a, "--artifact-cid"))
+            o->artifact_cid = v;
         else if (!strcmp(a, "--worker-id"))
             bad = parse_int(v, 0, 1 << 20, &o->worker_id);
         else if (!strcmp(a, "--threads"))
@@ -169,13 +183,85 @@ static void on_event(void *ud, const proto_event *ev) {
 
 /* ---- loading ---- */
 
+/* An artifact's blob check, run beside the model load. */
+typedef struct blob_check {
+    const cm_kolm *k;
+    int rc;
+    char err[1024];
+} blob_check;
+
+static void *check_blobs(void *arg) {
+    blob_check *c = arg;
+    c->rc = cm_kolm_verify_blobs(c->k, c->err, sizeof c->err);
+    return NULL;
+}
+
+static void kolm_home(char *out, size_t n) {
+    const char *h = getenv("KOLM_HOME"), *u = getenv("HOME");
+    if (h && *h)
+        snprintf(out, n, "%s", h);
+    else
+        snprintf(out, n, "%s/.kolm", u ? u : ".");
+}
+
+/* Opens the model: a GGUF file, or an artifact's weights blob (its other blobs'
+ * uses are not built yet: an adapter would change the answers, so it is refused). */
+static int open_model(worker *w, cm_kolm **art, char *err, size_t errlen) {
+    *art = NULL;
+    if (cm_kolm_is_artifact(w->o.model) != 1)
+        return wk_gguf_open(w->o.model, &w->g, err, errlen);
+    char home[4096];
+    kolm_home(home, sizeof home);
+    if (cm_kolm_open(w->o.model, home, art, err, errlen))
+        return -EINVAL;
+    if (w->o.artifact_cid && strcmp(w->o.artifact_cid, (*art)->cid)) {
+        cm_set_err(err, errlen, "%s changed since the gateway verified it (CID %s, expected %s)", w->o.model,
+                   (*art)->cid, w->o.artifact_cid);
+        return -EINVAL;
+    }
+    if (cm_kolm_blob_role(*art, "adapter")) {
+        cm_set_err(err, errlen, "%s carries a LoRA adapter, which this worker cannot apply yet", w->o.model);
+        return -ENOTSUP;
+    }
+    for (int i = 0; i < (*art)->n_blobs; i++)
+        if (strcmp((*art)->blobs[i].role, "weights"))
+            cm_warn("%s: its '%s' blob is not used by this worker yet", w->o.model, (*art)->blobs[i].role);
+    const cm_kolm_blob *b = cm_kolm_blob_role(*art, "weights");
+    return wk_gguf_open_at(b->path, b->offset, b->size, &w->g, err, errlen);
+}
+
+static int load_model(worker *w);
+
 static int load(worker *w) {
-    char err[512] = "";
-    int rc = wk_gguf_open(w->o.model, &w->g, err, sizeof err);
+    char err[1024] = "";
+    cm_kolm *art = NULL;
+    int rc = open_model(w, &art, err, sizeof err);
     if (rc) {
         cm_error("cannot open model %s: %s", w->o.model, err);
+        cm_kolm_close(art);
         return rc;
     }
+    if (!art)
+        return load_model(w);
+    blob_check bc = {.k = art};
+    pthread_t th;
+    int threaded = !pthread_create(&th, NULL, check_blobs, &bc);
+    if (!threaded)
+        check_blobs(&bc);
+    rc = load_model(w);
+    if (threaded)
+        pthread_join(th, NULL);
+    if (!rc && bc.rc) {
+        cm_error("refusing %s: %s", w->o.model, bc.err);
+        rc = -EINVAL;
+    }
+    cm_kolm_close(art);
+    return rc;
+}
+
+static int load_model(worker *w) {
+    char err[512] = "";
+    int rc;
     if ((rc = wk_tok_load(w->g, &w->tok, err, sizeof err))) {
         cm_error("cannot load the tokenizer of %s: %s", w->o.model, err);
         return rc;
@@ -481,7 +567,54 @@ out:
     return rc;
 }
 
+/* --describe: what kolm pack records about a GGUF, as one JSON object. */
+static int describe(const char *path) {
+    char err[512];
+    wk_gguf *g;
+    if (wk_gguf_open(path, &g, err, sizeof err)) {
+        fprintf(stderr, "kolm-worker: %s\n", err);
+        return 1;
+    }
+    const char *s;
+    size_t n;
+    char arch[64] = "";
+    if (!wk_gguf_get_str(g, "general.architecture", &s, &n))
+        snprintf(arch, sizeof arch, "%.*s", (int)n, s);
+    json_t *j = json_object();
+    json_object_set_new(j, "architecture", json_string(arch));
+    if (!wk_gguf_get_str(g, "general.name", &s, &n))
+        json_object_set_new(j, "name", json_stringn(s, n));
+    if (!wk_gguf_get_str(g, "tokenizer.ggml.model", &s, &n))
+        json_object_set_new(j, "tokenizer", json_stringn(s, n));
+    wk_gguf_vtype et;
+    uint64_t nv;
+    const void *d;
+    if (!wk_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &nv, &d))
+        json_object_set_new(j, "vocab_size", json_integer((json_int_t)nv));
+    char key[128];
+    int64_t ctx;
+    snprintf(key, sizeof key, "%s.context_length", arch);
+    if (!wk_gguf_get_i64(g, key, &ctx))
+        json_object_set_new(j, "context_length", json_integer(ctx));
+    json_object_set_new(j, "chat_template", json_string(wk_template_name(wk_template_detect(g, arch))));
+    if (!wk_gguf_get_str(g, "tokenizer.chat_template", &s, &n)) {
+        uint8_t h[CM_SHA256_LEN];
+        char hex[2 * CM_SHA256_LEN + 1];
+        cm_sha256(s, n, h);
+        cm_hex(h, sizeof h, hex);
+        json_object_set_new(j, "chat_template_sha256", json_string(hex));
+    }
+    char *out = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS);
+    int rc = out ? puts(out) < 0 : 1;
+    free(out);
+    json_decref(j);
+    wk_gguf_close(g);
+    return rc;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--describe"))
+        return describe(argv[2]);
     worker w = {0};
     if (parse_args(argc, argv, &w.o))
         return 2;

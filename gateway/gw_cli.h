@@ -1,0 +1,29 @@
+/* gw_cli: the artifact commands of the `kolm` CLI (keys, packing, inspection,
+ * verification of artifacts and receipts); `kolm serve` is in gw_main.c.
+ *
+ *   kolm keygen [--name NAME] [--force]
+ *   kolm pack MODEL.gguf [--adapter F] [--draft F] [--embed F] [--training F.json]
+ *             [--eval F.json] [--name N] [--key NAME|PATH | --unsigned] [--reference] -o OUT.kolm
+ *   kolm inspect NAME.kolm [--json]
+ *   kolm verify NAME.kolm [--key PUB] [--keyring DIR]
+ *   kolm verify --receipt RECEIPT [--body FILE] [--request FILE] [--key PUB]
+ *
+ * Each returns the process exit status: 0 done, 1 failed (verification failed, a
+ * file unreadable), 2 bad usage. */
+#ifndef GW_CLI_H
+#define GW_CLI_H
+
+#include <stddef.h>
+
+/* KOLM_HOME, default ~/.kolm. */
+void gw_cli_home(char *out, size_t n);
+
+/* Path of kolm-worker beside this executable: 0, or -1 when it is not there. */
+int gw_cli_worker_path(char *out, size_t n);
+
+int gw_cli_keygen(int argc, char **argv);
+int gw_cli_pack(int argc, char **argv);
+int gw_cli_inspect(int argc, char **argv);
+int gw_cli_verify(int argc, char **argv);
+
+#endif

@@ -1,0 +1,298 @@
+/* gw_receipt.c: see gw_receipt.h. */
+#include "gateway/gw_receipt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/cm_kolm.h"
+#include "common/cm_log.h"
+
+#define DEFAULT_LOG_MAX (64ull << 20)
+#define DEFAULT_LOG_KEEP 8
+#define TAIL_SCAN (256u << 10)
+
+struct gw_receipts {
+    cm_key key;
+    uint64_t seq; // last used
+    char dir[4096];
+    uint64_t log_max;
+    int log_keep;
+    int fd;
+    uint64_t log_size;
+    pthread_t writer;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    cm_buf queue; // lines waiting for the writer
+    int stop, started;
+};
+
+static int mkdirs(const char *path, mode_t mode) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = 0;
+            if (mkdir(p, mode) && errno != EEXIST)
+                return -1;
+            *s = '/';
+        }
+    return mkdir(p, mode) && errno != EEXIST ? -1 : 0;
+}
+
+/* The sequence number in one log line (a receipt token), or -1. */
+static long long line_seq(const char *s, size_t n) {
+    uint8_t *raw = malloc(n);
+    size_t len = 0;
+    long long seq = -1;
+    if (raw && !cm_unb64url(s, n, raw, n, &len) && len > CM_SIG_LEN) {
+        json_t *j = json_loadb((const char *)raw + CM_SIG_LEN, len - CM_SIG_LEN, 0, NULL);
+        json_t *v = json_object_get(j, "seq");
+        if (json_is_integer(v) && json_integer_value(v) >= 0)
+            seq = json_integer_value(v);
+        json_decref(j);
+    }
+    free(raw);
+    return seq;
+}
+
+/* The last readable sequence number in the log file at path, or -1. */
+static long long tail_seq(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    long long seq = -1;
+    char *buf = malloc(TAIL_SCAN);
+    if (buf && !fstat(fd, &st) && st.st_size > 0) {
+        off_t off = st.st_size > (off_t)TAIL_SCAN ? st.st_size - (off_t)TAIL_SCAN : 0;
+        ssize_t n = pread(fd, buf, (size_t)(st.st_size - off), off);
+        // Walk lines from the end: a torn last line (a crash mid-write) is skipped.
+        for (ssize_t end = n; seq < 0 && end > 0;) {
+            while (end > 0 && buf[end - 1] == '\n')
+                end--;
+            ssize_t start = end;
+            while (start > 0 && buf[start - 1] != '\n')
+                start--;
+            if (start == 0 && off > 0)
+                break; // the line runs past what was read
+            if (end > start)
+                seq = line_seq(buf + start, (size_t)(end - start));
+            end = start;
+        }
+    }
+    free(buf);
+    close(fd);
+    return seq;
+}
+
+static int open_log(gw_receipts *r) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/receipts.log", r->dir);
+    r->fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    struct stat st;
+    if (r->fd < 0 || fstat(r->fd, &st))
+        return -1;
+    r->log_size = (uint64_t)st.st_size;
+    return 0;
+}
+
+static void rotate(gw_receipts *r) {
+    char from[4200], to[4200];
+    close(r->fd);
+    for (int i = r->log_keep; i >= 1; i--) {
+        snprintf(to, sizeof to, "%s/receipts.log.%d", r->dir, i);
+        if (i == 1)
+            snprintf(from, sizeof from, "%s/receipts.log", r->dir);
+        else
+            snprintf(from, sizeof from, "%s/receipts.log.%d", r->dir, i - 1);
+        if (i == r->log_keep)
+            unlink(to);
+        rename(from, to);
+    }
+    if (open_log(r))
+        cm_error("cannot open a new receipt log in %s: %s", r->dir, strerror(errno));
+}
+
+static void *writer_main(void *arg) {
+    gw_receipts *r = arg;
+    cm_buf batch = CM_BUF_INIT;
+    pthread_mutex_lock(&r->mu);
+    for (;;) {
+        while (!r->queue.len && !r->stop)
+            pthread_cond_wait(&r->cv, &r->mu);
+        if (!r->queue.len && r->stop)
+            break;
+        cm_buf t = batch;
+        batch = r->queue;
+        r->queue = t;
+        r->queue.len = 0;
+        pthread_mutex_unlock(&r->mu);
+        size_t done = 0;
+        while (r->fd >= 0 && done < batch.len) {
+            ssize_t w = write(r->fd, batch.data + done, batch.len - done);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                cm_error("cannot write the receipt log: %s", strerror(errno));
+                break;
+            }
+            done += (size_t)w;
+        }
+        if (r->fd >= 0 && fdatasync(r->fd))
+            cm_error("cannot fsync the receipt log: %s", strerror(errno));
+        r->log_size += done;
+        if (r->fd >= 0 && r->log_size >= r->log_max)
+            rotate(r);
+        pthread_mutex_lock(&r->mu);
+    }
+    pthread_mutex_unlock(&r->mu);
+    cm_buf_free(&batch);
+    return NULL;
+}
+
+gw_receipts *gw_receipts_open(const gw_receipts_config *cfg, char *err, size_t errlen) {
+    gw_receipts *r = calloc(1, sizeof *r);
+    if (!r) {
+        cm_set_err(err, errlen, "out of memory");
+        return NULL;
+    }
+    r->fd = -1;
+    r->log_max = cfg->log_max ? cfg->log_max : DEFAULT_LOG_MAX;
+    r->log_keep = cfg->log_keep > 0 ? cfg->log_keep : DEFAULT_LOG_KEEP;
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+    char keys[4200], path[4300];
+    snprintf(keys, sizeof keys, "%s/keys", cfg->home);
+    if (cfg->key_path) {
+        if (cm_key_load_secret(cfg->key_path, &r->key, err, errlen))
+            goto fail;
+    } else {
+        snprintf(path, sizeof path, "%s/gateway.key", keys);
+        if (access(path, F_OK)) {
+            if (mkdirs(keys, 0700) || cm_key_generate(&r->key) || cm_key_save(&r->key, keys, "gateway", err, errlen)) {
+                if (err && !*err)
+                    cm_set_err(err, errlen, "cannot create the receipt key in %s: %s", keys, strerror(errno));
+                goto fail;
+            }
+            cm_info("made the receipt signing key %s (id %s)", path, r->key.id);
+        } else if (cm_key_load_secret(path, &r->key, err, errlen)) {
+            goto fail;
+        }
+    }
+    snprintf(r->dir, sizeof r->dir, "%s/receipts", cfg->home);
+    if (mkdirs(r->dir, 0700) || open_log(r)) {
+        cm_set_err(err, errlen, "cannot open the receipt log in %s: %s", r->dir, strerror(errno));
+        goto fail;
+    }
+    long long last = -1;
+    snprintf(path, sizeof path, "%s/receipts.log", r->dir);
+    last = tail_seq(path);
+    for (int i = 1; last < 0 && i <= r->log_keep; i++) { // a freshly rotated log is empty
+        snprintf(path, sizeof path, "%s/receipts.log.%d", r->dir, i);
+        last = tail_seq(path);
+    }
+    r->seq = last < 0 ? 0 : (uint64_t)last;
+    if (pthread_create(&r->writer, NULL, writer_main, r)) {
+        cm_set_err(err, errlen, "cannot start the receipt log writer");
+        goto fail;
+    }
+    r->started = 1;
+    return r;
+fail:
+    gw_receipts_close(r);
+    return NULL;
+}
+
+void gw_receipts_close(gw_receipts *r) {
+    if (!r)
+        return;
+    if (r->started) {
+        pthread_mutex_lock(&r->mu);
+        r->stop = 1;
+        pthread_cond_signal(&r->cv);
+        pthread_mutex_unlock(&r->mu);
+        pthread_join(r->writer, NULL);
+    }
+    if (r->fd >= 0)
+        close(r->fd);
+    cm_buf_free(&r->queue);
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+    free(r);
+}
+
+const cm_key *gw_receipts_key(const gw_receipts *r) {
+    return &r->key;
+}
+
+static json_t *str_or_null(const char *s, size_t n) {
+    return s ? json_stringn(s, n) : json_null();
+}
+
+static json_t *hex_or_null(const uint8_t *d) {
+    char hex[2 * CM_SHA256_LEN + 1];
+    if (!d)
+        return json_null();
+    cm_hex(d, CM_SHA256_LEN, hex);
+    return json_string(hex);
+}
+
+static json_t *count_or_null(long long v) {
+    return v < 0 ? json_null() : json_integer(v);
+}
+
+int gw_receipt_make(gw_receipts *r, const gw_receipt_in *in, cm_buf *out) {
+    json_t *j = json_object();
+    if (!j)
+        return -ENOMEM;
+    uint64_t seq = ++r->seq;
+    json_object_set_new(j, "v", json_integer(1));
+    json_object_set_new(j, "seq", json_integer((json_int_t)seq));
+    json_object_set_new(j, "created", json_integer((json_int_t)time(NULL)));
+    json_object_set_new(j, "key_id", json_string(r->key.id));
+    json_object_set_new(j, "artifact", str_or_null(in->artifact, in->artifact ? strlen(in->artifact) : 0));
+    json_object_set_new(j, "model", str_or_null(in->model, in->model ? strlen(in->model) : 0));
+    // Request lines are bytes from the client: jansson refuses invalid UTF-8, so
+    // such a method or path is recorded as null (its bytes are still in the request hash).
+    json_t *m = json_stringn(in->method, in->method_len), *p = json_stringn(in->path, in->path_len);
+    json_object_set_new(j, "method", m ? m : json_null());
+    json_object_set_new(j, "path", p ? p : json_null());
+    json_object_set_new(j, "status", json_integer(in->status));
+    json_object_set_new(j, "request_sha256", hex_or_null(in->request_sha256));
+    json_object_set_new(j, "response_sha256", hex_or_null(in->response_sha256));
+    json_object_set_new(j, "stream", json_boolean(in->stream));
+    json_object_set_new(j, "prompt_tokens", count_or_null(in->prompt_tokens));
+    json_object_set_new(j, "completion_tokens", count_or_null(in->completion_tokens));
+    size_t plen = 0;
+    char *payload = cm_canonical_json(j, &plen);
+    json_decref(j);
+    if (!payload)
+        return -ENOMEM;
+    size_t rawlen = CM_SIG_LEN + plen, tl = cm_b64url_len(rawlen);
+    uint8_t *raw = malloc(rawlen);
+    int rc = raw ? cm_buf_reserve(out, tl) : -ENOMEM;
+    if (!rc) {
+        cm_sign(&r->key, payload, plen, raw);
+        memcpy(raw + CM_SIG_LEN, payload, plen);
+        char *tok = (char *)out->data + out->len;
+        cm_b64url(raw, rawlen, tok);
+        pthread_mutex_lock(&r->mu);
+        if (!cm_buf_append(&r->queue, tok, tl - 1) && !cm_buf_append(&r->queue, "\n", 1))
+            pthread_cond_signal(&r->cv);
+        else
+            cm_error("receipt %llu could not be queued for the log (out of memory)", (unsigned long long)seq);
+        pthread_mutex_unlock(&r->mu);
+        out->len += tl - 1;
+    }
+    free(raw);
+    free(payload);
+    return rc;
+}
