@@ -368,7 +368,8 @@ def main():
     specs = []
     if not args.skip_kolm:
         specs.append(("kolm", lambda p: [args.kolm_bin, "serve", args.model, "--port", str(p),
-                                         "--workers", "1", "--threads", str(args.threads)]))
+                                         "--workers", "1", "--threads", str(args.threads),
+                                         "--allow-unsigned"]))
     if not args.skip_llama:
         specs.append(("llama.cpp", lambda p: [
             args.python, "-m", "llama_cpp.server", "--model", args.model, "--host", "127.0.0.1",

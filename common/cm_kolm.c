@@ -396,6 +396,8 @@ static int store_blob(const char *home, const pack_blob *b, char *err, size_t er
     struct stat st;
     if (!stat(dst, &st) && (uint64_t)st.st_size == b->size)
         return 0;
+    if (!link(b->in->path, dst)) // same file system: the store shares the file, no copy
+        return 0;
     snprintf(tmp, sizeof tmp, "%s.tmp%d", dst, (int)getpid());
     int in = open(b->in->path, O_RDONLY | O_CLOEXEC), outfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int bad = in < 0 || outfd < 0;

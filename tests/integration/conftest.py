@@ -104,6 +104,8 @@ class KolmServer:
         self.argv = [str(self.binary), "serve", str(self.model), "--port", str(self.port),
                      "--workers", str(self.workers), "--threads", str(self.threads),
                      *self.extra_args]
+        if self.model.suffix != ".kolm":  # a raw GGUF has no signature to check
+            self.argv.append("--allow-unsigned")
         env = dict(os.environ, KOLM_HOME=str(self.home))
         self._log = open(self.log_path, "ab")
         self._log.write(("$ " + " ".join(self.argv) + "\n").encode())

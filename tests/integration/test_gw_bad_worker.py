@@ -98,7 +98,8 @@ def fake_server(kolm_bin, tmp_path):
     model.write_bytes(b"")
     port = free_port()
     log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(bindir / "kolm"), "serve", str(model), "--port", str(port)],
+    proc = subprocess.Popen([str(bindir / "kolm"), "serve", str(model), "--port", str(port),
+                             "--allow-unsigned"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

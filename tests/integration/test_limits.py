@@ -203,7 +203,7 @@ def test_bad_flag_value_refused(kolm_bin, kolm_model, tmp_path, flag, value):
     env = dict(os.environ, KOLM_HOME=str(tmp_path))
     port = str(free_port())
     p = subprocess.run([str(kolm_bin), "serve", str(kolm_model), "--port", port, "--threads", "1",
-                        flag, value], env=env, capture_output=True, timeout=30,
+                        "--allow-unsigned", flag, value], env=env, capture_output=True, timeout=30,
                        stdin=subprocess.DEVNULL)
     out = (p.stdout + p.stderr).decode("utf-8", "replace")
     assert p.returncode != 0, f"kolm serve {flag} {value} exited 0: {out[-500:]}"
@@ -212,7 +212,7 @@ def test_bad_flag_value_refused(kolm_bin, kolm_model, tmp_path, flag, value):
 
 def test_api_key_flag_without_value_refused(kolm_bin, kolm_model, tmp_path):
     p = subprocess.run([str(kolm_bin), "serve", str(kolm_model), "--port", str(free_port()),
-                        "--api-key"], env=dict(os.environ, KOLM_HOME=str(tmp_path)),
+                        "--allow-unsigned", "--api-key"], env=dict(os.environ, KOLM_HOME=str(tmp_path)),
                        capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     assert p.returncode != 0, (p.stdout + p.stderr)[-500:]
 

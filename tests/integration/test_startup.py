@@ -9,7 +9,8 @@ from conftest import free_port
 
 
 def serve(kolm_bin, path):
-    return subprocess.run([str(kolm_bin), "serve", str(path), "--port", str(free_port())],
+    return subprocess.run([str(kolm_bin), "serve", str(path), "--port", str(free_port()),
+                           "--allow-unsigned"],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
