@@ -576,12 +576,14 @@ static int begin(const char *body, size_t len, const char *model_id, gw_chat_req
         gw_error_set(err, 400, INVALID, "model", "invalid_type", "Invalid type for 'model': expected a string.");
         return -1;
     }
+    req->model = json_string_value(model);
+    req->model_len = json_string_length(model);
     return 0;
 }
 
 static int check_model(json_t *root, const char *model_id, gw_error *err) {
     json_t *model = json_object_get(root, "model");
-    if (gw_jeq(model, model_id))
+    if (!model_id || gw_jeq(model, model_id))
         return 0;
     gw_error_set(err, 404, INVALID, "model", "model_not_found",
                  "The model '%.200s' does not exist or you do not have access to it.", json_string_value(model));

@@ -29,9 +29,12 @@ typedef struct gw_chat_req {
     int n_owned;
     proto_tool *tools;   // [submit.n_tools] (owned; strings point into json)
     int legacy_functions; // tools came as the deprecated functions: answer with message.function_call
+    const char *model;    // the request's `model` (in json)
+    size_t model_len;
 } gw_chat_req;
 
-/* Parses body[0..len) for the served model `model_id`. 0 on success (free req with
+/* Parses body[0..len) for the served model `model_id` (NULL: any model; the
+ * caller resolves req->model). 0 on success (free req with
  * gw_chat_req_free), or -1 with *err filled (req left empty). */
 int gw_chat_parse(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err);
 /* The same for a legacy completion (prompt instead of messages; max_tokens

@@ -42,8 +42,9 @@ struct gw_http {
     h2o_context_t ctx;
     h2o_accept_ctx_t accept_ctx;
     h2o_socket_t *listener;
-    gw_pool *pool;
+    gw_models *models;
     gw_http_config cfg;
+    struct req_state *parked; // requests waiting for their model to load
     long long started;
     h2o_timeout_t deadline_to, keepalive_to, liveness_to;
 };
@@ -61,6 +62,9 @@ typedef struct choice_state {
 typedef struct req_state {
     gw_job job; // first: the pool hands back &st->job
     gw_http *srv;
+    gw_model *model;
+    gw_chat_req cr;              // kept while parked (the submit points into it)
+    struct req_state *park_next, **park_prev; // in srv->parked while the model loads
     h2o_req_t *req; // NULL once the request is gone
     int stream, include_usage, n_choices;
     int logprobs;   // requested: every choice has a logprobs object, empty or not
@@ -122,13 +126,13 @@ static gw_http *server_of(h2o_req_t *req) {
 
 /* Signs a receipt for req's answer (see gw_receipt.h) into out. response_sha256
  * NULL: an SSE header receipt. */
-static int make_receipt(h2o_req_t *req, int status, const uint8_t *response_sha256, int stream, const gw_usage *u,
-                        cm_buf *out) {
+static int make_receipt(h2o_req_t *req, const gw_model *m, int status, const uint8_t *response_sha256, int stream,
+                        const gw_usage *u, cm_buf *out) {
     gw_http *s = server_of(req);
     uint8_t rq[CM_SHA256_LEN];
     cm_sha256(req->entity.base ? req->entity.base : "", req->entity.len, rq);
-    gw_receipt_in in = {.artifact = s->cfg.artifact_cid,
-                        .model = s->cfg.model_id,
+    gw_receipt_in in = {.artifact = m ? gw_model_cid(m) : NULL,
+                        .model = m ? gw_model_id(m) : NULL,
                         .method = req->method.base,
                         .method_len = req->method.len,
                         .path = req->path.base,
@@ -142,10 +146,10 @@ static int make_receipt(h2o_req_t *req, int status, const uint8_t *response_sha2
     return gw_receipt_make(s->cfg.receipts, &in, out);
 }
 
-static void add_receipt_header(h2o_req_t *req, int status, const uint8_t *response_sha256, int stream,
-                               const gw_usage *u) {
+static void add_receipt_header(h2o_req_t *req, const gw_model *m, int status, const uint8_t *response_sha256,
+                               int stream, const gw_usage *u) {
     cm_buf t = CM_BUF_INIT;
-    if (make_receipt(req, status, response_sha256, stream, u, &t))
+    if (make_receipt(req, m, status, response_sha256, stream, u, &t))
         cm_error("cannot sign a receipt (out of memory)");
     else
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-kolm-receipt"), 0, NULL,
@@ -153,39 +157,49 @@ static void add_receipt_header(h2o_req_t *req, int status, const uint8_t *respon
     cm_buf_free(&t);
 }
 
-/* Every non-streamed answer goes out here, with its receipt; u: token counts. */
-static void respond_usage(h2o_req_t *req, int status, const char *ctype, const void *body, size_t len,
-                          const gw_usage *u) {
+/* Every non-streamed answer goes out here, with its receipt: m is the model that
+ * answered (NULL: none), u the token counts. */
+static void respond_full(h2o_req_t *req, const gw_model *m, int status, const char *ctype, const void *body,
+                         size_t len, const gw_usage *u) {
     req->res.status = status;
     req->res.reason = reason_for(status);
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype, strlen(ctype));
     add_request_id(req);
     uint8_t rs[CM_SHA256_LEN];
     cm_sha256(body, len, rs);
-    add_receipt_header(req, status, rs, 0, u);
+    add_receipt_header(req, m, status, rs, 0, u);
     h2o_send_inline(req, body, len);
 }
 
 static void respond(h2o_req_t *req, int status, const char *ctype, const void *body, size_t len) {
-    respond_usage(req, status, ctype, body, len, NULL);
+    respond_full(req, NULL, status, ctype, body, len, NULL);
 }
 
-static void respond_error(h2o_req_t *req, const gw_error *err) {
+static void respond_model_error(h2o_req_t *req, const gw_model *m, const gw_error *err) {
     if (err->status == 429 || err->status == 503)
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
     cm_buf b = CM_BUF_INIT;
     if (gw_render_error(&b, err))
-        respond(req, 500, "application/json", "{}", 2);
+        respond_full(req, m, 500, "application/json", "{}", 2, NULL);
     else
-        respond(req, err->status, "application/json", b.data, b.len);
+        respond_full(req, m, err->status, "application/json", b.data, b.len, NULL);
     cm_buf_free(&b);
+}
+
+static void respond_error(h2o_req_t *req, const gw_error *err) {
+    respond_model_error(req, NULL, err);
+}
+
+static void respond_model_simple_error(h2o_req_t *req, const gw_model *m, int status, const char *type,
+                                       const char *param, const char *code, const char *msg) {
+    gw_error e;
+    gw_error_set(&e, status, type, param, code, "%s", msg);
+    respond_model_error(req, m, &e);
 }
 
 static void respond_simple_error(h2o_req_t *req, int status, const char *type, const char *param, const char *code,
                                  const char *msg) {
-    gw_error e;
-    gw_error_set(&e, status, type, param, code, "%s", msg);
-    respond_error(req, &e);
+    respond_model_simple_error(req, NULL, status, type, param, code, msg);
 }
 
 /* ---- streaming ---- */
@@ -232,7 +246,7 @@ static void stop_timers(req_state *st) {
 
 static void on_stop(h2o_generator_t *gen, h2o_req_t *req) {
     req_state *st = H2O_STRUCT_FROM_MEMBER(req_state, gen, gen);
-    gw_pool_cancel(st->srv->pool, &st->job);
+    gw_pool_cancel(gw_model_pool(st->model), &st->job);
     stop_timers(st);
     st->req = NULL;
 }
@@ -271,7 +285,7 @@ static void start_stream(req_state *st) {
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-accel-buffering"), 0, NULL, H2O_STRLIT("no"));
     add_request_id(req);
-    add_receipt_header(req, 200, NULL, 1, NULL);
+    add_receipt_header(req, st->model, 200, NULL, 1, NULL);
     if (cm_sha256_init(&st->body_hash))
         cm_error("cannot hash the stream of %s (out of memory): its final receipt will not verify", st->id);
     st->gen.proceed = on_proceed;
@@ -302,7 +316,7 @@ static void seal_stream(req_state *st, size_t at, const gw_usage *u, int done) {
         cm_sha256_update(&st->body_hash, done_line, sizeof done_line - 1);
     cm_sha256_final(&st->body_hash, rs); // no later bytes are hashed
     cm_buf t = CM_BUF_INIT;
-    if (cm_buf_append(&t, key, sizeof key - 1) || make_receipt(st->req, 200, rs, 1, u, &t) ||
+    if (cm_buf_append(&t, key, sizeof key - 1) || make_receipt(st->req, st->model, 200, rs, 1, u, &t) ||
         cm_buf_append(&t, "\"", 1) || cm_buf_reserve(p, t.len)) {
         cm_error("cannot sign the final receipt of %s (out of memory)", st->id);
     } else {
@@ -325,7 +339,7 @@ static void fail_request(req_state *st, const gw_error *err) {
         seal_stream(st, at, NULL, 0);
         stream_end(st);
     } else {
-        respond_error(st->req, err);
+        respond_model_error(st->req, st->model, err);
     }
 }
 
@@ -425,9 +439,9 @@ static void on_finish(req_state *st, const proto_event *ev) {
                                  c->lp, c->calls};
     }
     if (!out || gw_render_completion(&b, &st->comp, out, st->n_choices, &u))
-        respond_simple_error(st->req, 500, "server_error", NULL, NULL, "cannot render the response");
+        respond_model_simple_error(st->req, st->model, 500, "server_error", NULL, NULL, "cannot render the response");
     else
-        respond_usage(st->req, 200, "application/json", b.data, b.len, &u);
+        respond_full(st->req, st->model, 200, "application/json", b.data, b.len, &u);
     free(out);
     cm_buf_free(&b);
 }
@@ -479,6 +493,18 @@ static void on_dead(gw_job *job) {
 
 static const gw_job_ops job_ops = {on_event, on_dead};
 
+/* Out of the parked list (no-op when not parked); the parsed request is freed. */
+static void unpark(req_state *st) {
+    if (st->park_prev) {
+        *st->park_prev = st->park_next;
+        if (st->park_next)
+            st->park_next->park_prev = st->park_prev;
+        st->park_prev = NULL;
+        st->park_next = NULL;
+    }
+    gw_chat_req_free(&st->cr);
+}
+
 /* A non-streamed HTTP/1 request's client check: EOF on its socket cancels the job
  * (the answer is written to a closed socket, which ends the request in h2o). */
 static void on_liveness(h2o_timeout_entry_t *e) {
@@ -491,9 +517,10 @@ static void on_liveness(h2o_timeout_entry_t *e) {
     ssize_t n = sock ? recv(h2o_socket_get_fd(sock), &c, 1, MSG_PEEK | MSG_DONTWAIT) : -1;
     if (n == 0 || (n < 0 && sock && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         cm_debug("client of %s hung up; cancelling", st->id);
-        gw_pool_cancel(st->srv->pool, &st->job);
+        gw_pool_cancel(gw_model_pool(st->model), &st->job);
+        unpark(st);
         stop_timers(st);
-        respond_simple_error(st->req, 400, "invalid_request_error", NULL, "client_closed",
+        respond_model_simple_error(st->req, st->model, 400, "invalid_request_error", NULL, "client_closed",
                              "The client closed the connection.");
         return;
     }
@@ -503,7 +530,8 @@ static void on_liveness(h2o_timeout_entry_t *e) {
 /* The request's deadline: cancel the job and say so. */
 static void on_deadline(h2o_timeout_entry_t *e) {
     req_state *st = H2O_STRUCT_FROM_MEMBER(req_state, deadline, e);
-    gw_pool_cancel(st->srv->pool, &st->job);
+    gw_pool_cancel(gw_model_pool(st->model), &st->job);
+    unpark(st);
     gw_error err;
     gw_error_set(&err, 504, "server_error", NULL, "timeout",
                  "The request did not complete within the server's time limit (%g s).",
@@ -513,7 +541,9 @@ static void on_deadline(h2o_timeout_entry_t *e) {
 
 static void dispose_state(void *p) {
     req_state *st = p;
-    gw_pool_cancel(st->srv->pool, &st->job);
+    if (st->model)
+        gw_pool_cancel(gw_model_pool(st->model), &st->job);
+    unpark(st);
     stop_timers(st);
     st->req = NULL;
     for (int i = 0; i < st->n_choices; i++) {
@@ -557,7 +587,7 @@ static int json_content_type(h2o_req_t *req) {
 }
 
 /* Limits that need the parsed request (the body size is checked before). */
-static int check_limits(gw_http *s, const gw_chat_req *cr, gw_error *err) {
+static int check_limits(gw_http *s, gw_pool *pool, const gw_chat_req *cr, gw_error *err) {
     const gw_http_config *c = &s->cfg;
     if (c->max_messages && cr->submit.n_msgs > (uint32_t)c->max_messages) {
         gw_error_set(err, 400, "invalid_request_error", "messages", "array_above_max_length",
@@ -566,7 +596,7 @@ static int check_limits(gw_http *s, const gw_chat_req *cr, gw_error *err) {
         return -1;
     }
     if (c->max_request_tokens) {
-        long long per = cr->submit.max_tokens > 0 ? cr->submit.max_tokens : (long long)gw_pool_n_ctx(s->pool);
+        long long per = cr->submit.max_tokens > 0 ? cr->submit.max_tokens : (long long)gw_pool_n_ctx(pool);
         long long total = per * cr->n_choices;
         if (total > c->max_request_tokens) {
             gw_error_set(err, 400, "invalid_request_error", "max_tokens", "invalid_value",
@@ -578,6 +608,8 @@ static int check_limits(gw_http *s, const gw_chat_req *cr, gw_error *err) {
     }
     return 0;
 }
+
+static void submit(req_state *st);
 
 static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
     if (req->entity.len > s->cfg.max_body) {
@@ -595,19 +627,35 @@ static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
     gw_chat_req cr;
     gw_error err;
     const char *body = req->entity.base ? req->entity.base : "";
-    int rc = legacy ? gw_completions_parse(body, req->entity.len, s->cfg.model_id, &cr, &err)
-                    : gw_chat_parse(body, req->entity.len, s->cfg.model_id, &cr, &err);
+    int rc = legacy ? gw_completions_parse(body, req->entity.len, NULL, &cr, &err)
+                    : gw_chat_parse(body, req->entity.len, NULL, &cr, &err);
     if (rc) {
         respond_error(req, &err);
         return;
     }
-    if (check_limits(s, &cr, &err)) {
+    char why[1100];
+    int refused = 0;
+    gw_model *m = gw_models_get(s->models, cr.model, cr.model_len, &refused, why, sizeof why);
+    if (!m) {
+        gw_error_set(&err, refused ? 403 : 404, "invalid_request_error", "model",
+                     refused ? "model_not_trusted" : "model_not_found",
+                     refused ? "The model '%.200s' cannot be served: %s"
+                             : "The model '%.200s' does not exist or you do not have access to it.%s",
+                     cr.model, refused ? why : "");
         gw_chat_req_free(&cr);
         respond_error(req, &err);
         return;
     }
+    if (gw_model_get_state(m) == GW_MODEL_FAILED) {
+        gw_chat_req_free(&cr);
+        respond_model_simple_error(req, m, 503, "server_error", "model", "model_unavailable",
+                                   "The model's workers could not load it; the server log has the reason.");
+        return;
+    }
     req_state *st = h2o_mem_alloc_shared(&req->pool, sizeof *st, dispose_state);
     memset(st, 0, sizeof *st);
+    st->cr = cr;
+    st->model = m;
     st->ch = h2o_mem_alloc_pool(&req->pool, (size_t)cr.n_choices * sizeof *st->ch);
     memset(st->ch, 0, (size_t)cr.n_choices * sizeof *st->ch);
     st->n_choices = cr.n_choices;
@@ -627,44 +675,110 @@ static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
     }
     random_id(st->id, sizeof st->id, legacy ? "cmpl-" : "chatcmpl-");
     st->comp.id = st->id;
-    st->comp.model = s->cfg.model_id;
+    st->comp.model = gw_model_id(m);
     st->comp.created = (long long)time(NULL);
     st->comp.legacy = legacy;
     st->comp.functions = cr.legacy_functions;
     st->deadline.cb = on_deadline;
     st->keepalive.cb = on_keepalive;
     st->liveness.cb = on_liveness;
-    rc = gw_pool_submit(s->pool, &st->job, &cr.submit);
-    gw_chat_req_free(&cr);
-    if (rc == -EBUSY) {
-        respond_simple_error(req, 429, "rate_limit_exceeded", NULL, "rate_limit_exceeded",
-                             "The server is at its limit of concurrent requests; retry shortly.");
-        return;
-    }
-    if (rc) {
-        respond_simple_error(req, 503, "server_error", NULL, "worker_unavailable",
-                             rc == -EAGAIN ? "No model worker is ready yet; retry shortly."
-                                           : "The request could not be queued.");
-        return;
-    }
     if (s->cfg.request_timeout_ms)
         h2o_timeout_link(s->ctx.loop, &s->deadline_to, &st->deadline);
-    if (st->stream && s->cfg.keepalive_ms)
-        h2o_timeout_link(s->ctx.loop, &s->keepalive_to, &st->keepalive);
     if (!st->stream && req->version < 0x200)
         h2o_timeout_link(s->ctx.loop, &s->liveness_to, &st->liveness);
+    if (gw_model_get_state(m) == GW_MODEL_STARTING) { // loading: wait for it (gw_http_model_changed)
+        st->park_next = s->parked;
+        if (s->parked)
+            s->parked->park_prev = &st->park_next;
+        st->park_prev = &s->parked;
+        s->parked = st;
+        return;
+    }
+    submit(st);
 }
 
-static void append_model(cm_buf *b, gw_http *s) {
-    cm_buf_printf(b, "{\"id\":\"");
-    for (const char *p = s->cfg.model_id; *p; p++) // ids are file names: escape quotes and controls
-        if (*p == '"' || *p == '\\')
-            cm_buf_printf(b, "\\%c", *p);
-        else if ((unsigned char)*p < 0x20)
-            cm_buf_printf(b, "\\u%04x", *p);
+/* Sends the parsed request to its model's workers, or answers why not. */
+static void submit(req_state *st) {
+    gw_http *s = st->srv;
+    h2o_req_t *req = st->req;
+    gw_pool *pool = gw_model_pool(st->model);
+    gw_error err;
+    if (check_limits(s, pool, &st->cr, &err)) {
+        gw_chat_req_free(&st->cr);
+        stop_timers(st);
+        respond_model_error(req, st->model, &err);
+        return;
+    }
+    int rc = gw_pool_submit(pool, &st->job, &st->cr.submit);
+    gw_chat_req_free(&st->cr);
+    if (rc) {
+        stop_timers(st);
+        if (rc == -EBUSY)
+            respond_model_simple_error(req, st->model, 429, "rate_limit_exceeded", NULL, "rate_limit_exceeded",
+                                       "The server is at its limit of concurrent requests; retry shortly.");
         else
-            cm_buf_append(b, p, 1);
-    cm_buf_printf(b, "\",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"kolm\"}", s->started);
+            respond_model_simple_error(req, st->model, 503, "server_error", NULL, "worker_unavailable",
+                                       rc == -EAGAIN ? "No model worker is ready yet; retry shortly."
+                                                     : "The request could not be queued.");
+        return;
+    }
+    if (st->stream && s->cfg.keepalive_ms)
+        h2o_timeout_link(s->ctx.loop, &s->keepalive_to, &st->keepalive);
+}
+
+void gw_http_model_changed(gw_http *s, gw_model *m) {
+    req_state **pp = &s->parked;
+    while (*pp) {
+        req_state *st = *pp;
+        if (st->model != m) {
+            pp = &st->park_next;
+            continue;
+        }
+        *pp = st->park_next; // unlink
+        if (st->park_next)
+            st->park_next->park_prev = pp;
+        st->park_next = NULL;
+        st->park_prev = NULL;
+        if (gw_model_get_state(m) == GW_MODEL_READY) {
+            submit(st);
+        } else {
+            gw_chat_req_free(&st->cr);
+            gw_error e;
+            gw_error_set(&e, 503, "server_error", "model", "model_unavailable",
+                         "The model's workers could not load it; the server log has the reason.");
+            fail_request(st, &e);
+        }
+    }
+}
+
+/* One model object of /v1/models. */
+static void append_model(cm_buf *b, long long created, const char *id, const gw_model *m) {
+    json_t *j = json_pack("{s:s,s:s,s:I,s:s}", "id", id, "object", "model", "created", (json_int_t)created, "owned_by",
+                          "kolm");
+    if (j && m) { // what is loaded says what it is
+        json_object_set_new(j, "kolm_artifact", gw_model_cid(m) ? json_string(gw_model_cid(m)) : json_null());
+        json_object_set_new(j, "kolm_state", json_string(gw_model_get_state(m) == GW_MODEL_READY      ? "ready"
+                                                         : gw_model_get_state(m) == GW_MODEL_STARTING ? "loading"
+                                                                                                      : "failed"));
+    }
+    char *t = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL; // ids are file names: JSON-escaped
+    if (t)
+        cm_buf_append(b, t, strlen(t));
+    free(t);
+    json_decref(j);
+}
+
+typedef struct list_ctx {
+    cm_buf *b;
+    gw_http *s;
+    int n;
+} list_ctx;
+
+static void list_one(void *ud, const char *id, const gw_model *m) {
+    list_ctx *c = ud;
+    if (c->n++)
+        cm_buf_append(c->b, ",", 1);
+    append_model(c->b, m ? gw_model_created(m) : c->s->started, id, m);
 }
 
 /* Paths of the OpenAI API this server does not serve: a clear error instead of
@@ -703,6 +817,7 @@ static int authorized(gw_http *s, h2o_req_t *req) {
 
 /* GET /metrics: Prometheus text from the workers' last STATS. */
 static void handle_metrics(gw_http *s, h2o_req_t *req) {
+    gw_model *md;
     cm_buf b = CM_BUF_INIT;
     // The first seven are gauges, the rest counters.
     static const char *const names[] = {"kolm_worker_ready",
@@ -721,21 +836,28 @@ static void handle_metrics(gw_http *s, h2o_req_t *req) {
     enum { MASK_SECONDS = 10 };
     for (size_t m = 0; m < sizeof names / sizeof *names; m++) {
         cm_buf_printf(&b, "# TYPE %s %s\n", names[m], m >= 7 ? "counter" : "gauge");
-        for (int i = 0; i < gw_pool_n_workers(s->pool); i++) {
+        for (int k = 0; (md = gw_models_at(s->models, k)); k++)
+        for (int i = 0; i < gw_pool_n_workers(gw_model_pool(md)); i++) {
             proto_stats st;
             int ready;
             pid_t pid;
-            gw_pool_worker_stats(s->pool, i, &st, &ready, &pid);
+            gw_pool_worker_stats(gw_model_pool(md), i, &st, &ready, &pid);
             unsigned long long v[] = {(unsigned long long)ready, st.jobs, st.running, st.waiting,
                                       st.kv_blocks_free, st.kv_blocks_cached, st.kv_blocks_total,
                                       (unsigned long long)st.tokens_generated, (unsigned long long)st.tokens_prompt,
                                       (unsigned long long)st.grammar_masks, (unsigned long long)st.grammar_mask_ns,
                                       (unsigned long long)st.grammar_compiles,
                                       (unsigned long long)st.grammar_cache_hits};
+            cm_buf_printf(&b, "%s{model=\"", names[m]);
+            for (const char *c = gw_model_id(md); *c; c++) { // a label value: escape \\, " and newlines
+                if (*c == '"' || *c == '\\' || *c == '\n')
+                    cm_buf_append(&b, "\\", 1);
+                cm_buf_append(&b, *c == '\n' ? "n" : c, 1);
+            }
             if (m == MASK_SECONDS)
-                cm_buf_printf(&b, "%s{worker=\"%d\",pid=\"%d\"} %.9f\n", names[m], i, (int)pid, (double)v[m] / 1e9);
+                cm_buf_printf(&b, "\",worker=\"%d\",pid=\"%d\"} %.9f\n", i, (int)pid, (double)v[m] / 1e9);
             else
-                cm_buf_printf(&b, "%s{worker=\"%d\",pid=\"%d\"} %llu\n", names[m], i, (int)pid, v[m]);
+                cm_buf_printf(&b, "\",worker=\"%d\",pid=\"%d\"} %llu\n", i, (int)pid, v[m]);
         }
     }
     respond(req, 200, "text/plain; version=0.0.4", b.data, b.len);
@@ -752,14 +874,35 @@ static void handle_keys(gw_http *s, h2o_req_t *req) {
                   "{\"object\":\"list\",\"data\":[{\"id\":\"%s\",\"object\":\"kolm.key\",\"alg\":\"ed25519\","
                   "\"use\":\"receipt\",\"public_key\":\"%s\"}",
                   k->id, pk);
-    if (s->cfg.artifact_signer)
-        cm_buf_printf(&b,
-                      ",{\"id\":\"%s\",\"object\":\"kolm.key\",\"alg\":\"ed25519\",\"use\":\"artifact\","
-                      "\"public_key\":\"%s\"}",
-                      s->cfg.artifact_signer, s->cfg.artifact_signer_pk);
+    gw_model *m;
+    for (int i = 0; (m = gw_models_at(s->models, i)); i++) {
+        int seen = !gw_model_signer(m);
+        for (int j = 0; !seen && j < i; j++) // one entry per signer
+            seen = gw_model_signer(gw_models_at(s->models, j)) &&
+                   !strcmp(gw_model_signer(gw_models_at(s->models, j)), gw_model_signer(m));
+        if (!seen)
+            cm_buf_printf(&b,
+                          ",{\"id\":\"%s\",\"object\":\"kolm.key\",\"alg\":\"ed25519\",\"use\":\"artifact\","
+                          "\"public_key\":\"%s\"}",
+                          gw_model_signer(m), gw_model_signer_pk(m));
+    }
     cm_buf_printf(&b, "]}");
     respond(req, 200, "application/json", b.data, b.len);
     cm_buf_free(&b);
+}
+
+typedef struct find_ctx {
+    const char *id;
+    const gw_model **m;
+    int *listed;
+} find_ctx;
+
+static void find_one(void *ud, const char *id, const gw_model *m) {
+    find_ctx *c = ud;
+    if (!*c->listed && !strcmp(id, c->id)) {
+        *c->listed = 1;
+        *c->m = m;
+    }
 }
 
 static int on_req(h2o_handler_t *self, h2o_req_t *req) {
@@ -780,8 +923,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
         cm_buf b = CM_BUF_INIT;
+        list_ctx lc = {&b, s, 0};
         cm_buf_printf(&b, "{\"object\":\"list\",\"data\":[");
-        append_model(&b, s);
+        gw_models_list(s->models, list_one, &lc);
         cm_buf_printf(&b, "]}");
         respond(req, 200, "application/json", b.data, b.len);
         cm_buf_free(&b);
@@ -789,14 +933,23 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
         h2o_iovec_t id = h2o_iovec_init(req->path_normalized.base + pl, req->path_normalized.len - pl);
-        if (!h2o_memis(id.base, id.len, s->cfg.model_id, strlen(s->cfg.model_id))) {
+        char idz[256] = "";
+        const gw_model *found = NULL;
+        int listed = 0;
+        if (id.len < sizeof idz) {
+            memcpy(idz, id.base, id.len);
+            idz[id.len] = 0;
+            find_ctx fc = {idz, &found, &listed};
+            gw_models_list(s->models, find_one, &fc);
+        }
+        if (!listed) {
             char msg[300];
             snprintf(msg, sizeof msg, "The model '%.*s' does not exist or you do not have access to it.",
                      (int)(id.len > 200 ? 200 : id.len), id.base);
             respond_simple_error(req, 404, "invalid_request_error", "model", "model_not_found", msg);
         } else {
             cm_buf b = CM_BUF_INIT;
-            append_model(&b, s);
+            append_model(&b, found ? gw_model_created(found) : s->started, idz, found);
             respond(req, 200, "application/json", b.data, b.len);
             cm_buf_free(&b);
         }
@@ -807,7 +960,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     } else if (path_is(req, "/health")) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
-        if (gw_pool_ready(s->pool))
+        if (gw_pool_ready(gw_model_pool(gw_models_served(s->models))))
             respond(req, 200, "application/json", "{\"status\":\"ok\"}", 15);
         else
             respond_simple_error(req, 503, "server_error", NULL, "worker_unavailable", "No model worker is ready.");
@@ -872,11 +1025,11 @@ static int listen_on(const char *host, int port) {
     return fd;
 }
 
-gw_http *gw_http_create(h2o_loop_t *loop, gw_pool *pool, const gw_http_config *cfg) {
+gw_http *gw_http_create(h2o_loop_t *loop, gw_models *models, const gw_http_config *cfg) {
     gw_http *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
-    s->pool = pool;
+    s->models = models;
     s->cfg = *cfg;
     s->started = (long long)time(NULL);
     h2o_config_init(&s->config);

@@ -15,13 +15,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gateway/gw_pool.h"
+#include "gateway/gw_models.h"
 #include "gateway/gw_receipt.h"
 
 typedef struct gw_http_config {
     const char *host;
     int port;
-    const char *model_id;
     size_t max_body;
     int max_messages;            // 0 = only the protocol's cap
     long max_request_tokens;     // completion tokens one request may ask for (all choices); 0 = no cap
@@ -29,15 +28,14 @@ typedef struct gw_http_config {
     uint64_t keepalive_ms;       // SSE comment after this long without output; 0 = none
     const char *api_key;         // NULL or "": no authentication
     gw_receipts *receipts;       // signs every response (borrowed)
-    const char *artifact_cid;    // the served artifact's CID; NULL for a raw GGUF
-    const char *artifact_signer; // its signer's key id and public key (base64url), NULL when unsigned
-    const char *artifact_signer_pk;
 } gw_http_config;
 
 typedef struct gw_http gw_http;
 
-/* Binds and listens; NULL with a logged reason on failure. */
-gw_http *gw_http_create(h2o_loop_t *loop, gw_pool *pool, const gw_http_config *cfg);
+/* Binds and listens; NULL with a logged reason on failure. The models are borrowed. */
+gw_http *gw_http_create(h2o_loop_t *loop, gw_models *models, const gw_http_config *cfg);
+/* gw_models' on_change: requests waiting for m go to it, or fail when it failed. */
+void gw_http_model_changed(gw_http *s, gw_model *m);
 /* Stops listening and frees the server. */
 void gw_http_free(gw_http *s);
 

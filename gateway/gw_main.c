@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common/cm_kolm.h"
+#include "common/cm_crypto.h"
 #include "common/cm_log.h"
 #include "gateway/gw_cli.h"
 #include "gateway/gw_http.h"
@@ -84,37 +84,10 @@ static int parse_long(const char *s, long lo, long hi, long *out) {
     return 0;
 }
 
-/* What serve checks before it spawns workers: a .kolm's signature and signer
- * (the workers hash the blobs), or that a raw GGUF is allowed. *art stays NULL for
- * a GGUF. */
-static int check_model(const char *model, const char *home, const char *keyring, int allow_unsigned, cm_kolm **art) {
-    char err[1024];
-    *art = NULL;
-    if (cm_kolm_is_artifact(model) != 1) {
-        if (!allow_unsigned) {
-            fprintf(stderr,
-                    "kolm serve: %s is not a .kolm artifact, so nothing about it can be verified.\n"
-                    "Pack and sign it (kolm keygen; kolm pack %s -o NAME.kolm), or pass --allow-unsigned.\n",
-                    model, model);
-            return -1;
-        }
-        cm_warn("serving %s unsigned (--allow-unsigned): receipts name no artifact", model);
-        return 0;
-    }
-    if (cm_kolm_open(model, home, art, err, sizeof err)) {
-        fprintf(stderr, "kolm serve: refusing %s\n", err);
-        return -1;
-    }
-    if (cm_kolm_check_trust(*art, keyring, err, sizeof err)) {
-        if (!allow_unsigned) {
-            fprintf(stderr, "kolm serve: refusing %s\n(--allow-unsigned serves it anyway)\n", err);
-            cm_kolm_close(*art);
-            *art = NULL;
-            return -1;
-        }
-        cm_warn("serving it anyway (--allow-unsigned): %s", err);
-    }
-    return 0;
+static void on_model_change(void *ud, gw_model *m) {
+    gw_http **http = ud;
+    if (*http)
+        gw_http_model_changed(*http, m);
 }
 
 static int serve(int argc, char **argv) {
@@ -213,24 +186,6 @@ static int serve(int argc, char **argv) {
         return 1;
     }
     cm_log_init("gateway", CM_LOG_INFO);
-    if (cm_crypto_init()) {
-        fprintf(stderr, "kolm serve: libsodium cannot initialize\n");
-        return 1;
-    }
-    cm_kolm *art;
-    if (check_model(model, home, keyring, allow_unsigned, &art))
-        return 1;
-    char err[1024] = "";
-    gw_receipts_config rc_cfg = {.home = home, .key_path = receipt_key, .log_max = (uint64_t)receipt_log_max};
-    gw_receipts *receipts = gw_receipts_open(&rc_cfg, err, sizeof err);
-    if (!receipts) {
-        fprintf(stderr, "kolm serve: %s\n", err);
-        cm_kolm_close(art);
-        return 1;
-    }
-    char signer_pk[64] = "";
-    if (art && art->has_sig)
-        cm_b64url(art->signer, CM_PK_LEN, signer_pk);
     char wexe[PATH_MAX];
     if (gw_cli_worker_path(wexe, sizeof wexe)) {
         fprintf(stderr, "kolm serve: cannot find the kolm-worker executable next to kolm\n");
@@ -240,63 +195,68 @@ static int serve(int argc, char **argv) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cpus / workers > 0 ? cpus / workers : 1;
     }
-    const char *slash = strrchr(model, '/');
-    const char *model_id = slash ? slash + 1 : model;
-
     signal(SIGPIPE, SIG_IGN);
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
+    char err[1100] = "";
+    gw_receipts_config rc_cfg = {.home = home, .key_path = receipt_key, .log_max = (uint64_t)receipt_log_max};
+    gw_receipts *receipts = gw_receipts_open(&rc_cfg, err, sizeof err);
+    if (!receipts) {
+        fprintf(stderr, "kolm serve: %s\n", err);
+        return 1;
+    }
     h2o_evloop_t *loop = h2o_evloop_create();
-    gw_pool_config pc = {.worker_exe = wexe, .model_path = model, .model_id = model_id,
-                         .artifact_cid = art ? art->cid : NULL, .n_workers = (int)workers,
-                         .threads = (int)threads, .ctx = (int)ctx, .max_jobs = (int)max_jobs};
-    gw_pool *pool = gw_pool_create(loop, &pc);
-    if (!pool) {
-        fprintf(stderr, "kolm serve: cannot start the worker pool\n");
+    gw_http *http = NULL;
+    gw_models_config mc = {.loop = loop,
+                           .home = home,
+                           .keyring = keyring,
+                           .allow_unsigned = allow_unsigned,
+                           .pool = {.worker_exe = wexe, .n_workers = (int)workers, .threads = (int)threads,
+                                    .ctx = (int)ctx, .max_jobs = (int)max_jobs},
+                           .on_change = on_model_change,
+                           .ud = &http};
+    gw_models *models = gw_models_create(&mc);
+    if (!models || gw_models_serve(models, model, err, sizeof err)) {
+        fprintf(stderr, "kolm serve: refusing %s\n", *err ? err : "(out of memory)");
+        gw_models_free(models, 2000);
+        gw_receipts_close(receipts);
         return 1;
     }
     gw_http_config hc = {.host = host,
                          .port = (int)port,
-                         .model_id = model_id,
                          .max_body = (size_t)max_body,
                          .max_messages = (int)max_messages,
                          .max_request_tokens = max_request_tokens,
                          .request_timeout_ms = timeout_ms,
                          .keepalive_ms = keepalive_ms,
                          .api_key = api_key,
-                         .receipts = receipts,
-                         .artifact_cid = art ? art->cid : NULL,
-                         .artifact_signer = art && art->has_sig ? art->signer_id : NULL,
-                         .artifact_signer_pk = signer_pk};
-    gw_http *http = gw_http_create(loop, pool, &hc);
+                         .receipts = receipts};
+    http = gw_http_create(loop, models, &hc);
     if (!http) {
-        gw_pool_shutdown(pool, 2000);
-        gw_pool_free(pool);
+        gw_models_free(models, 2000);
+        gw_receipts_close(receipts);
         return 1;
     }
-    cm_info("serving %s as '%s' on http://%s:%ld/v1 (%ld worker(s), %ld thread(s) each%s)", model, model_id, host,
-            port, workers, threads, api_key && *api_key ? ", API key required" : "");
-    if (art)
-        cm_info("artifact %s, signed by %s; receipts signed by %s", art->cid, art->has_sig ? art->signer_id : "nobody",
-                gw_receipts_key(receipts)->id);
+    gw_model *served = gw_models_served(models);
+    cm_info("serving %s as '%s' on http://%s:%ld/v1 (%ld worker(s), %ld thread(s) each%s); receipts signed by %s",
+            model, gw_model_id(served), host, port, workers, threads, api_key && *api_key ? ", API key required" : "",
+            gw_receipts_key(receipts)->id);
     int rc = 0;
     while (!g_stop) {
         h2o_evloop_run(loop, 100);
-        gw_pool_tick(pool);
-        if (gw_pool_failed_to_start(pool)) {
+        gw_models_tick(models);
+        if (gw_model_get_state(served) == GW_MODEL_FAILED) {
             cm_error("the worker could not load %s (its error is above); exiting", model);
             rc = 1;
             break;
         }
     }
     cm_info("shutting down");
-    gw_pool_shutdown(pool, 5000);
+    gw_models_free(models, 5000);
     gw_http_free(http);
-    gw_pool_free(pool);
     gw_receipts_close(receipts);
-    cm_kolm_close(art);
     return rc;
 }
 

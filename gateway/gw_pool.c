@@ -279,21 +279,21 @@ gw_pool *gw_pool_create(h2o_loop_t *loop, const gw_pool_config *cfg) {
 
 void gw_pool_tick(gw_pool *p) {
     int status;
-    pid_t pid;
-    while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        for (int i = 0; i < p->cfg.n_workers; i++) {
-            worker *w = &p->w[i];
-            if (w->pid != pid)
-                continue;
-            if (!p->shutting_down) {
-                if (WIFSIGNALED(status))
-                    cm_warn("worker %d (pid %d) killed by signal %d", i, (int)pid, WTERMSIG(status));
-                else
-                    cm_warn("worker %d (pid %d) exited with status %d", i, (int)pid, WEXITSTATUS(status));
-            }
-            w->pid = 0;
-            worker_dead(w, "process exited");
+    // Each worker's own pid: several pools share the process, and waitpid(-1)
+    // would reap another pool's children.
+    for (int i = 0; i < p->cfg.n_workers; i++) {
+        worker *w = &p->w[i];
+        pid_t pid = w->pid;
+        if (pid <= 0 || waitpid(pid, &status, WNOHANG) != pid)
+            continue;
+        if (!p->shutting_down) {
+            if (WIFSIGNALED(status))
+                cm_warn("worker %d (pid %d) killed by signal %d", i, (int)pid, WTERMSIG(status));
+            else
+                cm_warn("worker %d (pid %d) exited with status %d", i, (int)pid, WEXITSTATUS(status));
         }
+        w->pid = 0;
+        worker_dead(w, "process exited");
     }
     if (p->shutting_down)
         return;
