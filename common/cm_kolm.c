@@ -91,6 +91,12 @@ int cm_kolm_is_artifact(const char *path) {
     if (fd < 0)
         return -1;
     char m[8];
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        close(fd);
+        errno = EISDIR;
+        return -1;
+    }
     ssize_t n = read(fd, m, sizeof m);
     close(fd);
     return n == 8 && !memcmp(m, CM_KOLM_MAGIC, 8);
@@ -213,6 +219,7 @@ static int parse_signature(cm_kolm *k, int fd, uint64_t off, uint64_t len, char 
         return -1;
     }
     k->has_sig = 1;
+    k->sig_offset = off;
     return 0;
 }
 
@@ -239,6 +246,11 @@ int cm_kolm_open(const char *path, const char *home, cm_kolm **out, char *err, s
     }
     uint32_t ver = get_u32(h + 8), hsize = get_u32(h + 12);
     uint64_t mlen = get_u64(h + 16), soff = get_u64(h + 24), slen = get_u64(h + 32);
+    static const uint8_t zero[24];
+    if (ver == CM_KOLM_VERSION && memcmp(h + 40, zero, sizeof zero)) {
+        cm_set_err(err, errlen, "%s: the header's reserved bytes are not zero", path);
+        goto fail;
+    }
     if (ver != CM_KOLM_VERSION || hsize != CM_KOLM_HEADER) {
         cm_set_err(err, errlen, "%s: .kolm format version %u is not supported (this kolm reads version %d)", path, ver,
                    CM_KOLM_VERSION);
@@ -361,7 +373,47 @@ static int hash_file(const char *path, uint64_t off, uint64_t size, uint8_t out[
     return 0;
 }
 
+/* The bytes between the manifest, the embedded blobs and the signature block
+ * (alignment padding) must be zero: nothing hashes them, so nothing may hide there. */
+static int check_padding(const cm_kolm *k, char *err, size_t errlen) {
+    uint64_t at = CM_KOLM_HEADER + k->manifest_len;
+    int fd = open(k->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        cm_set_err(err, errlen, "%s: %s", k->path, strerror(errno));
+        return -1;
+    }
+    int bad = 0;
+    for (int i = 0; !bad && i <= k->n_blobs; i++) {
+        uint64_t next = k->sig_offset ? k->sig_offset : k->file_size; // after the last blob
+        for (int j = 0; j < k->n_blobs; j++) // the nearest embedded blob at or after `at`
+            if (!k->blobs[j].cid && k->blobs[j].offset >= at && k->blobs[j].offset < next)
+                next = k->blobs[j].offset;
+        uint8_t pad[CM_KOLM_ALIGN];
+        if (next < at || next - at > sizeof pad) {
+            bad = 1;
+            break;
+        }
+        if (next > at) {
+            static const uint8_t z[CM_KOLM_ALIGN];
+            bad = pread_all(fd, pad, (size_t)(next - at), at) || memcmp(pad, z, (size_t)(next - at));
+        }
+        int j = 0;
+        while (j < k->n_blobs && (k->blobs[j].cid || k->blobs[j].offset != next))
+            j++;
+        if (j == k->n_blobs)
+            break; // reached the signature block or the end
+        at = next + k->blobs[j].size;
+    }
+    close(fd);
+    if (bad)
+        cm_set_err(err, errlen, "%s: there are stray bytes between its parts (padding must be zero and under %d bytes)",
+                   k->path, CM_KOLM_ALIGN);
+    return bad ? -1 : 0;
+}
+
 int cm_kolm_verify_blobs(const cm_kolm *k, char *err, size_t errlen) {
+    if (check_padding(k, err, errlen))
+        return -1;
     for (int i = 0; i < k->n_blobs; i++) {
         const cm_kolm_blob *b = &k->blobs[i];
         uint8_t d[CM_SHA256_LEN];
@@ -394,10 +446,11 @@ static int store_blob(const char *home, const pack_blob *b, char *err, size_t er
     mkdir(dst, 0755);
     snprintf(dst, sizeof dst, "%s/models/%s", home, b->cid);
     struct stat st;
-    if (!stat(dst, &st) && (uint64_t)st.st_size == b->size)
+    uint8_t have[CM_SHA256_LEN];
+    if (!stat(dst, &st) && (uint64_t)st.st_size == b->size && !hash_file(dst, 0, b->size, have) &&
+        !memcmp(have, b->sha256, CM_SHA256_LEN))
         return 0;
-    if (!link(b->in->path, dst)) // same file system: the store shares the file, no copy
-        return 0;
+    // A copy, not a link: a stored blob must not change when its source file is edited.
     snprintf(tmp, sizeof tmp, "%s.tmp%d", dst, (int)getpid());
     int in = open(b->in->path, O_RDONLY | O_CLOEXEC), outfd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int bad = in < 0 || outfd < 0;
@@ -412,6 +465,8 @@ static int store_blob(const char *home, const pack_blob *b, char *err, size_t er
         close(in);
     if (outfd >= 0 && (fsync(outfd) | close(outfd)))
         bad = 1;
+    if (!bad)
+        chmod(tmp, 0444);
     if (bad || rename(tmp, dst)) {
         cm_set_err(err, errlen, "cannot store %s as %s: %s", b->in->path, dst, strerror(errno));
         unlink(tmp);
@@ -557,7 +612,17 @@ int cm_kolm_pack(const char *out, const char *home, json_t *meta, const cm_kolm_
         bad = 1;
     if (!bad)
         bad = fsync(fd);
-    if (close(fd) || bad || rename(tmp, out)) {
+    if (close(fd))
+        bad = 1;
+    cm_kolm *check = NULL; // what open refuses is never written (unknown roles, no weights, NULs in meta)
+    if (!bad && cm_kolm_open(tmp, home, &check, err, errlen)) {
+        unlink(tmp);
+        free(man);
+        free(sigblock);
+        return -1;
+    }
+    cm_kolm_close(check);
+    if (bad || rename(tmp, out)) {
         cm_set_err(err, errlen, "cannot write %s: %s", out, strerror(errno));
         unlink(tmp);
         free(man);

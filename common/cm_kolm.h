@@ -65,6 +65,7 @@ typedef struct cm_kolm {
     json_t *m; // the manifest, parsed
     char cid[CM_CID_MAX];
     int has_sig;
+    uint64_t sig_offset;
     uint8_t sig[CM_SIG_LEN];
     uint8_t signer[CM_PK_LEN];
     char signer_id[CM_KEY_ID_LEN + 1];
@@ -85,7 +86,8 @@ void cm_kolm_close(cm_kolm *k);
 int cm_kolm_check_signature(const cm_kolm *k, char *err, size_t errlen);
 /* Signature valid and its key in the keyring directory: 0, or -1 with err. */
 int cm_kolm_check_trust(const cm_kolm *k, const char *keyring, char *err, size_t errlen);
-/* Hashes every blob against the manifest: 0, or -1 with err naming the blob. */
+/* Hashes every blob against the manifest and checks that the alignment padding
+ * between the parts is zero: 0, or -1 with err naming the blob. */
 int cm_kolm_verify_blobs(const cm_kolm *k, char *err, size_t errlen);
 const cm_kolm_blob *cm_kolm_blob_role(const cm_kolm *k, const char *role);
 

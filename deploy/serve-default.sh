@@ -14,7 +14,7 @@ if [ "$#" -eq 0 ]; then
     if [ ! -f "$ART" ]; then
         [ -f "$KOLM_HOME/keys/default.key" ] || "$KOLM" keygen
         mkdir -p "$KOLM_HOME/artifacts"
-        # --reference: the weights stay in the model store (by CID), not copied twice.
+        # --reference: the weights are stored once in the model store, by CID.
         "$KOLM" pack "$KOLM_HOME/models/gemma-3-270m-q4_k_m.gguf" --reference -o "$ART"
     fi
     set -- "$ART"

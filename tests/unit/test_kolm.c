@@ -874,7 +874,7 @@ static void copy_with_manifest_bytes(const char *name, const char *man, size_t m
     ASSERT_TRUE(64 + ml <= align64(64 + old)); // fits in the same slot
     if (64 + ml > align64(64 + old))
         ml = (size_t)old;
-    memset(c + 64, ' ', (size_t)(align64(64 + old) - 64));
+    memset(c + 64, 0, (size_t)(align64(64 + old) - 64));
     memcpy(c + 64, man, ml);
     wr_u64(c + 16, ml);
     save_copy(name, c, g_fn, path, pathn);
@@ -1383,6 +1383,71 @@ static void test_tamper(void) {
     free(c);
 }
 
+/* What the format leaves unhashed must be zero, what open refuses pack never
+ * writes, and a damaged store entry is replaced rather than trusted by size. */
+static void test_strictness(void) {
+    char err[512], p[512];
+    uint8_t *c = malloc(g_fn);
+    cm_kolm *k = NULL;
+    ASSERT_TRUE(c != NULL);
+    if (!c)
+        return;
+    // a reserved header byte
+    memcpy(c, g_file, g_fn);
+    c[50] = 1;
+    save_copy("t-reserved.kolm", c, g_fn, p, sizeof p);
+    EXPECT_OPEN_FAILS(p, "reserved");
+    // a padding byte between the manifest and the first blob (not covered by any hash)
+    uint64_t mlen = rd_u64(g_file + 16);
+    if (align64(64 + mlen) > 64 + mlen) {
+        memcpy(c, g_file, g_fn);
+        c[64 + mlen] = 'x';
+        save_copy("t-pad.kolm", c, g_fn, p, sizeof p);
+        ASSERT_EQ(cm_kolm_open(p, g_home, &k, err, sizeof err), 0);
+        if (k) {
+            ASSERT_EQ(cm_kolm_verify_blobs(k, err, sizeof err), -1);
+            ASSERT_CONTAINS(err, "stray bytes");
+            cm_kolm_close(k);
+            k = NULL;
+        }
+    }
+    free(c);
+    // pack refuses inputs open would refuse
+    json_t *meta = json_pack("{s:s}", "name", "strict");
+    cm_kolm_input dup[2] = {{"weights", g_wpath, 0}, {"weights", g_dpath, 0}};
+    cm_kolm_input unknown[1] = {{"tokenizer", g_wpath, 0}};
+    cm_kolm_input noweights[1] = {{"draft", g_dpath, 0}};
+    path_of(p, sizeof p, g_root, "strict.kolm");
+    ASSERT_EQ(cm_kolm_pack(p, g_home, meta, dup, 2, &g_key, NULL, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "two 'weights'");
+    ASSERT_EQ(cm_kolm_pack(p, g_home, meta, unknown, 1, &g_key, NULL, err, sizeof err), -1);
+    ASSERT_EQ(cm_kolm_pack(p, g_home, meta, noweights, 1, &g_key, NULL, err, sizeof err), -1);
+    ASSERT_CONTAINS(err, "no 'weights'");
+    ASSERT_EQ(access(p, F_OK), -1); // nothing written
+    json_decref(meta);
+    // a store entry of the right size but wrong bytes is rewritten by the next pack
+    meta = json_pack("{s:s}", "name", "store");
+    cm_kolm_input ref[1] = {{"weights", g_wpath, 1}};
+    ASSERT_EQ(cm_kolm_pack(p, g_home, meta, ref, 1, &g_key, NULL, err, sizeof err), 0);
+    uint8_t d[CM_SHA256_LEN], zero[W_SIZE] = {0};
+    char cid[CM_CID_MAX], sp[768];
+    cm_sha256(g_w, W_SIZE, d);
+    my_cid(0x55, d, cid);
+    snprintf(sp, sizeof sp, "%s/models/%s", g_home, cid);
+    chmod(sp, 0644);
+    write_file(sp, zero, sizeof zero);
+    ASSERT_EQ(cm_kolm_pack(p, g_home, meta, ref, 1, &g_key, NULL, err, sizeof err), 0);
+    ASSERT_EQ(cm_kolm_open(p, g_home, &k, err, sizeof err), 0);
+    if (k) {
+        ASSERT_EQ(cm_kolm_verify_blobs(k, err, sizeof err), 0);
+        cm_kolm_close(k);
+    }
+    struct stat st;
+    ASSERT_EQ(stat(sp, &st), 0);
+    ASSERT_EQ(st.st_mode & 0222, 0); // stored blobs are read-only
+    json_decref(meta);
+}
+
 static void test_is_artifact(void) {
     char p[512];
     ASSERT_EQ(cm_kolm_is_artifact(g_src), 1);
@@ -1447,6 +1512,7 @@ int main(void) {
         test_pack_open();
         test_reference();
         test_tamper();
+        test_strictness();
         test_is_artifact();
     }
     free(g_file);
