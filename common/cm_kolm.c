@@ -79,6 +79,27 @@ void cm_cid(int codec, const uint8_t digest[CM_SHA256_LEN], char out[CM_CID_MAX]
     out[o] = 0;
 }
 
+void cm_kolm_home(char *out, size_t n) {
+    const char *h = getenv("KOLM_HOME"), *u = getenv("HOME");
+    if (h && *h)
+        snprintf(out, n, "%s", h);
+    else
+        snprintf(out, n, "%s/.kolm", u ? u : ".");
+}
+
+int cm_mkdirs(const char *path, unsigned mode) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *s = p + 1; *s; s++)
+        if (*s == '/') {
+            *s = 0;
+            if (mkdir(p, (mode_t)mode) && errno != EEXIST)
+                return -1;
+            *s = '/';
+        }
+    return mkdir(p, (mode_t)mode) && errno != EEXIST ? -1 : 0;
+}
+
 char *cm_canonical_json(const json_t *j, size_t *len) {
     char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
     if (s && len)
@@ -443,7 +464,7 @@ typedef struct pack_blob {
 static int store_blob(const char *home, const pack_blob *b, char *err, size_t errlen) {
     char dst[4096], tmp[4200];
     snprintf(dst, sizeof dst, "%s/models", home);
-    mkdir(dst, 0755);
+    cm_mkdirs(dst, 0755);
     snprintf(dst, sizeof dst, "%s/models/%s", home, b->cid);
     struct stat st;
     uint8_t have[CM_SHA256_LEN];

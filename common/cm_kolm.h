@@ -105,6 +105,11 @@ typedef struct cm_kolm_input {
 int cm_kolm_pack(const char *out, const char *home, json_t *meta, const cm_kolm_input *in, int n_in,
                  const cm_key *key, char cid[CM_CID_MAX], char *err, size_t errlen);
 
+/* KOLM_HOME (default ~/.kolm) into out. */
+void cm_kolm_home(char *out, size_t n);
+/* mkdir -p: 0, or -1 with errno. */
+int cm_mkdirs(const char *path, unsigned mode);
+
 /* The canonical form: jansson's compact dump with sorted keys, UTF-8 as is. NULL
  * on allocation failure; free() the result. */
 char *cm_canonical_json(const json_t *j, size_t *len);

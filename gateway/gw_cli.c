@@ -16,14 +16,6 @@
 
 #define MAX_RECEIPT (64u << 10)
 
-void gw_cli_home(char *out, size_t n) {
-    const char *h = getenv("KOLM_HOME"), *u = getenv("HOME");
-    if (h && *h)
-        snprintf(out, n, "%s", h);
-    else
-        snprintf(out, n, "%s/.kolm", u ? u : ".");
-}
-
 int gw_cli_worker_path(char *out, size_t n) {
     char self[PATH_MAX];
     ssize_t l = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -37,19 +29,6 @@ int gw_cli_worker_path(char *out, size_t n) {
     if ((size_t)snprintf(out, n, "%s/kolm-worker", self) >= n)
         return -1;
     return access(out, X_OK);
-}
-
-static int mkdirp(const char *path, mode_t mode) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s", path);
-    for (char *s = p + 1; *s; s++)
-        if (*s == '/') {
-            *s = 0;
-            if (mkdir(p, mode) && errno != EEXIST)
-                return -1;
-            *s = '/';
-        }
-    return mkdir(p, mode) && errno != EEXIST ? -1 : 0;
 }
 
 /* ---- keygen ---- */
@@ -72,10 +51,10 @@ int gw_cli_keygen(int argc, char **argv) {
         return 2;
     }
     char home[4096], keys[4200], trusted[4300], path[4400], err[512] = "cannot generate a key";
-    gw_cli_home(home, sizeof home);
+    cm_kolm_home(home, sizeof home);
     snprintf(keys, sizeof keys, "%s/keys", home);
     snprintf(trusted, sizeof trusted, "%s/trusted", keys);
-    if (mkdirp(keys, 0700) || mkdirp(trusted, 0755)) {
+    if (cm_mkdirs(keys, 0700) || cm_mkdirs(trusted, 0755)) {
         fprintf(stderr, "kolm keygen: cannot create %s: %s\n", trusted, strerror(errno));
         return 1;
     }
@@ -220,7 +199,7 @@ int gw_cli_pack(int argc, char **argv) {
         return 2;
     }
     char home[4096], err[1024], nm[256];
-    gw_cli_home(home, sizeof home);
+    cm_kolm_home(home, sizeof home);
     cm_key key;
     if (!unsigned_ && key_for_pack(home, keyspec, &key))
         return 1;
@@ -311,7 +290,7 @@ int gw_cli_inspect(int argc, char **argv) {
         return 2;
     }
     char home[4096], keyring[4200], err[1024];
-    gw_cli_home(home, sizeof home);
+    cm_kolm_home(home, sizeof home);
     snprintf(keyring, sizeof keyring, "%s/keys/trusted", home);
     cm_kolm *k;
     if (cm_kolm_open(path, home, &k, err, sizeof err)) {
@@ -399,7 +378,7 @@ static int load_pub(const char *spec, cm_key *k) {
 
 static int verify_artifact(const char *path, const char *keyspec, const char *keyring) {
     char home[4096], err[1024];
-    gw_cli_home(home, sizeof home);
+    cm_kolm_home(home, sizeof home);
     cm_kolm *k;
     if (cm_kolm_open(path, home, &k, err, sizeof err)) {
         fprintf(stderr, "kolm verify: FAILED: %s\n", err);
@@ -491,7 +470,7 @@ static int verify_receipt(const char *spec, const char *body_path, const char *r
             ;
     cm_key k;
     char home[4096], path[4300];
-    gw_cli_home(home, sizeof home);
+    cm_kolm_home(home, sizeof home);
     snprintf(path, sizeof path, "%s/keys/gateway.pub", home);
     if (load_pub(keyspec ? keyspec : path, &k))
         goto done;
@@ -570,7 +549,7 @@ int gw_cli_verify(int argc, char **argv) {
         return verify_receipt(receipt, body, request, key);
     if (art && !receipt && !body && !request) {
         char home[4096], ring[4200];
-        gw_cli_home(home, sizeof home);
+        cm_kolm_home(home, sizeof home);
         snprintf(ring, sizeof ring, "%s/keys/trusted", home);
         return verify_artifact(art, key, keyring ? keyring : ring);
     }

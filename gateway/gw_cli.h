@@ -15,9 +15,6 @@
 
 #include <stddef.h>
 
-/* KOLM_HOME, default ~/.kolm. */
-void gw_cli_home(char *out, size_t n);
-
 /* Path of kolm-worker beside this executable: 0, or -1 when it is not there. */
 int gw_cli_worker_path(char *out, size_t n);
 

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/cm_crypto.h"
+#include "common/cm_kolm.h"
 #include "common/cm_log.h"
 #include "gateway/gw_cli.h"
 #include "gateway/gw_http.h"
@@ -167,7 +168,7 @@ static int serve(int argc, char **argv) {
         }
     }
     char home[PATH_MAX], defpath[PATH_MAX + 64], ring[PATH_MAX + 64];
-    gw_cli_home(home, sizeof home);
+    cm_kolm_home(home, sizeof home);
     if (!model) {
         snprintf(defpath, sizeof defpath, "%s/artifacts/" DEFAULT_ARTIFACT, home);
         model = defpath;

@@ -34,19 +34,6 @@ struct gw_receipts {
     int stop, started;
 };
 
-static int mkdirs(const char *path, mode_t mode) {
-    char p[4096];
-    snprintf(p, sizeof p, "%s", path);
-    for (char *s = p + 1; *s; s++)
-        if (*s == '/') {
-            *s = 0;
-            if (mkdir(p, mode) && errno != EEXIST)
-                return -1;
-            *s = '/';
-        }
-    return mkdir(p, mode) && errno != EEXIST ? -1 : 0;
-}
-
 /* The sequence number in one log line (a receipt token), or -1. */
 static long long line_seq(const char *s, size_t n) {
     uint8_t *raw = malloc(n);
@@ -177,7 +164,7 @@ gw_receipts *gw_receipts_open(const gw_receipts_config *cfg, char *err, size_t e
     } else {
         snprintf(path, sizeof path, "%s/gateway.key", keys);
         if (access(path, F_OK)) {
-            if (mkdirs(keys, 0700) || cm_key_generate(&r->key) || cm_key_save(&r->key, keys, "gateway", err, errlen)) {
+            if (cm_mkdirs(keys, 0700) || cm_key_generate(&r->key) || cm_key_save(&r->key, keys, "gateway", err, errlen)) {
                 if (err && !*err)
                     cm_set_err(err, errlen, "cannot create the receipt key in %s: %s", keys, strerror(errno));
                 goto fail;
@@ -188,7 +175,7 @@ gw_receipts *gw_receipts_open(const gw_receipts_config *cfg, char *err, size_t e
         }
     }
     snprintf(r->dir, sizeof r->dir, "%s/receipts", cfg->home);
-    if (mkdirs(r->dir, 0700) || open_log(r)) {
+    if (cm_mkdirs(r->dir, 0700) || open_log(r)) {
         cm_set_err(err, errlen, "cannot open the receipt log in %s: %s", r->dir, strerror(errno));
         goto fail;
     }

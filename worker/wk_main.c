@@ -196,14 +196,6 @@ static void *check_blobs(void *arg) {
     return NULL;
 }
 
-static void kolm_home(char *out, size_t n) {
-    const char *h = getenv("KOLM_HOME"), *u = getenv("HOME");
-    if (h && *h)
-        snprintf(out, n, "%s", h);
-    else
-        snprintf(out, n, "%s/.kolm", u ? u : ".");
-}
-
 /* Opens the model: a GGUF file, or an artifact's weights blob (its other blobs'
  * uses are not built yet: an adapter would change the answers, so it is refused). */
 static int open_model(worker *w, cm_kolm **art, char *err, size_t errlen) {
@@ -211,7 +203,7 @@ static int open_model(worker *w, cm_kolm **art, char *err, size_t errlen) {
     if (cm_kolm_is_artifact(w->o.model) != 1)
         return wk_gguf_open(w->o.model, &w->g, err, errlen);
     char home[4096];
-    kolm_home(home, sizeof home);
+    cm_kolm_home(home, sizeof home);
     if (cm_kolm_open(w->o.model, home, art, err, errlen))
         return -EINVAL;
     if (w->o.artifact_cid && strcmp(w->o.artifact_cid, (*art)->cid)) {
