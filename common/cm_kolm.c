@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/cm_canon.h"
 #include "common/cm_log.h"
 
 static const char *const roles[] = {"weights", "adapter", "draft", "embedding", NULL};
@@ -98,13 +99,6 @@ int cm_mkdirs(const char *path, unsigned mode) {
             *s = '/';
         }
     return mkdir(p, (mode_t)mode) && errno != EEXIST ? -1 : 0;
-}
-
-char *cm_canonical_json(const json_t *j, size_t *len) {
-    char *s = json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
-    if (s && len)
-        *len = strlen(s);
-    return s;
 }
 
 int cm_kolm_is_artifact(const char *path) {

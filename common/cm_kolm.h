@@ -13,7 +13,7 @@
  *       blobs, each at a 64-byte aligned offset the manifest gives
  *       signature block: canonical JSON {alg, key_id, public_key, signature}
  *
- * The artifact id (CID) is a CIDv1 of the manifest bytes: multihash sha2-256,
+ * The manifest is canonical JSON (cm_canon.h). The artifact id (CID) is a CIDv1 of the manifest bytes: multihash sha2-256,
  * multicodec json (0x0200), multibase base32 lowercase ("bagaaiera…"). A blob held
  * in KOLM_HOME/models/ instead of the file is named by its own CIDv1 (multicodec
  * raw, "bafkrei…") and stored there under that name. The signature is ed25519
@@ -109,9 +109,5 @@ int cm_kolm_pack(const char *out, const char *home, json_t *meta, const cm_kolm_
 void cm_kolm_home(char *out, size_t n);
 /* mkdir -p: 0, or -1 with errno. */
 int cm_mkdirs(const char *path, unsigned mode);
-
-/* The canonical form: jansson's compact dump with sorted keys, UTF-8 as is. NULL
- * on allocation failure; free() the result. */
-char *cm_canonical_json(const json_t *j, size_t *len);
 
 #endif

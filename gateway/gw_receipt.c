@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/cm_canon.h"
 #include "common/cm_kolm.h"
 #include "common/cm_log.h"
 

@@ -523,10 +523,8 @@ def test_canonical_manifest_matches_python_rule(env, kolm_bin, kolm_model, tmp_p
     assert canon(a.manifest) == a.manifest_bytes
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: cm_canonical_json prints reals with %.17g "
-                   "(0.1 -> 0.10000000000000001) and control characters as \\u001F (upper case); "
-                   "the stated rule (json.dumps sort_keys, compact, ensure_ascii=False) gives 0.1 and \\u001f")
-@pytest.mark.parametrize("value", [0.1, 0.3, 1e22, "tab\x1fsep"], ids=["0.1", "0.3", "1e22", "ctrl"])
+@pytest.mark.parametrize("value", [0.1, 0.3, 1e22, 1e-05, 1234567890123456.0, "tab\x1fsep"],
+                         ids=["0.1", "0.3", "1e22", "1e-05", "1.2e15", "ctrl"])
 def test_canonical_manifest_numbers_and_control_chars(env, kolm_bin, kolm_model, tmp_path, value):
     home = clone_home(env.home, tmp_path / "home")
     a = pack_metadata(kolm_bin, home, kolm_model, tmp_path, {"v": value})
@@ -979,6 +977,24 @@ def test_header_tamper(env, kolm_bin, fresh_copy):
     patch_bytes(art, 16, struct.pack("<Q", env.parsed.manifest_len - 1))  # manifest length
     r = kolm(kolm_bin, env.home, "verify", art)
     assert r.returncode == 1 and "FAILED" in r.out, r.out
+
+
+def test_unhashed_bytes_must_be_zero(env, kolm_bin, fresh_copy, side_home):
+    """The reserved header bytes and the alignment padding are outside every hash and
+    the signature, so anything written there is refused instead of carried along."""
+    art = fresh_copy()
+    patch_bytes(art, 40, b"\x07")
+    r = kolm(kolm_bin, env.home, "verify", art)
+    assert r.returncode == 1 and "reserved" in r.out, r.out
+    assert_refused(serve_attempt(kolm_bin, side_home, art), "reserved")
+    end = 64 + env.parsed.manifest_len
+    (w,) = env.parsed.manifest["blobs"]
+    assert w["offset"] - end >= 1, "no padding after this manifest to write into"
+    art = fresh_copy("copy2.kolm")
+    patch_bytes(art, end, b"H")
+    r = kolm(kolm_bin, env.home, "verify", art)
+    assert r.returncode == 1 and "stray bytes" in r.out, r.out
+    assert_refused(serve_attempt(kolm_bin, side_home, art), "stray bytes")
 
 
 def test_unsigned_artifact(env, kolm_bin, kolm_model, tmp_path):

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "common/cm_crypto.h"
+#include "common/cm_canon.h"
 #include "common/cm_kolm.h"
 #include "tests/unit/kt.h"
 
@@ -334,6 +335,28 @@ static void test_canonical_json(void) {
     ASSERT_TRUE(s != NULL);
     free(s);
     json_decref(j);
+    // Reals as Python's repr and escapes as json.dumps writes them (the expected
+    // strings are what CPython 3 prints for the same values).
+    static const struct {
+        double v;
+        const char *want;
+    } reals[] = {{0.1, "0.1"}, {0.5, "0.5"}, {1.0, "1.0"}, {100.0, "100.0"}, {-0.0, "-0.0"}, {0.0, "0.0"},
+                 {0.1 + 0.2, "0.30000000000000004"}, {1e22, "1e+22"}, {1e16, "1e+16"},
+                 {1234567890123456.0, "1234567890123456.0"}, {0.0001, "0.0001"}, {1e-05, "1e-05"},
+                 {1.5e-7, "1.5e-07"}, {-2.5e300, "-2.5e+300"}, {123.456, "123.456"}, {5e-324, "5e-324"},
+                 {1.7976931348623157e308, "1.7976931348623157e+308"}, {0.001234, "0.001234"}};
+    for (size_t i = 0; i < sizeof reals / sizeof *reals; i++) {
+        json_t *r = json_real(reals[i].v);
+        char *t = cm_canonical_json(r, NULL);
+        ASSERT_STREQ(t, reals[i].want);
+        free(t);
+        json_decref(r);
+    }
+    json_t *str = json_stringn("a\x1f\x7f\n\"\\/\xe2\x80\xa8\0z", 12);
+    char *t = cm_canonical_json(str, NULL);
+    ASSERT_STREQ(t, "\"a\\u001f\x7f\\n\\\"\\\\/\xe2\x80\xa8\\u0000z\"");
+    free(t);
+    json_decref(str);
 }
 
 /* ---- keys, signatures, keyring ---- */
