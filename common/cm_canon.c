@@ -47,6 +47,31 @@ static int put_string(cm_buf *b, const char *s, size_t n) {
     return rc ? rc : cm_buf_append(b, "\"", 1);
 }
 
+int cm_utf8_valid(const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (!len || i + len > n)
+            return 0;
+        unsigned cp = len == 1 ? c : c & (0x7f >> len);
+        for (size_t k = 1; k < len; k++) {
+            if ((p[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = cp << 6 | (p[i + k] & 0x3f);
+        }
+        static const unsigned min[] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < min[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+int cm_canon_string(cm_buf *b, const char *s, size_t n) {
+    return cm_utf8_valid(s, n) ? put_string(b, s, n) : cm_buf_append(b, "null", 4);
+}
+
 /* Python's repr of a finite double. */
 static int put_real(cm_buf *b, double v) {
     if (!isfinite(v))

@@ -19,6 +19,7 @@
 #define DEFAULT_LOG_MAX (64ull << 20)
 #define DEFAULT_LOG_KEEP 8
 #define TAIL_SCAN (256u << 10)
+#define SYNC_INTERVAL 0.05 // seconds between fdatasyncs of the receipt log
 
 struct gw_receipts {
     cm_key key;
@@ -109,37 +110,75 @@ static void rotate(gw_receipts *r) {
         cm_error("cannot open a new receipt log in %s: %s", r->dir, strerror(errno));
 }
 
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void write_batch(gw_receipts *r, const cm_buf *batch) {
+    size_t done = 0;
+    while (r->fd >= 0 && done < batch->len) {
+        ssize_t w = write(r->fd, batch->data + done, batch->len - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            cm_error("cannot write the receipt log: %s", strerror(errno));
+            break;
+        }
+        done += (size_t)w;
+    }
+    r->log_size += done;
+}
+
+/* Lines are written as they come (a crash of the process loses none); fdatasync
+ * runs at most every SYNC_INTERVAL, batching what came meanwhile (group commit: a
+ * power loss loses at most that long), and before each rotation and at close. */
 static void *writer_main(void *arg) {
     gw_receipts *r = arg;
     cm_buf batch = CM_BUF_INIT;
+    double last_sync = 0;
+    int dirty = 0;
     pthread_mutex_lock(&r->mu);
     for (;;) {
-        while (!r->queue.len && !r->stop)
+        while (!r->queue.len && !r->stop && !dirty)
             pthread_cond_wait(&r->cv, &r->mu);
-        if (!r->queue.len && r->stop)
-            break;
+        if (!r->queue.len && dirty && !r->stop) { // wait out the interval, then sync
+            double wait = last_sync + SYNC_INTERVAL - mono_s();
+            if (wait > 0) {
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                long long ns = ts.tv_nsec + (long long)(wait * 1e9);
+                ts.tv_sec += (time_t)(ns / 1000000000);
+                ts.tv_nsec = (long)(ns % 1000000000);
+                pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+                if (r->queue.len)
+                    continue; // write the new lines first
+            }
+        }
         cm_buf t = batch;
         batch = r->queue;
         r->queue = t;
         r->queue.len = 0;
+        int stop = r->stop;
         pthread_mutex_unlock(&r->mu);
-        size_t done = 0;
-        while (r->fd >= 0 && done < batch.len) {
-            ssize_t w = write(r->fd, batch.data + done, batch.len - done);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0) {
-                cm_error("cannot write the receipt log: %s", strerror(errno));
-                break;
-            }
-            done += (size_t)w;
+        if (batch.len) {
+            write_batch(r, &batch);
+            dirty = 1;
         }
-        if (r->fd >= 0 && fdatasync(r->fd))
-            cm_error("cannot fsync the receipt log: %s", strerror(errno));
-        r->log_size += done;
-        if (r->fd >= 0 && r->log_size >= r->log_max)
+        double now = mono_s();
+        int rotate_now = r->fd >= 0 && r->log_size >= r->log_max;
+        if (dirty && r->fd >= 0 && (stop || rotate_now || now - last_sync >= SYNC_INTERVAL)) {
+            if (fdatasync(r->fd))
+                cm_error("cannot fsync the receipt log: %s", strerror(errno));
+            last_sync = now;
+            dirty = 0;
+        }
+        if (rotate_now)
             rotate(r);
         pthread_mutex_lock(&r->mu);
+        if (stop && !r->queue.len && !dirty)
+            break;
     }
     pthread_mutex_unlock(&r->mu);
     cm_buf_free(&batch);
@@ -221,55 +260,65 @@ const cm_key *gw_receipts_key(const gw_receipts *r) {
     return &r->key;
 }
 
-static json_t *str_or_null(const char *s, size_t n) {
-    return s ? json_stringn(s, n) : json_null();
-}
-
-static json_t *hex_or_null(const uint8_t *d) {
-    char hex[2 * CM_SHA256_LEN + 1];
+static int put_hex(cm_buf *b, const uint8_t *d) {
+    char hex[2 * CM_SHA256_LEN + 3];
     if (!d)
-        return json_null();
-    cm_hex(d, CM_SHA256_LEN, hex);
-    return json_string(hex);
+        return cm_buf_append(b, "null", 4);
+    hex[0] = '"';
+    cm_hex(d, CM_SHA256_LEN, hex + 1);
+    hex[2 * CM_SHA256_LEN + 1] = '"';
+    return cm_buf_append(b, hex, 2 * CM_SHA256_LEN + 2);
 }
 
-static json_t *count_or_null(long long v) {
-    return v < 0 ? json_null() : json_integer(v);
+static int put_count(cm_buf *b, long long v) {
+    return v < 0 ? cm_buf_append(b, "null", 4) : cm_buf_printf(b, "%lld", v);
+}
+
+static int put_str(cm_buf *b, const char *s, size_t n) {
+    return s ? cm_canon_string(b, s, n) : cm_buf_append(b, "null", 4);
+}
+
+/* The payload in canonical form, written directly: its members are fixed, so they
+ * are emitted in sorted order (this is the receipt's hot path; building a jansson
+ * object and sorting it cost as much as the signature). Client bytes that are not
+ * UTF-8 (a method or path) are null; they are still in the request hash. */
+static int payload(gw_receipts *r, const gw_receipt_in *in, uint64_t seq, cm_buf *b) {
+    int rc = cm_buf_append(b, "{\"artifact\":", 12);
+    rc = rc ? rc : put_str(b, in->artifact, in->artifact ? strlen(in->artifact) : 0);
+    rc = rc ? rc : cm_buf_append(b, ",\"completion_tokens\":", 21);
+    rc = rc ? rc : put_count(b, in->completion_tokens);
+    rc = rc ? rc : cm_buf_printf(b, ",\"created\":%lld,\"key_id\":\"%s\",\"method\":", (long long)time(NULL), r->key.id);
+    rc = rc ? rc : put_str(b, in->method, in->method_len);
+    rc = rc ? rc : cm_buf_append(b, ",\"model\":", 9);
+    rc = rc ? rc : put_str(b, in->model, in->model ? strlen(in->model) : 0);
+    rc = rc ? rc : cm_buf_append(b, ",\"path\":", 8);
+    rc = rc ? rc : put_str(b, in->path, in->path_len);
+    rc = rc ? rc : cm_buf_append(b, ",\"prompt_tokens\":", 17);
+    rc = rc ? rc : put_count(b, in->prompt_tokens);
+    rc = rc ? rc : cm_buf_append(b, ",\"request_sha256\":", 18);
+    rc = rc ? rc : put_hex(b, in->request_sha256);
+    rc = rc ? rc : cm_buf_append(b, ",\"response_sha256\":", 19);
+    rc = rc ? rc : put_hex(b, in->response_sha256);
+    return rc ? rc
+              : cm_buf_printf(b, ",\"seq\":%llu,\"status\":%d,\"stream\":%s,\"v\":1}", (unsigned long long)seq,
+                              in->status, in->stream ? "true" : "false");
 }
 
 int gw_receipt_make(gw_receipts *r, const gw_receipt_in *in, cm_buf *out) {
-    json_t *j = json_object();
-    if (!j)
-        return -ENOMEM;
     uint64_t seq = ++r->seq;
-    json_object_set_new(j, "v", json_integer(1));
-    json_object_set_new(j, "seq", json_integer((json_int_t)seq));
-    json_object_set_new(j, "created", json_integer((json_int_t)time(NULL)));
-    json_object_set_new(j, "key_id", json_string(r->key.id));
-    json_object_set_new(j, "artifact", str_or_null(in->artifact, in->artifact ? strlen(in->artifact) : 0));
-    json_object_set_new(j, "model", str_or_null(in->model, in->model ? strlen(in->model) : 0));
-    // Request lines are bytes from the client: jansson refuses invalid UTF-8, so
-    // such a method or path is recorded as null (its bytes are still in the request hash).
-    json_t *m = json_stringn(in->method, in->method_len), *p = json_stringn(in->path, in->path_len);
-    json_object_set_new(j, "method", m ? m : json_null());
-    json_object_set_new(j, "path", p ? p : json_null());
-    json_object_set_new(j, "status", json_integer(in->status));
-    json_object_set_new(j, "request_sha256", hex_or_null(in->request_sha256));
-    json_object_set_new(j, "response_sha256", hex_or_null(in->response_sha256));
-    json_object_set_new(j, "stream", json_boolean(in->stream));
-    json_object_set_new(j, "prompt_tokens", count_or_null(in->prompt_tokens));
-    json_object_set_new(j, "completion_tokens", count_or_null(in->completion_tokens));
-    size_t plen = 0;
-    char *payload = cm_canonical_json(j, &plen);
-    json_decref(j);
-    if (!payload)
+    cm_buf pb = CM_BUF_INIT;
+    if (payload(r, in, seq, &pb)) {
+        cm_buf_free(&pb);
         return -ENOMEM;
+    }
+    const char *pl = (const char *)pb.data;
+    size_t plen = pb.len;
     size_t rawlen = CM_SIG_LEN + plen, tl = cm_b64url_len(rawlen);
     uint8_t *raw = malloc(rawlen);
     int rc = raw ? cm_buf_reserve(out, tl) : -ENOMEM;
     if (!rc) {
-        cm_sign(&r->key, payload, plen, raw);
-        memcpy(raw + CM_SIG_LEN, payload, plen);
+        cm_sign(&r->key, pl, plen, raw);
+        memcpy(raw + CM_SIG_LEN, pl, plen);
         char *tok = (char *)out->data + out->len;
         cm_b64url(raw, rawlen, tok);
         pthread_mutex_lock(&r->mu);
@@ -281,6 +330,6 @@ int gw_receipt_make(gw_receipts *r, const gw_receipt_in *in, cm_buf *out) {
         out->len += tl - 1;
     }
     free(raw);
-    free(payload);
+    cm_buf_free(&pb);
     return rc;
 }

@@ -24,7 +24,8 @@
  * `,"kolm_receipt":"` , the token and its closing quote removed.
  *
  * Every receipt is appended, one token per line, to KOLM_HOME/receipts/receipts.log
- * by a writer thread that fsyncs each batch and rotates the file past a size
+ * by a writer thread: lines are written at once, fdatasync'd in groups at most every
+ * 50 ms (and before rotation and at close), and the file rotates past a size
  * (receipts.log.1 … .N, oldest dropped); the event loop never waits on the disk. */
 #ifndef GW_RECEIPT_H
 #define GW_RECEIPT_H
