@@ -10,7 +10,7 @@
 #                ~10 min on 2 cores)
 #   unit         ctest in ./build
 #   asan         ./build-asan with -DKOLM_ASAN=ON (ASAN + UBSAN), ctest there
-#   fuzz         libFuzzer runs of the frame decoder and the chat request parser
+#   fuzz         libFuzzer runs of the frame decoder, the chat request parser and the .kolm reader
 #                (build-fuzz, clang), KOLM_FUZZ_SECONDS (default 60) split between them
 #   cuda         when nvcc exists and the project has CUDA sources: ./build-cuda with
 #                -DKOLM_CUDA=ON (compile check; its ctest runs too when a GPU is visible)
@@ -147,15 +147,58 @@ run_fuzzer() {
     return "$rc"
 }
 
+# Two small .kolm files for fuzz_kolm to start from: an unsigned one with two
+# embedded blobs, and a signed one (PyNaCl from the venv) with a real-number eval.
+seed_artifacts() {
+    "$VPY" - "$1" <<'PY'
+import hashlib, json, struct, sys
+from nacl.signing import SigningKey
+def canon(o):
+    return json.dumps(o, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def artifact(blobs, extra, key=None):
+    table, off = [], 0
+    for _ in range(4):  # the manifest's length moves the first offset
+        start = (64 + len(canon(dict(extra, kolm_format=1, blobs=table))) + 63) // 64 * 64 if table else 0
+        table, off = [], max(start, 64)
+        for role, data in blobs:
+            table.append({"role": role, "name": role + ".gguf", "format": "gguf", "size": len(data),
+                          "sha256": hashlib.sha256(data).hexdigest(), "offset": off})
+            off = (off + len(data) + 63) // 64 * 64
+    m = canon(dict(extra, kolm_format=1, blobs=table))
+    body = bytearray(m)
+    body += bytes(table[0]["offset"] - 64 - len(m))
+    for (role, data), b in zip(blobs, table):
+        body += bytes(b["offset"] - 64 - len(body)) + data
+    body += bytes((-len(body)) % 64)
+    sig = b""
+    if key:
+        s = key.sign(m).signature
+        pk = bytes(key.verify_key)
+        import base64
+        b64 = lambda x: base64.urlsafe_b64encode(x).rstrip(b"=").decode()
+        sig = canon({"alg": "ed25519", "key_id": hashlib.sha256(pk).hexdigest()[:16],
+                     "public_key": b64(pk), "signature": b64(s)})
+    soff = 64 + len(body) if key else 0
+    head = b"\x89KOLM\r\n\x1a" + struct.pack("<IIQQQ", 1, 64, len(m), soff, len(sig)) + bytes(24)
+    return head + bytes(body) + sig
+d = sys.argv[1]
+open(d + "/unsigned", "wb").write(artifact([("weights", b"GGUF" + bytes(100)), ("draft", b"x" * 70)],
+                                           {"name": "seed", "family": "gemma3"}))
+open(d + "/signed", "wb").write(artifact([("weights", b"GGUF" + bytes(10))],
+                                         {"name": "s", "eval": {"k": 0.93, "n": [1, 2e-05]}},
+                                         SigningKey(bytes(range(32)))))
+PY
+}
+
 step_fuzz() {
     CC=clang cmake -S "$REPO" -B "$REPO/build-fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DKOLM_CUDA=OFF -DKOLM_FUZZ=ON -DKOLM_ASAN=ON || return 1
-    cmake --build "$REPO/build-fuzz" --target fuzz_proto fuzz_chat -j "$JOBS" || return 1
+    cmake --build "$REPO/build-fuzz" --target fuzz_proto fuzz_chat fuzz_kolm -j "$JOBS" || return 1
     local total="${KOLM_FUZZ_SECONDS:-60}" each root rc=0
-    each=$((total / 2))
+    each=$((total / 3))
     [ "$each" -ge 1 ] || each=1
     root="$(mktemp -d "${TMPDIR:-/tmp}/kolm-fuzz.XXXXXX")"
-    mkdir -p "$root/proto" "$root/chat"
+    mkdir -p "$root/proto" "$root/chat" "$root/kolm"
     printf 'KLMF\x00\x04\x00\x03\x00\x00\x00\x06\x81\xa3job\x01' >"$root/proto/seed"
     printf '%s' '{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["a"],"max_tokens":3}' \
         >"$root/chat/plain"
@@ -171,8 +214,10 @@ step_fuzz() {
     printf '%s' '{"model":"m","prompt":[2,100,7],"logprobs":3,"stream":true}' >"$root/chat/legacy_ids"
     printf '%s' '{"model":"m","messages":[{"role":"user","content":"w?"},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},{"role":"tool","tool_call_id":"c1","content":"18C","name":"get_weather"}]}' \
         >"$root/chat/tool_history"
+    seed_artifacts "$root/kolm" || rc=1
     run_fuzzer fuzz_proto "$each" "$root/proto" || rc=1
     run_fuzzer fuzz_chat "$each" "$root/chat" -dict="$REPO/tests/fuzz/chat.dict" || rc=1
+    run_fuzzer fuzz_kolm "$each" "$root/kolm" || rc=1
     rm -rf "$root"
     return "$rc"
 }
