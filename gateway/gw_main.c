@@ -34,7 +34,7 @@ static void usage(FILE *f) {
                "                  [--threads T] [--ctx N] [--max-body BYTES] [--max-jobs N] [--max-messages N]\n"
                "                  [--max-request-tokens N] [--request-timeout S] [--sse-keepalive S]\n"
                "                  [--api-key KEY] [--keyring DIR] [--allow-unsigned] [--receipt-key FILE]\n"
-               "                  [--receipt-log-max BYTES]\n"
+               "                  [--receipt-log-max BYTES] [--max-models N]\n"
                "       kolm keygen | pack | inspect | verify ...   (kolm COMMAND --help)\n"
                "\n"
                "Serves ARTIFACT.kolm (default $KOLM_HOME/artifacts/" DEFAULT_ARTIFACT ", KOLM_HOME\n"
@@ -47,6 +47,8 @@ static void usage(FILE *f) {
                "  --receipt-key FILE  the receipt signing key (default $KOLM_HOME/keys/gateway.key, made on\n"
                "                  first use)\n"
                "  --receipt-log-max B  receipt log size before rotation (default 67108864)\n"
+               "  --max-models N  models loaded at once, the served one and those of $KOLM_HOME/artifacts/\n"
+               "                  loaded on request (default 4)\n"
                "  --http          serve HTTP (the default and only transport)\n"
                "  --port N        TCP port (default 8765)\n"
                "  --host ADDR     bind address (default 127.0.0.1: loopback only)\n"
@@ -99,7 +101,7 @@ static int serve(int argc, char **argv) {
     const char *api_key = getenv("KOLM_API_KEY");
     const char *keyring = NULL, *receipt_key = NULL;
     int allow_unsigned = 0;
-    long receipt_log_max = 64L << 20;
+    long receipt_log_max = 64L << 20, max_models = 4;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -152,6 +154,8 @@ static int serve(int argc, char **argv) {
             keyring = v;
         else if (!strcmp(a, "--receipt-key"))
             receipt_key = v;
+        else if (!strcmp(a, "--max-models"))
+            bad = parse_long(v, 1, 64, &max_models);
         else if (!strcmp(a, "--receipt-log-max"))
             bad = parse_long(v, 4096, 1L << 40, &receipt_log_max);
         else if (!strcmp(a, "--api-key")) {
@@ -214,6 +218,7 @@ static int serve(int argc, char **argv) {
                            .home = home,
                            .keyring = keyring,
                            .allow_unsigned = allow_unsigned,
+                           .max_models = (int)max_models,
                            .pool = {.worker_exe = wexe, .n_workers = (int)workers, .threads = (int)threads,
                                     .ctx = (int)ctx, .max_jobs = (int)max_jobs},
                            .on_change = on_model_change,

@@ -83,8 +83,9 @@ static int check(gw_models *ms, gw_model *m, char *err, size_t errlen) {
 }
 
 static gw_model *start(gw_models *ms, const char *path, const char *id, char *err, size_t errlen) {
-    if (ms->n == MAX_MODELS) {
-        cm_set_err(err, errlen, "this gateway already runs %d models", MAX_MODELS);
+    int cap = ms->cfg.max_models > 0 && ms->cfg.max_models < MAX_MODELS ? ms->cfg.max_models : MAX_MODELS;
+    if (ms->n >= cap) {
+        cm_set_err(err, errlen, "this server already runs %d model(s), its limit (--max-models)", cap);
         return NULL;
     }
     gw_model *m = calloc(1, sizeof *m);
@@ -175,10 +176,11 @@ gw_model *gw_models_get(gw_models *ms, const char *id, size_t len, int *refused,
     struct stat st;
     if (stat(path, &st) || !S_ISREG(st.st_mode))
         return NULL;
+    int cap = ms->cfg.max_models > 0 && ms->cfg.max_models < MAX_MODELS ? ms->cfg.max_models : MAX_MODELS;
     gw_model *m = start(ms, path, name, err, errlen);
     if (!m) {
         cm_warn("not loading %s: %s", path, err);
-        *refused = 1;
+        *refused = ms->n >= cap ? 2 : 1;
     }
     return m;
 }

@@ -23,6 +23,7 @@ typedef struct gw_models_config {
     const char *home;    // KOLM_HOME
     const char *keyring; // trusted signers
     int allow_unsigned;
+    int max_models;      // models loaded at once, the served one included (0: 64)
     gw_pool_config pool; // worker settings; its model fields are filled per model
     void (*on_change)(void *ud, gw_model *m); // a model became ready or failed
     void *ud;
@@ -36,7 +37,8 @@ void gw_models_free(gw_models *ms, int timeout_ms);
 void gw_models_tick(gw_models *ms);
 
 /* The model named id, loading a listed artifact on first use. NULL when there is
- * none (*refused 0), or when the artifact fails its checks (*refused 1, reason in err). */
+ * none (*refused 0), when the artifact fails its checks (*refused 1, reason in err),
+ * or when max_models are loaded already (*refused 2). Loaded models stay loaded. */
 gw_model *gw_models_get(gw_models *ms, const char *id, size_t len, int *refused, char *err, size_t errlen);
 gw_model *gw_models_served(gw_models *ms);
 /* Calls cb for the served and loaded models, then for every other artifact file

@@ -167,3 +167,24 @@ def test_sdk_names_a_directory_model(dir_server):
                                                  messages=[{"role": "user", "content": "Hi"}]))
     assert chunks and chunks[-1].choices[0].finish_reason in ("stop", "length")
     assert all(c.model == "second.kolm" for c in chunks)
+
+
+def test_max_models_caps_loading(kolm_bin, kolm_model, tmp_path):
+    home = tmp_path / "home"
+    (home / "artifacts").mkdir(parents=True)
+    run(kolm_bin, home, "keygen")
+    run(kolm_bin, home, "pack", kolm_model, "-o", tmp_path / "served.kolm")
+    run(kolm_bin, home, "pack", kolm_model, "--reference", "-o", home / "artifacts" / "extra.kolm")
+    srv = KolmServer(kolm_bin, tmp_path / "served.kolm", tmp_path, extra_args=["--max-models", "1"])
+    srv.start()
+    try:
+        status, headers, body = chat(srv, "extra.kolm")
+        assert status == 503, body
+        err = json.loads(body)["error"]
+        assert err["code"] == "model_capacity" and "--max-models" in err["message"]
+        assert "x-kolm-receipt" in headers
+        assert "extra.kolm" in models(srv)  # still listed
+        status, _, body = chat(srv, "served.kolm")
+        assert status == 200, body
+    finally:
+        srv.stop()
