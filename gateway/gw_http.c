@@ -757,16 +757,11 @@ void gw_http_model_changed(gw_http *s, gw_model *m) {
     }
 }
 
-/* One model object of /v1/models. */
-static void append_model(cm_buf *b, long long created, const char *id, const gw_model *m) {
+/* One model object of /v1/models (exactly OpenAI's Model: the answering artifact's
+ * id is in each completion's receipt). */
+static void append_model(cm_buf *b, long long created, const char *id) {
     json_t *j = json_pack("{s:s,s:s,s:I,s:s}", "id", id, "object", "model", "created", (json_int_t)created, "owned_by",
                           "kolm");
-    if (j && m) { // what is loaded says what it is
-        json_object_set_new(j, "kolm_artifact", gw_model_cid(m) ? json_string(gw_model_cid(m)) : json_null());
-        json_object_set_new(j, "kolm_state", json_string(gw_model_get_state(m) == GW_MODEL_READY      ? "ready"
-                                                         : gw_model_get_state(m) == GW_MODEL_STARTING ? "loading"
-                                                                                                      : "failed"));
-    }
     char *t = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL; // ids are file names: JSON-escaped
     if (t)
         cm_buf_append(b, t, strlen(t));
@@ -784,7 +779,7 @@ static void list_one(void *ud, const char *id, const gw_model *m) {
     list_ctx *c = ud;
     if (c->n++)
         cm_buf_append(c->b, ",", 1);
-    append_model(c->b, m ? gw_model_created(m) : c->s->started, id, m);
+    append_model(c->b, m ? gw_model_created(m) : c->s->started, id);
 }
 
 /* Paths of the OpenAI API this server does not serve: a clear error instead of
@@ -955,7 +950,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
             respond_simple_error(req, 404, "invalid_request_error", "model", "model_not_found", msg);
         } else {
             cm_buf b = CM_BUF_INIT;
-            append_model(&b, found ? gw_model_created(found) : s->started, idz, found);
+            append_model(&b, found ? gw_model_created(found) : s->started, idz);
             respond(req, 200, "application/json", b.data, b.len);
             cm_buf_free(&b);
         }

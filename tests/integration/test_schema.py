@@ -360,14 +360,25 @@ def _sse_events(raw):
     return out
 
 
+def without_receipt(chunks):
+    """kolm's one documented extension of a stream: the last chunk carries its signed
+    receipt as "kolm_receipt" (docs/kolm-format.md). It must be there, a string, and on
+    no other chunk; the chunks are returned without it for the spec check."""
+    assert chunks, "no chunk before [DONE]"
+    *body, last = [dict(c) for c in chunks]
+    for i, c in enumerate(body):
+        assert "kolm_receipt" not in c, f"chunk {i} of {len(chunks)} carries a receipt: {c}"
+    assert isinstance(last.pop("kolm_receipt", None), str), f"the last chunk has no kolm_receipt: {last}"
+    return body + [last]
+
+
 def check_stream(events, include_usage, n=1):
     """The stream framing rules for n choices, and every chunk against the spec.
     Returns the chunks."""
     assert events and events[-1] == "[DONE]", (
         f"stream does not end with data: [DONE]: {events[-3:]}")
     assert "[DONE]" not in events[:-1], "data: [DONE] before the end"
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert chunks, "no chunk before [DONE]"
+    chunks = without_receipt([json.loads(e) for e in events[:-1]])
     for i, c in enumerate(chunks):
         try:
             validate("CreateChatCompletionStreamResponse", c)
@@ -450,7 +461,7 @@ def test_stream_sdk_chunks_match_spec(openai_client, model_id):
     stream = openai_client.chat.completions.create(
         model=model_id, messages=[{"role": "user", "content": "Say hi."}], max_tokens=3,
         temperature=0, stream=True, stream_options={"include_usage": True})
-    chunks = [c.to_dict() for c in stream]
+    chunks = without_receipt([c.to_dict() for c in stream])
     for c in chunks:
         validate("CreateChatCompletionStreamResponse", c)
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] >= 1
@@ -515,7 +526,7 @@ def test_stream_sdk_n_logprobs_chunks_match_spec(openai_client, model_id):
         model=model_id, messages=[{"role": "user", "content": "Say hi."}], max_tokens=3,
         temperature=0, n=2, logprobs=True, top_logprobs=1, stream=True,
         stream_options={"include_usage": True})
-    chunks = [c.to_dict() for c in stream]
+    chunks = without_receipt([c.to_dict() for c in stream])
     for c in chunks:
         validate("CreateChatCompletionStreamResponse", c)
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
