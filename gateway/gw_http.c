@@ -23,14 +23,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/cm_crypto.h"
 #include "common/cm_log.h"
+#include "gateway/gw_admin.h"
 #include "gateway/gw_chat.h"
+#include "gateway/gw_reply.h"
 
 /* h2o's own entity cap sits above ours so that our 413 (an OpenAI error body)
  * answers bodies up to this size; larger ones get h2o's plain 413. */
@@ -82,108 +83,17 @@ typedef struct req_state {
     char id[48];
 } req_state;
 
-static void random_id(char *out, size_t n, const char *prefix) {
-    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    unsigned char r[32];
-    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
-        for (size_t i = 0; i < sizeof r; i++)
-            r[i] = (unsigned char)rand();
-    size_t pl = strlen(prefix), k = 0;
-    snprintf(out, n, "%s", prefix);
-    for (size_t i = pl; i + 1 < n && k < 24; i++, k++)
-        out[i] = al[r[k] % (sizeof al - 1)];
-    out[pl + k < n ? pl + k : n - 1] = 0;
-}
-
-static const char *reason_for(int status) {
-    switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Payload Too Large";
-    case 504: return "Gateway Timeout";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Entity";
-    case 429: return "Too Many Requests";
-    case 500: return "Internal Server Error";
-    case 503: return "Service Unavailable";
-    default: return "Error";
-    }
-}
-
-static void add_request_id(h2o_req_t *req) {
-    char rid[40];
-    random_id(rid, sizeof rid, "req_");
-    h2o_iovec_t v = h2o_strdup(&req->pool, rid, strlen(rid));
-    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, v.base, v.len);
-}
-
 static gw_http *server_of(h2o_req_t *req) {
     return H2O_STRUCT_FROM_MEMBER(gw_http, ctx, req->conn->ctx);
 }
 
-/* Signs a receipt for req's answer (see gw_receipt.h) into out. response_sha256
- * NULL: an SSE header receipt. */
-static int make_receipt(h2o_req_t *req, const gw_model *m, int status, const uint8_t *response_sha256, int stream,
-                        const gw_usage *u, cm_buf *out) {
-    gw_http *s = server_of(req);
-    uint8_t rq[CM_SHA256_LEN];
-    cm_sha256(req->entity.base ? req->entity.base : "", req->entity.len, rq);
-    gw_receipt_in in = {.artifact = m ? gw_model_cid(m) : NULL,
-                        .model = m ? gw_model_id(m) : NULL,
-                        .method = req->method.base,
-                        .method_len = req->method.len,
-                        .path = req->path.base,
-                        .path_len = req->path.len,
-                        .status = status,
-                        .request_sha256 = rq,
-                        .response_sha256 = response_sha256,
-                        .stream = stream,
-                        .prompt_tokens = u ? (long long)u->prompt_tokens : -1,
-                        .completion_tokens = u ? (long long)u->completion_tokens : -1};
-    return gw_receipt_make(s->cfg.receipts, &in, out);
-}
-
-static void add_receipt_header(h2o_req_t *req, const gw_model *m, int status, const uint8_t *response_sha256,
-                               int stream, const gw_usage *u) {
-    cm_buf t = CM_BUF_INIT;
-    if (make_receipt(req, m, status, response_sha256, stream, u, &t))
-        cm_error("cannot sign a receipt (out of memory)");
-    else
-        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-kolm-receipt"), 0, NULL,
-                              h2o_strdup(&req->pool, (const char *)t.data, t.len).base, t.len);
-    cm_buf_free(&t);
-}
-
-/* Every non-streamed answer goes out here, with its receipt: m is the model that
- * answered (NULL: none), u the token counts. */
-static void respond_full(h2o_req_t *req, const gw_model *m, int status, const char *ctype, const void *body,
-                         size_t len, const gw_usage *u) {
-    req->res.status = status;
-    req->res.reason = reason_for(status);
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype, strlen(ctype));
-    add_request_id(req);
-    uint8_t rs[CM_SHA256_LEN];
-    cm_sha256(body, len, rs);
-    add_receipt_header(req, m, status, rs, 0, u);
-    h2o_send_inline(req, body, len);
-}
-
+/* Answers go out through gw_reply with this server's receipt key. */
 static void respond(h2o_req_t *req, int status, const char *ctype, const void *body, size_t len) {
-    respond_full(req, NULL, status, ctype, body, len, NULL);
+    gw_reply(server_of(req)->cfg.receipts, req, NULL, status, ctype, body, len, NULL);
 }
 
 static void respond_model_error(h2o_req_t *req, const gw_model *m, const gw_error *err) {
-    if (err->status == 429 || err->status == 503)
-        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_RETRY_AFTER, NULL, H2O_STRLIT("1"));
-    cm_buf b = CM_BUF_INIT;
-    if (gw_render_error(&b, err))
-        respond_full(req, m, 500, "application/json", "{}", 2, NULL);
-    else
-        respond_full(req, m, err->status, "application/json", b.data, b.len, NULL);
-    cm_buf_free(&b);
+    gw_reply_error(server_of(req)->cfg.receipts, req, m, err);
 }
 
 static void respond_error(h2o_req_t *req, const gw_error *err) {
@@ -192,9 +102,7 @@ static void respond_error(h2o_req_t *req, const gw_error *err) {
 
 static void respond_model_simple_error(h2o_req_t *req, const gw_model *m, int status, const char *type,
                                        const char *param, const char *code, const char *msg) {
-    gw_error e;
-    gw_error_set(&e, status, type, param, code, "%s", msg);
-    respond_model_error(req, m, &e);
+    gw_reply_simple_error(server_of(req)->cfg.receipts, req, m, status, type, param, code, msg);
 }
 
 static void respond_simple_error(h2o_req_t *req, int status, const char *type, const char *param, const char *code,
@@ -279,13 +187,10 @@ static void render_chunk(req_state *st, const gw_chunk *k) {
 
 static void start_stream(req_state *st) {
     h2o_req_t *req = st->req;
-    req->res.status = 200;
-    req->res.reason = "OK";
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("text/event-stream"));
+    gw_reply_headers(req, 200, "text/event-stream");
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-cache"));
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-accel-buffering"), 0, NULL, H2O_STRLIT("no"));
-    add_request_id(req);
-    add_receipt_header(req, st->model, 200, NULL, 1, NULL);
+    gw_reply_receipt_header(st->srv->cfg.receipts, req, st->model, 200, NULL, 1, NULL);
     if (cm_sha256_init(&st->body_hash))
         cm_error("cannot hash the stream of %s (out of memory): its final receipt will not verify", st->id);
     st->gen.proceed = on_proceed;
@@ -316,7 +221,7 @@ static void seal_stream(req_state *st, size_t at, const gw_usage *u, int done) {
         cm_sha256_update(&st->body_hash, done_line, sizeof done_line - 1);
     cm_sha256_final(&st->body_hash, rs); // no later bytes are hashed
     cm_buf t = CM_BUF_INIT;
-    if (cm_buf_append(&t, key, sizeof key - 1) || make_receipt(st->req, st->model, 200, rs, 1, u, &t) ||
+    if (cm_buf_append(&t, key, sizeof key - 1) || gw_reply_receipt(st->srv->cfg.receipts, st->req, st->model, 200, rs, 1, u, &t) ||
         cm_buf_append(&t, "\"", 1) || cm_buf_reserve(p, t.len)) {
         cm_error("cannot sign the final receipt of %s (out of memory)", st->id);
     } else {
@@ -357,7 +262,7 @@ static void close_call(choice_state *c) {
 static void on_call_delta(req_state *st, choice_state *c, const proto_event *ev) {
     char id[40] = "";
     if (ev->call_name.len)
-        random_id(id, sizeof id, "call_");
+        gw_random_id(id, sizeof id, "call_");
     if (st->stream) {
         gw_chunk k = {.index = ev->choice, .text = ev->text.p, .len = ev->text.len, .call = ev->call,
                       .call_id = *id ? id : NULL, .call_name = ev->call_name.len ? ev->call_name.p : NULL,
@@ -441,7 +346,7 @@ static void on_finish(req_state *st, const proto_event *ev) {
     if (!out || gw_render_completion(&b, &st->comp, out, st->n_choices, &u))
         respond_model_simple_error(st->req, st->model, 500, "server_error", NULL, NULL, "cannot render the response");
     else
-        respond_full(st->req, st->model, 200, "application/json", b.data, b.len, &u);
+        gw_reply(st->srv->cfg.receipts, st->req, st->model, 200, "application/json", b.data, b.len, &u);
     free(out);
     cm_buf_free(&b);
 }
@@ -679,7 +584,7 @@ static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
         if (!p->tokens)
             st->ch[i].text_off = gw_utf8_chars(p->text.p, p->text.len);
     }
-    random_id(st->id, sizeof st->id, legacy ? "cmpl-" : "chatcmpl-");
+    gw_random_id(st->id, sizeof st->id, legacy ? "cmpl-" : "chatcmpl-");
     st->comp.id = st->id;
     st->comp.model = gw_model_id(m);
     st->comp.created = (long long)time(NULL);
@@ -757,31 +662,6 @@ void gw_http_model_changed(gw_http *s, gw_model *m) {
     }
 }
 
-/* One model object of /v1/models (exactly OpenAI's Model: the answering artifact's
- * id is in each completion's receipt). */
-static void append_model(cm_buf *b, long long created, const char *id) {
-    json_t *j = json_pack("{s:s,s:s,s:I,s:s}", "id", id, "object", "model", "created", (json_int_t)created, "owned_by",
-                          "kolm");
-    char *t = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL; // ids are file names: JSON-escaped
-    if (t)
-        cm_buf_append(b, t, strlen(t));
-    free(t);
-    json_decref(j);
-}
-
-typedef struct list_ctx {
-    cm_buf *b;
-    gw_http *s;
-    int n;
-} list_ctx;
-
-static void list_one(void *ud, const char *id, const gw_model *m) {
-    list_ctx *c = ud;
-    if (c->n++)
-        cm_buf_append(c->b, ",", 1);
-    append_model(c->b, m ? gw_model_created(m) : c->s->started, id);
-}
-
 /* Paths of the OpenAI API this server does not serve: a clear error instead of
  * a bare 404 (a prefix ending in '/' covers the paths below it). */
 static const char *const unsupported[] = {
@@ -816,96 +696,6 @@ static int authorized(gw_http *s, h2o_req_t *req) {
     return v.len == 7 + kl && h2o_lcstris(v.base, 7, H2O_STRLIT("bearer ")) && !memcmp(v.base + 7, s->cfg.api_key, kl);
 }
 
-/* GET /metrics: Prometheus text from the workers' last STATS. */
-static void handle_metrics(gw_http *s, h2o_req_t *req) {
-    gw_model *md;
-    cm_buf b = CM_BUF_INIT;
-    // The first seven are gauges, the rest counters.
-    static const char *const names[] = {"kolm_worker_ready",
-                                        "kolm_worker_jobs",
-                                        "kolm_worker_running",
-                                        "kolm_worker_waiting",
-                                        "kolm_worker_kv_blocks_free",
-                                        "kolm_worker_kv_blocks_cached",
-                                        "kolm_worker_kv_blocks_total",
-                                        "kolm_worker_tokens_generated_total",
-                                        "kolm_worker_tokens_prompt_total",
-                                        "kolm_worker_grammar_masks_total",
-                                        "kolm_worker_grammar_mask_seconds_total",
-                                        "kolm_worker_grammar_compiles_total",
-                                        "kolm_worker_grammar_cache_hits_total"};
-    enum { MASK_SECONDS = 10 };
-    for (size_t m = 0; m < sizeof names / sizeof *names; m++) {
-        cm_buf_printf(&b, "# TYPE %s %s\n", names[m], m >= 7 ? "counter" : "gauge");
-        for (int k = 0; (md = gw_models_at(s->models, k)); k++)
-        for (int i = 0; i < gw_pool_n_workers(gw_model_pool(md)); i++) {
-            proto_stats st;
-            int ready;
-            pid_t pid;
-            gw_pool_worker_stats(gw_model_pool(md), i, &st, &ready, &pid);
-            unsigned long long v[] = {(unsigned long long)ready, st.jobs, st.running, st.waiting,
-                                      st.kv_blocks_free, st.kv_blocks_cached, st.kv_blocks_total,
-                                      (unsigned long long)st.tokens_generated, (unsigned long long)st.tokens_prompt,
-                                      (unsigned long long)st.grammar_masks, (unsigned long long)st.grammar_mask_ns,
-                                      (unsigned long long)st.grammar_compiles,
-                                      (unsigned long long)st.grammar_cache_hits};
-            cm_buf_printf(&b, "%s{model=\"", names[m]);
-            for (const char *c = gw_model_id(md); *c; c++) { // a label value: escape \\, " and newlines
-                if (*c == '"' || *c == '\\' || *c == '\n')
-                    cm_buf_append(&b, "\\", 1);
-                cm_buf_append(&b, *c == '\n' ? "n" : c, 1);
-            }
-            if (m == MASK_SECONDS)
-                cm_buf_printf(&b, "\",worker=\"%d\",pid=\"%d\"} %.9f\n", i, (int)pid, (double)v[m] / 1e9);
-            else
-                cm_buf_printf(&b, "\",worker=\"%d\",pid=\"%d\"} %llu\n", i, (int)pid, v[m]);
-        }
-    }
-    respond(req, 200, "text/plain; version=0.0.4", b.data, b.len);
-    cm_buf_free(&b);
-}
-
-/* GET /v1/kolm/keys: the key that signs receipts, and the served artifact's signer. */
-static void handle_keys(gw_http *s, h2o_req_t *req) {
-    const cm_key *k = gw_receipts_key(s->cfg.receipts);
-    char pk[64];
-    cm_b64url(k->pk, CM_PK_LEN, pk);
-    cm_buf b = CM_BUF_INIT;
-    cm_buf_printf(&b,
-                  "{\"object\":\"list\",\"data\":[{\"id\":\"%s\",\"object\":\"kolm.key\",\"alg\":\"ed25519\","
-                  "\"use\":\"receipt\",\"public_key\":\"%s\"}",
-                  k->id, pk);
-    gw_model *m;
-    for (int i = 0; (m = gw_models_at(s->models, i)); i++) {
-        int seen = !gw_model_signer(m);
-        for (int j = 0; !seen && j < i; j++) // one entry per signer
-            seen = gw_model_signer(gw_models_at(s->models, j)) &&
-                   !strcmp(gw_model_signer(gw_models_at(s->models, j)), gw_model_signer(m));
-        if (!seen)
-            cm_buf_printf(&b,
-                          ",{\"id\":\"%s\",\"object\":\"kolm.key\",\"alg\":\"ed25519\",\"use\":\"artifact\","
-                          "\"public_key\":\"%s\"}",
-                          gw_model_signer(m), gw_model_signer_pk(m));
-    }
-    cm_buf_printf(&b, "]}");
-    respond(req, 200, "application/json", b.data, b.len);
-    cm_buf_free(&b);
-}
-
-typedef struct find_ctx {
-    const char *id;
-    const gw_model **m;
-    int *listed;
-} find_ctx;
-
-static void find_one(void *ud, const char *id, const gw_model *m) {
-    find_ctx *c = ud;
-    if (!*c->listed && !strcmp(id, c->id)) {
-        *c->listed = 1;
-        *c->m = m;
-    }
-}
-
 static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     gw_http *s = *(gw_http **)(self + 1);
     const char *prefix = "/v1/models/";
@@ -923,41 +713,16 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     } else if (path_is(req, "/v1/models")) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
-        cm_buf b = CM_BUF_INIT;
-        list_ctx lc = {&b, s, 0};
-        cm_buf_printf(&b, "{\"object\":\"list\",\"data\":[");
-        gw_models_list(s->models, list_one, &lc);
-        cm_buf_printf(&b, "]}");
-        respond(req, 200, "application/json", b.data, b.len);
-        cm_buf_free(&b);
+        gw_admin_models(s->cfg.receipts, req, s->models, s->started);
     } else if (req->path_normalized.len > pl && !memcmp(req->path_normalized.base, prefix, pl)) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
-        h2o_iovec_t id = h2o_iovec_init(req->path_normalized.base + pl, req->path_normalized.len - pl);
-        char idz[256] = "";
-        const gw_model *found = NULL;
-        int listed = 0;
-        if (id.len < sizeof idz) {
-            memcpy(idz, id.base, id.len);
-            idz[id.len] = 0;
-            find_ctx fc = {idz, &found, &listed};
-            gw_models_list(s->models, find_one, &fc);
-        }
-        if (!listed) {
-            char msg[300];
-            snprintf(msg, sizeof msg, "The model '%.*s' does not exist or you do not have access to it.",
-                     (int)(id.len > 200 ? 200 : id.len), id.base);
-            respond_simple_error(req, 404, "invalid_request_error", "model", "model_not_found", msg);
-        } else {
-            cm_buf b = CM_BUF_INIT;
-            append_model(&b, found ? gw_model_created(found) : s->started, idz);
-            respond(req, 200, "application/json", b.data, b.len);
-            cm_buf_free(&b);
-        }
+        gw_admin_model(s->cfg.receipts, req, s->models, s->started,
+                       h2o_iovec_init(req->path_normalized.base + pl, req->path_normalized.len - pl));
     } else if (path_is(req, "/v1/kolm/keys")) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
-        handle_keys(s, req);
+        gw_admin_keys(s->cfg.receipts, req, s->models);
     } else if (path_is(req, "/health")) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
@@ -968,7 +733,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
     } else if (path_is(req, "/metrics")) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD"))
             goto not_allowed;
-        handle_metrics(s, req);
+        gw_admin_metrics(s->cfg.receipts, req, s->models);
     } else if (is_unsupported(req)) {
         char msg[300];
         snprintf(msg, sizeof msg,
