@@ -146,8 +146,11 @@ void gw_models_tick(gw_models *ms) {
             m->state = GW_MODEL_FAILED;
         else
             continue;
-        if (m->state == GW_MODEL_FAILED)
-            cm_error("the workers could not load %s (their error is above)", m->path);
+        if (m->state == GW_MODEL_FAILED) { // stop respawning: every try would fail the same way
+            cm_error("the workers could not load %s (their error is above); it stays unavailable until the "
+                     "server restarts", m->path);
+            gw_pool_shutdown(m->pool, 0);
+        }
         if (ms->cfg.on_change)
             ms->cfg.on_change(ms->cfg.ud, m);
     }

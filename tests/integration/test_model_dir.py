@@ -195,3 +195,40 @@ def test_max_models_caps_loading(kolm_bin, kolm_model, tmp_path):
         assert status == 200, body
     finally:
         srv.stop()
+
+
+def test_artifact_failing_its_blob_check_is_unavailable(kolm_bin, kolm_model, tmp_path):
+    """A listed artifact whose weights do not match its manifest: the request that
+    loads it gets a 503, the server keeps serving, and the broken workers are not
+    respawned over and over."""
+    home = tmp_path / "home"
+    (home / "artifacts").mkdir(parents=True)
+    run(kolm_bin, home, "keygen")
+    run(kolm_bin, home, "pack", kolm_model, "-o", tmp_path / "served.kolm")
+    broken = home / "artifacts" / "broken.kolm"
+    run(kolm_bin, home, "pack", kolm_model, "-o", broken)
+    data = open(broken, "rb").read(1 << 16)
+    mlen = int.from_bytes(data[16:24], "little")
+    (blob,) = json.loads(data[64:64 + mlen])["blobs"]
+    with open(broken, "r+b") as f:
+        f.seek(blob["offset"] + blob["size"] // 2)
+        b = f.read(1)
+        f.seek(blob["offset"] + blob["size"] // 2)
+        f.write(bytes([b[0] ^ 1]))
+    srv = KolmServer(kolm_bin, tmp_path / "served.kolm", tmp_path)
+    srv.start()
+    try:
+        status, headers, body = chat(srv, "broken.kolm")
+        assert status == 503, body
+        assert json.loads(body)["error"]["code"] == "model_unavailable"
+        status, _, body = chat(srv, "broken.kolm")  # known broken: answered at once
+        assert status == 503 and json.loads(body)["error"]["code"] == "model_unavailable"
+        import time
+        time.sleep(3)
+        log = srv.log_tail(100000)
+        assert "stays unavailable" in log and "'weights'" in log, log[-3000:]
+        spawns = [l for l in log.splitlines() if "spawned worker" in l]
+        assert len(spawns) == 2, spawns  # the served model's worker and one try at broken.kolm
+        srv.assert_serving()
+    finally:
+        srv.stop()
