@@ -17,6 +17,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus // the CUDA backend is compiled as C++
+extern "C" {
+#endif
+
 /* Tensor element types, numbered as GGUF/ggml number them so a GGUF type id can be
  * used directly. */
 typedef enum kn_type {
@@ -151,6 +155,10 @@ kn_backend *kn_ref_create(void);
 #ifdef KOLM_HAVE_CUDA
 /* The CUDA backend on device `device`; NULL if unavailable (no device, error). */
 kn_backend *kn_cuda_create(int device);
+#endif
+
+#ifdef __cplusplus
+}
 #endif
 
 #endif

@@ -12,11 +12,13 @@
 
 #include <math.h>
 
-static inline float kn_gelu(float x) {
+#include "kernels/kn_half.h" // KN_HD: the CUDA kernels use these too
+
+static inline KN_HD float kn_gelu(float x) {
     return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * x * (1.0f + 0.044715f * x * x)));
 }
 
-static inline float kn_silu(float x) {
+static inline KN_HD float kn_silu(float x) {
     return x / (1.0f + expf(-x));
 }
 

@@ -10,19 +10,26 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float kn_bits_f32(uint32_t u) {
+/* Host and device code under nvcc (the CUDA kernels share these), plain C otherwise. */
+#ifdef __CUDACC__
+#define KN_HD __host__ __device__
+#else
+#define KN_HD
+#endif
+
+static inline KN_HD float kn_bits_f32(uint32_t u) {
     float f;
     memcpy(&f, &u, 4);
     return f;
 }
 
-static inline uint32_t kn_f32_bits(float f) {
+static inline KN_HD uint32_t kn_f32_bits(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     return u;
 }
 
-static inline float kn_f16_to_f32(uint16_t h) {
+static inline KN_HD float kn_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
     if (exp == 0) {
@@ -35,7 +42,7 @@ static inline float kn_f16_to_f32(uint16_t h) {
     return kn_bits_f32(sign | ((exp + 112u) << 23) | (man << 13));
 }
 
-static inline uint16_t kn_f32_to_f16(float f) {
+static inline KN_HD uint16_t kn_f32_to_f16(float f) {
     uint32_t u = kn_f32_bits(f);
     uint32_t sign = (u >> 16) & 0x8000u;
     uint32_t a = u & 0x7fffffffu;
@@ -55,11 +62,11 @@ static inline uint16_t kn_f32_to_f16(float f) {
     return (uint16_t)(sign | h);
 }
 
-static inline float kn_bf16_to_f32(uint16_t h) {
+static inline KN_HD float kn_bf16_to_f32(uint16_t h) {
     return kn_bits_f32((uint32_t)h << 16);
 }
 
-static inline uint16_t kn_f32_to_bf16(float f) {
+static inline KN_HD uint16_t kn_f32_to_bf16(float f) {
     uint32_t u = kn_f32_bits(f);
     if ((u & 0x7fffffffu) > 0x7f800000u)
         return (uint16_t)((u >> 16) | 64u); // quiet NaN

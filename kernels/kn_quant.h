@@ -11,6 +11,11 @@
 #include <stdint.h>
 
 #include "kernels/kn.h"
+#include "kernels/kn_half.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 #define KN_QK 32   // elements per block of the 32-element types
 #define KN_QK_K 256 // elements per K-quant super-block
@@ -28,6 +33,7 @@ typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[32]; uint8_t q
 typedef struct { uint8_t ql[128]; uint8_t qh[64]; int8_t scales[16]; uint16_t d; } kn_block_q6_K;
 typedef struct { float d; int8_t qs[256]; int16_t bsums[16]; } kn_block_q8_K;
 
+#ifndef __cplusplus // the C build checks the layouts; CUDA (C++) shares them
 _Static_assert(sizeof(kn_block_q4_0) == 18, "q4_0");
 _Static_assert(sizeof(kn_block_q4_1) == 20, "q4_1");
 _Static_assert(sizeof(kn_block_q5_0) == 22, "q5_0");
@@ -40,6 +46,7 @@ _Static_assert(sizeof(kn_block_q4_K) == 144, "q4_K");
 _Static_assert(sizeof(kn_block_q5_K) == 176, "q5_K");
 _Static_assert(sizeof(kn_block_q6_K) == 210, "q6_K");
 _Static_assert(sizeof(kn_block_q8_K) == 292, "q8_K");
+#endif
 
 /* The activation type a weight type's integer dot product pairs with: KN_Q8_0 for
  * Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, KN_Q8_K for Q4_K/Q5_K/Q6_K, KN_F32 for the float types
@@ -54,7 +61,7 @@ void kn_quantize_row_q8_0(const float *x, kn_block_q8_0 *dst, int64_t n);
 void kn_quantize_row_q8_K(const float *x, kn_block_q8_K *dst, int64_t n);
 
 /* Unpacks the 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block. */
-static inline void kn_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
+static inline KN_HD void kn_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
     if (j < 4) {
         *sc = q[j] & 63;
         *m = q[j + 4] & 63;
@@ -63,5 +70,9 @@ static inline void kn_scale_min_k4(int j, const uint8_t *q, uint8_t *sc, uint8_t
         *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
     }
 }
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

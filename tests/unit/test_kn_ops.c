@@ -706,7 +706,7 @@ int main(void) {
 
     kn_backend *ref = kn_ref_create();
     ASSERT_TRUE(ref != NULL);
-    backend_case cases[4];
+    backend_case cases[5];
     int n = 0;
     cases[n++] = (backend_case){"cpu1", kn_cpu_create(1)};
     cases[n++] = (backend_case){"cpu2", kn_cpu_create(2)};
@@ -715,6 +715,13 @@ int main(void) {
     printf("cpu SIMD kernels: %s\n", simd == 2 ? "avx2+vnni" : simd ? "avx2" : "portable");
     if (simd == 2) // also the AVX2 multi-token kernels on a VNNI machine
         cases[n++] = (backend_case){"cpu2-novnni", kn_cpu_create_ex(2, KN_CPU_NO_VNNI)};
+#ifdef KOLM_HAVE_CUDA
+    kn_backend *gpu = kn_cuda_create(0);
+    if (gpu)
+        cases[n++] = (backend_case){"cuda0", gpu};
+    else
+        printf("no CUDA device: the CUDA backend is built but not tested here\n");
+#endif
     for (int i = 0; i < n; i++) {
         ASSERT_TRUE(cases[i].be != NULL);
         if (!cases[i].be)
