@@ -34,7 +34,7 @@ static void usage(FILE *f) {
                "                  [--threads T] [--ctx N] [--max-body BYTES] [--max-jobs N] [--max-messages N]\n"
                "                  [--max-request-tokens N] [--request-timeout S] [--sse-keepalive S]\n"
                "                  [--api-key KEY] [--keyring DIR] [--allow-unsigned] [--receipt-key FILE]\n"
-               "                  [--receipt-log-max BYTES] [--max-models N]\n"
+               "                  [--receipt-log-max BYTES] [--max-models N] [--devices LIST]\n"
                "       kolm keygen | pack | inspect | verify ...   (kolm COMMAND --help)\n"
                "\n"
                "Serves ARTIFACT.kolm (default $KOLM_HOME/artifacts/" DEFAULT_ARTIFACT ", KOLM_HOME\n"
@@ -47,6 +47,8 @@ static void usage(FILE *f) {
                "  --receipt-key FILE  the receipt signing key (default $KOLM_HOME/keys/gateway.key, made on\n"
                "                  first use)\n"
                "  --receipt-log-max B  receipt log size before rotation (default 67108864)\n"
+               "  --devices LIST  one worker per device: cpu or GPU ordinals, e.g. 0,1 (cuda:0, cuda:1);\n"
+               "                  default: --workers CPU workers\n"
                "  --max-models N  models loaded at once, the served one and those of $KOLM_HOME/artifacts/\n"
                "                  loaded on request (default 4)\n"
                "  --http          serve HTTP (the default and only transport)\n"
@@ -87,6 +89,34 @@ static int parse_long(const char *s, long lo, long hi, long *out) {
     return 0;
 }
 
+#define MAX_DEVICES 64
+
+/* "0,1,cpu" -> "cuda:0", "cuda:1", "cpu"; the count, or -1 when malformed. */
+static int parse_devices(const char *s, char names[][16], const char **out) {
+    int n = 0;
+    for (const char *p = s;; p++) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        char item[16];
+        long ord;
+        if (!len || len >= sizeof item || n == MAX_DEVICES)
+            return -1;
+        memcpy(item, p, len);
+        item[len] = 0;
+        if (!strcmp(item, "cpu"))
+            snprintf(names[n], 16, "cpu");
+        else if (!parse_long(!strncmp(item, "cuda:", 5) ? item + 5 : item, 0, 1023, &ord))
+            snprintf(names[n], 16, "cuda:%ld", ord);
+        else
+            return -1;
+        out[n] = names[n];
+        n++;
+        if (!e)
+            return n;
+        p = e;
+    }
+}
+
 static void on_model_change(void *ud, gw_model *m) {
     gw_http **http = ud;
     if (*http)
@@ -102,6 +132,8 @@ static int serve(int argc, char **argv) {
     const char *keyring = NULL, *receipt_key = NULL;
     int allow_unsigned = 0;
     long receipt_log_max = 64L << 20, max_models = 4;
+    const char *devices_arg = NULL;
+    int workers_given = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -132,8 +164,11 @@ static int serve(int argc, char **argv) {
             bad = parse_long(v, 1, 65535, &port);
         else if (!strcmp(a, "--host"))
             host = v;
-        else if (!strcmp(a, "--workers"))
+        else if (!strcmp(a, "--workers")) {
             bad = parse_long(v, 1, 256, &workers);
+            workers_given = 1;
+        } else if (!strcmp(a, "--devices"))
+            devices_arg = v;
         else if (!strcmp(a, "--threads"))
             bad = parse_long(v, 1, 1024, &threads);
         else if (!strcmp(a, "--ctx"))
@@ -190,6 +225,22 @@ static int serve(int argc, char **argv) {
                 model);
         return 1;
     }
+    static char dev_names[MAX_DEVICES][16];
+    static const char *devices[MAX_DEVICES];
+    if (devices_arg) {
+        int nd = parse_devices(devices_arg, dev_names, devices);
+        if (nd <= 0) {
+            fprintf(stderr, "kolm serve: bad value for --devices: %s (a list of cpu and GPU ordinals, e.g. 0,1)\n",
+                    devices_arg);
+            return 2;
+        }
+        if (workers_given && workers != nd) {
+            fprintf(stderr, "kolm serve: --devices names %d device(s), one worker each; --workers %ld disagrees\n", nd,
+                    workers);
+            return 2;
+        }
+        workers = nd;
+    }
     cm_log_init("gateway", CM_LOG_INFO);
     char wexe[PATH_MAX];
     if (gw_cli_worker_path(wexe, sizeof wexe)) {
@@ -219,7 +270,8 @@ static int serve(int argc, char **argv) {
                            .keyring = keyring,
                            .allow_unsigned = allow_unsigned,
                            .max_models = (int)max_models,
-                           .pool = {.worker_exe = wexe, .n_workers = (int)workers, .threads = (int)threads,
+                           .pool = {.worker_exe = wexe, .n_workers = (int)workers,
+                                    .devices = devices_arg ? devices : NULL, .threads = (int)threads,
                                     .ctx = (int)ctx, .max_jobs = (int)max_jobs},
                            .on_change = on_model_change,
                            .ud = &http};

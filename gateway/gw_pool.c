@@ -194,6 +194,8 @@ static int spawn(worker *w) {
     if (p->cfg.artifact_cid)
         argv[a++] = "--artifact-cid", argv[a++] = (char *)p->cfg.artifact_cid;
     argv[a++] = "--worker-id", argv[a++] = idarg;
+    if (p->cfg.devices)
+        argv[a++] = "--device", argv[a++] = (char *)p->cfg.devices[w->idx];
     argv[a++] = "--threads", argv[a++] = tharg;
     if (p->cfg.ctx > 0)
         argv[a++] = "--ctx", argv[a++] = ctxarg;

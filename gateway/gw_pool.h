@@ -37,6 +37,7 @@ typedef struct gw_pool_config {
     const char *model_id;
     const char *artifact_cid; // a .kolm's CID: the workers refuse any other file; NULL for a GGUF
     int n_workers;
+    const char *const *devices; // [n_workers]: each worker's --device ("cpu", "cuda:N"); NULL: all cpu
     int threads;
     int ctx; // 0 = worker default
     int max_jobs; // jobs (running + queued) per worker before submits are refused; 0 = no cap

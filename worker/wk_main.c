@@ -1,7 +1,7 @@
 /* kolm-worker: one model on one device, serving jobs from the gateway.
  *
  *   kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]
- *               [--ctx N] [--kv-mib M] [--block-size B] [--max-seqs S]
+ *               [--device cpu|cuda:N] [--ctx N] [--kv-mib M] [--block-size B] [--max-seqs S]
  *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
  *               [--seed S] [--stop S]...      (standalone: one request, text to stdout)
  *   kolm-worker --describe GGUF               (the model's metadata as JSON, for kolm pack)
@@ -50,6 +50,7 @@ typedef struct opts {
     const char *model;
     const char *model_id;
     const char *artifact_cid;
+    const char *device; // "cpu" or "cuda:N"
     int worker_id, threads, ctx, kv_mib, block_size, max_seqs;
     const char *prompt;
     int max_tokens;
@@ -81,7 +82,8 @@ typedef struct worker {
 
 static void usage(void) {
     fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--artifact-cid CID] [--worker-id K]\n"
-                    "                   [--threads T] [--ctx N] [--kv-mib M] [--block-size B] [--max-seqs S]\n"
+                    "                   [--device cpu|cuda:N] [--threads T] [--ctx N] [--kv-mib M] [--block-size B]\n"
+                    "                   [--max-seqs S]\n"
                     "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                   [--seed S] [--stop S]...\n"
                     "       kolm-worker --describe GGUF\n");
@@ -121,6 +123,8 @@ static int parse_args(int argc, char **argv, opts *o) {
             o->model_id = v;
         else if (!strcmp(a, "--artifact-cid"))
             o->artifact_cid = v;
+        else if (!strcmp(a, "--device"))
+            o->device = v;
         else if (!strcmp(a, "--worker-id"))
             bad = parse_int(v, 0, 1 << 20, &o->worker_id);
         else if (!strcmp(a, "--threads"))
@@ -224,6 +228,35 @@ static int open_model(worker *w, cm_kolm **art, char *err, size_t errlen) {
 
 static int load_model(worker *w);
 
+/* --device: "cpu" (the default) or "cuda:N". */
+static int create_backend(worker *w) {
+    const char *d = w->o.device ? w->o.device : "cpu";
+    if (!strcmp(d, "cpu")) {
+        w->be = kn_cpu_create(w->o.threads);
+        if (!w->be) {
+            cm_error("cannot create the CPU backend");
+            return -ENOMEM;
+        }
+        return 0;
+    }
+    int n = -1;
+    if (strncmp(d, "cuda:", 5) || parse_int(d + 5, 0, 1023, &n)) {
+        cm_error("--device %s: expected cpu or cuda:N", d);
+        return -EINVAL;
+    }
+#ifdef KOLM_HAVE_CUDA
+    w->be = kn_cuda_create(n);
+    if (!w->be) {
+        cm_error("--device %s: no such CUDA device (or it cannot be used)", d);
+        return -ENODEV;
+    }
+    return 0;
+#else
+    cm_error("--device %s: this kolm-worker was built without CUDA (configure with -DKOLM_CUDA=ON)", d);
+    return -ENOTSUP;
+#endif
+}
+
 static int load(worker *w) {
     char err[1024] = "";
     cm_kolm *art = NULL;
@@ -258,11 +291,8 @@ static int load_model(worker *w) {
         cm_error("cannot load the tokenizer of %s: %s", w->o.model, err);
         return rc;
     }
-    w->be = kn_cpu_create(w->o.threads);
-    if (!w->be) {
-        cm_error("cannot create the CPU backend");
-        return -ENOMEM;
-    }
+    if ((rc = create_backend(w)))
+        return rc;
     if ((rc = wk_model_load(w->g, w->be, &w->m, err, sizeof err))) {
         cm_error("cannot load model %s: %s", w->o.model, err);
         return rc;

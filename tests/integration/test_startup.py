@@ -33,3 +33,37 @@ def test_corrupt_model_exits_with_the_reason(kolm_bin, kolm_model, tmp_path, kin
     assert r.returncode == 1, r.stderr
     assert "cannot open model" in r.stderr, r.stderr
     assert "could not load" in r.stderr, r.stderr
+
+
+def test_devices_list_spawns_one_worker_each(kolm_bin, kolm_model, tmp_path):
+    from conftest import KolmServer
+    srv = KolmServer(kolm_bin, kolm_model, tmp_path, extra_args=["--devices", "cpu,cpu"], workers=2,
+                     threads=1)
+    srv.start()
+    try:
+        assert len(srv.worker_pids()) == 2, srv.worker_pids()
+        cmdlines = open(f"/proc/{srv.worker_pids()[0]}/cmdline", "rb").read().split(b"\0")
+        assert b"--device" in cmdlines and cmdlines[cmdlines.index(b"--device") + 1] == b"cpu"
+        srv.assert_serving()
+    finally:
+        srv.stop()
+
+
+def test_missing_gpu_fails_with_the_reason(kolm_bin, kolm_model):
+    # No GPU here (or a build without CUDA): the worker says which, and serve exits.
+    r = subprocess.run([str(kolm_bin), "serve", str(kolm_model), "--port", str(free_port()),
+                        "--allow-unsigned", "--devices", "7"],
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1, r.stderr
+    assert "--device cuda:7" in r.stderr, r.stderr
+    assert "no such CUDA device" in r.stderr or "built without CUDA" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args", [["--devices", "gpu0"], ["--devices", ""], ["--devices", "0,,1"],
+                                  ["--devices", "0", "--workers", "2"]])
+def test_bad_devices_refused(kolm_bin, kolm_model, args):
+    r = subprocess.run([str(kolm_bin), "serve", str(kolm_model), "--port", str(free_port()),
+                        "--allow-unsigned", *args],
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    assert "--devices" in r.stderr, r.stderr
