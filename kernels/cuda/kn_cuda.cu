@@ -21,6 +21,7 @@
 #include "kernels/kn.h"
 #include "kernels/kn_act.h"
 #include "kernels/kn_dequant.h"
+#include "kernels/kn_fp8.h" // the FP8 KV cache's conversions (next slice)
 #include "kernels/kn_half.h"
 
 #define KN_CUDA_CHECK(call)                                                                                    \

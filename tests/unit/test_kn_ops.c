@@ -19,6 +19,7 @@
 #include "kernels/cpu/kn_cpu.h"
 #include "kernels/kn.h"
 #include "kernels/kn_act.h"
+#include "kernels/kn_fp8.h"
 #include "kernels/kn_half.h"
 #include "kernels/kn_quant.h"
 #include "kernels/kn_ref.h"
@@ -108,6 +109,40 @@ static void pack_k4(uint8_t s[12], const uint8_t sc[8], const uint8_t mn[8]) {
             s[j] |= (uint8_t)((mn[j] >> 4) << 6);
         }
     }
+}
+
+/* OCP E4M3 against values built independently: every code decoded, every finite
+ * code encoded back to itself, midpoints rounding to the even code, saturation at
+ * 448, NaN kept. */
+static double e4m3_value(int c) {
+    int e = (c >> 3) & 15, m = c & 7;
+    double v = e ? ldexp(1.0 + m / 8.0, e - 7) : ldexp(m / 8.0, -6);
+    return (c & 0x80) ? -v : v;
+}
+
+static void test_fp8(void) {
+    for (int c = 0; c < 256; c++) {
+        float f = kn_e4m3_to_f32((uint8_t)c);
+        if ((c & 0x7f) == 0x7f) {
+            ASSERT_TRUE(isnan(f));
+            continue;
+        }
+        ASSERT_TRUE(f == (float)e4m3_value(c));
+        ASSERT_EQ(kn_f32_to_e4m3(f), c);
+    }
+    for (int c = 0; c < 0x7e; c++) { // between neighbours: below, at and above the midpoint
+        double lo = e4m3_value(c), hi = e4m3_value(c + 1), mid = (lo + hi) / 2;
+        ASSERT_EQ(kn_f32_to_e4m3((float)(mid - (hi - lo) / 8)), c);
+        ASSERT_EQ(kn_f32_to_e4m3((float)(mid + (hi - lo) / 8)), c + 1);
+        ASSERT_EQ(kn_f32_to_e4m3((float)mid), (c & 1) ? c + 1 : c); // ties to even
+        ASSERT_EQ(kn_f32_to_e4m3((float)-mid), 0x80 | ((c & 1) ? c + 1 : c));
+    }
+    ASSERT_EQ(kn_f32_to_e4m3(448.0f), 0x7e);
+    ASSERT_EQ(kn_f32_to_e4m3(1000.0f), 0x7e);
+    ASSERT_EQ(kn_f32_to_e4m3(-INFINITY), 0xfe);
+    ASSERT_EQ(kn_f32_to_e4m3(NAN) & 0x7f, 0x7f);
+    ASSERT_EQ(kn_f32_to_e4m3(1e-30f), 0);
+    ASSERT_EQ(kn_f32_to_e4m3(-0.0f), 0x80);
 }
 
 static void test_half(void) {
@@ -699,6 +734,7 @@ static void test_attention(kn_backend *be, const char *bname, kn_backend *ref) {
 
 int main(void) {
     test_half();
+    test_fp8();
     test_table();
     test_dequant();
     test_quantize_act();
