@@ -34,7 +34,7 @@ static void usage(FILE *f) {
                "                  [--threads T] [--ctx N] [--max-body BYTES] [--max-jobs N] [--max-messages N]\n"
                "                  [--max-request-tokens N] [--request-timeout S] [--sse-keepalive S]\n"
                "                  [--api-key KEY] [--keyring DIR] [--allow-unsigned] [--receipt-key FILE]\n"
-               "                  [--receipt-log-max BYTES] [--max-models N] [--devices LIST]\n"
+               "                  [--receipt-log-max BYTES] [--max-models N] [--devices LIST] [--kv-dtype f16|fp8]\n"
                "       kolm keygen | pack | inspect | verify ...   (kolm COMMAND --help)\n"
                "\n"
                "Serves ARTIFACT.kolm (default $KOLM_HOME/artifacts/" DEFAULT_ARTIFACT ", KOLM_HOME\n"
@@ -47,6 +47,8 @@ static void usage(FILE *f) {
                "  --receipt-key FILE  the receipt signing key (default $KOLM_HOME/keys/gateway.key, made on\n"
                "                  first use)\n"
                "  --receipt-log-max B  receipt log size before rotation (default 67108864)\n"
+               "  --kv-dtype T    KV cache storage: f16 (default) or fp8 (E4M3, a scale per token and head;\n"
+               "                  made for GPU workers, correct but slow on CPU)\n"
                "  --devices LIST  one worker per device: cpu or GPU ordinals, e.g. 0,1 (cuda:0, cuda:1);\n"
                "                  default: --workers CPU workers\n"
                "  --max-models N  models loaded at once, the served one and those of $KOLM_HOME/artifacts/\n"
@@ -132,7 +134,7 @@ static int serve(int argc, char **argv) {
     const char *keyring = NULL, *receipt_key = NULL;
     int allow_unsigned = 0;
     long receipt_log_max = 64L << 20, max_models = 4;
-    const char *devices_arg = NULL;
+    const char *devices_arg = NULL, *kv_dtype = NULL;
     int workers_given = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -169,6 +171,10 @@ static int serve(int argc, char **argv) {
             workers_given = 1;
         } else if (!strcmp(a, "--devices"))
             devices_arg = v;
+        else if (!strcmp(a, "--kv-dtype")) {
+            kv_dtype = v;
+            bad = strcmp(v, "f16") && strcmp(v, "fp8");
+        }
         else if (!strcmp(a, "--threads"))
             bad = parse_long(v, 1, 1024, &threads);
         else if (!strcmp(a, "--ctx"))
@@ -271,7 +277,8 @@ static int serve(int argc, char **argv) {
                            .allow_unsigned = allow_unsigned,
                            .max_models = (int)max_models,
                            .pool = {.worker_exe = wexe, .n_workers = (int)workers,
-                                    .devices = devices_arg ? devices : NULL, .threads = (int)threads,
+                                    .devices = devices_arg ? devices : NULL, .kv_dtype = kv_dtype,
+                                    .threads = (int)threads,
                                     .ctx = (int)ctx, .max_jobs = (int)max_jobs},
                            .on_change = on_model_change,
                            .ud = &http};

@@ -196,6 +196,8 @@ static int spawn(worker *w) {
     argv[a++] = "--worker-id", argv[a++] = idarg;
     if (p->cfg.devices)
         argv[a++] = "--device", argv[a++] = (char *)p->cfg.devices[w->idx];
+    if (p->cfg.kv_dtype)
+        argv[a++] = "--kv-dtype", argv[a++] = (char *)p->cfg.kv_dtype;
     argv[a++] = "--threads", argv[a++] = tharg;
     if (p->cfg.ctx > 0)
         argv[a++] = "--ctx", argv[a++] = ctxarg;

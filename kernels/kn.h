@@ -40,6 +40,9 @@ typedef enum kn_type {
     KN_Q8_K = 15,
     KN_BF16 = 30,
     KN_TYPE_COUNT = 31,
+    // KV cache only, not a GGUF type: OCP FP8 E4M3 with a scale per token and head
+    // (layout in kn_fp8.h).
+    KN_E4M3 = 100,
 } kn_type;
 
 /* 1 if weights of this type can be loaded and multiplied, else 0. */
@@ -72,7 +75,8 @@ enum kn_rope_mode {
 /* One batched attention call over a paged KV cache, for one layer.
  *
  * The cache of a layer is [n_blocks, block_size, n_kv_head, head_dim] in `kv_type`
- * (KN_F16 or KN_F32 on CPU). A sequence's logical position p lives in physical block
+ * (KN_F16 or KN_F32; for KN_E4M3 each [head_dim] is a record with its scale,
+ * kn_fp8.h). A sequence's logical position p lives in physical block
  * block_table[seq][p / block_size], slot p % block_size. Query token t belongs to
  * sequence tok_seq[t] at position tok_pos[t] and attends to positions j of its own
  * sequence with j <= tok_pos[t] and, when window > 0, tok_pos[t] - j < window.
@@ -133,9 +137,9 @@ typedef struct kn_backend_ops {
     void (*add_bias)(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n, float *y);
     /* Stores the K and V of n_tok tokens into the paged cache of one layer:
      * token t goes to physical slot slots[t] (= block * block_size + offset).
-     * k, v: [n_tok, n_kv_head * head_dim] f32, converted to kv_type. */
+     * k, v: [n_tok, row] f32 with row = n_kv_head * head_dim, converted to kv_type. */
     void (*kv_store)(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
-                     const float *v, const int32_t *slots, int64_t n_tok, int64_t row);
+                     const float *v, const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);
     void (*attention)(kn_backend *be, const kn_attn_args *a);
 } kn_backend_ops;
 

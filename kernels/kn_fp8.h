@@ -10,7 +10,9 @@
 #define KN_FP8_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels/kn_half.h" // KN_HD
 
@@ -48,6 +50,32 @@ static inline KN_HD uint8_t kn_f32_to_e4m3(float x) {
     }
     int code = ((e + 7) << 3) | (q - 8);
     return (uint8_t)(sign | (code > 0x7e ? 0x7e : code));
+}
+
+/* The FP8 KV cache layout: every (slot, kv head) is one record, a f32 scale then
+ * head_dim E4M3 codes (value = scale * code), so the scale is per token and head:
+ * amax / 448 of that head's values. Record r of a cache starts at byte
+ * r * kn_e4m3_rec_bytes(head_dim), r = slot * n_kv_head + kv_head. */
+static inline KN_HD size_t kn_e4m3_rec_bytes(int head_dim) {
+    return sizeof(float) + (size_t)head_dim;
+}
+
+static inline KN_HD void kn_e4m3_rec_put(void *cache, size_t rec, const float *x, int head_dim) {
+    uint8_t *p = (uint8_t *)cache + rec * kn_e4m3_rec_bytes(head_dim);
+    float amax = 0.0f;
+    for (int i = 0; i < head_dim; i++)
+        amax = fabsf(x[i]) > amax ? fabsf(x[i]) : amax;
+    const float scale = amax > 0.0f ? amax / KN_E4M3_MAX : 1.0f;
+    memcpy(p, &scale, sizeof scale);
+    for (int i = 0; i < head_dim; i++)
+        p[sizeof(float) + i] = kn_f32_to_e4m3(x[i] / scale);
+}
+
+static inline KN_HD float kn_e4m3_rec_get(const void *cache, size_t rec, int head_dim, int i) {
+    const uint8_t *p = (const uint8_t *)cache + rec * kn_e4m3_rec_bytes(head_dim);
+    float scale;
+    memcpy(&scale, p, sizeof scale);
+    return scale * kn_e4m3_to_f32(p[sizeof(float) + i]);
 }
 
 #endif

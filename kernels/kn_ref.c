@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels/kn_act.h"
+#include "kernels/kn_fp8.h"
 #include "kernels/kn_half.h"
 #include "kernels/kn_quant.h"
 
@@ -161,10 +162,18 @@ static void ref_add_bias(kn_backend *be, const float *x, const float *bias, int6
             y[r * n + i] = x[r * n + i] + bias[i];
 }
 
-static void ref_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
-                         const float *v, const int32_t *slots, int64_t n_tok, int64_t row) {
+void kn_ref_kv_store(void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
+                     const int32_t *slots, int64_t n_tok, int64_t row, int head_dim) {
     for (int64_t t = 0; t < n_tok; t++) {
         size_t off = (size_t)slots[t] * (size_t)row;
+        if (kv_type == KN_E4M3) {
+            const int64_t nh = row / head_dim;
+            for (int64_t h = 0; h < nh; h++) {
+                kn_e4m3_rec_put(k_cache, (size_t)(slots[t] * nh + h), k + t * row + h * head_dim, head_dim);
+                kn_e4m3_rec_put(v_cache, (size_t)(slots[t] * nh + h), v + t * row + h * head_dim, head_dim);
+            }
+            continue;
+        }
         for (int64_t i = 0; i < row; i++) {
             if (kv_type == KN_F16) {
                 ((uint16_t *)k_cache)[off + i] = kn_f32_to_f16(k[t * row + i]);
@@ -177,17 +186,25 @@ static void ref_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type k
     }
 }
 
-static float kv_get(const void *cache, kn_type kv_type, size_t idx) {
-    if (kv_type == KN_F16)
+static void ref_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
+                         const float *v, const int32_t *slots, int64_t n_tok, int64_t row, int head_dim) {
+    kn_ref_kv_store(k_cache, v_cache, kv_type, k, v, slots, n_tok, row, head_dim);
+}
+
+/* Element i of kv head kvh at physical slot `slot`. */
+static float kv_get(const kn_attn_args *a, const void *cache, size_t slot, int kvh, int i) {
+    const size_t row = (size_t)a->n_kv_head * a->head_dim, idx = slot * row + (size_t)kvh * a->head_dim + i;
+    if (a->kv_type == KN_E4M3)
+        return kn_e4m3_rec_get(cache, slot * a->n_kv_head + kvh, a->head_dim, i);
+    if (a->kv_type == KN_F16)
         return kn_f16_to_f32(((const uint16_t *)cache)[idx]);
     return ((const float *)cache)[idx];
 }
 
 /* Gathers each token's K/V position by position through the block table, then
  * runs dense softmax attention in double. */
-static void ref_attention(kn_backend *be, const kn_attn_args *a) {
+void kn_ref_attention(const kn_attn_args *a) {
     const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
-    const size_t row = (size_t)a->n_kv_head * hd;
     int max_pos = 0;
     for (int t = 0; t < a->n_tok; t++)
         if (a->tok_pos[t] > max_pos)
@@ -210,11 +227,10 @@ static void ref_attention(kn_backend *be, const kn_attn_args *a) {
             const int kvh = h / group;
             double mx = -INFINITY;
             for (int j = start; j <= pos; j++) {
-                size_t base = ((size_t)bt[j / a->block_size] * a->block_size + j % a->block_size) * row +
-                              (size_t)kvh * hd;
+                const size_t slot = (size_t)bt[j / a->block_size] * a->block_size + j % a->block_size;
                 double d = 0.0;
                 for (int i = 0; i < hd; i++)
-                    d += (double)q[i] * kv_get(a->k_cache, a->kv_type, base + i);
+                    d += (double)q[i] * kv_get(a, a->k_cache, slot, kvh, i);
                 d *= a->scale;
                 if (a->softcap > 0.0f)
                     d = a->softcap * tanh(d / a->softcap);
@@ -230,10 +246,9 @@ static void ref_attention(kn_backend *be, const kn_attn_args *a) {
             for (int i = 0; i < hd; i++)
                 acc[i] = 0.0;
             for (int j = start; j <= pos; j++) {
-                size_t base = ((size_t)bt[j / a->block_size] * a->block_size + j % a->block_size) * row +
-                              (size_t)kvh * hd;
+                const size_t slot = (size_t)bt[j / a->block_size] * a->block_size + j % a->block_size;
                 for (int i = 0; i < hd; i++)
-                    acc[i] += s[j] * kv_get(a->v_cache, a->kv_type, base + i);
+                    acc[i] += s[j] * kv_get(a, a->v_cache, slot, kvh, i);
             }
             float *o = a->out + ((size_t)t * a->n_head + h) * hd;
             for (int i = 0; i < hd; i++)
@@ -243,6 +258,10 @@ static void ref_attention(kn_backend *be, const kn_attn_args *a) {
 cleanup:
     free(acc);
     free(s);
+}
+
+static void ref_attention(kn_backend *be, const kn_attn_args *a) {
+    kn_ref_attention(a);
 }
 
 static const kn_backend_ops ref_ops = {

@@ -13,4 +13,10 @@
  * Allocates and frees its own scratch; returns 0 or -ENOMEM. */
 int kn_ref_matmul_qact(const kn_weight *w, const float *x, int64_t n_tok, float *y);
 
+/* The reference's kv_store and attention on host memory (the CPU backend runs the
+ * FP8 KV cache through these: correct, not fast). */
+void kn_ref_kv_store(void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
+                     const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);
+void kn_ref_attention(const kn_attn_args *a);
+
 #endif

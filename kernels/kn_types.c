@@ -47,6 +47,8 @@ int kn_type_supported(kn_type t) {
 }
 
 const char *kn_type_name(kn_type t) {
+    if (t == KN_E4M3)
+        return "e4m3";
     const kn_type_info *i = kn_info(t);
     return i ? i->name : "unknown";
 }

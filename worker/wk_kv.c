@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/cm_log.h"
+#include "kernels/kn_fp8.h"
 
 struct wk_kv {
     kn_backend *be;
@@ -22,15 +23,18 @@ struct wk_kv {
     int n_free;
 };
 
-static size_t elem_bytes(kn_type t) {
-    return t == KN_F16 || t == KN_BF16 ? 2 : 4;
+/* Bytes of one (slot, kv head) in the cache: head_dim values, or an FP8 record. */
+static size_t head_bytes(kn_type t, int head_dim) {
+    if (t == KN_E4M3)
+        return kn_e4m3_rec_bytes(head_dim);
+    return (size_t)head_dim * (t == KN_F16 || t == KN_BF16 ? 2 : 4);
 }
 
 /* Returns a pool owning its arrays, or NULL; free with wk_kv_free. */
 wk_kv *wk_kv_create(kn_backend *be, int n_layer, int n_kv_head, int head_dim, int block_size, int n_blocks,
                     kn_type type) {
     if (!be || n_layer <= 0 || n_kv_head <= 0 || head_dim <= 0 || block_size <= 0 || n_blocks <= 0 ||
-        (type != KN_F32 && type != KN_F16))
+        (type != KN_F32 && type != KN_F16 && type != KN_E4M3))
         return NULL;
     wk_kv *kv = calloc(1, sizeof(*kv));
     void *zeros = NULL;
@@ -49,7 +53,7 @@ wk_kv *wk_kv_create(kn_backend *be, int n_layer, int n_kv_head, int head_dim, in
     kv->free_list = malloc((size_t)n_blocks * sizeof(int32_t));
     if (!kv->k || !kv->v || !kv->refs || !kv->free_list)
         goto fail;
-    size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_head * (size_t)head_dim * elem_bytes(type);
+    size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_head * head_bytes(type, head_dim);
     zeros = calloc(1, bytes);
     if (!zeros)
         goto fail;

@@ -1,7 +1,8 @@
 /* kolm-worker: one model on one device, serving jobs from the gateway.
  *
  *   kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]
- *               [--device cpu|cuda:N] [--ctx N] [--kv-mib M] [--block-size B] [--max-seqs S]
+ *               [--device cpu|cuda:N] [--kv-dtype f16|fp8] [--ctx N] [--kv-mib M] [--block-size B]
+ *               [--max-seqs S]
  *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
  *               [--seed S] [--stop S]...      (standalone: one request, text to stdout)
  *   kolm-worker --describe GGUF               (the model's metadata as JSON, for kolm pack)
@@ -34,6 +35,7 @@
 #include "common/cm_kolm.h"
 #include "common/cm_log.h"
 #include "kernels/cpu/kn_cpu.h"
+#include "kernels/kn_fp8.h"
 #include "proto/proto.h"
 #include "worker/wk_gguf.h"
 #include "worker/wk_kv.h"
@@ -51,6 +53,7 @@ typedef struct opts {
     const char *model_id;
     const char *artifact_cid;
     const char *device; // "cpu" or "cuda:N"
+    int kv_fp8;         // --kv-dtype fp8: E4M3 KV with a scale per token and head (else f16)
     int worker_id, threads, ctx, kv_mib, block_size, max_seqs;
     const char *prompt;
     int max_tokens;
@@ -82,8 +85,8 @@ typedef struct worker {
 
 static void usage(void) {
     fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--artifact-cid CID] [--worker-id K]\n"
-                    "                   [--device cpu|cuda:N] [--threads T] [--ctx N] [--kv-mib M] [--block-size B]\n"
-                    "                   [--max-seqs S]\n"
+                    "                   [--device cpu|cuda:N] [--kv-dtype f16|fp8] [--threads T] [--ctx N]\n"
+                    "                   [--kv-mib M] [--block-size B] [--max-seqs S]\n"
                     "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                   [--seed S] [--stop S]...\n"
                     "       kolm-worker --describe GGUF\n");
@@ -125,6 +128,10 @@ static int parse_args(int argc, char **argv, opts *o) {
             o->artifact_cid = v;
         else if (!strcmp(a, "--device"))
             o->device = v;
+        else if (!strcmp(a, "--kv-dtype")) {
+            bad = strcmp(v, "fp8") && strcmp(v, "f16");
+            o->kv_fp8 = !strcmp(v, "fp8");
+        }
         else if (!strcmp(a, "--worker-id"))
             bad = parse_int(v, 0, 1 << 20, &o->worker_id);
         else if (!strcmp(a, "--threads"))
@@ -299,13 +306,15 @@ static int load_model(worker *w) {
     }
     const wk_hparams *hp = wk_model_hparams(w->m);
     w->n_ctx = w->o.ctx < hp->n_ctx_train ? w->o.ctx : hp->n_ctx_train;
-    size_t per_block = (size_t)2 * hp->n_layer * w->o.block_size * hp->n_head_kv * hp->head_dim * 2; // f16 K+V
+    const kn_type kvt = w->o.kv_fp8 ? KN_E4M3 : KN_F16;
+    const size_t head = w->o.kv_fp8 ? kn_e4m3_rec_bytes(hp->head_dim) : (size_t)hp->head_dim * 2;
+    size_t per_block = (size_t)2 * hp->n_layer * w->o.block_size * hp->n_head_kv * head; // K+V
     long n_blocks = (long)(((size_t)w->o.kv_mib << 20) / per_block);
     if (n_blocks < 2) {
         cm_error("--kv-mib %d is too small for one block of this model", w->o.kv_mib);
         return -EINVAL;
     }
-    w->kv = wk_kv_create(w->be, hp->n_layer, hp->n_head_kv, hp->head_dim, w->o.block_size, (int)n_blocks, KN_F16);
+    w->kv = wk_kv_create(w->be, hp->n_layer, hp->n_head_kv, hp->head_dim, w->o.block_size, (int)n_blocks, kvt);
     if (!w->kv) {
         cm_error("cannot allocate the KV cache (%d MiB)", w->o.kv_mib);
         return -ENOMEM;
@@ -317,9 +326,9 @@ static int load_model(worker *w) {
         cm_error("cannot create the scheduler");
         return -ENOMEM;
     }
-    cm_info("loaded %s (%s, %d layers, ctx %d, %ld KV blocks of %d, template %s, %d threads)", w->o.model,
-            hp->arch_name, hp->n_layer, w->n_ctx, n_blocks, w->o.block_size, wk_template_name(w->tmpl),
-            w->be->n_threads);
+    cm_info("loaded %s (%s, %d layers, ctx %d, %ld %s KV blocks of %d, template %s, %s backend, %d threads)",
+            w->o.model, hp->arch_name, hp->n_layer, w->n_ctx, n_blocks, kn_type_name(kvt), w->o.block_size,
+            wk_template_name(w->tmpl), w->be->ops->name, w->be->n_threads);
     return 0;
 }
 

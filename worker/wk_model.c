@@ -586,7 +586,7 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, const wk_batch *b) {
     op->rope(be, m->k, m->d_pos, T, hp->n_head_kv, (int)hd, hp->n_rot, L->rope_base, L->rope_scale,
              m->rope_freqs, m->rope_mode);
     void *kc = wk_kv_k(kv, il), *vc = wk_kv_v(kv, il);
-    op->kv_store(be, kc, vc, wk_kv_type(kv), m->k, m->v, m->d_slot, T, KD);
+    op->kv_store(be, kc, vc, wk_kv_type(kv), m->k, m->v, m->d_slot, T, KD, hp->head_dim);
     kn_attn_args a = {
         .n_tok = (int)T,
         .n_head = hp->n_head,

@@ -19,6 +19,7 @@
 #include "kernels/kn_act.h"
 #include "kernels/kn_half.h"
 #include "kernels/kn_quant.h"
+#include "kernels/kn_ref.h"
 
 #define KN_CPU_MIN_ACT (4u << 20)   // initial activation scratch bytes
 #define KN_CPU_CHUNK_BYTES (32u << 10) // weight bytes per row chunk (L1/L2 sized)
@@ -395,8 +396,12 @@ static void cpu_add_bias(kn_backend *be, const float *x, const float *bias, int6
 /* ---- paged KV ---- */
 
 static void cpu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
-                         const float *v, const int32_t *slots, int64_t n_tok, int64_t row) {
+                         const float *v, const int32_t *slots, int64_t n_tok, int64_t row, int head_dim) {
     kn_cpu *c = (kn_cpu *)be;
+    if (kv_type == KN_E4M3) { // the FP8 cache is a GPU format; on CPU the reference runs it
+        kn_ref_kv_store(k_cache, v_cache, kv_type, k, v, slots, n_tok, row, head_dim);
+        return;
+    }
     for (int64_t t = 0; t < n_tok; t++) {
         const size_t off = (size_t)slots[t] * (size_t)row;
         if (kv_type == KN_F16) {
@@ -496,6 +501,10 @@ static void attn_run(void *vctx, int ith, int nth) {
 
 static void cpu_attention(kn_backend *be, const kn_attn_args *a) {
     kn_cpu *c = (kn_cpu *)be;
+    if (a->kv_type == KN_E4M3) {
+        kn_ref_attention(a);
+        return;
+    }
     if (a->head_dim > KN_CPU_MAX_HEAD_DIM || a->n_kv_head <= 0 || a->n_head % a->n_kv_head) {
         for (size_t i = 0; i < (size_t)a->n_tok * a->n_head * a->head_dim; i++)
             a->out[i] = NAN;

@@ -21,7 +21,7 @@
 #include "kernels/kn.h"
 #include "kernels/kn_act.h"
 #include "kernels/kn_dequant.h"
-#include "kernels/kn_fp8.h" // the FP8 KV cache's conversions (next slice)
+#include "kernels/kn_fp8.h"
 #include "kernels/kn_half.h"
 
 #define KN_CUDA_CHECK(call)                                                                                    \
@@ -322,18 +322,40 @@ static __global__ void k_kv_store(void *k_cache, void *v_cache, kn_type kv_type,
     }
 }
 
+/* FP8: one thread per (token, kv head) record (scale from the head's amax). */
+static __global__ void k_kv_store_e4m3(void *k_cache, void *v_cache, const float *k, const float *v,
+                                       const int32_t *slots, int64_t n_rec, int n_kv_head, int head_dim) {
+    const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_rec)
+        return;
+    const int64_t t = r / n_kv_head, h = r % n_kv_head;
+    const size_t rec = (size_t)slots[t] * n_kv_head + (size_t)h;
+    kn_e4m3_rec_put(k_cache, rec, k + r * head_dim, head_dim);
+    kn_e4m3_rec_put(v_cache, rec, v + r * head_dim, head_dim);
+}
+
 static void cu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
-                        const int32_t *slots, int64_t n_tok, int64_t row) {
+                        const int32_t *slots, int64_t n_tok, int64_t row, int head_dim) {
     const int64_t total = n_tok * row;
     if (total <= 0)
         return;
-    k_kv_store<<<(unsigned)((total + 255) / 256), 256, 0, cu(be)->stream>>>(k_cache, v_cache, kv_type, k, v, slots,
-                                                                             total, row);
+    if (kv_type == KN_E4M3) {
+        const int64_t n_rec = total / head_dim;
+        k_kv_store_e4m3<<<(unsigned)((n_rec + 127) / 128), 128, 0, cu(be)->stream>>>(
+            k_cache, v_cache, k, v, slots, n_rec, (int)(row / head_dim), head_dim);
+    } else {
+        k_kv_store<<<(unsigned)((total + 255) / 256), 256, 0, cu(be)->stream>>>(k_cache, v_cache, kv_type, k, v,
+                                                                                 slots, total, row);
+    }
     KN_LAUNCHED();
 }
 
-static __device__ float kv_get(const void *cache, kn_type kv_type, size_t idx) {
-    return kv_type == KN_F16 ? kn_f16_to_f32(((const uint16_t *)cache)[idx]) : ((const float *)cache)[idx];
+/* Element i of kv head kvh at physical slot `slot`. */
+static __device__ float kv_get(const kn_attn_args &a, const void *cache, size_t slot, int kvh, int i) {
+    if (a.kv_type == KN_E4M3)
+        return kn_e4m3_rec_get(cache, slot * a.n_kv_head + kvh, a.head_dim, i);
+    const size_t idx = slot * a.n_kv_head * a.head_dim + (size_t)kvh * a.head_dim + i;
+    return a.kv_type == KN_F16 ? kn_f16_to_f32(((const uint16_t *)cache)[idx]) : ((const float *)cache)[idx];
 }
 
 #define MAX_HEAD_DIM 256
@@ -344,7 +366,6 @@ static __device__ float kv_get(const void *cache, kn_type kv_type, size_t idx) {
 static __global__ void k_attention(kn_attn_args a) {
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x, hd = a.head_dim;
     const int kvh = h / (a.n_head / a.n_kv_head), pos = a.tok_pos[t];
-    const size_t row = (size_t)a.n_kv_head * hd;
     const int32_t *bt = a.block_tables + (size_t)a.tok_seq[t] * a.max_blocks;
     const float *q = a.q + ((size_t)t * a.n_head + h) * hd;
     int start = a.window > 0 ? pos - a.window + 1 : 0;
@@ -354,16 +375,16 @@ static __global__ void k_attention(kn_attn_args a) {
     for (int i = 0; i < hd; i++)
         acc[i] = 0.0f;
     for (int j = start + lane; j <= pos; j += 32) {
-        const size_t base = ((size_t)bt[j / a.block_size] * a.block_size + j % a.block_size) * row + (size_t)kvh * hd;
+        const size_t slot = (size_t)bt[j / a.block_size] * a.block_size + j % a.block_size;
         float s = 0.0f;
         for (int i = 0; i < hd; i++)
-            s += q[i] * kv_get(a.k_cache, a.kv_type, base + i);
+            s += q[i] * kv_get(a, a.k_cache, slot, kvh, i);
         s *= a.scale;
         if (a.softcap > 0.0f)
             s = a.softcap * tanhf(s / a.softcap);
         const float mn = fmaxf(m, s), old = m == -INFINITY ? 0.0f : expf(m - mn), p = expf(s - mn);
         for (int i = 0; i < hd; i++)
-            acc[i] = acc[i] * old + p * kv_get(a.v_cache, a.kv_type, base + i);
+            acc[i] = acc[i] * old + p * kv_get(a, a.v_cache, slot, kvh, i);
         l = l * old + p;
         m = mn;
     }

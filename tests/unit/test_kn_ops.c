@@ -637,9 +637,14 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
         for (int p = 0; p < lens[s]; p++, i++)
             slots[i] = bt[s * max_blocks + p / bs] * bs + p % bs;
     const size_t esz = kvt == KN_F16 ? 2 : 4;
-    const size_t cbytes = (size_t)n_blocks * bs * row * esz;
+    const size_t cbytes = kvt == KN_E4M3 ? (size_t)n_blocks * bs * n_kv * kn_e4m3_rec_bytes(HD)
+                                         : (size_t)n_blocks * bs * row * esz;
     uint8_t *kc = malloc(cbytes), *vc = malloc(cbytes), *kc2 = malloc(cbytes), *vc2 = malloc(cbytes);
-    for (size_t i = 0; i < cbytes / esz; i++) { // NaN everywhere: unused slots must not leak
+    if (kvt == KN_E4M3) { // E4M3 code 0x7f is NaN: unused slots must not leak
+        memset(kc, 0x7f, cbytes);
+        memset(vc, 0x7f, cbytes);
+    }
+    for (size_t i = 0; kvt != KN_E4M3 && i < cbytes / esz; i++) { // NaN everywhere: unused slots must not leak
         if (kvt == KN_F16) {
             ((uint16_t *)kc)[i] = ((uint16_t *)vc)[i] = 0x7e00;
         } else {
@@ -649,8 +654,8 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
     void *kcd = dev_copy(be, kc, cbytes), *vcd = dev_copy(be, vc, cbytes);
     float *kd = dev_copy(be, k, sizeof(float) * n_all * row), *vd = dev_copy(be, v, sizeof(float) * n_all * row);
     int32_t *sd = dev_copy(be, slots, sizeof(int32_t) * n_all);
-    ref->ops->kv_store(ref, kc, vc, kvt, k, v, slots, n_all, row);
-    be->ops->kv_store(be, kcd, vcd, kvt, kd, vd, sd, n_all, row);
+    ref->ops->kv_store(ref, kc, vc, kvt, k, v, slots, n_all, row, HD);
+    be->ops->kv_store(be, kcd, vcd, kvt, kd, vd, sd, n_all, row, HD);
     to_host(be, kc2, kcd, cbytes);
     to_host(be, vc2, vcd, cbytes);
     char what[160];
@@ -697,6 +702,22 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
         nonfinite += !isfinite(or[i]) || !isfinite(o[i]);
     ASSERT_EQ(nonfinite, 0); // NaN padding leaked into a result
     check_close(what, or, o, qn, 2e-5, 1e-4);
+    if (kvt == KN_E4M3) { // against the same attention over an f32 cache
+        const size_t fb = (size_t)n_blocks * bs * row * sizeof(float);
+        float *kf = malloc(fb), *vf = malloc(fb), *of = malloc(qn * sizeof(float));
+        ref->ops->kv_store(ref, kf, vf, KN_F32, k, v, slots, n_all, row, HD);
+        kn_attn_args af = a;
+        af.k_cache = kf;
+        af.v_cache = vf;
+        af.kv_type = KN_F32;
+        af.out = of;
+        ref->ops->attention(ref, &af);
+        snprintf(what, sizeof(what), "fp8 kv vs f32 kv, bs=%d heads=%d/%d", bs, n_head, n_kv);
+        check_close(what, of, or, qn, 0.08, 0.1); // 3 mantissa bits (a layout or scale bug is off by ~1)
+        free(kf);
+        free(vf);
+        free(of);
+    }
     be->ops->free(be, kcd);
     be->ops->free(be, vcd);
     be->ops->free(be, kd);
@@ -726,9 +747,10 @@ static void test_attention(kn_backend *be, const char *bname, kn_backend *ref) {
     static const int ratios[] = {1, 2, 4};
     for (size_t b = 0; b < 4; b++)
         for (size_t r = 0; r < 3; r++)
-            for (int kv = 0; kv < 2; kv++)
+            for (int kv = 0; kv < 3; kv++)
                 for (int win = 0; win <= 5; win += 5)
-                    test_attention_case(be, bname, ref, bss[b], 2 * ratios[r], 2, kv ? KN_F32 : KN_F16, win,
+                    test_attention_case(be, bname, ref, bss[b], 2 * ratios[r], 2,
+                                        kv == 2 ? KN_E4M3 : kv ? KN_F32 : KN_F16, win,
                                         (b & 1) && win ? 30.0f : 0.0f);
 }
 
