@@ -34,7 +34,7 @@ static void usage(FILE *f) {
                "                  [--threads T] [--ctx N] [--max-body BYTES] [--max-jobs N] [--max-messages N]\n"
                "                  [--max-request-tokens N] [--request-timeout S] [--sse-keepalive S]\n"
                "                  [--api-key KEY] [--keyring DIR] [--allow-unsigned] [--receipt-key FILE]\n"
-               "                  [--receipt-log-max BYTES] [--max-models N] [--devices LIST] [--kv-dtype f16|fp8]\n"
+               "                  [--receipt-log-max BYTES] [--max-models N] [--devices LIST] [--kv-dtype f16|f32|fp8]\n"
                "       kolm keygen | pack | inspect | verify ...   (kolm COMMAND --help)\n"
                "\n"
                "Serves ARTIFACT.kolm (default $KOLM_HOME/artifacts/" DEFAULT_ARTIFACT ", KOLM_HOME\n"
@@ -47,7 +47,7 @@ static void usage(FILE *f) {
                "  --receipt-key FILE  the receipt signing key (default $KOLM_HOME/keys/gateway.key, made on\n"
                "                  first use)\n"
                "  --receipt-log-max B  receipt log size before rotation (default 67108864)\n"
-               "  --kv-dtype T    KV cache storage: f16 (default) or fp8 (E4M3, a scale per token and head;\n"
+               "  --kv-dtype T    KV cache storage: f16 (default), f32, or fp8 (E4M3, a scale per token and head;\n"
                "                  made for GPU workers, correct but slow on CPU)\n"
                "  --devices LIST  one worker per device: cpu or GPU ordinals, e.g. 0,1 (cuda:0, cuda:1);\n"
                "                  default: --workers CPU workers\n"
@@ -173,7 +173,7 @@ static int serve(int argc, char **argv) {
             devices_arg = v;
         else if (!strcmp(a, "--kv-dtype")) {
             kv_dtype = v;
-            bad = strcmp(v, "f16") && strcmp(v, "fp8");
+            bad = strcmp(v, "f16") && strcmp(v, "f32") && strcmp(v, "fp8");
         }
         else if (!strcmp(a, "--threads"))
             bad = parse_long(v, 1, 1024, &threads);

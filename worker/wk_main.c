@@ -1,7 +1,7 @@
 /* kolm-worker: one model on one device, serving jobs from the gateway.
  *
  *   kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]
- *               [--device cpu|cuda:N] [--kv-dtype f16|fp8] [--ctx N] [--kv-mib M] [--block-size B]
+ *               [--device cpu|cuda:N] [--kv-dtype f16|f32|fp8] [--ctx N] [--kv-mib M] [--block-size B]
  *               [--max-seqs S]
  *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
  *               [--seed S] [--stop S]...      (standalone: one request, text to stdout)
@@ -53,7 +53,7 @@ typedef struct opts {
     const char *model_id;
     const char *artifact_cid;
     const char *device; // "cpu" or "cuda:N"
-    int kv_fp8;         // --kv-dtype fp8: E4M3 KV with a scale per token and head (else f16)
+    kn_type kv_type;    // --kv-dtype: f16 (default), f32, or fp8 (E4M3 with a scale per token and head)
     int worker_id, threads, ctx, kv_mib, block_size, max_seqs;
     const char *prompt;
     int max_tokens;
@@ -85,7 +85,7 @@ typedef struct worker {
 
 static void usage(void) {
     fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--artifact-cid CID] [--worker-id K]\n"
-                    "                   [--device cpu|cuda:N] [--kv-dtype f16|fp8] [--threads T] [--ctx N]\n"
+                    "                   [--device cpu|cuda:N] [--kv-dtype f16|f32|fp8] [--threads T] [--ctx N]\n"
                     "                   [--kv-mib M] [--block-size B] [--max-seqs S]\n"
                     "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                   [--seed S] [--stop S]...\n"
@@ -103,8 +103,8 @@ static int parse_int(const char *s, long lo, long hi, int *out) {
 }
 
 static int parse_args(int argc, char **argv, opts *o) {
-    *o = (opts){.fd = -1, .threads = 0, .ctx = 8192, .kv_mib = 512, .block_size = 16, .max_seqs = 32,
-                .max_tokens = 128, .temperature = 0};
+    *o = (opts){.fd = -1, .kv_type = KN_F16, .threads = 0, .ctx = 8192, .kv_mib = 512, .block_size = 16,
+                .max_seqs = 32, .max_tokens = 128, .temperature = 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -129,8 +129,8 @@ static int parse_args(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--device"))
             o->device = v;
         else if (!strcmp(a, "--kv-dtype")) {
-            bad = strcmp(v, "fp8") && strcmp(v, "f16");
-            o->kv_fp8 = !strcmp(v, "fp8");
+            o->kv_type = !strcmp(v, "fp8") ? KN_E4M3 : !strcmp(v, "f32") ? KN_F32 : KN_F16;
+            bad = strcmp(v, "fp8") && strcmp(v, "f16") && strcmp(v, "f32");
         }
         else if (!strcmp(a, "--worker-id"))
             bad = parse_int(v, 0, 1 << 20, &o->worker_id);
@@ -306,8 +306,9 @@ static int load_model(worker *w) {
     }
     const wk_hparams *hp = wk_model_hparams(w->m);
     w->n_ctx = w->o.ctx < hp->n_ctx_train ? w->o.ctx : hp->n_ctx_train;
-    const kn_type kvt = w->o.kv_fp8 ? KN_E4M3 : KN_F16;
-    const size_t head = w->o.kv_fp8 ? kn_e4m3_rec_bytes(hp->head_dim) : (size_t)hp->head_dim * 2;
+    const kn_type kvt = w->o.kv_type;
+    const size_t head = kvt == KN_E4M3 ? kn_e4m3_rec_bytes(hp->head_dim)
+                                       : (size_t)hp->head_dim * (kvt == KN_F32 ? 4 : 2);
     size_t per_block = (size_t)2 * hp->n_layer * w->o.block_size * hp->n_head_kv * head; // K+V
     long n_blocks = (long)(((size_t)w->o.kv_mib << 20) / per_block);
     if (n_blocks < 2) {

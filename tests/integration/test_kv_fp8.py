@@ -1,8 +1,13 @@
 """The FP8 (E4M3) KV cache end to end on the CPU worker (where it runs through the
 reference kernels): same API, about twice the KV blocks in the same memory, and greedy
-continuations that mostly equal the f16 cache's (FP8 keeps 3 mantissa bits, so a
-near-tie between two tokens may go the other way; the GPU target is >= 90% equal)."""
+continuations that stay about as close to an f32 cache's as the f16 cache's do.
 
+Calibration on the default model (a small base model with many near-ties): against
+f32, f16 leaves 4 of these 8 continuations equal and fp8 3; each parts from the f32
+text at about the same places. So the check is relative to f16, not an absolute
+agreement rate (the GPU target, >= 90% equal to BF16, is measured on a GPU)."""
+
+import json
 import re
 
 import pytest
@@ -16,22 +21,22 @@ PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, i
 
 @pytest.fixture(scope="module")
 def servers(kolm_bin, kolm_model, tmp_path_factory):
-    f16 = KolmServer(kolm_bin, kolm_model, tmp_path_factory.mktemp("kv_f16"))
-    fp8 = KolmServer(kolm_bin, kolm_model, tmp_path_factory.mktemp("kv_fp8"), extra_args=["--kv-dtype", "fp8"])
-    f16.start()
-    fp8.start()
-    yield f16, fp8
-    f16.stop()
-    fp8.stop()
+    out = {}
+    for kv in ("f32", "f16", "fp8"):
+        out[kv] = KolmServer(kolm_bin, kolm_model, tmp_path_factory.mktemp("kv_" + kv), extra_args=["--kv-dtype", kv])
+        out[kv].start()
+    yield out
+    for s in out.values():
+        s.stop()
 
 
 def complete(srv, prompt):
     status, _, body = srv.request("POST", "/v1/completions",
                                   {"model": srv.model_id, "prompt": prompt, "max_tokens": 32, "temperature": 0})
     assert status == 200, body
-    import json
-    j = json.loads(body)
-    return j["choices"][0]["text"], j["usage"]["completion_tokens"]
+    text = json.loads(body)["choices"][0]["text"]
+    assert text, prompt
+    return text
 
 
 def kv_blocks(srv):
@@ -40,27 +45,23 @@ def kv_blocks(srv):
     return int(m.group(1)), m.group(2)
 
 
+def shared(a, b):
+    """The share of the longer text that the two have in common from the start."""
+    c = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return c / max(len(a), len(b), 1)
+
+
 def test_fp8_cache_holds_about_twice_the_blocks(servers):
-    f16, fp8 = servers
-    (n16, t16), (n8, t8) = kv_blocks(f16), kv_blocks(fp8)
-    assert (t16, t8) == ("f16", "e4m3")
-    assert 1.8 <= n8 / n16 <= 2.0, (n16, n8)
+    (n32, t32), (n16, t16), (n8, t8) = (kv_blocks(servers[k]) for k in ("f32", "f16", "fp8"))
+    assert (t32, t16, t8) == ("f32", "f16", "e4m3")
+    assert n16 == 2 * n32 and 1.8 <= n8 / n16 <= 2.0, (n32, n16, n8)
 
 
-def test_fp8_greedy_tracks_f16(servers):
-    """Each fp8 continuation follows the f16 one for most of its length: where they
-    part, it is late (a near-tie), not garbage from the first token."""
-    f16, fp8 = servers
-    shares, same = [], 0
-    for p in PROMPTS:
-        a, _ = complete(f16, p)
-        b, nb = complete(fp8, p)
-        assert nb >= 1 and b, p
-        common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        shares.append(common / max(len(a), len(b), 1))
-        same += a == b
-    shares.sort()
-    print(f"fp8 KV: {same}/{len(PROMPTS)} continuations equal to f16's; shared prefix per prompt "
-          + " ".join(f"{x:.2f}" for x in shares))
-    assert same >= 2, shares
-    assert shares[len(shares) // 2] >= 0.5, shares  # the median continuation agrees for at least half its length
+def test_fp8_tracks_f32_about_as_well_as_f16(servers):
+    texts = {k: [complete(s, p) for p in PROMPTS] for k, s in servers.items()}
+    f16 = [shared(a, b) for a, b in zip(texts["f32"], texts["f16"])]
+    fp8 = [shared(a, b) for a, b in zip(texts["f32"], texts["fp8"])]
+    print("shared prefix with f32: f16 " + " ".join(f"{x:.2f}" for x in f16) +
+          " | fp8 " + " ".join(f"{x:.2f}" for x in fp8))
+    assert sum(fp8) >= 0.5 * sum(f16), (f16, fp8)
+    assert sum(x == 1.0 for x in fp8) >= 2, fp8  # some continuations are identical to f32's
