@@ -47,7 +47,7 @@ static int put_string(cm_buf *b, const char *s, size_t n) {
     return rc ? rc : cm_buf_append(b, "\"", 1);
 }
 
-int cm_utf8_valid(const char *s, size_t n) {
+static int utf8_valid(const char *s, size_t n) {
     const unsigned char *p = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
         unsigned c = p[i];
@@ -69,7 +69,7 @@ int cm_utf8_valid(const char *s, size_t n) {
 }
 
 int cm_canon_string(cm_buf *b, const char *s, size_t n) {
-    return cm_utf8_valid(s, n) ? put_string(b, s, n) : cm_buf_append(b, "null", 4);
+    return utf8_valid(s, n) ? put_string(b, s, n) : cm_buf_append(b, "null", 4);
 }
 
 /* Python's repr of a finite double. */

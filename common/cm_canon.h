@@ -17,10 +17,8 @@
 #include "common/cm_buf.h"
 
 /* Appends s[0..n) as a canonical JSON string, or null when it is not valid UTF-8
- * (the form other callers need for client bytes). */
+ * (no overlongs, surrogates or code points past U+10FFFF: the form client bytes need). */
 int cm_canon_string(cm_buf *b, const char *s, size_t n);
-/* 1 when s[0..n) is valid UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
-int cm_utf8_valid(const char *s, size_t n);
 
 /* The canonical bytes of j (NUL-terminated; free() them), or NULL when out of
  * memory or j holds a non-finite real. */

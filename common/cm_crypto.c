@@ -37,15 +37,6 @@ void cm_sha256_update(cm_sha256_ctx *c, const void *p, size_t n) {
         EVP_DigestUpdate(c->md, p, n);
 }
 
-int cm_sha256_copy(cm_sha256_ctx *dst, const cm_sha256_ctx *src) {
-    dst->md = EVP_MD_CTX_new();
-    if (!dst->md || !EVP_MD_CTX_copy_ex(dst->md, src->md)) {
-        cm_sha256_free(dst);
-        return -1;
-    }
-    return 0;
-}
-
 void cm_sha256_final(cm_sha256_ctx *c, uint8_t out[CM_SHA256_LEN]) {
     unsigned int len = 0;
     if (!c->md || !EVP_DigestFinal_ex(c->md, out, &len))

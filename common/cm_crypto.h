@@ -25,14 +25,12 @@ int cm_crypto_init(void);
 
 void cm_sha256(const void *p, size_t n, uint8_t out[CM_SHA256_LEN]);
 
-/* Incremental SHA-256; a context may be copied into another with cm_sha256_copy
- * to finish a prefix while the original goes on. */
+/* Incremental SHA-256. */
 typedef struct cm_sha256_ctx {
     void *md; // EVP_MD_CTX
 } cm_sha256_ctx;
 int cm_sha256_init(cm_sha256_ctx *c);
 void cm_sha256_update(cm_sha256_ctx *c, const void *p, size_t n);
-int cm_sha256_copy(cm_sha256_ctx *dst, const cm_sha256_ctx *src);
 /* Writes the digest and frees the context (so does cm_sha256_free alone). */
 void cm_sha256_final(cm_sha256_ctx *c, uint8_t out[CM_SHA256_LEN]);
 void cm_sha256_free(cm_sha256_ctx *c);

@@ -88,6 +88,12 @@ void cm_kolm_home(char *out, size_t n) {
         snprintf(out, n, "%s/.kolm", u ? u : ".");
 }
 
+void cm_kolm_keyring(char *out, size_t n) {
+    char home[4096];
+    cm_kolm_home(home, sizeof home);
+    snprintf(out, n, "%s/keys/trusted", home);
+}
+
 int cm_mkdirs(const char *path, unsigned mode) {
     char p[4096];
     snprintf(p, sizeof p, "%s", path);

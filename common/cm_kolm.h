@@ -107,6 +107,8 @@ int cm_kolm_pack(const char *out, const char *home, json_t *meta, const cm_kolm_
 
 /* KOLM_HOME (default ~/.kolm) into out. */
 void cm_kolm_home(char *out, size_t n);
+/* The default keyring of trusted signers: KOLM_HOME/keys/trusted. */
+void cm_kolm_keyring(char *out, size_t n);
 /* mkdir -p: 0, or -1 with errno. */
 int cm_mkdirs(const char *path, unsigned mode);
 

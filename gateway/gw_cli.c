@@ -53,7 +53,7 @@ int gw_cli_keygen(int argc, char **argv) {
     char home[4096], keys[4200], trusted[4300], path[4400], err[512] = "cannot generate a key";
     cm_kolm_home(home, sizeof home);
     snprintf(keys, sizeof keys, "%s/keys", home);
-    snprintf(trusted, sizeof trusted, "%s/trusted", keys);
+    cm_kolm_keyring(trusted, sizeof trusted);
     if (cm_mkdirs(keys, 0700) || cm_mkdirs(trusted, 0755)) {
         fprintf(stderr, "kolm keygen: cannot create %s: %s\n", trusted, strerror(errno));
         return 1;
@@ -291,7 +291,7 @@ int gw_cli_inspect(int argc, char **argv) {
     }
     char home[4096], keyring[4200], err[1024];
     cm_kolm_home(home, sizeof home);
-    snprintf(keyring, sizeof keyring, "%s/keys/trusted", home);
+    cm_kolm_keyring(keyring, sizeof keyring);
     cm_kolm *k;
     if (cm_kolm_open(path, home, &k, err, sizeof err)) {
         fprintf(stderr, "kolm inspect: %s\n", err);
@@ -548,9 +548,8 @@ int gw_cli_verify(int argc, char **argv) {
     if (receipt && !art)
         return verify_receipt(receipt, body, request, key);
     if (art && !receipt && !body && !request) {
-        char home[4096], ring[4200];
-        cm_kolm_home(home, sizeof home);
-        snprintf(ring, sizeof ring, "%s/keys/trusted", home);
+        char ring[4200];
+        cm_kolm_keyring(ring, sizeof ring);
         return verify_artifact(art, key, keyring ? keyring : ring);
     }
 usage:

@@ -539,20 +539,23 @@ static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
         return;
     }
     char why[1100];
-    int refused = 0;
-    gw_model *m = gw_models_get(s->models, cr.model, cr.model_len, &refused, why, sizeof why);
-    if (!m && refused == 2) {
-        gw_error_set(&err, 503, "server_error", "model", "model_capacity",
-                     "The model '%.200s' is not loaded and %s; retry when an operator raises the limit.", cr.model,
-                     why);
-    } else if (!m) {
-        gw_error_set(&err, refused ? 403 : 404, "invalid_request_error", "model",
-                     refused ? "model_not_trusted" : "model_not_found",
-                     refused ? "The model '%.200s' cannot be served: %s"
-                             : "The model '%.200s' does not exist or you do not have access to it.%s",
-                     cr.model, refused ? why : "");
-    }
+    gw_model_refusal refusal;
+    gw_model *m = gw_models_get(s->models, cr.model, cr.model_len, &refusal, why, sizeof why);
     if (!m) {
+        switch (refusal) {
+        case GW_MODEL_AT_CAPACITY:
+            gw_error_set(&err, 503, "server_error", "model", "model_capacity",
+                         "The model '%.200s' is not loaded and %s; retry when an operator raises the limit.",
+                         cr.model, why);
+            break;
+        case GW_MODEL_UNTRUSTED:
+            gw_error_set(&err, 403, "invalid_request_error", "model", "model_not_trusted",
+                         "The model '%.200s' cannot be served: %s", cr.model, why);
+            break;
+        default:
+            gw_error_set(&err, 404, "invalid_request_error", "model", "model_not_found",
+                         "The model '%.200s' does not exist or you do not have access to it.", cr.model);
+        }
         gw_chat_req_free(&cr);
         respond_error(req, &err);
         return;

@@ -219,7 +219,7 @@ static int serve(int argc, char **argv) {
         model = defpath;
     }
     if (!keyring) {
-        snprintf(ring, sizeof ring, "%s/keys/trusted", home);
+        cm_kolm_keyring(ring, sizeof ring);
         keyring = ring;
     }
     struct stat stb;

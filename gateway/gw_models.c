@@ -82,8 +82,13 @@ static int check(gw_models *ms, gw_model *m, char *err, size_t errlen) {
     return rc;
 }
 
+/* Models that may be loaded at once. */
+static int capacity(const gw_models *ms) {
+    return ms->cfg.max_models > 0 && ms->cfg.max_models < MAX_MODELS ? ms->cfg.max_models : MAX_MODELS;
+}
+
 static gw_model *start(gw_models *ms, const char *path, const char *id, char *err, size_t errlen) {
-    int cap = ms->cfg.max_models > 0 && ms->cfg.max_models < MAX_MODELS ? ms->cfg.max_models : MAX_MODELS;
+    const int cap = capacity(ms);
     if (ms->n >= cap) {
         cm_set_err(err, errlen, "this server already runs %d model(s), its limit (--max-models)", cap);
         return NULL;
@@ -166,8 +171,9 @@ static int artifact_name(const char *id, size_t len) {
     return 1;
 }
 
-gw_model *gw_models_get(gw_models *ms, const char *id, size_t len, int *refused, char *err, size_t errlen) {
-    *refused = 0;
+gw_model *gw_models_get(gw_models *ms, const char *id, size_t len, gw_model_refusal *why, char *err,
+                        size_t errlen) {
+    *why = GW_MODEL_NOT_FOUND;
     for (int i = 0; i < ms->n; i++)
         if (strlen(ms->m[i]->id) == len && !memcmp(ms->m[i]->id, id, len))
             return ms->m[i];
@@ -179,11 +185,10 @@ gw_model *gw_models_get(gw_models *ms, const char *id, size_t len, int *refused,
     struct stat st;
     if (stat(path, &st) || !S_ISREG(st.st_mode))
         return NULL;
-    int cap = ms->cfg.max_models > 0 && ms->cfg.max_models < MAX_MODELS ? ms->cfg.max_models : MAX_MODELS;
     gw_model *m = start(ms, path, name, err, errlen);
     if (!m) {
         cm_warn("not loading %s: %s", path, err);
-        *refused = ms->n >= cap ? 2 : 1;
+        *why = ms->n >= capacity(ms) ? GW_MODEL_AT_CAPACITY : GW_MODEL_UNTRUSTED;
     }
     return m;
 }

@@ -18,6 +18,13 @@ typedef struct gw_model gw_model;
 
 typedef enum gw_model_state { GW_MODEL_STARTING, GW_MODEL_READY, GW_MODEL_FAILED } gw_model_state;
 
+/* Why gw_models_get found no model. */
+typedef enum gw_model_refusal {
+    GW_MODEL_NOT_FOUND,   // not served, not loaded, no such artifact file
+    GW_MODEL_UNTRUSTED,   // the artifact fails its checks (signature, signer, format)
+    GW_MODEL_AT_CAPACITY, // max_models are loaded already
+} gw_model_refusal;
+
 typedef struct gw_models_config {
     h2o_loop_t *loop;
     const char *home;    // KOLM_HOME
@@ -36,10 +43,10 @@ int gw_models_serve(gw_models *ms, const char *path, char *err, size_t errlen);
 void gw_models_free(gw_models *ms, int timeout_ms);
 void gw_models_tick(gw_models *ms);
 
-/* The model named id, loading a listed artifact on first use. NULL when there is
- * none (*refused 0), when the artifact fails its checks (*refused 1, reason in err),
- * or when max_models are loaded already (*refused 2). Loaded models stay loaded. */
-gw_model *gw_models_get(gw_models *ms, const char *id, size_t len, int *refused, char *err, size_t errlen);
+/* The model named id, loading a listed artifact on first use; NULL with *why (and,
+ * but for NOT_FOUND, the reason in err) when there is none. Loaded models stay loaded. */
+gw_model *gw_models_get(gw_models *ms, const char *id, size_t len, gw_model_refusal *why, char *err,
+                        size_t errlen);
 gw_model *gw_models_served(gw_models *ms);
 /* Calls cb for the served and loaded models, then for every other artifact file
  * (m NULL), in a stable order. */

@@ -193,9 +193,9 @@ static void ref_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type k
 
 /* Element i of kv head kvh at physical slot `slot`. */
 static float kv_get(const kn_attn_args *a, const void *cache, size_t slot, int kvh, int i) {
-    const size_t row = (size_t)a->n_kv_head * a->head_dim, idx = slot * row + (size_t)kvh * a->head_dim + i;
     if (a->kv_type == KN_E4M3)
         return kn_e4m3_rec_get(cache, slot * a->n_kv_head + kvh, a->head_dim, i);
+    const size_t idx = (slot * a->n_kv_head + kvh) * a->head_dim + i;
     if (a->kv_type == KN_F16)
         return kn_f16_to_f32(((const uint16_t *)cache)[idx]);
     return ((const float *)cache)[idx];

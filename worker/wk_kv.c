@@ -23,8 +23,7 @@ struct wk_kv {
     int n_free;
 };
 
-/* Bytes of one (slot, kv head) in the cache: head_dim values, or an FP8 record. */
-static size_t head_bytes(kn_type t, int head_dim) {
+size_t wk_kv_head_bytes(kn_type t, int head_dim) {
     if (t == KN_E4M3)
         return kn_e4m3_rec_bytes(head_dim);
     return (size_t)head_dim * (t == KN_F16 || t == KN_BF16 ? 2 : 4);
@@ -53,7 +52,7 @@ wk_kv *wk_kv_create(kn_backend *be, int n_layer, int n_kv_head, int head_dim, in
     kv->free_list = malloc((size_t)n_blocks * sizeof(int32_t));
     if (!kv->k || !kv->v || !kv->refs || !kv->free_list)
         goto fail;
-    size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_head * head_bytes(type, head_dim);
+    size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_head * wk_kv_head_bytes(type, head_dim);
     zeros = calloc(1, bytes);
     if (!zeros)
         goto fail;

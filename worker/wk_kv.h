@@ -8,11 +8,15 @@
 #ifndef WK_KV_H
 #define WK_KV_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kernels/kn.h"
 
 typedef struct wk_kv wk_kv;
+
+/* Bytes of one (slot, kv head) in a cache of type t (F32, F16, or E4M3 records). */
+size_t wk_kv_head_bytes(kn_type t, int head_dim);
 
 /* Allocates the pool. NULL on failure. */
 wk_kv *wk_kv_create(kn_backend *be, int n_layer, int n_kv_head, int head_dim, int block_size, int n_blocks,

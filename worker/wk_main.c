@@ -35,7 +35,6 @@
 #include "common/cm_kolm.h"
 #include "common/cm_log.h"
 #include "kernels/cpu/kn_cpu.h"
-#include "kernels/kn_fp8.h"
 #include "proto/proto.h"
 #include "worker/wk_gguf.h"
 #include "worker/wk_kv.h"
@@ -307,9 +306,8 @@ static int load_model(worker *w) {
     const wk_hparams *hp = wk_model_hparams(w->m);
     w->n_ctx = w->o.ctx < hp->n_ctx_train ? w->o.ctx : hp->n_ctx_train;
     const kn_type kvt = w->o.kv_type;
-    const size_t head = kvt == KN_E4M3 ? kn_e4m3_rec_bytes(hp->head_dim)
-                                       : (size_t)hp->head_dim * (kvt == KN_F32 ? 4 : 2);
-    size_t per_block = (size_t)2 * hp->n_layer * w->o.block_size * hp->n_head_kv * head; // K+V
+    size_t per_block = (size_t)2 * hp->n_layer * w->o.block_size * hp->n_head_kv *
+                       wk_kv_head_bytes(kvt, hp->head_dim); // K+V
     long n_blocks = (long)(((size_t)w->o.kv_mib << 20) / per_block);
     if (n_blocks < 2) {
         cm_error("--kv-mib %d is too small for one block of this model", w->o.kv_mib);

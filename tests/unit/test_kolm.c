@@ -184,29 +184,6 @@ static void test_sha256(void) {
     ASSERT_TRUE(!memcmp(d, d2, 32));
     ASSERT_TRUE(c.md == NULL); // final frees
 
-    // copy a context after a prefix: the copy finishes the prefix, the original goes on
-    uint8_t dp[32], dpx[32], dfull[32];
-    ASSERT_EQ(cm_sha256_init(&c), 0);
-    cm_sha256_update(&c, "ab", 2);
-    cm_sha256_ctx c2;
-    ASSERT_EQ(cm_sha256_copy(&c2, &c), 0);
-    cm_sha256_update(&c, "c", 1);
-    cm_sha256_final(&c2, dp);
-    cm_sha256_final(&c, dfull);
-    cm_sha256("ab", 2, dpx);
-    ASSERT_TRUE(!memcmp(dp, dpx, 32));
-    cm_sha256("abc", 3, dpx);
-    ASSERT_TRUE(!memcmp(dfull, dpx, 32));
-    // a copy can go on independently, too
-    ASSERT_EQ(cm_sha256_init(&c), 0);
-    cm_sha256_update(&c, big, 5000);
-    ASSERT_EQ(cm_sha256_copy(&c2, &c), 0);
-    cm_sha256_update(&c2, big + 5000, sizeof big - 5000);
-    cm_sha256_final(&c2, d2);
-    ASSERT_TRUE(!memcmp(d, d2, 32));
-    cm_sha256_final(&c, d2);
-    cm_sha256(big, 5000, dpx);
-    ASSERT_TRUE(!memcmp(d2, dpx, 32));
     // free alone is enough, and twice is harmless
     ASSERT_EQ(cm_sha256_init(&c), 0);
     cm_sha256_update(&c, "x", 1);
