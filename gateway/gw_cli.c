@@ -13,6 +13,7 @@
 
 #include "common/cm_crypto.h"
 #include "common/cm_kolm.h"
+#include "gateway/gw_receipt.h"
 
 #define MAX_RECEIPT (64u << 10)
 
@@ -410,20 +411,6 @@ done:
     return rc;
 }
 
-/* Checks the receipt token against a key; *payload gets its JSON. */
-static int open_receipt(const char *tok, size_t tl, const uint8_t *pk, json_t **payload) {
-    uint8_t *raw = malloc(tl + 1);
-    size_t n = 0;
-    int rc = -1;
-    if (raw && !cm_unb64url(tok, tl, raw, tl, &n) && n > CM_SIG_LEN &&
-        !cm_verify(pk, raw + CM_SIG_LEN, n - CM_SIG_LEN, raw)) {
-        *payload = json_loadb((const char *)raw + CM_SIG_LEN, n - CM_SIG_LEN, JSON_REJECT_DUPLICATES, NULL);
-        rc = json_is_object(*payload) ? 0 : -1;
-    }
-    free(raw);
-    return rc;
-}
-
 /* The body as the receipt covers it: an SSE body without its final receipt member. */
 static void body_hash(const char *body, size_t len, const char *tok, size_t tl, uint8_t out[CM_SHA256_LEN]) {
     static const char key[] = ",\"kolm_receipt\":\"";
@@ -474,7 +461,7 @@ static int verify_receipt(const char *spec, const char *body_path, const char *r
     snprintf(path, sizeof path, "%s/keys/gateway.pub", home);
     if (load_pub(keyspec ? keyspec : path, &k))
         goto done;
-    if (open_receipt(t, tl, k.pk, &p)) {
+    if (gw_receipt_open(t, tl, k.pk, &p)) {
         fprintf(stderr, "kolm verify: FAILED: the receipt's signature does not verify with key %s%s\n", k.id,
                 keyspec ? "" : " (this machine's gateway key; pass --key for another)");
         goto done;

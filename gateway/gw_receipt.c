@@ -36,19 +36,32 @@ struct gw_receipts {
     int stop, started;
 };
 
-/* The sequence number in one log line (a receipt token), or -1. */
+int gw_receipt_open(const char *tok, size_t len, const uint8_t *pk, json_t **payload) {
+    uint8_t *raw = malloc(len + 1);
+    size_t n = 0;
+    *payload = NULL;
+    if (raw && !cm_unb64url(tok, len, raw, len, &n) && n > CM_SIG_LEN &&
+        (!pk || !cm_verify(pk, raw + CM_SIG_LEN, n - CM_SIG_LEN, raw)))
+        *payload = json_loadb((const char *)raw + CM_SIG_LEN, n - CM_SIG_LEN, JSON_REJECT_DUPLICATES, NULL);
+    free(raw);
+    if (json_is_object(*payload))
+        return 0;
+    json_decref(*payload);
+    *payload = NULL;
+    return -1;
+}
+
+/* The sequence number in one log line (a receipt token), or -1. The log is ours:
+ * the signature is not checked. */
 static long long line_seq(const char *s, size_t n) {
-    uint8_t *raw = malloc(n);
-    size_t len = 0;
+    json_t *j;
     long long seq = -1;
-    if (raw && !cm_unb64url(s, n, raw, n, &len) && len > CM_SIG_LEN) {
-        json_t *j = json_loadb((const char *)raw + CM_SIG_LEN, len - CM_SIG_LEN, 0, NULL);
+    if (!gw_receipt_open(s, n, NULL, &j)) {
         json_t *v = json_object_get(j, "seq");
         if (json_is_integer(v) && json_integer_value(v) >= 0)
             seq = json_integer_value(v);
         json_decref(j);
     }
-    free(raw);
     return seq;
 }
 

@@ -33,6 +33,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "common/cm_buf.h"
 #include "common/cm_crypto.h"
 
@@ -62,6 +64,11 @@ typedef struct gw_receipt_in {
     int stream;
     long long prompt_tokens, completion_tokens; // < 0 -> null
 } gw_receipt_in;
+
+/* Decodes a receipt token into its payload object (*payload, json_decref it),
+ * checking the signature against pk unless pk is NULL. 0, or -1 (bad base64url,
+ * too short, signature mismatch, payload not a JSON object). */
+int gw_receipt_open(const char *tok, size_t len, const uint8_t *pk, json_t **payload);
 
 /* Signs one receipt, queues it for the log, and appends its token to out. */
 int gw_receipt_make(gw_receipts *r, const gw_receipt_in *in, cm_buf *out);
