@@ -35,19 +35,6 @@ static void list_one(void *ud, const char *id, const gw_model *m) {
     append_model(c->b, m ? gw_model_created(m) : c->started, id);
 }
 
-typedef struct find_ctx {
-    const char *id;
-    const gw_model **m;
-    int *listed;
-} find_ctx;
-
-static void find_one(void *ud, const char *id, const gw_model *m) {
-    find_ctx *c = ud;
-    if (!*c->listed && !strcmp(id, c->id)) {
-        *c->listed = 1;
-        *c->m = m;
-    }
-}
 
 void gw_admin_models(gw_receipts *rc, h2o_req_t *req, gw_models *ms, long long started) {
     cm_buf b = CM_BUF_INIT;
@@ -60,15 +47,8 @@ void gw_admin_models(gw_receipts *rc, h2o_req_t *req, gw_models *ms, long long s
 }
 
 void gw_admin_model(gw_receipts *rc, h2o_req_t *req, gw_models *ms, long long started, h2o_iovec_t id) {
-    char idz[256] = "";
-    const gw_model *found = NULL;
-    int listed = 0;
-    if (id.len < sizeof idz) {
-        memcpy(idz, id.base, id.len);
-        idz[id.len] = 0;
-        find_ctx fc = {idz, &found, &listed};
-        gw_models_list(ms, find_one, &fc);
-    }
+    int listed;
+    const gw_model *found = gw_models_find(ms, id.base, id.len, &listed);
     if (!listed) {
         char msg[300];
         snprintf(msg, sizeof msg, "The model '%.*s' does not exist or you do not have access to it.",
@@ -77,7 +57,9 @@ void gw_admin_model(gw_receipts *rc, h2o_req_t *req, gw_models *ms, long long st
         return;
     }
     cm_buf b = CM_BUF_INIT;
-    append_model(&b, found ? gw_model_created(found) : started, idz);
+    char name[256];
+    snprintf(name, sizeof name, "%.*s", (int)id.len, id.base); // listed ids are file names, under 256 bytes
+    append_model(&b, found ? gw_model_created(found) : started, name);
     gw_reply(rc, req, NULL, 200, "application/json", b.data, b.len, NULL);
     cm_buf_free(&b);
 }

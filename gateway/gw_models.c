@@ -171,21 +171,38 @@ static int artifact_name(const char *id, size_t len) {
     return 1;
 }
 
+/* The loaded model named id, else (NULL) whether id names an artifact file, whose
+ * path and name are then filled in. */
+static gw_model *find(gw_models *ms, const char *id, size_t len, int *listed, char path[4400], char name[256]) {
+    *listed = 0;
+    for (int i = 0; i < ms->n; i++)
+        if (strlen(ms->m[i]->id) == len && !memcmp(ms->m[i]->id, id, len)) {
+            *listed = 1;
+            return ms->m[i];
+        }
+    if (!artifact_name(id, len))
+        return NULL;
+    snprintf(name, 256, "%.*s", (int)len, id);
+    snprintf(path, 4400, "%s/artifacts/%s", ms->cfg.home, name);
+    struct stat st;
+    *listed = !stat(path, &st) && S_ISREG(st.st_mode);
+    return NULL;
+}
+
+const gw_model *gw_models_find(gw_models *ms, const char *id, size_t len, int *listed) {
+    char path[4400], name[256];
+    return find(ms, id, len, listed, path, name);
+}
+
 gw_model *gw_models_get(gw_models *ms, const char *id, size_t len, gw_model_refusal *why, char *err,
                         size_t errlen) {
     *why = GW_MODEL_NOT_FOUND;
-    for (int i = 0; i < ms->n; i++)
-        if (strlen(ms->m[i]->id) == len && !memcmp(ms->m[i]->id, id, len))
-            return ms->m[i];
-    if (!artifact_name(id, len))
-        return NULL;
     char path[4400], name[256];
-    snprintf(name, sizeof name, "%.*s", (int)len, id);
-    snprintf(path, sizeof path, "%s/artifacts/%s", ms->cfg.home, name);
-    struct stat st;
-    if (stat(path, &st) || !S_ISREG(st.st_mode))
-        return NULL;
-    gw_model *m = start(ms, path, name, err, errlen);
+    int listed;
+    gw_model *m = find(ms, id, len, &listed, path, name);
+    if (m || !listed)
+        return m;
+    m = start(ms, path, name, err, errlen);
     if (!m) {
         cm_warn("not loading %s: %s", path, err);
         *why = ms->n >= capacity(ms) ? GW_MODEL_AT_CAPACITY : GW_MODEL_UNTRUSTED;

@@ -47,6 +47,9 @@ void gw_models_tick(gw_models *ms);
  * but for NOT_FOUND, the reason in err) when there is none. Loaded models stay loaded. */
 gw_model *gw_models_get(gw_models *ms, const char *id, size_t len, gw_model_refusal *why, char *err,
                         size_t errlen);
+/* Without loading anything: the loaded model named id (NULL when it is not
+ * loaded), and in *listed whether id is one /v1/models lists. */
+const gw_model *gw_models_find(gw_models *ms, const char *id, size_t len, int *listed);
 gw_model *gw_models_served(gw_models *ms);
 /* Calls cb for the served and loaded models, then for every other artifact file
  * (m NULL), in a stable order. */
