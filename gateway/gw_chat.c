@@ -551,8 +551,9 @@ static int parse_chat_fields(gw_chat_req *req, json_t *root, gw_error *err) {
     return 0;
 }
 
-/* Parses the body into a JSON object and checks `model`. */
-static int begin(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err) {
+/* Parses the body into a JSON object and takes `model` (a string; the caller
+ * resolves it). */
+static int begin(const char *body, size_t len, gw_chat_req *req, gw_error *err) {
     memset(req, 0, sizeof *req);
     json_error_t jerr;
     json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
@@ -581,21 +582,12 @@ static int begin(const char *body, size_t len, const char *model_id, gw_chat_req
     return 0;
 }
 
-static int check_model(json_t *root, const char *model_id, gw_error *err) {
-    json_t *model = json_object_get(root, "model");
-    if (!model_id || gw_jeq(model, model_id))
-        return 0;
-    gw_error_set(err, 404, INVALID, "model", "model_not_found",
-                 "The model '%.200s' does not exist or you do not have access to it.", json_string_value(model));
-    return -1;
-}
-
-int gw_chat_parse(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err) {
-    if (begin(body, len, model_id, req, err))
+int gw_chat_parse(const char *body, size_t len, gw_chat_req *req, gw_error *err) {
+    if (begin(body, len, req, err))
         goto fail;
     json_t *root = req->json;
     if (parse_messages(req, root, err) || gw_only_keys(root, NULL, chat_fields, err) ||
-        parse_common(req, root, -1, err) || parse_chat_fields(req, root, err) || check_model(root, model_id, err))
+        parse_common(req, root, -1, err) || parse_chat_fields(req, root, err))
         goto fail;
     req->n_choices = (int)req->submit.n;
     return 0;
@@ -669,8 +661,8 @@ static int parse_prompt(gw_chat_req *req, json_t *root, gw_error *err) {
     return 0;
 }
 
-int gw_completions_parse(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err) {
-    if (begin(body, len, model_id, req, err))
+int gw_completions_parse(const char *body, size_t len, gw_chat_req *req, gw_error *err) {
+    if (begin(body, len, req, err))
         goto fail;
     json_t *root = req->json, *v;
     req->legacy = 1;
@@ -698,8 +690,6 @@ int gw_completions_parse(const char *body, size_t len, const char *model_id, gw_
                      "'suffix' (insertion) is not supported by this model.");
         goto fail;
     }
-    if (check_model(root, model_id, err))
-        goto fail;
     req->n_choices = (int)(req->submit.n * req->submit.n_prompts);
     return 0;
 fail:

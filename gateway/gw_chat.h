@@ -33,13 +33,13 @@ typedef struct gw_chat_req {
     size_t model_len;
 } gw_chat_req;
 
-/* Parses body[0..len) for the served model `model_id` (NULL: any model; the
- * caller resolves req->model). 0 on success (free req with
- * gw_chat_req_free), or -1 with *err filled (req left empty). */
-int gw_chat_parse(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err);
+/* Parses body[0..len). 0 on success (free req with gw_chat_req_free), or -1 with
+ * *err filled (req left empty). Which models exist is not the parser's to know:
+ * the caller resolves req->model (gw_models_get), after every other check here. */
+int gw_chat_parse(const char *body, size_t len, gw_chat_req *req, gw_error *err);
 /* The same for a legacy completion (prompt instead of messages; max_tokens
  * defaults to 16 as OpenAI's does). */
-int gw_completions_parse(const char *body, size_t len, const char *model_id, gw_chat_req *req, gw_error *err);
+int gw_completions_parse(const char *body, size_t len, gw_chat_req *req, gw_error *err);
 void gw_chat_req_free(gw_chat_req *req);
 
 #endif

@@ -532,8 +532,8 @@ static void handle_completion(gw_http *s, h2o_req_t *req, int legacy) {
     gw_chat_req cr;
     gw_error err;
     const char *body = req->entity.base ? req->entity.base : "";
-    int rc = legacy ? gw_completions_parse(body, req->entity.len, NULL, &cr, &err)
-                    : gw_chat_parse(body, req->entity.len, NULL, &cr, &err);
+    int rc = legacy ? gw_completions_parse(body, req->entity.len, &cr, &err)
+                    : gw_chat_parse(body, req->entity.len, &cr, &err);
     if (rc) {
         respond_error(req, &err);
         return;

@@ -94,8 +94,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     gw_error err;
     memset(&err, 0, sizeof err);
     for (int legacy = 0; legacy < 2; legacy++) {
-        int rc = legacy ? gw_completions_parse((const char *)data, size, "m", &req, &err)
-                        : gw_chat_parse((const char *)data, size, "m", &req, &err);
+        int rc = legacy ? gw_completions_parse((const char *)data, size, &req, &err)
+                        : gw_chat_parse((const char *)data, size, &req, &err);
         if (rc == 0) {
             check_request(&req);
             gw_chat_req_free(&req);

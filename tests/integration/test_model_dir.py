@@ -149,6 +149,15 @@ def test_unknown_artifact_is_404(dir_server):
         assert "x-kolm-receipt" in headers
     status, _, body = srv.request("GET", "/v1/models/missing.kolm")
     assert status == 404 and json.loads(body)["error"]["code"] == "model_not_found"
+    # a NUL inside the id never matches the served name, and legacy completions resolve the same way
+    status, _, body = srv.request("POST", "/v1/chat/completions",
+                                  '{"model":"served.kolm\\u0000x","messages":[{"role":"user","content":"Hi"}]}')
+    assert status == 404 and json.loads(body)["error"]["code"] == "model_not_found", body
+    for name in ["missing.kolm", "served.kolm\u0000x"]:
+        status, _, body = srv.request("POST", "/v1/completions", {"model": name, "prompt": "Hi", "max_tokens": 1})
+        assert status == 404, (name, body)
+        err = json.loads(body)["error"]
+        assert err["code"] == "model_not_found" and err["param"] == "model"
 
 
 def test_untrusted_artifact_is_refused(dir_server):
