@@ -467,6 +467,243 @@ static void test_render_logprobs(void) {
     cm_buf_free(&b);
 }
 
+/* ---- exact bytes of streamed chunks ----
+ * Pinned from what gw_render_chunk produced as a jansson tree dumped with
+ * JSON_COMPACT, so any other way of rendering must match it: key order, escaping (\" \\ \b \f \n \r \t,
+ * \u00XX upper-case for other control characters, '/', DEL and UTF-8 raw), U+FFFD
+ * for each byte of an invalid sequence, and the integers. */
+
+/* Text with every escape, an embedded NUL, 2-, 3- and 4-byte characters, then bytes
+ * that are not UTF-8: 0xFF, a 2-byte lead before '(', an encoded surrogate, a 4-byte
+ * sequence cut short. */
+static const char TRICKY[] = "q\"b\\s/n\nr\rt\tb\bf\fc\x01\x1f\x7f"
+                             "\0"
+                             "z\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80"
+                             "\xFF\xC3(\xED\xA0\x80\xF0\x9F";
+static proto_top g_top[2] = {{{"\xe2\x80", 2}, -0.5f}, {{" b\"", 3}, -1.0f}};
+static proto_logprob g_lp[2] = {{{"Hi", 2}, -0.1f, 2, g_top}, {{"\xa6\n", 2}, -INFINITY, 0, NULL}};
+
+#define CHAT {"chatcmpl-abc", "m.gguf", 1700000000, 0, 0}
+#define FUNCS {"chatcmpl-abc", "m.gguf", 1700000000, 0, 1}
+#define LEGACY {"cmpl-abc", "m.gguf", 1700000000, 1, 0}
+#define ODD {"chatcmpl-\"odd\"", NULL, -1, 0, 0}
+#define ODDM {"chatcmpl-z", "d\xC3\xA9j\xC3\xA0 \"vu\"\\/\x01\xFF.gguf", 0, 0, 0}
+
+typedef struct golden {
+    gw_completion c;
+    gw_chunk k;
+    const char *want;
+} golden;
+
+static const golden GOLDEN[] = {
+    {CHAT,
+     {.index = 0, .role = 1, .text = "", .with_usage_null = 1},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\""
+     ",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n"},
+    {CHAT,
+     {.index = 3, .role = 1, .text = ""},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":3,\"delta\":{\"role\":\"assistant\""
+     ",\"content\":\"\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {CHAT,
+     {.text = "Hello", .len = 5},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}"
+     ",\"logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {CHAT,
+     {.text = TRICKY, .len = sizeof TRICKY - 1, .with_usage_null = 1},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"q\\\"b\\"
+     "\\s/n\\nr\\rt\\tb\\bf\\fc\\u0001\\u001F\177\\u0000z\303\251\342\202\254\360\237\230\200\357\277\275\357"
+     "\277\275(\357\277\275\357\277\275\357\277\275\357\277\275\357\277\275\"},\"logprobs\":null,\"finish_rea"
+     "son\":null}],\"usage\":null}\n\n"},
+    {CHAT,
+     {.index = 1, .text = "", .len = 0},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":1,\"delta\":{\"content\":\"\"},\"lo"
+     "gprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {CHAT,
+     {.index = 0},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\""
+     "finish_reason\":null}]}\n\n"},
+    {CHAT,
+     {.finish = PROTO_FINISH_STOP, .with_usage_null = 1},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\""
+     "finish_reason\":\"stop\"}],\"usage\":null}\n\n"},
+    {CHAT,
+     {.index = 2, .finish = PROTO_FINISH_LENGTH},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":2,\"delta\":{},\"logprobs\":null,\""
+     "finish_reason\":\"length\"}]}\n\n"},
+    {CHAT,
+     {.finish = PROTO_FINISH_TOOL_CALLS},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\""
+     "finish_reason\":\"tool_calls\"}]}\n\n"},
+    {FUNCS,
+     {.finish = PROTO_FINISH_TOOL_CALLS},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\""
+     "finish_reason\":\"function_call\"}]}\n\n"},
+    {CHAT,
+     {.text = "", .call = 1, .call_id = "call_x1", .call_name = "get_weather"},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"ind"
+     "ex\":0,\"id\":\"call_x1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\""
+     "\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {CHAT,
+     {.text = "{\"city\": \"Pa\\n", .len = 13, .call = 1, .with_usage_null = 1},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"ind"
+     "ex\":0,\"function\":{\"arguments\":\"{\\\"city\\\": \\\"Pa\\\\\"}}]},\"logprobs\":null,\"finish_reason\""
+     ":null}],\"usage\":null}\n\n"},
+    {CHAT,
+     {.index = 1, .text = "{}", .len = 2, .call = 2, .call_id = "call_y", .call_name = "f"},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":1,\"delta\":{\"tool_calls\":[{\"ind"
+     "ex\":1,\"id\":\"call_y\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},\""
+     "logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {CHAT,
+     {.text = NULL, .call = 3, .call_id = "call_z"},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"ind"
+     "ex\":2,\"id\":\"call_z\",\"type\":\"function\",\"function\":{\"arguments\":\"\"}}]},\"logprobs\":null,\""
+     "finish_reason\":null}]}\n\n"},
+    {CHAT,
+     {.text = "x", .len = 1, .call = 1, .call_name = "g"},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"ind"
+     "ex\":0,\"function\":{\"name\":\"g\",\"arguments\":\"x\"}}]},\"logprobs\":null,\"finish_reason\":null}]}"
+     "\n\n"},
+    {CHAT,
+     {.role = 1, .text = "\xFF", .len = 1, .call = 1, .call_id = "call_r", .call_name = "h"},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\""
+     ",\"tool_calls\":[{\"index\":0,\"id\":\"call_r\",\"type\":\"function\",\"function\":{\"name\":\"h\",\"ar"
+     "guments\":\"\357\277\275\"}}]},\"logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {FUNCS,
+     {.text = "", .call = 1, .call_name = "f", .call_id = "call_f"},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"function_call\":{\"n"
+     "ame\":\"f\",\"arguments\":\"\"}},\"logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {FUNCS,
+     {.text = "{\"a\":1}", .len = 7, .call = 1, .with_usage_null = 1},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"function_call\":{\"a"
+     "rguments\":\"{\\\"a\\\":1}\"}},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n"},
+    {FUNCS,
+     {.role = 1, .text = "", .call = 1, .call_name = "f"},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\""
+     ",\"function_call\":{\"name\":\"f\",\"arguments\":\"\"}},\"logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {LEGACY,
+     {.index = 2, .text = "c", .len = 1},
+     "data: {\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"m.gguf\",\""
+     "system_fingerprint\":\"fp_kolm\",\"choices\":[{\"text\":\"c\",\"index\":2,\"logprobs\":null,\"finish_re"
+     "ason\":null}]}\n\n"},
+    {LEGACY,
+     {.index = 0, .text = NULL},
+     "data: {\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"m.gguf\",\""
+     "system_fingerprint\":\"fp_kolm\",\"choices\":[{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_rea"
+     "son\":null}]}\n\n"},
+    {LEGACY,
+     {.text = "", .finish = PROTO_FINISH_LENGTH, .with_usage_null = 1},
+     "data: {\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"m.gguf\",\""
+     "system_fingerprint\":\"fp_kolm\",\"choices\":[{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_rea"
+     "son\":\"length\"}],\"usage\":null}\n\n"},
+    {LEGACY,
+     {.text = TRICKY, .len = sizeof TRICKY - 1},
+     "data: {\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"m.gguf\",\""
+     "system_fingerprint\":\"fp_kolm\",\"choices\":[{\"text\":\"q\\\"b\\\\s/n\\nr\\rt\\tb\\bf\\fc\\u0001\\u00"
+     "1F\177\\u0000z\303\251\342\202\254\360\237\230\200\357\277\275\357\277\275(\357\277\275\357\277\275\357"
+     "\277\275\357\277\275\357\277\275\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {LEGACY,
+     {.text = "x", .len = 1, .call = 1, .call_name = "f", .role = 1},
+     "data: {\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"m.gguf\",\""
+     "system_fingerprint\":\"fp_kolm\",\"choices\":[{\"text\":\"x\",\"index\":0,\"logprobs\":null,\"finish_re"
+     "ason\":null}]}\n\n"},
+    {CHAT,
+     {.text = "Hi\xE2\x80", .len = 4, .lp = g_lp, .n_lp = 2, .with_usage_null = 1},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\357\277"
+     "\275\357\277\275\"},\"logprobs\":{\"content\":[{\"token\":\"Hi\",\"logprob\":-0.10000000149011612,\"byt"
+     "es\":[72,105],\"top_logprobs\":[{\"token\":\"\357\277\275\357\277\275\",\"logprob\":-0.5,\"bytes\":[226"
+     ",128]},{\"token\":\" b\\\"\",\"logprob\":-1.0,\"bytes\":[32,98,34]}]},{\"token\":\"\357\277\275\\n\",\""
+     "logprob\":-9999.0,\"bytes\":[166,10],\"top_logprobs\":[]}],\"refusal\":null},\"finish_reason\":null}],\""
+     "usage\":null}\n\n"},
+    {CHAT,
+     {.text = "Hi", .len = 2, .lp = g_lp, .n_lp = 0},
+     "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\""
+     "m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\""
+     "logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {LEGACY,
+     {.index = 1, .text = "Hi", .len = 2, .lp = g_lp, .n_lp = 2, .text_off = 4, .finish = PROTO_FINISH_STOP},
+     "data: {\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"m.gguf\",\""
+     "system_fingerprint\":\"fp_kolm\",\"choices\":[{\"text\":\"Hi\",\"index\":1,\"logprobs\":{\"tokens\":[\""
+     "Hi\",\"\357\277\275\\n\"],\"token_logprobs\":[-0.10000000149011612,-9999.0],\"top_logprobs\":[{\"\357\277"
+     "\275\357\277\275\":-0.5,\" b\\\"\":-1.0},{}],\"text_offset\":[4,6]},\"finish_reason\":\"stop\"}]}\n\n"},
+    {ODD,
+     {.index = UINT32_MAX, .text = "a", .len = 1},
+     "data: {\"id\":\"chatcmpl-\\\"odd\\\"\",\"object\":\"chat.completion.chunk\",\"created\":-1,\"model\":nu"
+     "ll,\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index\":4294967295,\"delta\":{\"content\":\"a\"},"
+     "\"logprobs\":null,\"finish_reason\":null}]}\n\n"},
+    {ODDM,
+     {.text = "a", .len = 1, .finish = PROTO_FINISH_STOP},
+     "data: {\"id\":\"chatcmpl-z\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"d\303\251j\303"
+     "\240 \\\"vu\\\"\\\\/\\u0001\357\277\275.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{\"index"
+     "\":0,\"delta\":{\"content\":\"a\"},\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\n"},
+};
+
+/* Compares out with want byte for byte; prints both from the first difference. */
+static void expect_bytes(const cm_buf *out, const char *want, const char *what) {
+    size_t n = strlen(want), i = 0;
+    while (i < n && i < out->len && out->data[i] == (uint8_t)want[i])
+        i++;
+    kt_checks++;
+    if (i == n && out->len == n)
+        return;
+    KT_FAIL_("%s: differs at byte %zu (got %zu bytes, want %zu)\n  got:  %.*s\n  want: %s", what, i, out->len, n,
+             (int)(out->len - (i < 40 ? 0 : i - 40)), (const char *)out->data + (i < 40 ? 0 : i - 40),
+             want + (i < 40 ? 0 : i - 40));
+}
+
+static void test_render_golden(void) {
+    cm_buf b = CM_BUF_INIT;
+    for (size_t i = 0; i < sizeof GOLDEN / sizeof *GOLDEN; i++) {
+        char what[32];
+        snprintf(what, sizeof what, "GOLDEN[%zu]", i);
+        b.len = 0;
+        ASSERT_EQ(gw_render_chunk(&b, &GOLDEN[i].c, &GOLDEN[i].k), 0);
+        expect_bytes(&b, GOLDEN[i].want, what);
+        // appends: what was in the buffer stays
+        size_t before = b.len;
+        ASSERT_EQ(gw_render_chunk(&b, &GOLDEN[i].c, &GOLDEN[i].k), 0);
+        ASSERT_TRUE(b.len == 2 * before && !memcmp(b.data, b.data + before, before));
+    }
+    gw_completion chat = CHAT, legacy = LEGACY;
+    gw_usage u = {10, 3, 2};
+    b.len = 0;
+    ASSERT_EQ(gw_render_usage_chunk(&b, &chat, &u), 0);
+    expect_bytes(&b,
+                 "data: {\"id\":\"chatcmpl-abc\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":"
+                 "\"m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,"
+                 "\"completion_tokens\":3,\"total_tokens\":13,\"prompt_tokens_details\":{\"cached_tokens\":2},"
+                 "\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n",
+                 "usage chunk");
+    b.len = 0;
+    ASSERT_EQ(gw_render_usage_chunk(&b, &legacy, &u), 0);
+    expect_bytes(&b,
+                 "data: {\"id\":\"cmpl-abc\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":"
+                 "\"m.gguf\",\"system_fingerprint\":\"fp_kolm\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,"
+                 "\"completion_tokens\":3,\"total_tokens\":13,\"prompt_tokens_details\":{\"cached_tokens\":2},"
+                 "\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n",
+                 "legacy usage chunk");
+    cm_buf_free(&b);
+}
+
 int main(void) {
     test_errors();
     test_accepts();
@@ -476,5 +713,6 @@ int main(void) {
     test_render();
     test_nul();
     test_render_bad_utf8();
+    test_render_golden();
     return kt_done("test_gw_chat");
 }
