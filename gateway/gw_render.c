@@ -1,4 +1,12 @@
-/* gw_render.c: response bodies and SSE events (see gw_render.h). */
+/* gw_render.c: response bodies and SSE events (see gw_render.h).
+ *
+ * Design note. Bodies and the rarer events are jansson trees dumped compactly.
+ * The streamed chunk, one per token, is written straight into the caller's buffer
+ * instead (no tree, no allocation beyond the buffer's growth), and must be byte for
+ * byte what the tree would dump: the same key order, integers as %lld writes them,
+ * and strings escaped as jansson escapes them (put_str). Both paths treat invalid
+ * UTF-8 alike through utf8_seq: gw_jstr repairs with it before jansson sees the
+ * string, put_str while escaping. tests/unit/test_gw_chat.c pins the bytes. */
 #include "gateway/gw_render.h"
 
 #include <errno.h>
@@ -20,16 +28,54 @@ void gw_error_set(gw_error *err, int status, const char *type, const char *param
     va_end(ap);
 }
 
+static int append_cb(const char *buf, size_t n, void *ud) {
+    return cm_buf_append(ud, buf, n) ? -1 : 0;
+}
+
+/* Appends j dumped compactly (borrowed). On failure out keeps its length. */
+static int dump_json(cm_buf *out, const json_t *j) {
+    size_t at = out->len;
+    if (json_dump_callback(j, append_cb, out, JSON_COMPACT)) {
+        out->len = at;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Appends j dumped compactly and releases it; j NULL (a failed build) is -ENOMEM. */
 static int dump_into(cm_buf *out, json_t *j) {
     if (!j)
         return -ENOMEM;
-    char *s = json_dumps(j, JSON_COMPACT);
+    int rc = dump_json(out, j);
     json_decref(j);
-    if (!s)
-        return -ENOMEM;
-    int rc = cm_buf_append(out, s, strlen(s));
-    free(s);
     return rc;
+}
+
+/* ---- UTF-8 and JSON strings ---- */
+
+static const char REPLACEMENT[] = "\xEF\xBF\xBD"; // U+FFFD
+
+/* Length (1..4) of the valid UTF-8 sequence that starts u[0..n) (n >= 1), or 0
+ * when none does (a bad lead or continuation byte, a cut, overlong or surrogate
+ * sequence, past U+10FFFF): the one check of what gets replaced by U+FFFD, byte
+ * by byte. It accepts exactly what jansson's json_stringn accepts. */
+static size_t utf8_seq(const unsigned char *u, size_t n) {
+    unsigned c = u[0];
+    size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (k <= 1)
+        return k;
+    if (k > n)
+        return 0;
+    uint32_t cp = k == 2 ? c & 0x1F : k == 3 ? c & 0x0F : c & 0x07;
+    for (size_t m = 1; m < k; m++) {
+        if ((u[m] & 0xC0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (u[m] & 0x3F);
+    }
+    if ((k == 2 && cp < 0x80) || (k == 3 && cp < 0x800) || (k == 4 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+        (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return k;
 }
 
 json_t *gw_jstr(const char *s, size_t n) {
@@ -39,25 +85,81 @@ json_t *gw_jstr(const char *s, size_t n) {
     cm_buf b = CM_BUF_INIT;
     const unsigned char *u = (const unsigned char *)s;
     for (size_t i = 0; i < n;) {
-        unsigned c = u[i];
-        size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-        uint32_t cp = k == 2 ? c & 0x1F : k == 3 ? c & 0x0F : c & 0x07;
-        int ok = k > 0 && i + k <= n;
-        for (size_t m = 1; ok && m < k; m++) {
-            ok = (u[i + m] & 0xC0) == 0x80;
-            cp = (cp << 6) | (u[i + m] & 0x3F);
-        }
-        if (ok && k > 1)
-            ok = !(k == 2 && cp < 0x80) && !(k == 3 && cp < 0x800) && !(k == 4 && (cp < 0x10000 || cp > 0x10FFFF)) &&
-                 !(cp >= 0xD800 && cp <= 0xDFFF);
-        if (cm_buf_append(&b, ok ? s + i : "\xEF\xBF\xBD", ok ? k : 3))
+        size_t k = utf8_seq(u + i, n - i);
+        if (cm_buf_append(&b, k ? s + i : REPLACEMENT, k ? k : 3))
             break;
-        i += ok ? k : 1;
+        i += k ? k : 1;
     }
     j = json_stringn(b.data ? (const char *)b.data : "", b.len);
     cm_buf_free(&b);
     return j;
 }
+
+/* Appends s[0..n) as a JSON string, escaped as jansson's compact dump escapes a
+ * string: \" and \\, \b \f \n \r \t, \u00XX (upper-case hex) for the other
+ * control characters, everything else raw ('/', DEL, UTF-8); a byte that starts no
+ * valid sequence becomes U+FFFD, as gw_jstr makes it. 0 or -ENOMEM (out then
+ * keeps its length). */
+static int put_str(cm_buf *out, const char *s, size_t n) {
+    static const char hex[] = "0123456789ABCDEF";
+    if (n > (SIZE_MAX - 2) / 6 || cm_buf_reserve(out, 6 * n + 2)) // \u00XX: the longest a byte can grow
+        return -ENOMEM;
+    const unsigned char *u = (const unsigned char *)s;
+    uint8_t *w = out->data + out->len;
+    *w++ = '"';
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        if (c >= 0x80) {
+            size_t k = utf8_seq(u + i, n - i);
+            memcpy(w, k ? s + i : REPLACEMENT, k ? k : 3);
+            w += k ? k : 3;
+            i += k ? k : 1;
+            continue;
+        }
+        i++;
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *w++ = (uint8_t)c;
+            continue;
+        }
+        *w++ = '\\';
+        switch (c) {
+        case '"': *w++ = '"'; break;
+        case '\\': *w++ = '\\'; break;
+        case '\b': *w++ = 'b'; break;
+        case '\f': *w++ = 'f'; break;
+        case '\n': *w++ = 'n'; break;
+        case '\r': *w++ = 'r'; break;
+        case '\t': *w++ = 't'; break;
+        default:
+            memcpy(w, "u00", 3);
+            w[3] = (uint8_t)hex[c >> 4];
+            w[4] = (uint8_t)hex[c & 15];
+            w += 5;
+        }
+    }
+    *w++ = '"';
+    out->len = (size_t)(w - out->data);
+    return 0;
+}
+
+/* NUL-terminated s as a JSON string, or null when s is NULL. */
+static int put_cstr(cm_buf *out, const char *s) {
+    return s ? put_str(out, s, strlen(s)) : cm_buf_append(out, "null", 4);
+}
+
+/* Appends v in decimal, as jansson writes a json_integer. */
+static int put_int(cm_buf *out, long long v) {
+    char d[24], *p = d + sizeof d;
+    unsigned long long m = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do
+        *--p = (char)('0' + m % 10);
+    while (m /= 10);
+    if (v < 0)
+        *--p = '-';
+    return cm_buf_append(out, p, (size_t)(d + sizeof d - p));
+}
+
+#define PUT(out, lit) cm_buf_append((out), (lit), sizeof(lit) - 1)
 
 static json_t *str_or_null(const char *s) {
     return s ? gw_jstr(s, strlen(s)) : json_null();
@@ -251,56 +353,79 @@ int gw_render_completion(cm_buf *out, const gw_completion *c, const gw_choice_ou
     return dump_into(out, j);
 }
 
-int gw_render_chunk(cm_buf *out, const gw_completion *c, const gw_chunk *k) {
-    json_t *j = head_json(c, 1);
-    json_t *ch = json_object();
-    if (c->legacy) {
-        json_object_set_new(ch, "text", gw_jstr(k->text ? k->text : "", k->text ? k->len : 0));
-        json_object_set_new(ch, "index", json_integer(k->index));
-    } else {
-        json_t *delta = json_object();
-        if (k->role)
-            json_object_set_new(delta, "role", json_string("assistant"));
-        if (k->call) {
-            json_t *fn = json_object();
-            if (k->call_name)
-                json_object_set_new(fn, "name", json_string(k->call_name));
-            json_object_set_new(fn, "arguments", gw_jstr(k->text ? k->text : "", k->text ? k->len : 0));
-            if (c->functions) {
-                json_object_set_new(delta, "function_call", fn);
-            } else {
-                json_t *tc = json_object();
-                json_object_set_new(tc, "index", json_integer(k->call - 1));
-                if (k->call_id) {
-                    json_object_set_new(tc, "id", json_string(k->call_id));
-                    json_object_set_new(tc, "type", json_string("function"));
-                }
-                json_object_set_new(tc, "function", fn);
-                json_t *arr = json_array();
-                json_array_append_new(arr, tc);
-                json_object_set_new(delta, "tool_calls", arr);
-            }
-        } else if (k->text) {
-            json_object_set_new(delta, "content", gw_jstr(k->text, k->len));
-        }
-        json_object_set_new(ch, "index", json_integer(k->index));
-        json_object_set_new(ch, "delta", delta);
-    }
-    json_t *lp = NULL;
-    size_t off = k->text_off;
-    if (k->lp && k->n_lp && gw_logprobs_add(&lp, c->legacy, k->lp, k->n_lp, &off)) {
-        json_decref(j);
-        json_decref(ch);
+/* The function object of a call delta: {name?, arguments}. Nonzero on failure. */
+static int put_function(cm_buf *out, const gw_chunk *k) {
+    if (PUT(out, "{"))
         return -ENOMEM;
+    if (k->call_name && (PUT(out, "\"name\":") || put_cstr(out, k->call_name) || PUT(out, ",")))
+        return -ENOMEM;
+    return PUT(out, "\"arguments\":") || put_str(out, k->text ? k->text : "", k->text ? k->len : 0) ||
+           PUT(out, "}");
+}
+
+/* A chat chunk's delta object: {role?, function_call | tool_calls | content?}.
+ * Nonzero on failure. */
+static int put_delta(cm_buf *out, const gw_completion *c, const gw_chunk *k) {
+    if (PUT(out, "{") || (k->role && PUT(out, "\"role\":\"assistant\"")))
+        return -ENOMEM;
+    if ((k->call || k->text) && k->role && PUT(out, ","))
+        return -ENOMEM;
+    if (k->call && c->functions) {
+        if (PUT(out, "\"function_call\":") || put_function(out, k))
+            return -ENOMEM;
+    } else if (k->call) {
+        if (PUT(out, "\"tool_calls\":[{\"index\":") || put_int(out, (long long)(k->call - 1)))
+            return -ENOMEM;
+        if (k->call_id && (PUT(out, ",\"id\":") || put_cstr(out, k->call_id) || PUT(out, ",\"type\":\"function\"")))
+            return -ENOMEM;
+        if (PUT(out, ",\"function\":") || put_function(out, k) || PUT(out, "}]"))
+            return -ENOMEM;
+    } else if (k->text) {
+        if (PUT(out, "\"content\":") || put_str(out, k->text, k->len))
+            return -ENOMEM;
     }
-    json_object_set_new(ch, "logprobs", lp ? lp : json_null());
-    json_object_set_new(ch, "finish_reason", k->finish ? json_string(gw_finish_name(c, k->finish)) : json_null());
-    json_t *choices = json_array();
-    json_array_append_new(choices, ch);
-    json_object_set_new(j, "choices", choices);
-    if (k->with_usage_null)
-        json_object_set_new(j, "usage", json_null());
-    return sse(out, j);
+    return PUT(out, "}");
+}
+
+/* Written field by field in the key order of the jansson tree it replaced:
+ * {id, object, created, model, system_fingerprint, choices: [{index, delta | text,
+ * index; logprobs, finish_reason}], usage?}. Only logprobs go through jansson. */
+int gw_render_chunk(cm_buf *out, const gw_completion *c, const gw_chunk *k) {
+    size_t at = out->len;
+    if (PUT(out, "data: {\"id\":") || put_cstr(out, c->id) || PUT(out, ",\"object\":") ||
+        (c->legacy ? PUT(out, "\"text_completion\"") : PUT(out, "\"chat.completion.chunk\"")) ||
+        PUT(out, ",\"created\":") || put_int(out, c->created) || PUT(out, ",\"model\":") ||
+        put_cstr(out, c->model) || PUT(out, ",\"system_fingerprint\":\"fp_kolm\",\"choices\":[{"))
+        goto fail;
+    if (c->legacy) {
+        if (PUT(out, "\"text\":") || put_str(out, k->text ? k->text : "", k->text ? k->len : 0) ||
+            PUT(out, ",\"index\":") || put_int(out, k->index))
+            goto fail;
+    } else if (PUT(out, "\"index\":") || put_int(out, k->index) || PUT(out, ",\"delta\":") ||
+               put_delta(out, c, k)) {
+        goto fail;
+    }
+    if (PUT(out, ",\"logprobs\":"))
+        goto fail;
+    if (k->lp && k->n_lp) {
+        json_t *lp = NULL;
+        size_t off = k->text_off;
+        int rc = gw_logprobs_add(&lp, c->legacy, k->lp, k->n_lp, &off);
+        rc = rc ? rc : dump_json(out, lp);
+        json_decref(lp);
+        if (rc)
+            goto fail;
+    } else if (PUT(out, "null")) {
+        goto fail;
+    }
+    const char *fin = k->finish ? gw_finish_name(c, k->finish) : NULL;
+    if (PUT(out, ",\"finish_reason\":") || (fin ? put_cstr(out, fin) : PUT(out, "null")) || PUT(out, "}]") ||
+        (k->with_usage_null && PUT(out, ",\"usage\":null")) || PUT(out, "}\n\n"))
+        goto fail;
+    return 0;
+fail:
+    out->len = at;
+    return -ENOMEM;
 }
 
 int gw_render_usage_chunk(cm_buf *out, const gw_completion *c, const gw_usage *u) {

@@ -3,7 +3,8 @@
  * Chat completions (chat.completion, chat.completion.chunk), legacy text
  * completions (text_completion), usage, logprobs in both shapes, and error bodies
  * {"error":{message,type,param,code}}. Every string that reaches JSON goes through
- * gw_jstr, so bytes that are not valid UTF-8 (a token holding half a character, a
+ * gw_jstr (or, in a streamed chunk, the escaping that writes it, which repairs the
+ * same way), so bytes that are not valid UTF-8 (a token holding half a character, a
  * message cut mid-character) render as U+FFFD instead of failing. Pure functions,
  * checked case by case in tests/unit/test_gw_chat.c. */
 #ifndef GW_RENDER_H
@@ -94,7 +95,9 @@ typedef struct gw_chunk {
     const char *call_name;
 } gw_chunk;
 
-/* Appends "data: {chunk}\n\n". */
+/* Appends "data: {chunk}\n\n", the bytes jansson would dump for the chunk's tree,
+ * written directly: without logprobs it allocates nothing beyond out's growth. 0,
+ * or -ENOMEM with out back at its length. */
 int gw_render_chunk(cm_buf *out, const gw_completion *c, const gw_chunk *k);
 /* Appends the final usage chunk (choices: []). */
 int gw_render_usage_chunk(cm_buf *out, const gw_completion *c, const gw_usage *u);

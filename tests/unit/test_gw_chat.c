@@ -704,6 +704,66 @@ static void test_render_golden(void) {
     cm_buf_free(&b);
 }
 
+/* The content string of the chunk rendered for s[0..n) must be what jansson dumps
+ * for gw_jstr(s, n): the escaping and the U+FFFD repair of invalid UTF-8 agree
+ * with jansson's own validation. Returns 0 on a mismatch (reported once). */
+static int same_as_jansson(const char *s, size_t n, cm_buf *b) {
+    static const gw_completion c = CHAT;
+    static const char pre[] = "\"delta\":{\"content\":", post[] = "},\"logprobs\":";
+    gw_chunk k = {.text = s, .len = n};
+    kt_checks++;
+    b->len = 0;
+    if (gw_render_chunk(b, &c, &k) || cm_buf_append(b, "", 1)) {
+        KT_FAIL_("cannot render %zu bytes", n);
+        return 0;
+    }
+    const char *from = strstr((const char *)b->data, pre), *to = strstr((const char *)b->data, post);
+    json_t *j = gw_jstr(s, n);
+    char *want = j ? json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    json_decref(j);
+    int ok = from && to && want && (size_t)(to - from) == sizeof pre - 1 + strlen(want) &&
+             !memcmp(from + sizeof pre - 1, want, strlen(want));
+    if (!ok) {
+        fprintf(stderr, "  input:");
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %02x", (unsigned char)s[i]);
+        KT_FAIL_("content renders unlike jansson: got %s, want %s", from ? from : "(none)", want ? want : "(null)");
+    }
+    free(want);
+    return ok;
+}
+
+static void test_render_escape_fuzz(void) {
+    // bytes where escaping and UTF-8 validation have edges
+    static const unsigned char edge[] = {0x00, 0x01, 0x08, 0x09, 0x0a, 0x0c, 0x0d, 0x1f, 0x20, 0x22, 0x2f, 0x41,
+                                         0x5c, 0x7e, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2,
+                                         0xdf, 0xe0, 0xed, 0xee, 0xef, 0xf0, 0xf4, 0xf5, 0xf7, 0xf8, 0xfe, 0xff};
+    cm_buf b = CM_BUF_INIT;
+    unsigned char s[16];
+    int bad = 0;
+    for (unsigned i = 0; i < 65536 && bad < 3; i++) { // every 2-byte string
+        s[0] = (unsigned char)(i >> 8), s[1] = (unsigned char)i;
+        bad += !same_as_jansson((const char *)s, 2, &b);
+    }
+    for (unsigned lead = 0xe0; lead <= 0xff && bad < 3; lead++) // 3- and 4-byte leads before every second byte
+        for (unsigned second = 0; second < 256; second++)
+            for (size_t e = 0; e < sizeof edge && bad < 3; e++) {
+                s[0] = (unsigned char)lead, s[1] = (unsigned char)second, s[2] = edge[e], s[3] = 0x80;
+                bad += !same_as_jansson((const char *)s, 3, &b) + !same_as_jansson((const char *)s, 4, &b);
+            }
+    uint32_t x = 12345;
+    for (int i = 0; i < 100000 && bad < 3; i++) { // random strings of edge bytes and ASCII
+        size_t n = (x >> 7) % sizeof s;
+        for (size_t m = 0; m < n; m++) {
+            x = x * 1103515245u + 12345u;
+            s[m] = (x >> 16) & 1 ? edge[(x >> 17) % sizeof edge] : (unsigned char)(0x20 + (x >> 20) % 95);
+        }
+        x = x * 1103515245u + 12345u;
+        bad += !same_as_jansson((const char *)s, n, &b);
+    }
+    cm_buf_free(&b);
+}
+
 int main(void) {
     test_errors();
     test_accepts();
@@ -714,5 +774,6 @@ int main(void) {
     test_nul();
     test_render_bad_utf8();
     test_render_golden();
+    test_render_escape_fuzz();
     return kt_done("test_gw_chat");
 }
