@@ -95,7 +95,9 @@ struct wk_grammar {
     uint64_t *work, *out, *seen;
     size_t cap_work, n_out, cap_out;
     uint32_t seen_cap, n_seen;
-    int32_t *walk; // [max token length + 1] trie walk states
+    int32_t *walk;     // [max token length + 1] trie walk states
+    uint8_t *walk_run; // [max token length + 1] the walk's path so far is a run (run_chain)
+    uint32_t *chain_dist; // [max token length + 1] run_chain's distance after a run token of r bytes
     int cap_walk;
 };
 
@@ -141,6 +143,8 @@ void wk_grammar_free(wk_grammar *g) {
     free(g->out);
     free(g->seen);
     free(g->walk);
+    free(g->walk_run);
+    free(g->chain_dist);
     free(g);
 }
 
@@ -795,7 +799,115 @@ static int rise_cmp(const void *a, const void *b) {
     return x->dist != y->dist ? (x->dist < y->dist ? 1 : -1) : (x->token > y->token) - (x->token < y->token);
 }
 
-const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, const wk_grise **rises,
+static int i32_cmp(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The state every byte of bytes[0..n) takes s to; -EAGAIN when they part. */
+static int32_t next_all(wk_grammar *g, int32_t s, const uint8_t *bytes, int n) {
+    int32_t u = next(g, s, bytes[0]);
+    for (int k = 1; k < n && u >= 0; k++) {
+        int32_t w = next(g, s, bytes[k]);
+        u = w < 0 ? w : w == u ? u : -EAGAIN;
+    }
+    return u;
+}
+
+/* The run shortcut. When every byte of a class takes state s to one state s1,
+ * every byte of it takes s1 to one state s2, and so on (s is inside a run of the
+ * class, as in [a-z0-9]{1,64}), a token made only of the class's bytes (a run
+ * token) is settled by its length r: allowed exactly when s_r is live. *run gets
+ * the class's table; run tokens of at most *alive bytes are allowed, and those of
+ * at most *settled bytes need no walk (INT32_MAX: all of them); g->chain_dist[r]
+ * is the distance after a run token of r <= *alive bytes. 1 when the shortcut
+ * applies, 0 when not, or a negative errno. */
+static int run_chain(wk_grammar *g, wk_gvocab *v, int32_t s, const wk_gclass **run, int *alive, int *settled) {
+    int32_t to[256], sorted[256], s1 = WK_GRAMMAR_DEAD;
+    for (int b = 0; b < 256; b++)
+        if ((to[b] = sorted[b] = next(g, s, (uint8_t)b)) < 0)
+            return to[b];
+    qsort(sorted, 256, sizeof *sorted, i32_cmp); // the live successor most bytes lead to
+    int best = 0;
+    for (int i = 0, j; i < 256; i = j) {
+        for (j = i; j < 256 && sorted[j] == sorted[i]; j++)
+            ;
+        if (sorted[i] != WK_GRAMMAR_DEAD && j - i > best) {
+            best = j - i;
+            s1 = sorted[i];
+        }
+    }
+    if (best < 2)
+        return 0;
+    uint64_t set[4] = {0};
+    uint8_t bytes[256];
+    int nb = 0, err;
+    for (int b = 0; b < 256; b++)
+        if (to[b] == s1) {
+            set[b >> 6] |= 1ull << (b & 63);
+            bytes[nb++] = (uint8_t)b;
+        }
+    if (!(*run = wk_gvocab_class(v, set, &err)))
+        return err;
+    *settled = INT32_MAX;
+    int r = 1;
+    g->chain_dist[1] = g->st[s1].dist;
+    for (int32_t cur = s1; r < (*run)->max_len; r++) {
+        int32_t u = next_all(g, cur, bytes, nb);
+        if (u == -EAGAIN) {
+            *settled = r; // longer run tokens are walked
+            break;
+        }
+        if (u < 0)
+            return u;
+        if (u == WK_GRAMMAR_DEAD)
+            break; // longer run tokens are dead too
+        g->chain_dist[r + 1] = g->st[u].dist;
+        cur = u;
+    }
+    *alive = r < (*run)->max_len ? r : (*run)->max_len;
+    return 1;
+}
+
+/* Adds to the rising tokens *rs[0..*nr) (sorted by rise_cmp, reallocated) the
+ * run tokens of at most alive bytes that run_chain found rising: all of those of
+ * r bytes rise to chain_dist[r]. The result is farthest first. */
+static int chain_rises(wk_grammar *g, const wk_gclass *run, int alive, uint32_t here, wk_grise **rs, size_t *nr) {
+    size_t add = 0;
+    int32_t *order = g->walk, n = 0; // the walk is over: its stack is free
+    for (int r = 1; r <= alive; r++)
+        if (g->chain_dist[r] > here) {
+            add += (size_t)(run->len_off[r + 1] - run->len_off[r]);
+            order[n++] = r;
+        }
+    if (!add)
+        return 0;
+    for (int i = 1; i < n; i++) // lengths by distance, farthest first (insertion sort: few)
+        for (int j = i; j > 0 && g->chain_dist[order[j]] > g->chain_dist[order[j - 1]]; j--) {
+            int32_t t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    wk_grise *out = malloc((*nr + add) * sizeof *out);
+    if (!out)
+        return -ENOMEM;
+    size_t k = 0, w = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t d = g->chain_dist[order[i]];
+        for (; w < *nr && (*rs)[w].dist >= d; w++)
+            out[k++] = (*rs)[w];
+        for (int32_t j = run->len_off[order[i]]; j < run->len_off[order[i] + 1]; j++)
+            out[k++] = (wk_grise){run->by_len[j], d};
+    }
+    for (; w < *nr; w++)
+        out[k++] = (*rs)[w];
+    free(*rs);
+    *rs = out;
+    *nr = k;
+    return 0;
+}
+
+const uint64_t *wk_grammar_mask(wk_grammar *g, wk_gvocab *v, int32_t s, const wk_grise **rises,
                                 int *n_rises, int *computed, int *err) {
     *computed = 0;
     *err = 0;
@@ -814,28 +926,61 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
     if (g->mask_bytes + words * 8 > WK_GRAMMAR_MASK_BUDGET)
         masks_flush(g);
     uint64_t *m = calloc(words ? words : 1, sizeof *m);
-    if (!m || (g->cap_walk < v->max_len + 1 && !(g->walk = realloc(g->walk, ((size_t)v->max_len + 1) * sizeof *g->walk)))) {
+    if (m && g->cap_walk < v->max_len + 1) {
+        size_t n = (size_t)v->max_len + 1;
+        int32_t *w = realloc(g->walk, n * sizeof *w);
+        g->walk = w ? w : g->walk;
+        uint8_t *wr = w ? realloc(g->walk_run, n) : NULL;
+        g->walk_run = wr ? wr : g->walk_run;
+        uint32_t *cd = wr ? realloc(g->chain_dist, n * sizeof *cd) : NULL;
+        g->chain_dist = cd ? cd : g->chain_dist;
+        if (cd)
+            g->cap_walk = v->max_len + 1;
+    }
+    if (!m || g->cap_walk < v->max_len + 1) {
         free(m);
         *err = -ENOMEM;
         return NULL;
     }
-    if (g->cap_walk < v->max_len + 1)
-        g->cap_walk = v->max_len + 1;
     // One plain node (and inert ones): the plain tokens it takes come from the
-    // vocabulary's bitsets, and only the other tokens are walked.
+    // vocabulary's bitsets, and only the other tokens are walked. Inside a run of
+    // a byte class: the run tokens come from the class's bitsets and the chain's
+    // distances, and the walk skips the subtrees that hold nothing else.
     const trie *tr = &v->all;
     uint32_t cap, min_chars;
+    const wk_gclass *run = NULL;
+    int alive = 0, settled = 0, rc = 0;
     if (wk_grammar_plain_state(g, s, &cap, &min_chars)) {
         uint32_t r = cap < (uint32_t)v->max_chars ? cap : (uint32_t)v->max_chars;
         memcpy(m, v->plain + (size_t)r * words, words * sizeof *m);
         tr = &v->other;
+    } else if ((rc = run_chain(g, v, s, &run, &alive, &settled)) < 0) {
+        free(m);
+        *err = rc;
+        return NULL;
+    } else if (rc) {
+        memcpy(m, run->le + (size_t)alive * words, words * sizeof *m);
+    } else {
+        run = NULL;
     }
     int32_t *st = g->walk;
     st[0] = s;
+    g->walk_run[0] = 1;
     wk_grise *rs = NULL;
     size_t nr = 0, cap_r = 0;
     const uint32_t here = g->st[s].dist;
     for (int32_t i = 0; i < tr->n_nodes;) {
+        int settled_here = 0; // the node's tokens are run tokens the chain settled
+        if (run) {
+            int d = tr->nd[i];
+            uint8_t b = tr->nb[i];
+            g->walk_run[d] = g->walk_run[d - 1] && (run->set[b >> 6] >> (b & 63) & 1);
+            settled_here = g->walk_run[d] && d <= settled;
+            if (settled_here && !(run->mixed[i >> 6] >> (i & 63) & 1) && tr->deep[i] <= settled) {
+                i = tr->nend[i]; // only settled run tokens below
+                continue;
+            }
+        }
         int32_t t = next(g, st[tr->nd[i] - 1], tr->nb[i]);
         if (t < 0) {
             free(m);
@@ -848,7 +993,7 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
             continue;
         }
         st[tr->nd[i]] = t;
-        for (int32_t k = tr->ntok_off[i]; k < tr->ntok_off[i + 1]; k++) {
+        for (int32_t k = tr->ntok_off[i]; k < tr->ntok_off[i + 1] && !settled_here; k++) {
             m[tr->ntok[k] >> 6] |= 1ull << (tr->ntok[k] & 63);
             if (g->st[t].dist > here) {
                 wk_grise *p = grow(rs, sizeof *rs, &cap_r, nr + 1);
@@ -866,6 +1011,12 @@ const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t s, co
     }
     if (nr)
         qsort(rs, nr, sizeof *rs, rise_cmp);
+    if (run && (rc = chain_rises(g, run, alive, here, &rs, &nr))) {
+        free(m);
+        free(rs);
+        *err = rc;
+        return NULL;
+    }
     g->st[s].rise = rs;
     g->st[s].n_rise = (int32_t)nr;
     g->mask_bytes += nr * sizeof *rs;

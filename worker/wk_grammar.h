@@ -94,7 +94,7 @@ typedef struct wk_grise {
  * allowed tokens that take the state farther from acceptance, farthest first.
  * NULL and *err set (-ENOMEM, -E2BIG) on failure; *computed is set to 1 when the
  * mask was not cached, else 0. */
-const uint64_t *wk_grammar_mask(wk_grammar *g, const wk_gvocab *v, int32_t state, const wk_grise **rises,
+const uint64_t *wk_grammar_mask(wk_grammar *g, wk_gvocab *v, int32_t state, const wk_grise **rises,
                                 int *n_rises, int *computed, int *err);
 /* The fewest bytes that take state to an accepting one (0 when accepting;
  * UINT32_MAX for the dead state). */

@@ -6,7 +6,9 @@
  * the tokens that are not plain text; and, for the plain tokens (whole UTF-8
  * characters a JSON string holds as they are), bitsets by character count. The
  * structures are shared with wk_grammar's mask walk; everyone else uses the
- * functions. Built once per worker, read-only afterwards. */
+ * functions. Built once per worker; afterwards only the byte-class tables
+ * (wk_gvocab_class) are added, on first use, so like wk_grammar a vocabulary is
+ * owned by one thread. */
 #ifndef WK_GVOCAB_H
 #define WK_GVOCAB_H
 
@@ -22,7 +24,19 @@ typedef struct trie {
     int32_t *nend;     // [n_nodes] index just past the node's subtree
     int32_t *ntok_off; // [n_nodes + 1] tokens ending at node i: ntok[ntok_off[i] .. ntok_off[i + 1])
     int32_t *ntok;
+    uint16_t *deep;    // [n_nodes] length in bytes of the longest token in the node's subtree
 } trie;
+
+/* The tokens made only of the bytes of one class (a "run" of the class): which
+ * they are, by length, and where in the trie `all` the others are. */
+typedef struct wk_gclass {
+    uint64_t set[4];   // the class: byte b is in it when set[b >> 6] >> (b & 63) & 1
+    int max_len;       // the longest run token (0: none)
+    uint64_t *le;      // [(max_len + 1) * words] le[r * words ..]: the run tokens of at most r bytes
+    int32_t *by_len;   // the run tokens by length: those of r bytes are by_len[len_off[r] .. len_off[r + 1])
+    int32_t *len_off;  // [max_len + 2]
+    uint64_t *mixed;   // [words of all.n_nodes] bit i: node i's subtree holds a token that is no run
+} wk_gclass;
 
 struct wk_gvocab {
     int n_vocab;
@@ -38,6 +52,9 @@ struct wk_gvocab {
     int32_t *eog; // [n_eog]
     int n_eog;
     int max_len;
+    wk_gclass **cls; // [n_cls] the byte-class tables made so far
+    int n_cls;
+    size_t cls_bytes;
 };
 
 typedef struct wk_gvocab wk_gvocab;
@@ -50,5 +67,10 @@ int wk_gvocab_n_vocab(const wk_gvocab *v);
 /* The bytes of token id as the grammar sees them (NULL/0 for control and
  * end-of-generation tokens). */
 const uint8_t *wk_gvocab_bytes(const wk_gvocab *v, int32_t id, int *len);
+/* The table of the byte class set[4] (see wk_gclass), made on first use and kept
+ * with v. NULL with *err = 0 once WK_GVOCAB_CLASS_BUDGET bytes of tables exist
+ * (callers then do without), or with *err = -ENOMEM. */
+#define WK_GVOCAB_CLASS_BUDGET (48u << 20)
+const wk_gclass *wk_gvocab_class(wk_gvocab *v, const uint64_t set[4], int *err);
 
 #endif

@@ -281,7 +281,7 @@ static void rstep(const wk_grammar *g, const rset *in, uint8_t b, rset *out) {
 /* Walks n random allowed tokens from the start, checking every mask against
  * per-token stepping and (every `ref_every` steps) against the reference
  * matcher; returns the text in buf. */
-static int walk(wk_grammar *g, const wk_gvocab *v, int max_steps, int ref_every, char *buf, size_t cap,
+static int walk(wk_grammar *g, wk_gvocab *v, int max_steps, int ref_every, char *buf, size_t cap,
                 double *mask_us, int *n_masks) {
     int32_t s = wk_grammar_start(g);
     size_t len = 0;
@@ -446,6 +446,15 @@ static void test_with_vocab(const wk_tok *tok) {
         "{\"type\":\"object\",\"properties\":{\"when\":{\"type\":\"string\",\"format\":\"date-time\"},\"code\":{"
         "\"type\":\"string\",\"pattern\":\"^[A-Z]{2}[0-9]{2}$\"},\"x\":{\"type\":\"number\",\"minimum\":-1,"
         "\"maximum\":1}},\"required\":[\"when\",\"code\",\"x\"]}",
+        // runs of byte classes (wk_grammar's run shortcut): long ones, ones that
+        // part into two classes, and one a run token can take farther from the end
+        "{\"type\":\"object\",\"properties\":{\"e\":{\"type\":\"string\",\"format\":\"email\"},\"u\":{\"type\":"
+        "\"string\",\"format\":\"uuid\"},\"ip\":{\"type\":\"string\",\"format\":\"ipv4\"}},\"required\":[\"e\",\"u\","
+        "\"ip\"],\"additionalProperties\":false}",
+        "{\"type\":\"object\",\"properties\":{\"p\":{\"type\":\"string\",\"pattern\":\"^([a-z]{1,5}|[a-z0-9]{2,8})-"
+        "[A-Za-z0-9._%+-]{3,40}$\"},\"q\":{\"type\":\"string\",\"pattern\":\"^(ab)?[a-z]{0,3}x$\"},\"r\":{\"type\":"
+        "\"string\",\"pattern\":\"^[0-9a-f]{6,}$\",\"maxLength\":30}},\"required\":[\"p\",\"q\",\"r\"],"
+        "\"additionalProperties\":false}",
     };
     for (size_t i = 0; i < sizeof schemas / sizeof *schemas; i++) {
         wk_grammar *g = NULL;
