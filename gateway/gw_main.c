@@ -29,6 +29,13 @@ static void on_signal(int sig) {
     g_stop = 1;
 }
 
+/* A worker exited: the pools reap it on their next tick (the signal also ends the
+ * loop's epoll_wait early when it lands on the loop's thread). */
+static void on_sigchld(int sig) {
+    (void)sig;
+    gw_pool_child_exited();
+}
+
 static void usage(FILE *f) {
     fprintf(f, "usage: kolm serve [--http] [ARTIFACT.kolm] [--port 8765] [--host 127.0.0.1] [--workers N]\n"
                "                  [--threads T] [--ctx N] [--max-body BYTES] [--max-jobs N] [--max-messages N]\n"
@@ -261,6 +268,8 @@ static int serve(int argc, char **argv) {
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    struct sigaction sc = {.sa_handler = on_sigchld, .sa_flags = SA_RESTART | SA_NOCLDSTOP};
+    sigaction(SIGCHLD, &sc, NULL);
 
     char err[1100] = "";
     gw_receipts_config rc_cfg = {.home = home, .key_path = receipt_key, .log_max = (uint64_t)receipt_log_max};

@@ -7,12 +7,20 @@
  * as EOF/error on the socket (or an exit reaped by gw_pool_tick before that); the
  * worker's jobs are detached and told, the process is killed and reaped, and a
  * new one is spawned after a backoff that doubles with each failure to start
- * (reset by a HELLO), so a worker that crashes at startup never spins. */
+ * (reset by a HELLO), so a worker that crashes at startup never spins.
+ *
+ * gw_pool_tick runs after every turn of the event loop, so it must not cost a
+ * syscall per turn (one waitpid per worker was one per streamed token). It reaps
+ * when gw_pool_child_exited (the process's SIGCHLD handler) has counted an exit
+ * since this pool last looked, and otherwise at most every REAP_POLL_S, for a
+ * process that installs no handler. The count is read before the waitpids, so an
+ * exit that lands after a worker's waitpid is seen on the next tick. */
 #include "gateway/gw_pool.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +31,11 @@
 #include <unistd.h>
 
 #include "common/cm_log.h"
+
+#define REAP_POLL_S 0.1 // reaping without a SIGCHLD, at most this often
+
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "gw_pool_child_exited must be async-signal-safe");
+static atomic_uint g_child_exits; // bumped by gw_pool_child_exited
 
 typedef struct worker {
     gw_pool *pool;
@@ -49,6 +62,8 @@ struct gw_pool {
     int shutting_down;
     int ever_ready;      // some worker said HELLO
     int failed_to_start; // a worker died before any HELLO
+    unsigned seen_exits; // g_child_exits when this pool last reaped
+    double next_reap;    // reap by then even without a SIGCHLD
 };
 
 static double now_s(void) {
@@ -281,7 +296,12 @@ gw_pool *gw_pool_create(h2o_loop_t *loop, const gw_pool_config *cfg) {
     return p;
 }
 
-void gw_pool_tick(gw_pool *p) {
+void gw_pool_child_exited(void) {
+    atomic_fetch_add_explicit(&g_child_exits, 1, memory_order_relaxed);
+}
+
+/* Reaps the workers that exited and treats them as dead. */
+static void reap(gw_pool *p) {
     int status;
     // Each worker's own pid: several pools share the process, and waitpid(-1)
     // would reap another pool's children.
@@ -299,9 +319,18 @@ void gw_pool_tick(gw_pool *p) {
         w->pid = 0;
         worker_dead(w, "process exited");
     }
+}
+
+void gw_pool_tick(gw_pool *p) {
+    double t = now_s();
+    unsigned exits = atomic_load_explicit(&g_child_exits, memory_order_relaxed);
+    if (exits != p->seen_exits || t >= p->next_reap) {
+        p->seen_exits = exits;
+        p->next_reap = t + REAP_POLL_S;
+        reap(p);
+    }
     if (p->shutting_down)
         return;
-    double t = now_s();
     for (int i = 0; i < p->cfg.n_workers; i++) {
         worker *w = &p->w[i];
         if (!w->sock && w->pid == 0 && t >= w->next_spawn && spawn(w))

@@ -51,8 +51,14 @@ void gw_pool_shutdown(gw_pool *p, int timeout_ms);
 void gw_pool_free(gw_pool *p);
 
 /* Reaps exited workers and respawns dead ones whose backoff has passed. Call
- * periodically from the loop. */
+ * after every turn of the loop: it calls waitpid only when a child exited (see
+ * gw_pool_child_exited) or ~100 ms passed since it last did. */
 void gw_pool_tick(gw_pool *p);
+
+/* Counts a child's exit for every pool's next gw_pool_tick: the process's SIGCHLD
+ * handler calls it (async-signal-safe). Without that handler exits are still
+ * reaped, up to ~100 ms later. */
+void gw_pool_child_exited(void);
 
 /* 1 when a worker died before any worker ever said HELLO: the model cannot be
  * loaded (bad file, too little memory), so respawning would only loop. */
