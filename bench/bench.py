@@ -24,6 +24,10 @@ Metrics (medians over --reps runs where repeated):
                    (/proc/PID/task/*/schedstat, ns) per streamed token of long streams
                    and per max_tokens=1 request, and per token of the N-stream runs; the
                    worker's model time is not in it, the kernel's socket work is
+  relay floor us/token  kolm only: bench/relay_floor.c's CPU per event for the same
+                   syscalls per token (epoll_wait, a read from a unix socket, a writev
+                   to loopback TCP) with nothing else, paced at the measured decode
+                   interval: what gateway CPU us/token can approach, not go below
 Token counts come from usage when the server sends it (stream_options.include_usage),
 otherwise from the number of content deltas (labelled in the output).
 
@@ -191,6 +195,26 @@ def cpu_ns(pid):
     return total
 
 
+def relay_floor(args, gap_us, events, log):
+    """bench/relay_floor's CPU us per event at gap_us, or None. Uses the binary next to
+    kolm when the build made one, else compiles bench/relay_floor.c (libc only)."""
+    exe = Path(args.kolm_bin).parent / "relay_floor"
+    if not exe.is_file():
+        exe = Path(args.logdir) / "relay_floor"
+        cc = [os.environ.get("CC", "cc"), "-std=c17", "-O2", "-D_GNU_SOURCE",
+              str(REPO / "bench" / "relay_floor.c"), "-o", str(exe)]
+        if subprocess.run(cc).returncode:
+            log("relay floor: cannot compile bench/relay_floor.c")
+            return None
+    r = subprocess.run([str(exe), "-g", str(int(gap_us)), "-n", str(events)],
+                       capture_output=True, text=True, timeout=60 + events * gap_us / 1e6 * 2)
+    kv = dict(f.split("=", 1) for f in r.stdout.split()[1:] if "=" in f)
+    if r.returncode or "cpu_us_per_event" not in kv:
+        log(f"relay floor failed: {r.stderr.strip() or r.stdout.strip()}")
+        return None
+    return float(kv["cpu_us_per_event"])
+
+
 def n_completion(res):
     u = res.get("usage") or {}
     return (u["completion_tokens"], "usage") if u.get("completion_tokens") else (res["deltas"], "deltas")
@@ -269,11 +293,17 @@ def measure(srv, args, log):
             r = chat(port, model, PROMPTS[i % len(PROMPTS)], args.decode_tokens * 2, True)
             toks += n_completion(r)[0] if r["status"] == 200 else 0
         res["gateway CPU us/token"] = ((cpu_ns(gw) - c0) / 1e3 / toks if toks else None, "")
+        rate = res["decode tok/s"][0]
+        if rate:  # the same syscalls at the same pace, with no gateway around them
+            gap = 1e6 / rate
+            res["relay floor us/token"] = (relay_floor(args, gap, args.decode_tokens * 2, log),
+                                           f"gap {gap:.0f} us")
         c0, k = cpu_ns(gw), args.reps * 8
         for i in range(k):
             chat(port, model, PROMPTS[i % len(PROMPTS)], 1, False)
         res["gateway CPU us/request"] = ((cpu_ns(gw) - c0) / 1e3 / k, "")
-        log(f"{srv.name}: gateway CPU {res['gateway CPU us/token']} us/token, "
+        log(f"{srv.name}: gateway CPU {res['gateway CPU us/token']} us/token "
+            f"(relay floor {res.get('relay floor us/token')}), "
             f"{res['gateway CPU us/request']} us/request")
 
     for n, extra in [(c, None) for c in args.concurrency] + [
@@ -362,7 +392,7 @@ def main():
 
     if not Path(args.model).is_file():
         sys.exit(f"model {args.model} not found (deploy/setup.sh assembles it)")
-    logdir = tempfile.mkdtemp(prefix="kolm-bench-")
+    logdir = args.logdir = tempfile.mkdtemp(prefix="kolm-bench-")
     home = os.path.join(logdir, "home")
     os.makedirs(home)
     specs = []
