@@ -17,11 +17,14 @@
  * A vocabulary (wk_gvocab, one per tokenizer) is every token's bytes laid out as
  * a byte trie in preorder. A state's mask (bit i set: token i keeps the output
  * inside the language) is one walk of that trie over the DFA, skipping a subtree
- * as soon as its prefix is dead, and is cached per state. End-of-generation
- * tokens are allowed exactly when the state is accepting; tokens with no bytes
- * (control tokens) never are. Call stacks deeper than WK_GRAMMAR_MAX_DEPTH are cut
- * off (bounds recursion such as nested JSON), and a grammar holds at most
- * WK_GRAMMAR_MAX_STATES states: past that, steps fail with -E2BIG.
+ * as soon as its prefix is dead, and is cached per state. Inside a free string
+ * (wk_grammar_plain) or a run of one byte class (as in [a-z0-9]{1,64}), most of the
+ * mask comes from the vocabulary's bitsets by length and only the rest is walked.
+ * End-of-generation tokens are allowed exactly when the state is accepting;
+ * tokens with no bytes (control tokens) never are. Call stacks deeper than
+ * WK_GRAMMAR_MAX_DEPTH are cut off (bounds recursion such as nested JSON), and a
+ * grammar holds at most WK_GRAMMAR_MAX_STATES states: past that, steps fail with
+ * -E2BIG.
  *
  * Not thread-safe: one worker thread owns a grammar. */
 #ifndef WK_GRAMMAR_H
