@@ -196,16 +196,8 @@ def cpu_ns(pid):
 
 
 def relay_floor(args, gap_us, events, log):
-    """bench/relay_floor's CPU us per event at gap_us, or None. Uses the binary next to
-    kolm when the build made one, else compiles bench/relay_floor.c (libc only)."""
+    """bench/relay_floor's CPU us per event at gap_us (built next to kolm), or None."""
     exe = Path(args.kolm_bin).parent / "relay_floor"
-    if not exe.is_file():
-        exe = Path(args.logdir) / "relay_floor"
-        cc = [os.environ.get("CC", "cc"), "-std=c17", "-O2", "-D_GNU_SOURCE",
-              str(REPO / "bench" / "relay_floor.c"), "-o", str(exe)]
-        if subprocess.run(cc).returncode:
-            log("relay floor: cannot compile bench/relay_floor.c")
-            return None
     r = subprocess.run([str(exe), "-g", str(int(gap_us)), "-n", str(events)],
                        capture_output=True, text=True, timeout=60 + events * gap_us / 1e6 * 2)
     kv = dict(f.split("=", 1) for f in r.stdout.split()[1:] if "=" in f)
