@@ -75,8 +75,8 @@ enum kn_rope_mode {
 /* One batched attention call over a paged KV cache, for one layer.
  *
  * The cache of a layer is [n_blocks, block_size, n_kv_head, head_dim] in `kv_type`
- * (KN_F16 or KN_F32; for KN_E4M3 each [head_dim] is a record with its scale,
- * kn_fp8.h). A sequence's logical position p lives in physical block
+ * (KN_F16, KN_BF16 or KN_F32; for KN_E4M3 each [head_dim] is a record with its
+ * scale, kn_fp8.h). A sequence's logical position p lives in physical block
  * block_table[seq][p / block_size], slot p % block_size. Query token t belongs to
  * sequence tok_seq[t] at position tok_pos[t] and attends to positions j of its own
  * sequence with j <= tok_pos[t] and, when window > 0, tok_pos[t] - j < window.

@@ -162,6 +162,23 @@ static void ref_add_bias(kn_backend *be, const float *x, const float *bias, int6
             y[r * n + i] = x[r * n + i] + bias[i];
 }
 
+/* Element idx of a KN_F32, KN_F16 or KN_BF16 cache: stored from / loaded as f32. */
+static void kv_put(void *cache, kn_type t, size_t idx, float x) {
+    switch (t) {
+    case KN_F16: ((uint16_t *)cache)[idx] = kn_f32_to_f16(x); break;
+    case KN_BF16: ((uint16_t *)cache)[idx] = kn_f32_to_bf16(x); break;
+    default: ((float *)cache)[idx] = x; break;
+    }
+}
+
+static float kv_load(const void *cache, kn_type t, size_t idx) {
+    switch (t) {
+    case KN_F16: return kn_f16_to_f32(((const uint16_t *)cache)[idx]);
+    case KN_BF16: return kn_bf16_to_f32(((const uint16_t *)cache)[idx]);
+    default: return ((const float *)cache)[idx];
+    }
+}
+
 void kn_ref_kv_store(void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
                      const int32_t *slots, int64_t n_tok, int64_t row, int head_dim) {
     for (int64_t t = 0; t < n_tok; t++) {
@@ -175,13 +192,8 @@ void kn_ref_kv_store(void *k_cache, void *v_cache, kn_type kv_type, const float 
             continue;
         }
         for (int64_t i = 0; i < row; i++) {
-            if (kv_type == KN_F16) {
-                ((uint16_t *)k_cache)[off + i] = kn_f32_to_f16(k[t * row + i]);
-                ((uint16_t *)v_cache)[off + i] = kn_f32_to_f16(v[t * row + i]);
-            } else {
-                ((float *)k_cache)[off + i] = k[t * row + i];
-                ((float *)v_cache)[off + i] = v[t * row + i];
-            }
+            kv_put(k_cache, kv_type, off + (size_t)i, k[t * row + i]);
+            kv_put(v_cache, kv_type, off + (size_t)i, v[t * row + i]);
         }
     }
 }
@@ -195,10 +207,7 @@ static void ref_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type k
 static float kv_get(const kn_attn_args *a, const void *cache, size_t slot, int kvh, int i) {
     if (a->kv_type == KN_E4M3)
         return kn_e4m3_rec_get(cache, slot * a->n_kv_head + kvh, a->head_dim, i);
-    const size_t idx = (slot * a->n_kv_head + kvh) * a->head_dim + i;
-    if (a->kv_type == KN_F16)
-        return kn_f16_to_f32(((const uint16_t *)cache)[idx]);
-    return ((const float *)cache)[idx];
+    return kv_load(cache, a->kv_type, (slot * a->n_kv_head + kvh) * a->head_dim + i);
 }
 
 /* Gathers each token's K/V position by position through the block table, then

@@ -407,6 +407,11 @@ static void cpu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type k
         if (kv_type == KN_F16) {
             c->dt.to_f16(k + t * row, (uint16_t *)k_cache + off, row);
             c->dt.to_f16(v + t * row, (uint16_t *)v_cache + off, row);
+        } else if (kv_type == KN_BF16) { // scalar: a store is one row per token, attention reads the context
+            for (int64_t i = 0; i < row; i++) {
+                ((uint16_t *)k_cache)[off + i] = kn_f32_to_bf16(k[t * row + i]);
+                ((uint16_t *)v_cache)[off + i] = kn_f32_to_bf16(v[t * row + i]);
+            }
         } else {
             memcpy((float *)k_cache + off, k + t * row, (size_t)row * sizeof(float));
             memcpy((float *)v_cache + off, v + t * row, (size_t)row * sizeof(float));
@@ -433,7 +438,7 @@ static void attn_run(void *vctx, int ith, int nth) {
     const kn_attn_args *a = x->a;
     const kn_dot_table *dt = &x->c->dt;
     const int hd = a->head_dim, group = a->n_head / a->n_kv_head;
-    const size_t esz = a->kv_type == KN_F16 ? 2 : 4;
+    const size_t esz = kn_type_block_bytes(a->kv_type); // F32, F16, BF16: one element per block
     const size_t row = (size_t)a->n_kv_head * hd;
     float acc[KN_KV_NQ * KN_CPU_MAX_HEAD_DIM];
     float sc[KN_KV_NQ * KN_ATT_TILE], m[KN_KV_NQ], l[KN_KV_NQ], s[KN_KV_NQ];

@@ -39,7 +39,7 @@ typedef struct kn_dot_table {
     kn_dotn_fn dotn[KN_TYPE_COUNT]; // NULL: call dot once per token
     int act_xu;                     // dotn's Q8_0 activation codes are offset binary
     float (*dot_f32)(const float *a, const float *b, int64_t n);
-    /* Attention helpers over one cache row of n elements in kv_type (F16/F32). */
+    /* Attention helpers over one cache row of n elements in kv_type (F16/BF16/F32). */
     float (*dot_kv)(const float *q, const void *k, int kv_type, int64_t n);
     /* acc[i] = acc[i] * a + b * v[i] */
     void (*axpby_kv)(float *acc, float a, float b, const void *v, int kv_type, int64_t n);

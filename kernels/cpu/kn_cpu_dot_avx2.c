@@ -273,46 +273,60 @@ static float dot_bf16w(const void *w, const void *x, int64_t n) {
     return s;
 }
 
-static float dot_kv(const float *q, const void *k, int kv_type, int64_t n) {
-    return kv_type == KN_F16 ? dot_f16w(k, q, n) : dot_f32(k, q, n);
+/* 8 elements of a KV cache row in kv_type (F16, BF16 or F32) from element i, as
+ * f32; kv_at is one element. The kernels below take kv_type as a constant of an
+ * always-inlined body, so each type gets its own branch-free loop. */
+static inline __attribute__((always_inline)) __m256 load_kv8(const void *p, int kv_type, int64_t i) {
+    if (kv_type == KN_F16)
+        return load_h8((const uint16_t *)p + i);
+    if (kv_type == KN_BF16)
+        return load_bf8((const uint16_t *)p + i);
+    return _mm256_loadu_ps((const float *)p + i);
+}
+
+static inline __attribute__((always_inline)) float kv_at(const void *p, int kv_type, int64_t i) {
+    if (kv_type == KN_F16)
+        return h2f(((const uint16_t *)p)[i]);
+    if (kv_type == KN_BF16)
+        return kn_bf16_to_f32(((const uint16_t *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+/* Runs `call` with T a constant equal to kv_type (KN_F16, KN_BF16, else KN_F32). */
+#define KV_DISPATCH(kv_type, call)                                                                             \
+    do {                                                                                                       \
+        switch (kv_type) {                                                                                     \
+        case KN_F16: { const int T = KN_F16; call; } break;                                                    \
+        case KN_BF16: { const int T = KN_BF16; call; } break;                                                  \
+        default: { const int T = KN_F32; call; } break;                                                        \
+        }                                                                                                      \
+    } while (0)
+
+static inline __attribute__((always_inline)) void axpby_kv_t(float *acc, float a, float b, const void *v,
+                                                             const int kv_type, int64_t n) {
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(acc + i,
+                         _mm256_fmadd_ps(vb, load_kv8(v, kv_type, i), _mm256_mul_ps(va, _mm256_loadu_ps(acc + i))));
+    for (; i < n; i++)
+        acc[i] = acc[i] * a + b * kv_at(v, kv_type, i);
 }
 
 static void axpby_kv(float *acc, float a, float b, const void *v, int kv_type, int64_t n) {
-    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
-    int64_t i = 0;
-    if (kv_type == KN_F16) {
-        const uint16_t *h = v;
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(vb, load_h8(h + i), _mm256_mul_ps(va, _mm256_loadu_ps(acc + i))));
-        for (; i < n; i++)
-            acc[i] = acc[i] * a + b * h2f(h[i]);
-    } else {
-        const float *f = v;
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(acc + i,
-                             _mm256_fmadd_ps(vb, _mm256_loadu_ps(f + i), _mm256_mul_ps(va, _mm256_loadu_ps(acc + i))));
-        for (; i < n; i++)
-            acc[i] = acc[i] * a + b * f[i];
-    }
+    KV_DISPATCH(kv_type, axpby_kv_t(acc, a, b, v, T, n));
 }
 
 /* dot_kv for nq heads: the lane accumulation of dot_f16w / dot_f32 (two
- * accumulators over 16-element steps, scalar tail), per head; nq constant in
- * the always-inlined body so the accumulators stay in registers. */
-static inline __attribute__((always_inline)) void dot_kv_t(const float *q, const int nq, const void *k, int kv_type,
-                                                           int64_t n, float *out) {
+ * accumulators over 16-element steps, scalar tail), per head; nq and kv_type
+ * constant in the always-inlined body so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void dot_kv_t(const float *q, const int nq, const void *k,
+                                                           const int kv_type, int64_t n, float *out) {
     __m256 a0[4], a1[4];
     _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) a0[g] = a1[g] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        __m256 k0, k1;
-        if (kv_type == KN_F16) {
-            k0 = load_h8((const uint16_t *)k + i);
-            k1 = load_h8((const uint16_t *)k + i + 8);
-        } else {
-            k0 = _mm256_loadu_ps((const float *)k + i);
-            k1 = _mm256_loadu_ps((const float *)k + i + 8);
-        }
+        const __m256 k0 = load_kv8(k, kv_type, i), k1 = load_kv8(k, kv_type, i + 8);
         _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) {
             a0[g] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + g * n + i), a0[g]);
             a1[g] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + g * n + i + 8), a1[g]);
@@ -321,12 +335,13 @@ static inline __attribute__((always_inline)) void dot_kv_t(const float *q, const
     _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) {
         float s = hsum8(_mm256_add_ps(a0[g], a1[g]));
         for (int64_t j = i; j < n; j++)
-            s += (kv_type == KN_F16 ? h2f(((const uint16_t *)k)[j]) : ((const float *)k)[j]) * q[g * n + j];
+            s += kv_at(k, kv_type, j) * q[g * n + j];
         out[g] = s;
     }
 }
 
-static void dot_kv_n(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out) {
+static inline __attribute__((always_inline)) void dot_kv_nt(const float *q, int nq, const void *k,
+                                                            const int kv_type, int64_t n, float *out) {
     for (; nq > 0; nq -= 4, q += 4 * n, out += 4) {
         switch (nq) {
         case 1: dot_kv_t(q, 1, k, kv_type, n, out); break;
@@ -337,10 +352,22 @@ static void dot_kv_n(const float *q, int nq, const void *k, int kv_type, int64_t
     }
 }
 
-/* wsum_kv for nq (constant) heads: 16 elements at a time, the accumulators of
- * all heads in registers across the rows. */
+static void dot_kv_n(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out) {
+    KV_DISPATCH(kv_type, dot_kv_nt(q, nq, k, T, n, out));
+}
+
+/* dot_f16w / dot_f32 on a cache row: dot_kv_t's lanes with one head. */
+static float dot_kv(const float *q, const void *k, int kv_type, int64_t n) {
+    float s;
+    KV_DISPATCH(kv_type, dot_kv_t(q, 1, k, T, n, &s));
+    return s;
+}
+
+/* wsum_kv for nq heads: 16 elements at a time, the accumulators of all heads in
+ * registers across the rows; nq and kv_type constant as in dot_kv_t. */
 static inline __attribute__((always_inline)) void wsum_kv_t(float *acc, const int nq, const float *w, size_t ws,
-                                                            const void *const *v, int nv, int kv_type, int64_t n) {
+                                                            const void *const *v, int nv, const int kv_type,
+                                                            int64_t n) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m256 a0[4], a1[4];
@@ -349,14 +376,7 @@ static inline __attribute__((always_inline)) void wsum_kv_t(float *acc, const in
             a1[g] = _mm256_loadu_ps(acc + g * n + i + 8);
         }
         for (int j = 0; j < nv; j++) {
-            __m256 v0, v1;
-            if (kv_type == KN_F16) {
-                v0 = load_h8((const uint16_t *)v[j] + i);
-                v1 = load_h8((const uint16_t *)v[j] + i + 8);
-            } else {
-                v0 = _mm256_loadu_ps((const float *)v[j] + i);
-                v1 = _mm256_loadu_ps((const float *)v[j] + i + 8);
-            }
+            const __m256 v0 = load_kv8(v[j], kv_type, i), v1 = load_kv8(v[j], kv_type, i + 8);
             _Pragma("GCC unroll 4") for (int g = 0; g < nq; g++) {
                 const __m256 wj = _mm256_broadcast_ss(w + g * ws + j);
                 a0[g] = _mm256_fmadd_ps(wj, v0, a0[g]);
@@ -371,12 +391,12 @@ static inline __attribute__((always_inline)) void wsum_kv_t(float *acc, const in
     for (; i < n; i++)
         for (int g = 0; g < nq; g++)
             for (int j = 0; j < nv; j++)
-                acc[g * n + i] += w[g * ws + j] *
-                                  (kv_type == KN_F16 ? h2f(((const uint16_t *)v[j])[i]) : ((const float *)v[j])[i]);
+                acc[g * n + i] += w[g * ws + j] * kv_at(v[j], kv_type, i);
 }
 
-static void wsum_kv(float *acc, int nq, const float *w, size_t ws, const void *const *v, int nv, int kv_type,
-                    int64_t n) {
+static inline __attribute__((always_inline)) void wsum_kv_nt(float *acc, int nq, const float *w, size_t ws,
+                                                             const void *const *v, int nv, const int kv_type,
+                                                             int64_t n) {
     for (; nq > 0; nq -= 4, acc += 4 * n, w += 4 * ws) {
         switch (nq) {
         case 1: wsum_kv_t(acc, 1, w, ws, v, nv, kv_type, n); break;
@@ -385,6 +405,11 @@ static void wsum_kv(float *acc, int nq, const float *w, size_t ws, const void *c
         default: wsum_kv_t(acc, 4, w, ws, v, nv, kv_type, n); break;
         }
     }
+}
+
+static void wsum_kv(float *acc, int nq, const float *w, size_t ws, const void *const *v, int nv, int kv_type,
+                    int64_t n) {
+    KV_DISPATCH(kv_type, wsum_kv_nt(acc, nq, w, ws, v, nv, T, n));
 }
 
 /* kn_gelu(g) * u (tanhf has no vector form here; the FFN's GELU is a small

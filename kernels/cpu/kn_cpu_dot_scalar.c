@@ -183,20 +183,25 @@ static float dot_f32(const float *a, const float *b, int64_t n) {
     return dot_f32w(a, b, n);
 }
 
+/* Element i of a KV cache row in kv_type (F16, BF16 or F32) as f32. */
+static inline float kv_at(const void *p, int kv_type, int64_t i) {
+    if (kv_type == KN_F16)
+        return kn_f16_to_f32(((const uint16_t *)p)[i]);
+    if (kv_type == KN_BF16)
+        return kn_bf16_to_f32(((const uint16_t *)p)[i]);
+    return ((const float *)p)[i];
+}
+
 static float dot_kv(const float *q, const void *k, int kv_type, int64_t n) {
-    return kv_type == KN_F16 ? dot_f16w(k, q, n) : dot_f32w(k, q, n);
+    float s = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        s += kv_at(k, kv_type, i) * q[i];
+    return s;
 }
 
 static void axpby_kv(float *acc, float a, float b, const void *v, int kv_type, int64_t n) {
-    if (kv_type == KN_F16) {
-        const uint16_t *h = v;
-        for (int64_t i = 0; i < n; i++)
-            acc[i] = acc[i] * a + b * kn_f16_to_f32(h[i]);
-    } else {
-        const float *f = v;
-        for (int64_t i = 0; i < n; i++)
-            acc[i] = acc[i] * a + b * f[i];
-    }
+    for (int64_t i = 0; i < n; i++)
+        acc[i] = acc[i] * a + b * kv_at(v, kv_type, i);
 }
 
 static void dot_kv_n(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out) {
@@ -210,7 +215,7 @@ static void wsum_kv(float *acc, int nq, const float *w, size_t ws, const void *c
         for (int64_t i = 0; i < n; i++) {
             float a = acc[g * n + i];
             for (int j = 0; j < nv; j++)
-                a += w[g * ws + j] * (kv_type == KN_F16 ? kn_f16_to_f32(((const uint16_t *)v[j])[i]) : ((const float *)v[j])[i]);
+                a += w[g * ws + j] * kv_at(v[j], kv_type, i);
             acc[g * n + i] = a;
         }
 }

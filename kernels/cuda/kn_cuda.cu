@@ -89,11 +89,20 @@ static __device__ float block_sum(float v) {
     return warp_sum(v);
 }
 
-static __device__ float load_float(kn_type t, const uint8_t *row, int64_t i) {
+/* Element i of a KN_F32, KN_F16 or KN_BF16 array (weight row or KV cache) as f32,
+ * and the store into one (round to nearest even, kn_half.h). */
+static __device__ float load_float(kn_type t, const void *row, int64_t i) {
     if (t == KN_F32)
         return ((const float *)row)[i];
     const uint16_t h = ((const uint16_t *)row)[i];
     return t == KN_F16 ? kn_f16_to_f32(h) : kn_bf16_to_f32(h);
+}
+
+static __device__ void store_float(kn_type t, void *row, int64_t i, float x) {
+    if (t == KN_F32)
+        ((float *)row)[i] = x;
+    else
+        ((uint16_t *)row)[i] = t == KN_F16 ? kn_f32_to_f16(x) : kn_f32_to_bf16(x);
 }
 
 /* ---------------------------------------------------------------- memory */
@@ -306,20 +315,16 @@ static void cu_add_bias(kn_backend *be, const float *x, const float *bias, int64
 
 /* ---------------------------------------------------------------- KV cache and attention */
 
+// Grid: one thread per element of [n_tok, row], 256 per block.
 static __global__ void k_kv_store(void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
                                   const int32_t *slots, int64_t total, int64_t row) {
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= total)
         return;
     const int64_t t = g / row, i = g % row;
-    const size_t dst = (size_t)slots[t] * (size_t)row + (size_t)i;
-    if (kv_type == KN_F16) {
-        ((uint16_t *)k_cache)[dst] = kn_f32_to_f16(k[g]);
-        ((uint16_t *)v_cache)[dst] = kn_f32_to_f16(v[g]);
-    } else {
-        ((float *)k_cache)[dst] = k[g];
-        ((float *)v_cache)[dst] = v[g];
-    }
+    const int64_t dst = (int64_t)slots[t] * row + i;
+    store_float(kv_type, k_cache, dst, k[g]);
+    store_float(kv_type, v_cache, dst, v[g]);
 }
 
 /* FP8: one thread per (token, kv head) record (scale from the head's amax). */
@@ -355,7 +360,7 @@ static __device__ float kv_get(const kn_attn_args &a, const void *cache, size_t 
     if (a.kv_type == KN_E4M3)
         return kn_e4m3_rec_get(cache, slot * a.n_kv_head + kvh, a.head_dim, i);
     const size_t idx = slot * a.n_kv_head * a.head_dim + (size_t)kvh * a.head_dim + i;
-    return a.kv_type == KN_F16 ? kn_f16_to_f32(((const uint16_t *)cache)[idx]) : ((const float *)cache)[idx];
+    return load_float(a.kv_type, cache, (int64_t)idx);
 }
 
 #define MAX_HEAD_DIM 256

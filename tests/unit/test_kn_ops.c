@@ -8,8 +8,9 @@
  *     printed; quantized matmul is compared tightly with the reference that uses
  *     the same activation quantization and loosely with the pure float one, and
  *     each token of a batch must match the same token multiplied alone exactly;
- * (c) paged attention over block sizes {1,3,7,16}, GQA 1/2/4, F16/F32 caches,
- *     sliding window on/off, several sequences per batch, NaN in unused slots. */
+ * (c) paged attention over block sizes {1,3,7,16}, GQA 1/2/4, F16/BF16/F32/E4M3
+ *     caches, sliding window on/off, several sequences per batch, NaN in unused
+ *     slots; each reduced-precision cache also against an f32 cache. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -143,6 +144,55 @@ static void test_fp8(void) {
     ASSERT_EQ(kn_f32_to_e4m3(NAN) & 0x7f, 0x7f);
     ASSERT_EQ(kn_f32_to_e4m3(1e-30f), 0);
     ASSERT_EQ(kn_f32_to_e4m3(-0.0f), 0x80);
+}
+
+/* bfloat16 against values built independently: every one of the 65536 codes
+ * decoded (sign, 8-bit exponent, 7-bit mantissa) and encoded back to itself, NaN
+ * codes kept NaN (quiet, same sign); between every pair of neighbours, the f32
+ * just below, at and just above the midpoint rounding down, to the even code and
+ * up (the midpoint above the largest finite value rounds to infinity); f32 NaNs
+ * whose payload sits only in the low 16 bits stay NaN instead of becoming inf. */
+static double bf16_value(uint32_t c) {
+    const int e = (int)(c >> 7) & 255, m = (int)(c & 127);
+    double v = e == 255 ? (m ? NAN : INFINITY) : e ? ldexp(1.0 + m / 128.0, e - 127) : ldexp(m / 128.0, -126);
+    return (c & 0x8000) ? -v : v;
+}
+
+static void test_bf16(void) {
+    int bad = 0;
+    for (uint32_t c = 0; c < 65536; c++) {
+        const double want = bf16_value(c);
+        const float f = kn_bf16_to_f32((uint16_t)c);
+        const uint16_t back = kn_f32_to_bf16(f);
+        int ok;
+        if (isnan(want))
+            ok = isnan(f) && (back & 0x7f80) == 0x7f80 && (back & 0x40) && (back & 0x8000) == (c & 0x8000);
+        else
+            ok = (double)f == want && !!signbit(f) == !!(c & 0x8000) && back == c;
+        if (!ok && bad++ < 5)
+            fprintf(stderr, "  bf16 0x%04x: decodes to %.9g (want %.9g), encodes back to 0x%04x\n", c, f, want, back);
+        if (!ok || isnan(want) || (c & 0x7fff) >= 0x7f80)
+            continue;
+        // finite: below, at and above the midpoint to the next code up in magnitude
+        const double next = (c & 0x7fff) == 0x7f7f ? ldexp(c & 0x8000 ? -1.0 : 1.0, 128) : bf16_value(c + 1);
+        const float mid = (float)((want + next) / 2); // exact: 9 significant bits
+        const unsigned even = (c & 1) ? c + 1 : c;
+        const unsigned lo = kn_f32_to_bf16(nextafterf(mid, 0.0f)), at = kn_f32_to_bf16(mid),
+                       hi = kn_f32_to_bf16(nextafterf(mid, (float)next));
+        if (((double)mid != (want + next) / 2 || lo != c || at != even || hi != c + 1) && bad++ < 5)
+            fprintf(stderr, "  bf16 0x%04x/0x%04x: midpoint %.9g rounds to 0x%04x (want 0x%04x), below to 0x%04x, "
+                    "above to 0x%04x\n", c, c + 1, mid, at, even, lo, hi);
+    }
+    ASSERT_EQ(bad, 0);
+    const uint32_t nans[] = {0x7f800001u, 0xff800001u, 0x7f80ffffu, 0x7fc00000u, 0x7fffffffu, 0xffffffffu};
+    for (size_t i = 0; i < sizeof nans / sizeof nans[0]; i++) {
+        const uint16_t b = kn_f32_to_bf16(kn_bits_f32(nans[i]));
+        ASSERT_TRUE(isnan(kn_bf16_to_f32(b)) && (b & 0x40) && (b >> 15) == (nans[i] >> 31));
+    }
+    ASSERT_EQ(kn_f32_to_bf16(kn_bits_f32(0x7f7fffffu)), 0x7f80); // FLT_MAX rounds to infinity
+    ASSERT_EQ(kn_f32_to_bf16(-INFINITY), 0xff80);
+    ASSERT_EQ(kn_f32_to_bf16(-0.0f), 0x8000);
+    ASSERT_EQ(kn_f32_to_bf16(0x1p-149f), 0x0000); // the smallest f32 subnormal is below half a bf16 step
 }
 
 static void test_half(void) {
@@ -636,7 +686,7 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
     for (int s = 0, i = 0; s < N_SEQ; s++)
         for (int p = 0; p < lens[s]; p++, i++)
             slots[i] = bt[s * max_blocks + p / bs] * bs + p % bs;
-    const size_t esz = kvt == KN_F16 ? 2 : 4;
+    const size_t esz = kvt == KN_F32 ? 4 : 2;
     const size_t cbytes = kvt == KN_E4M3 ? (size_t)n_blocks * bs * n_kv * kn_e4m3_rec_bytes(HD)
                                          : (size_t)n_blocks * bs * row * esz;
     uint8_t *kc = malloc(cbytes), *vc = malloc(cbytes), *kc2 = malloc(cbytes), *vc2 = malloc(cbytes);
@@ -645,8 +695,8 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
         memset(vc, 0x7f, cbytes);
     }
     for (size_t i = 0; kvt != KN_E4M3 && i < cbytes / esz; i++) { // NaN everywhere: unused slots must not leak
-        if (kvt == KN_F16) {
-            ((uint16_t *)kc)[i] = ((uint16_t *)vc)[i] = 0x7e00;
+        if (kvt != KN_F32) {
+            ((uint16_t *)kc)[i] = ((uint16_t *)vc)[i] = kvt == KN_F16 ? 0x7e00 : 0x7fc0;
         } else {
             ((float *)kc)[i] = ((float *)vc)[i] = NAN;
         }
@@ -702,7 +752,7 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
         nonfinite += !isfinite(or[i]) || !isfinite(o[i]);
     ASSERT_EQ(nonfinite, 0); // NaN padding leaked into a result
     check_close(what, or, o, qn, 2e-5, 1e-4);
-    if (kvt == KN_E4M3) { // against the same attention over an f32 cache
+    if (kvt != KN_F32) { // against the same attention over an f32 cache
         const size_t fb = (size_t)n_blocks * bs * row * sizeof(float);
         float *kf = malloc(fb), *vf = malloc(fb), *of = malloc(qn * sizeof(float));
         ref->ops->kv_store(ref, kf, vf, KN_F32, k, v, slots, n_all, row, HD);
@@ -712,8 +762,18 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
         af.kv_type = KN_F32;
         af.out = of;
         ref->ops->attention(ref, &af);
-        snprintf(what, sizeof(what), "fp8 kv vs f32 kv, bs=%d heads=%d/%d", bs, n_head, n_kv);
-        check_close(what, of, or, qn, 0.08, 0.1); // 3 mantissa bits (a layout or scale bug is off by ~1)
+        snprintf(what, sizeof(what), "%s kv vs f32 kv, bs=%d heads=%d/%d", kn_type_name(kvt), bs, n_head, n_kv);
+        if (kvt == KN_E4M3) {
+            check_close(what, of, or, qn, 0.08, 0.1); // 3 mantissa bits (a layout or scale bug is off by ~1)
+        } else {
+            // NOTE: u is half an ulp at 1 (2^-11 f16, 2^-8 bf16), the largest relative rounding error of a
+            // stored value. With |v| <= 1 the V roundings move an output by <= u; a K rounding moves a score
+            // by <= scale * sum|q||k| * u <= 2 sqrt(HD) u, an output by twice that: ~24u at worst. The
+            // errors are independent roundings, so the largest seen is ~0.6u; 4u keeps a margin and still
+            // fails a layout or type mix-up (off by ~0.1-1). The rounding mode is test_bf16's/test_half's.
+            const double u = kvt == KN_F16 ? 0x1p-11 : 0x1p-8;
+            check_close(what, of, or, qn, 4 * u, 4 * u);
+        }
         free(kf);
         free(vf);
         free(of);
@@ -745,17 +805,18 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
 static void test_attention(kn_backend *be, const char *bname, kn_backend *ref) {
     static const int bss[] = {1, 3, 7, 16};
     static const int ratios[] = {1, 2, 4};
+    static const kn_type kvts[] = {KN_F16, KN_BF16, KN_F32, KN_E4M3};
     for (size_t b = 0; b < 4; b++)
         for (size_t r = 0; r < 3; r++)
-            for (int kv = 0; kv < 3; kv++)
+            for (size_t kv = 0; kv < sizeof kvts / sizeof kvts[0]; kv++)
                 for (int win = 0; win <= 5; win += 5)
-                    test_attention_case(be, bname, ref, bss[b], 2 * ratios[r], 2,
-                                        kv == 2 ? KN_E4M3 : kv ? KN_F32 : KN_F16, win,
+                    test_attention_case(be, bname, ref, bss[b], 2 * ratios[r], 2, kvts[kv], win,
                                         (b & 1) && win ? 30.0f : 0.0f);
 }
 
 int main(void) {
     test_half();
+    test_bf16();
     test_fp8();
     test_table();
     test_dequant();
