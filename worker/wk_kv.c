@@ -33,7 +33,7 @@ size_t wk_kv_head_bytes(kn_type t, int head_dim) {
 wk_kv *wk_kv_create(kn_backend *be, int n_layer, int n_kv_head, int head_dim, int block_size, int n_blocks,
                     kn_type type) {
     if (!be || n_layer <= 0 || n_kv_head <= 0 || head_dim <= 0 || block_size <= 0 || n_blocks <= 0 ||
-        (type != KN_F32 && type != KN_F16 && type != KN_E4M3))
+        (type != KN_F32 && type != KN_F16 && type != KN_BF16 && type != KN_E4M3))
         return NULL;
     wk_kv *kv = calloc(1, sizeof(*kv));
     void *zeros = NULL;

@@ -15,7 +15,7 @@
 
 typedef struct wk_kv wk_kv;
 
-/* Bytes of one (slot, kv head) in a cache of type t (F32, F16, or E4M3 records). */
+/* Bytes of one (slot, kv head) in a cache of type t (F32, F16, BF16, or E4M3 records). */
 size_t wk_kv_head_bytes(kn_type t, int head_dim);
 
 /* Allocates the pool. NULL on failure. */

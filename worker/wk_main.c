@@ -1,8 +1,8 @@
 /* kolm-worker: one model on one device, serving jobs from the gateway.
  *
  *   kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]
- *               [--device cpu|cuda:N] [--kv-dtype f16|f32|fp8] [--ctx N] [--kv-mib M] [--block-size B]
- *               [--max-seqs S]
+ *               [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--ctx N] [--kv-mib M]
+ *               [--block-size B] [--max-seqs S]
  *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
  *               [--seed S] [--stop S]...      (standalone: one request, text to stdout)
  *   kolm-worker --describe GGUF               (the model's metadata as JSON, for kolm pack)
@@ -52,7 +52,7 @@ typedef struct opts {
     const char *model_id;
     const char *artifact_cid;
     const char *device; // "cpu" or "cuda:N"
-    kn_type kv_type;    // --kv-dtype: f16 (default), f32, or fp8 (E4M3 with a scale per token and head)
+    kn_type kv_type;    // --kv-dtype: f16 (default), bf16, f32, or fp8 (E4M3 with a scale per token and head)
     int worker_id, threads, ctx, kv_mib, block_size, max_seqs;
     const char *prompt;
     int max_tokens;
@@ -84,11 +84,13 @@ typedef struct worker {
 
 static void usage(void) {
     fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--artifact-cid CID] [--worker-id K]\n"
-                    "                   [--device cpu|cuda:N] [--kv-dtype f16|f32|fp8] [--threads T] [--ctx N]\n"
+                    "                   [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--threads T] [--ctx N]\n"
                     "                   [--kv-mib M] [--block-size B] [--max-seqs S]\n"
                     "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                   [--seed S] [--stop S]...\n"
-                    "       kolm-worker --describe GGUF\n");
+                    "       kolm-worker --describe GGUF\n"
+                    "  --kv-dtype T  KV cache storage: f16 (default), bf16 (f32's range, 8 significant bits),\n"
+                    "                f32, or fp8 (E4M3 with a scale per token and head; slow on CPU)\n");
 }
 
 static int parse_int(const char *s, long lo, long hi, int *out) {
@@ -99,6 +101,20 @@ static int parse_int(const char *s, long lo, long hi, int *out) {
         return -1;
     *out = (int)v;
     return 0;
+}
+
+/* --kv-dtype NAME -> the KV cache's kn_type; -1 for an unknown name. */
+static int parse_kv_dtype(const char *s, kn_type *out) {
+    static const struct {
+        const char *name;
+        kn_type type;
+    } names[] = {{"f16", KN_F16}, {"bf16", KN_BF16}, {"f32", KN_F32}, {"fp8", KN_E4M3}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(s, names[i].name)) {
+            *out = names[i].type;
+            return 0;
+        }
+    return -1;
 }
 
 static int parse_args(int argc, char **argv, opts *o) {
@@ -127,10 +143,8 @@ static int parse_args(int argc, char **argv, opts *o) {
             o->artifact_cid = v;
         else if (!strcmp(a, "--device"))
             o->device = v;
-        else if (!strcmp(a, "--kv-dtype")) {
-            o->kv_type = !strcmp(v, "fp8") ? KN_E4M3 : !strcmp(v, "f32") ? KN_F32 : KN_F16;
-            bad = strcmp(v, "fp8") && strcmp(v, "f16") && strcmp(v, "f32");
-        }
+        else if (!strcmp(a, "--kv-dtype"))
+            bad = parse_kv_dtype(v, &o->kv_type);
         else if (!strcmp(a, "--worker-id"))
             bad = parse_int(v, 0, 1 << 20, &o->worker_id);
         else if (!strcmp(a, "--threads"))
