@@ -83,33 +83,41 @@ int gw_cli_keygen(int argc, char **argv) {
 
 /* ---- pack ---- */
 
-/* `kolm-worker --describe path` as JSON, or NULL with the reason printed. */
-static json_t *describe(const char *path) {
+int gw_cli_worker_run(const char *arg, const char *arg2, char *out, size_t cap, size_t *len) {
     char wexe[PATH_MAX];
-    if (gw_cli_worker_path(wexe, sizeof wexe)) {
-        fprintf(stderr, "kolm pack: cannot find kolm-worker next to kolm\n");
-        return NULL;
-    }
     int fds[2];
-    if (pipe(fds))
-        return NULL;
+    *len = 0;
+    if (gw_cli_worker_path(wexe, sizeof wexe) || cap == 0 || pipe(fds))
+        return -1;
     pid_t pid = fork();
     if (pid == 0) {
         dup2(fds[1], 1);
         close(fds[0]);
         close(fds[1]);
-        execl(wexe, wexe, "--describe", path, (char *)NULL);
+        execl(wexe, wexe, arg, arg2, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
-    char buf[8192];
-    size_t len = 0;
     ssize_t r;
-    while (len < sizeof buf - 1 && (r = read(fds[0], buf + len, sizeof buf - 1 - len)) > 0)
-        len += (size_t)r;
+    while (pid > 0 && *len < cap - 1 && (r = read(fds[0], out + *len, cap - 1 - *len)) > 0)
+        *len += (size_t)r;
+    out[*len] = 0;
     close(fds[0]);
     int st = 0;
-    if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
+    if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
+        return -1;
+    return 0;
+}
+
+/* `kolm-worker --describe path` as JSON, or NULL with the reason printed. */
+static json_t *describe(const char *path) {
+    char buf[8192], wexe[PATH_MAX];
+    size_t len;
+    if (gw_cli_worker_path(wexe, sizeof wexe)) {
+        fprintf(stderr, "kolm pack: cannot find kolm-worker next to kolm\n");
+        return NULL;
+    }
+    if (gw_cli_worker_run("--describe", path, buf, sizeof buf, &len)) {
         fprintf(stderr, "kolm pack: %s is not a GGUF model kolm can read (see above)\n", path);
         return NULL;
     }

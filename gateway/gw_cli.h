@@ -17,6 +17,10 @@
 
 /* Path of kolm-worker beside this executable: 0, or -1 when it is not there. */
 int gw_cli_worker_path(char *out, size_t n);
+/* Runs `kolm-worker arg [arg2]` (arg2 may be NULL) and keeps up to cap - 1 bytes
+ * of its standard output in out (NUL-terminated), *len of them: 0 when it exited
+ * with status 0, else -1. */
+int gw_cli_worker_run(const char *arg, const char *arg2, char *out, size_t cap, size_t *len);
 
 int gw_cli_keygen(int argc, char **argv);
 int gw_cli_pack(int argc, char **argv);

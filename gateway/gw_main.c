@@ -41,7 +41,8 @@ static void usage(FILE *f) {
                "                  [--threads T] [--ctx N] [--max-body BYTES] [--max-jobs N] [--max-messages N]\n"
                "                  [--max-request-tokens N] [--request-timeout S] [--sse-keepalive S]\n"
                "                  [--api-key KEY] [--keyring DIR] [--allow-unsigned] [--receipt-key FILE]\n"
-               "                  [--receipt-log-max BYTES] [--max-models N] [--devices LIST] [--kv-dtype f16|f32|fp8]\n"
+               "                  [--receipt-log-max BYTES] [--max-models N] [--devices LIST]\n"
+               "                  [--kv-dtype f16|bf16|f32|fp8]\n"
                "       kolm keygen | pack | inspect | verify ...   (kolm COMMAND --help)\n"
                "\n"
                "Serves ARTIFACT.kolm (default $KOLM_HOME/artifacts/" DEFAULT_ARTIFACT ", KOLM_HOME\n"
@@ -54,16 +55,17 @@ static void usage(FILE *f) {
                "  --receipt-key FILE  the receipt signing key (default $KOLM_HOME/keys/gateway.key, made on\n"
                "                  first use)\n"
                "  --receipt-log-max B  receipt log size before rotation (default 67108864)\n"
-               "  --kv-dtype T    KV cache storage: f16 (default), f32, or fp8 (E4M3, a scale per token and head;\n"
-               "                  made for GPU workers, correct but slow on CPU)\n"
+               "  --kv-dtype T    KV cache storage: f16 (default), bf16, f32, or fp8 (E4M3, a scale per token\n"
+               "                  and head; made for GPU workers, correct but slow on CPU)\n"
                "  --devices LIST  one worker per device: cpu or GPU ordinals, e.g. 0,1 (cuda:0, cuda:1);\n"
-               "                  default: --workers CPU workers\n"
+               "                  default: one worker per visible GPU, or with none (or with --workers)\n"
+               "                  CPU workers\n"
                "  --max-models N  models loaded at once, the served one and those of $KOLM_HOME/artifacts/\n"
                "                  loaded on request (default 4)\n"
                "  --http          serve HTTP (the default and only transport)\n"
                "  --port N        TCP port (default 8765)\n"
                "  --host ADDR     bind address (default 127.0.0.1: loopback only)\n"
-               "  --workers N     worker processes (default 1)\n"
+               "  --workers N     CPU worker processes (default 1 when no GPU is visible)\n"
                "  --threads T     compute threads per worker (default: all cores / workers)\n"
                "  --ctx N         context window in tokens (default min(model, 8192))\n"
                "  --max-body B    largest request body in bytes (default 8388608)\n"
@@ -126,6 +128,24 @@ static int parse_devices(const char *s, char names[][16], const char **out) {
     }
 }
 
+/* The GPUs the worker sees (`kolm-worker --devices`: 0 when it was built without
+ * CUDA or finds no device) as "cuda:0" .. into names/out; their count. */
+static int visible_gpus(char names[][16], const char **out) {
+    char buf[64];
+    size_t len;
+    long n;
+    if (gw_cli_worker_run("--devices", NULL, buf, sizeof buf, &len) || !len)
+        return 0;
+    buf[strcspn(buf, "\n")] = 0;
+    if (parse_long(buf, 0, MAX_DEVICES, &n))
+        return 0;
+    for (long i = 0; i < n; i++) {
+        snprintf(names[i], 16, "cuda:%d", (int)i);
+        out[i] = names[i];
+    }
+    return (int)n;
+}
+
 static void on_model_change(void *ud, gw_model *m) {
     gw_http **http = ud;
     if (*http)
@@ -180,7 +200,7 @@ static int serve(int argc, char **argv) {
             devices_arg = v;
         else if (!strcmp(a, "--kv-dtype")) {
             kv_dtype = v;
-            bad = strcmp(v, "f16") && strcmp(v, "f32") && strcmp(v, "fp8");
+            bad = strcmp(v, "f16") && strcmp(v, "bf16") && strcmp(v, "f32") && strcmp(v, "fp8");
         }
         else if (!strcmp(a, "--threads"))
             bad = parse_long(v, 1, 1024, &threads);
@@ -260,6 +280,11 @@ static int serve(int argc, char **argv) {
         fprintf(stderr, "kolm serve: cannot find the kolm-worker executable next to kolm\n");
         return 1;
     }
+    int gpus = 0; // neither --devices nor --workers: a worker per visible GPU, else one CPU worker
+    if (!devices_arg && !workers_given && (gpus = visible_gpus(dev_names, devices)) > 0) {
+        workers = gpus;
+        cm_info("%d GPU(s) visible: one worker each (--devices chooses others, --devices cpu the CPU)", gpus);
+    }
     if (!threads) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cpus / workers > 0 ? cpus / workers : 1;
@@ -286,7 +311,7 @@ static int serve(int argc, char **argv) {
                            .allow_unsigned = allow_unsigned,
                            .max_models = (int)max_models,
                            .pool = {.worker_exe = wexe, .n_workers = (int)workers,
-                                    .devices = devices_arg ? devices : NULL, .kv_dtype = kv_dtype,
+                                    .devices = devices_arg || gpus ? devices : NULL, .kv_dtype = kv_dtype,
                                     .threads = (int)threads,
                                     .ctx = (int)ctx, .max_jobs = (int)max_jobs},
                            .on_change = on_model_change,

@@ -38,7 +38,7 @@ typedef struct gw_pool_config {
     const char *artifact_cid; // a .kolm's CID: the workers refuse any other file; NULL for a GGUF
     int n_workers;
     const char *const *devices; // [n_workers]: each worker's --device ("cpu", "cuda:N"); NULL: all cpu
-    const char *kv_dtype;       // the workers' --kv-dtype ("f16", "fp8"); NULL: the worker's default
+    const char *kv_dtype;       // the workers' --kv-dtype ("f16", "bf16", "f32", "fp8"); NULL: the default
     int threads;
     int ctx; // 0 = worker default
     int max_jobs; // jobs (running + queued) per worker before submits are refused; 0 = no cap

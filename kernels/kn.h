@@ -159,6 +159,9 @@ kn_backend *kn_ref_create(void);
 #ifdef KOLM_HAVE_CUDA
 /* The CUDA backend on device `device`; NULL if unavailable (no device, error). */
 kn_backend *kn_cuda_create(int device);
+/* CUDA devices visible to this process (CUDA_VISIBLE_DEVICES applies); 0 when
+ * there is no driver or no device. */
+int kn_cuda_device_count(void);
 #endif
 
 #ifdef __cplusplus

@@ -6,6 +6,7 @@
  *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
  *               [--seed S] [--stop S]...      (standalone: one request, text to stdout)
  *   kolm-worker --describe GGUF               (the model's metadata as JSON, for kolm pack)
+ *   kolm-worker --devices                     (how many GPUs it can use, for kolm serve)
  *
  * PATH is a GGUF file or a .kolm artifact. An artifact's weights blob is mapped in
  * place (no copy) while a thread hashes every blob against the manifest; the
@@ -89,6 +90,7 @@ static void usage(void) {
                     "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                   [--seed S] [--stop S]...\n"
                     "       kolm-worker --describe GGUF\n"
+                    "       kolm-worker --devices\n"
                     "  --kv-dtype T  KV cache storage: f16 (default), bf16 (f32's range, 8 significant bits),\n"
                     "                f32, or fp8 (E4M3 with a scale per token and head; slow on CPU)\n");
 }
@@ -659,6 +661,14 @@ static int describe(const char *path) {
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "--describe"))
         return describe(argv[2]);
+    if (argc == 2 && !strcmp(argv[1], "--devices")) { // the GPUs this worker can use, for kolm serve
+#ifdef KOLM_HAVE_CUDA
+        printf("%d\n", kn_cuda_device_count());
+#else
+        printf("0\n");
+#endif
+        return 0;
+    }
     worker w = {0};
     if (parse_args(argc, argv, &w.o))
         return 2;

@@ -423,12 +423,18 @@ static const kn_backend_ops cuda_ops = {
     cu_get_rows, cu_rmsnorm,  cu_rope,    cu_glu,  cu_add,      cu_add_bias, cu_kv_store, cu_attention,
 };
 
-extern "C" kn_backend *kn_cuda_create(int device) {
+extern "C" int kn_cuda_device_count(void) {
     int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || device < 0 || device >= n) {
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
         (void)cudaGetLastError();
-        return NULL;
+        return 0;
     }
+    return n;
+}
+
+extern "C" kn_backend *kn_cuda_create(int device) {
+    if (device < 0 || device >= kn_cuda_device_count())
+        return NULL;
     kn_cuda *c = (kn_cuda *)calloc(1, sizeof *c);
     if (!c)
         return NULL;

@@ -102,8 +102,8 @@ class KolmServer:
         self.home.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.argv = [str(self.binary), "serve", str(self.model), "--port", str(self.port),
-                     "--workers", str(self.workers), "--threads", str(self.threads),
-                     *self.extra_args]
+                     *(["--workers", str(self.workers)] if self.workers else []),
+                     "--threads", str(self.threads), *self.extra_args]
         if self.model.suffix != ".kolm":  # a raw GGUF has no signature to check
             self.argv.append("--allow-unsigned")
         env = dict(os.environ, KOLM_HOME=str(self.home))

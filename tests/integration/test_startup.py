@@ -67,3 +67,25 @@ def test_bad_devices_refused(kolm_bin, kolm_model, args):
                        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     assert r.returncode == 2, r.stderr
     assert "--devices" in r.stderr, r.stderr
+
+
+def test_default_devices_follow_the_visible_gpus(kolm_bin, kolm_model, tmp_path):
+    # kolm serve without --devices or --workers asks `kolm-worker --devices` how many
+    # GPUs it can use and spawns one worker per GPU; with none, one CPU worker.
+    r = subprocess.run([str(kolm_bin.parent / "kolm-worker"), "--devices"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip().isdigit(), (r.returncode, r.stdout, r.stderr)
+    gpus = int(r.stdout)
+    from conftest import KolmServer
+    srv = KolmServer(kolm_bin, kolm_model, tmp_path, workers=None)
+    srv.start()
+    try:
+        pids = srv.worker_pids()
+        assert len(pids) == max(gpus, 1), pids
+        cmdline = open(f"/proc/{pids[0]}/cmdline", "rb").read().split(b"\0")
+        want = b"cuda:0" if gpus else None
+        got = cmdline[cmdline.index(b"--device") + 1] if b"--device" in cmdline else None
+        assert got == want, cmdline
+        srv.assert_serving()
+    finally:
+        srv.stop()
