@@ -39,13 +39,9 @@ typedef struct kn_dot_table {
     kn_dotn_fn dotn[KN_TYPE_COUNT]; // NULL: call dot once per token
     int act_xu;                     // dotn's Q8_0 activation codes are offset binary
     float (*dot_f32)(const float *a, const float *b, int64_t n);
-    /* Attention helpers over one cache row of n elements in kv_type (F16/BF16/F32). */
-    float (*dot_kv)(const float *q, const void *k, int kv_type, int64_t n);
-    /* acc[i] = acc[i] * a + b * v[i] */
-    void (*axpby_kv)(float *acc, float a, float b, const void *v, int kv_type, int64_t n);
-    /* GQA forms for nq query heads sharing one KV head (each cache element loaded
-     * and converted once for all of them):
-     * out[g] = dot_kv(q + g * n, k) with the lane order of dot_kv, and
+    /* Attention over cache rows of n elements in kv_type (F16/BF16/F32), for nq
+     * query heads sharing one KV head (each cache element loaded and converted once
+     * for all of them): out[g] = the dot product of q + g * n and the row k, and
      * acc[g * n + i] += sum_j w[g * ws + j] * v[j][i] over nv cache rows v[j]. */
     void (*dot_kv_n)(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out);
     void (*wsum_kv)(float *acc, int nq, const float *w, size_t ws, const void *const *v, int nv, int kv_type,

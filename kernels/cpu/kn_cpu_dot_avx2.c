@@ -302,22 +302,7 @@ static inline __attribute__((always_inline)) float kv_at(const void *p, int kv_t
         }                                                                                                      \
     } while (0)
 
-static inline __attribute__((always_inline)) void axpby_kv_t(float *acc, float a, float b, const void *v,
-                                                             const int kv_type, int64_t n) {
-    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(acc + i,
-                         _mm256_fmadd_ps(vb, load_kv8(v, kv_type, i), _mm256_mul_ps(va, _mm256_loadu_ps(acc + i))));
-    for (; i < n; i++)
-        acc[i] = acc[i] * a + b * kv_at(v, kv_type, i);
-}
-
-static void axpby_kv(float *acc, float a, float b, const void *v, int kv_type, int64_t n) {
-    KV_DISPATCH(kv_type, axpby_kv_t(acc, a, b, v, T, n));
-}
-
-/* dot_kv for nq heads: the lane accumulation of dot_f16w / dot_f32 (two
+/* dot_kv_n: the lane accumulation of dot_f16w / dot_f32 (two
  * accumulators over 16-element steps, scalar tail), per head; nq and kv_type
  * constant in the always-inlined body so the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void dot_kv_t(const float *q, const int nq, const void *k,
@@ -354,13 +339,6 @@ static inline __attribute__((always_inline)) void dot_kv_nt(const float *q, int 
 
 static void dot_kv_n(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out) {
     KV_DISPATCH(kv_type, dot_kv_nt(q, nq, k, T, n, out));
-}
-
-/* dot_f16w / dot_f32 on a cache row: dot_kv_t's lanes with one head. */
-static float dot_kv(const float *q, const void *k, int kv_type, int64_t n) {
-    float s;
-    KV_DISPATCH(kv_type, dot_kv_t(q, 1, k, T, n, &s));
-    return s;
 }
 
 /* wsum_kv for nq heads: 16 elements at a time, the accumulators of all heads in
@@ -449,8 +427,6 @@ int kn_dot_table_avx2(kn_dot_table *t) {
     t->dot[KN_F16] = dot_f16w;
     t->dot[KN_BF16] = dot_bf16w;
     t->dot_f32 = dot_f32;
-    t->dot_kv = dot_kv;
-    t->axpby_kv = axpby_kv;
     t->dot_kv_n = dot_kv_n;
     t->wsum_kv = wsum_kv;
     t->geglu = geglu;

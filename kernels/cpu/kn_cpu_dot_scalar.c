@@ -199,11 +199,6 @@ static float dot_kv(const float *q, const void *k, int kv_type, int64_t n) {
     return s;
 }
 
-static void axpby_kv(float *acc, float a, float b, const void *v, int kv_type, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        acc[i] = acc[i] * a + b * kv_at(v, kv_type, i);
-}
-
 static void dot_kv_n(const float *q, int nq, const void *k, int kv_type, int64_t n, float *out) {
     for (int g = 0; g < nq; g++)
         out[g] = dot_kv(q + g * n, k, kv_type, n);
@@ -244,8 +239,6 @@ void kn_dot_table_scalar(kn_dot_table *t) {
     t->dot[KN_F16] = dot_f16w;
     t->dot[KN_BF16] = dot_bf16w;
     t->dot_f32 = dot_f32;
-    t->dot_kv = dot_kv;
-    t->axpby_kv = axpby_kv;
     t->dot_kv_n = dot_kv_n;
     t->wsum_kv = wsum_kv;
     t->geglu = geglu;
