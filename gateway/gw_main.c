@@ -42,7 +42,7 @@ static void usage(FILE *f) {
                "                  [--max-request-tokens N] [--request-timeout S] [--sse-keepalive S]\n"
                "                  [--api-key KEY] [--keyring DIR] [--allow-unsigned] [--receipt-key FILE]\n"
                "                  [--receipt-log-max BYTES] [--max-models N] [--devices LIST]\n"
-               "                  [--kv-dtype f16|bf16|f32|fp8]\n"
+               "                  [--kv-dtype f16|bf16|f32|fp8] [--gpu-memory-fraction F]\n"
                "       kolm keygen | pack | inspect | verify ...   (kolm COMMAND --help)\n"
                "\n"
                "Serves ARTIFACT.kolm (default $KOLM_HOME/artifacts/" DEFAULT_ARTIFACT ", KOLM_HOME\n"
@@ -57,6 +57,8 @@ static void usage(FILE *f) {
                "  --receipt-log-max B  receipt log size before rotation (default 67108864)\n"
                "  --kv-dtype T    KV cache storage: f16 (default), bf16, f32, or fp8 (E4M3, a scale per token\n"
                "                  and head; made for GPU workers, correct but slow on CPU)\n"
+               "  --gpu-memory-fraction F  the share of each GPU its worker may use (default 0.9): the\n"
+               "                  KV cache gets what the weights and activations leave of it\n"
                "  --devices LIST  one worker per device: cpu or GPU ordinals, e.g. 0,1 (cuda:0, cuda:1);\n"
                "                  default: one worker per visible GPU, or with none (or with --workers)\n"
                "                  CPU workers\n"
@@ -161,7 +163,7 @@ static int serve(int argc, char **argv) {
     const char *keyring = NULL, *receipt_key = NULL;
     int allow_unsigned = 0;
     long receipt_log_max = 64L << 20, max_models = 4;
-    const char *devices_arg = NULL, *kv_dtype = NULL;
+    const char *devices_arg = NULL, *kv_dtype = NULL, *gpu_fraction = NULL;
     int workers_given = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -198,7 +200,13 @@ static int serve(int argc, char **argv) {
             workers_given = 1;
         } else if (!strcmp(a, "--devices"))
             devices_arg = v;
-        else if (!strcmp(a, "--kv-dtype")) {
+        else if (!strcmp(a, "--gpu-memory-fraction")) {
+            char *end;
+            errno = 0;
+            double f = strtod(v, &end);
+            gpu_fraction = v;
+            bad = errno || *end || end == v || !(f > 0 && f <= 1);
+        } else if (!strcmp(a, "--kv-dtype")) {
             kv_dtype = v;
             bad = strcmp(v, "f16") && strcmp(v, "bf16") && strcmp(v, "f32") && strcmp(v, "fp8");
         }
@@ -285,6 +293,14 @@ static int serve(int argc, char **argv) {
         workers = gpus;
         cm_info("%d GPU(s) visible: one worker each (--devices chooses others, --devices cpu the CPU)", gpus);
     }
+    int gpu_workers = 0;
+    for (long i = 0; (devices_arg || gpus) && i < workers; i++)
+        gpu_workers += !strncmp(devices[i], "cuda:", 5);
+    if (gpu_fraction && !gpu_workers) {
+        fprintf(stderr, "kolm serve: --gpu-memory-fraction sizes GPU workers' KV caches, and this serve runs "
+                        "none (no GPU visible, or --devices/--workers chose CPU workers)\n");
+        return 2;
+    }
     if (!threads) {
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cpus / workers > 0 ? cpus / workers : 1;
@@ -312,6 +328,7 @@ static int serve(int argc, char **argv) {
                            .max_models = (int)max_models,
                            .pool = {.worker_exe = wexe, .n_workers = (int)workers,
                                     .devices = devices_arg || gpus ? devices : NULL, .kv_dtype = kv_dtype,
+                                    .gpu_fraction = gpu_fraction,
                                     .threads = (int)threads,
                                     .ctx = (int)ctx, .max_jobs = (int)max_jobs},
                            .on_change = on_model_change,

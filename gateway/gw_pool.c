@@ -213,6 +213,8 @@ static int spawn(worker *w) {
         argv[a++] = "--device", argv[a++] = (char *)p->cfg.devices[w->idx];
     if (p->cfg.kv_dtype)
         argv[a++] = "--kv-dtype", argv[a++] = (char *)p->cfg.kv_dtype;
+    if (p->cfg.gpu_fraction && p->cfg.devices && !strncmp(p->cfg.devices[w->idx], "cuda:", 5))
+        argv[a++] = "--gpu-memory-fraction", argv[a++] = (char *)p->cfg.gpu_fraction;
     argv[a++] = "--threads", argv[a++] = tharg;
     if (p->cfg.ctx > 0)
         argv[a++] = "--ctx", argv[a++] = ctxarg;

@@ -141,6 +141,8 @@ typedef struct kn_backend_ops {
     void (*kv_store)(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
                      const float *v, const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);
     void (*attention)(kn_backend *be, const kn_attn_args *a);
+    /* Device memory: free and total bytes. NULL for the host backends. */
+    void (*mem_info)(kn_backend *be, size_t *free_bytes, size_t *total_bytes);
 } kn_backend_ops;
 
 struct kn_backend {

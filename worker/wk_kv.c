@@ -142,3 +142,14 @@ void *wk_kv_k(wk_kv *kv, int layer) {
 void *wk_kv_v(wk_kv *kv, int layer) {
     return layer >= 0 && layer < kv->n_layer ? kv->v[layer] : NULL;
 }
+
+long wk_kv_blocks_for_memory(size_t total, size_t free, double fraction, size_t reserve, size_t block_bytes) {
+    double used = (double)(total > free ? total - free : 0), allowed = fraction * (double)total - used;
+    if (allowed > (double)free)
+        allowed = (double)free;
+    allowed -= (double)reserve;
+    if (allowed < (double)block_bytes || !block_bytes)
+        return 0;
+    double n = allowed / (double)block_bytes;
+    return n > (double)INT32_MAX ? INT32_MAX : (long)n;
+}

@@ -22,6 +22,11 @@ size_t wk_kv_head_bytes(kn_type t, int head_dim);
 wk_kv *wk_kv_create(kn_backend *be, int n_layer, int n_kv_head, int head_dim, int block_size, int n_blocks,
                     kn_type type);
 void wk_kv_free(wk_kv *kv); // NULL is a no-op
+/* How many blocks of block_bytes (K and V of every layer) a pool may have when the
+ * worker may use `fraction` of the device's total bytes, of which `free` are free
+ * now (the weights loaded), and `reserve` more will be allocated after the pool.
+ * Never more than what is free; 0 when not one block fits. */
+long wk_kv_blocks_for_memory(size_t total, size_t free, double fraction, size_t reserve, size_t block_bytes);
 
 int wk_kv_block_size(const wk_kv *kv);
 int wk_kv_n_blocks(const wk_kv *kv);

@@ -1,8 +1,8 @@
 /* kolm-worker: one model on one device, serving jobs from the gateway.
  *
  *   kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]
- *               [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--ctx N] [--kv-mib M]
- *               [--block-size B] [--max-seqs S]
+ *               [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--ctx N]
+ *               [--kv-mib M | --gpu-memory-fraction F] [--block-size B] [--max-seqs S]
  *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
  *               [--seed S] [--stop S]...      (standalone: one request, text to stdout)
  *   kolm-worker --describe GGUF               (the model's metadata as JSON, for kolm pack)
@@ -55,6 +55,7 @@ typedef struct opts {
     const char *device; // "cpu" or "cuda:N"
     kn_type kv_type;    // --kv-dtype: f16 (default), bf16, f32, or fp8 (E4M3 with a scale per token and head)
     int worker_id, threads, ctx, kv_mib, block_size, max_seqs;
+    double gpu_fraction; // --gpu-memory-fraction; 0: not given
     const char *prompt;
     int max_tokens;
     float temperature;
@@ -86,13 +87,17 @@ typedef struct worker {
 static void usage(void) {
     fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--artifact-cid CID] [--worker-id K]\n"
                     "                   [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--threads T] [--ctx N]\n"
-                    "                   [--kv-mib M] [--block-size B] [--max-seqs S]\n"
+                    "                   [--kv-mib M | --gpu-memory-fraction F] [--block-size B] [--max-seqs S]\n"
                     "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                   [--seed S] [--stop S]...\n"
                     "       kolm-worker --describe GGUF\n"
                     "       kolm-worker --devices\n"
                     "  --kv-dtype T  KV cache storage: f16 (default), bf16 (f32's range, 8 significant bits),\n"
-                    "                f32, or fp8 (E4M3 with a scale per token and head; slow on CPU)\n");
+                    "                f32, or fp8 (E4M3 with a scale per token and head; slow on CPU)\n"
+                    "  --kv-mib M    KV cache size (default on CPU: 512)\n"
+                    "  --gpu-memory-fraction F  on a GPU (the default way there, F = 0.9): the share of the\n"
+                    "                device's memory the worker may use; the KV cache gets what the weights,\n"
+                    "                the activations and a margin for the libraries leave of it\n");
 }
 
 static int parse_int(const char *s, long lo, long hi, int *out) {
@@ -120,7 +125,7 @@ static int parse_kv_dtype(const char *s, kn_type *out) {
 }
 
 static int parse_args(int argc, char **argv, opts *o) {
-    *o = (opts){.fd = -1, .kv_type = KN_F16, .threads = 0, .ctx = 8192, .kv_mib = 512, .block_size = 16,
+    *o = (opts){.fd = -1, .kv_type = KN_F16, .threads = 0, .ctx = 8192, .kv_mib = 0, .block_size = 16,
                 .max_seqs = 32, .max_tokens = 128, .temperature = 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -155,6 +160,12 @@ static int parse_args(int argc, char **argv, opts *o) {
             bad = parse_int(v, 16, 1 << 20, &o->ctx);
         else if (!strcmp(a, "--kv-mib"))
             bad = parse_int(v, 1, 1 << 20, &o->kv_mib);
+        else if (!strcmp(a, "--gpu-memory-fraction")) {
+            char *end;
+            errno = 0;
+            o->gpu_fraction = strtod(v, &end);
+            bad = errno || *end || end == v || !(o->gpu_fraction > 0 && o->gpu_fraction <= 1);
+        }
         else if (!strcmp(a, "--block-size"))
             bad = parse_int(v, 1, 1024, &o->block_size);
         else if (!strcmp(a, "--max-seqs"))
@@ -306,6 +317,44 @@ static int load(worker *w) {
     return rc;
 }
 
+/* The KV pool's size in blocks of per_block bytes: --kv-mib when given; else, on a
+ * GPU, --gpu-memory-fraction (default 0.9) of the device's memory less what is in
+ * use after the weights, the scheduler's activations and a margin for the
+ * libraries (cuBLAS' workspace) and allocation rounding; else 512 MiB. < 2 after
+ * saying why when no pool fits. */
+static long kv_blocks(worker *w, const wk_sched_config *cfg, size_t per_block) {
+    const kn_backend *be = w->be;
+    if (w->o.gpu_fraction > 0 && w->o.kv_mib) {
+        cm_error("--kv-mib and --gpu-memory-fraction both size the KV cache: give one");
+        return 0;
+    }
+    if (w->o.gpu_fraction > 0 && !be->ops->mem_info) {
+        cm_error("--gpu-memory-fraction sizes a GPU worker's KV cache; this worker runs on %s (use --kv-mib)",
+                 be->ops->name);
+        return 0;
+    }
+    if (w->o.kv_mib || !be->ops->mem_info) {
+        int mib = w->o.kv_mib ? w->o.kv_mib : 512;
+        long n = (long)(((size_t)mib << 20) / per_block);
+        if (n < 2)
+            cm_error("--kv-mib %d is too small for two blocks of this model", mib);
+        return n;
+    }
+    size_t free_b, total_b;
+    be->ops->mem_info(w->be, &free_b, &total_b);
+    const double fraction = w->o.gpu_fraction > 0 ? w->o.gpu_fraction : 0.9;
+    const int n_layer = wk_model_hparams(w->m)->n_layer;
+    size_t reserve = wk_sched_reserve_bytes(w->m, cfg, w->o.block_size) + ((size_t)256 << 20) +
+                     (size_t)(2 * n_layer + 1) * ((size_t)2 << 20);
+    long n = wk_kv_blocks_for_memory(total_b, free_b, fraction, reserve, per_block);
+    if (n < 2)
+        cm_error("--gpu-memory-fraction %.2f leaves no room for the KV cache: %.1f of %.1f GiB in use after "
+                 "the weights, %.1f GiB more needed for activations",
+                 fraction, (double)(total_b - free_b) / (1 << 30), (double)total_b / (1 << 30),
+                 (double)reserve / (1 << 30));
+    return n;
+}
+
 static int load_model(worker *w) {
     char err[512] = "";
     int rc;
@@ -324,18 +373,17 @@ static int load_model(worker *w) {
     const kn_type kvt = w->o.kv_type;
     size_t per_block = (size_t)2 * hp->n_layer * w->o.block_size * hp->n_head_kv *
                        wk_kv_head_bytes(kvt, hp->head_dim); // K+V
-    long n_blocks = (long)(((size_t)w->o.kv_mib << 20) / per_block);
-    if (n_blocks < 2) {
-        cm_error("--kv-mib %d is too small for one block of this model", w->o.kv_mib);
-        return -EINVAL;
-    }
-    w->kv = wk_kv_create(w->be, hp->n_layer, hp->n_head_kv, hp->head_dim, w->o.block_size, (int)n_blocks, kvt);
-    if (!w->kv) {
-        cm_error("cannot allocate the KV cache (%d MiB)", w->o.kv_mib);
-        return -ENOMEM;
-    }
     w->tmpl = wk_template_detect(w->g, hp->arch_name);
     wk_sched_config cfg = {.n_ctx = w->n_ctx, .max_seqs = w->o.max_seqs, .step_tokens = 512, .family = w->tmpl};
+    long n_blocks = kv_blocks(w, &cfg, per_block);
+    if (n_blocks < 2)
+        return -EINVAL;
+    w->kv = wk_kv_create(w->be, hp->n_layer, hp->n_head_kv, hp->head_dim, w->o.block_size, (int)n_blocks, kvt);
+    if (!w->kv) {
+        cm_error("cannot allocate the KV cache (%ld blocks, %.0f MiB)", n_blocks,
+                 (double)n_blocks * (double)per_block / (1 << 20));
+        return -ENOMEM;
+    }
     w->sched = wk_sched_create(w->m, w->kv, w->tok, &cfg, on_event, w);
     if (!w->sched) {
         cm_error("cannot create the scheduler");

@@ -465,6 +465,46 @@ static size_t align64(size_t n) {
     return (n + 63) & ~(size_t)63;
 }
 
+typedef struct arena_part {
+    void **dst;
+    size_t bytes;
+} arena_part;
+
+/* The activation buffers of wk_model_reserve, in arena order; their count. */
+static size_t arena_parts(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks,
+                          arena_part parts[17]) {
+    const wk_hparams *hp = &m->hp;
+    const size_t T = (size_t)max_tokens, L = (size_t)max_logits, F = sizeof(float), I = sizeof(int32_t);
+    const size_t E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
+    const size_t KD = (size_t)hp->n_head_kv * hp->head_dim, FF = (size_t)hp->n_ff;
+    const arena_part all[] = {
+        {(void **)&m->x, T * E * F},     {(void **)&m->h, T * E * F},
+        {(void **)&m->q, T * QD * F},    {(void **)&m->k, T * KD * F},
+        {(void **)&m->v, T * KD * F},    {(void **)&m->att, T * QD * F},
+        {(void **)&m->o, T * E * F},     {(void **)&m->fg, T * FF * F},
+        {(void **)&m->fu, T * FF * F},   {(void **)&m->xl, L * E * F},
+        {(void **)&m->logits, L * (size_t)hp->n_vocab * F},
+        {(void **)&m->d_tok, T * I},     {(void **)&m->d_pos, T * I},
+        {(void **)&m->d_seq, T * I},     {(void **)&m->d_slot, T * I},
+        {(void **)&m->d_rows, L * I},    {(void **)&m->d_bt, (size_t)max_seq * (size_t)max_blocks * I},
+    };
+    _Static_assert(sizeof all / sizeof all[0] == 17, "arena_parts' array size");
+    memcpy(parts, all, sizeof all);
+    return sizeof all / sizeof all[0];
+}
+
+static size_t arena_bytes(const arena_part *parts, size_t n_parts) {
+    size_t total = 0;
+    for (size_t i = 0; i < n_parts; i++)
+        total += align64(parts[i].bytes);
+    return total;
+}
+
+size_t wk_model_reserve_bytes(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks) {
+    arena_part parts[17];
+    return arena_bytes(parts, arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts));
+}
+
 /* Replaces any earlier reservation. The arena is one backend allocation. */
 int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks) {
     const wk_hparams *hp = &m->hp;
@@ -477,28 +517,11 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
     m->h_slot = NULL;
     m->max_tokens = m->max_logits = m->max_seq = m->max_blocks = 0;
 
-    const size_t T = (size_t)max_tokens, L = (size_t)max_logits, F = sizeof(float), I = sizeof(int32_t);
-    const size_t E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
-    const size_t KD = (size_t)hp->n_head_kv * hp->head_dim, FF = (size_t)hp->n_ff;
-    struct {
-        void **dst;
-        size_t bytes;
-    } parts[] = {
-        {(void **)&m->x, T * E * F},     {(void **)&m->h, T * E * F},
-        {(void **)&m->q, T * QD * F},    {(void **)&m->k, T * KD * F},
-        {(void **)&m->v, T * KD * F},    {(void **)&m->att, T * QD * F},
-        {(void **)&m->o, T * E * F},     {(void **)&m->fg, T * FF * F},
-        {(void **)&m->fu, T * FF * F},   {(void **)&m->xl, L * E * F},
-        {(void **)&m->logits, L * (size_t)hp->n_vocab * F},
-        {(void **)&m->d_tok, T * I},     {(void **)&m->d_pos, T * I},
-        {(void **)&m->d_seq, T * I},     {(void **)&m->d_slot, T * I},
-        {(void **)&m->d_rows, L * I},    {(void **)&m->d_bt, (size_t)max_seq * (size_t)max_blocks * I},
-    };
-    const size_t n_parts = sizeof(parts) / sizeof(parts[0]);
-    size_t total = 0;
-    for (size_t i = 0; i < n_parts; i++)
-        total += align64(parts[i].bytes);
-    m->arena = m->be->ops->alloc(m->be, total);
+    const size_t T = (size_t)max_tokens, E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
+    const size_t I = sizeof(int32_t);
+    arena_part parts[17];
+    const size_t n_parts = arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts);
+    m->arena = m->be->ops->alloc(m->be, arena_bytes(parts, n_parts));
     m->h_slot = malloc(T * I);
     if (!m->arena || !m->h_slot) {
         if (m->arena)

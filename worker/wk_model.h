@@ -67,6 +67,9 @@ const wk_hparams *wk_model_hparams(const wk_model *m);
 /* Preallocates activations for batches of up to max_tokens tokens, max_logits
  * logit rows and max_seq sequences with up to max_blocks blocks each. 0 or -ENOMEM. */
 int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks);
+/* The backend bytes wk_model_reserve allocates for these bounds (to size what is
+ * left for the KV cache before reserving). */
+size_t wk_model_reserve_bytes(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks);
 
 /* Runs the batch. logits: [n_logits, n_vocab] host memory, written by the call.
  * 0, or -EINVAL (batch over the reserved sizes or a position past the cache). */

@@ -120,6 +120,16 @@ static int blocks_for(const wk_sched *s, int n) {
     return (n + s->bs - 1) / s->bs;
 }
 
+/* Token rows of one step: the step's budget plus one decode token per sequence. */
+static int step_rows(const wk_sched_config *cfg) {
+    return cfg->step_tokens + cfg->max_seqs;
+}
+
+size_t wk_sched_reserve_bytes(wk_model *m, const wk_sched_config *cfg, int block_size) {
+    return wk_model_reserve_bytes(m, step_rows(cfg), cfg->max_seqs, cfg->max_seqs,
+                                  (cfg->n_ctx + block_size - 1) / block_size);
+}
+
 /* ---- events ---- */
 
 static void emit_error(wk_sched *s, uint64_t job, int status, const char *code, const char *param, const char *msg) {
@@ -431,7 +441,7 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->n_vocab = wk_model_hparams(m)->n_vocab;
     s->bs = wk_kv_block_size(kv);
     s->max_blocks = blocks_for(s, cfg->n_ctx);
-    const int ms = cfg->max_seqs, mt = cfg->step_tokens + cfg->max_seqs;
+    const int ms = cfg->max_seqs, mt = step_rows(cfg);
     s->b_tok = malloc((size_t)mt * sizeof(int32_t));
     s->b_pos = malloc((size_t)mt * sizeof(int32_t));
     s->b_seq = malloc((size_t)mt * sizeof(int32_t));

@@ -39,6 +39,9 @@ typedef struct wk_sched_config {
  * reserves the model's activations. NULL on failure. */
 wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sched_config *cfg, wk_sched_emit_fn emit,
                           void *ud);
+/* The backend bytes wk_sched_create reserves for m's activations under cfg with
+ * KV blocks of block_size tokens (so that a KV pool can be sized before it). */
+size_t wk_sched_reserve_bytes(wk_model *m, const wk_sched_config *cfg, int block_size);
 void wk_sched_free(wk_sched *s); // NULL is a no-op
 
 /* Queues a job: sub->n choices (0 counts as 1) for each of the n_prompts prompts

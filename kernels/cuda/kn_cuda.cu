@@ -418,9 +418,15 @@ static void cu_attention(kn_backend *be, const kn_attn_args *a) {
 
 /* ---------------------------------------------------------------- backend */
 
+static void cu_mem_info(kn_backend *be, size_t *free_bytes, size_t *total_bytes) {
+    KN_CUDA_CHECK(cudaSetDevice(cu(be)->device));
+    KN_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
 static const kn_backend_ops cuda_ops = {
-    "cuda",      cu_destroy,  cu_alloc,   cu_free, cu_upload,   cu_download, cu_sync,     cu_matmul,
-    cu_get_rows, cu_rmsnorm,  cu_rope,    cu_glu,  cu_add,      cu_add_bias, cu_kv_store, cu_attention,
+    "cuda",      cu_destroy,  cu_alloc,   cu_free, cu_upload,   cu_download, cu_sync,      cu_matmul,
+    cu_get_rows, cu_rmsnorm,  cu_rope,    cu_glu,  cu_add,      cu_add_bias, cu_kv_store,  cu_attention,
+    cu_mem_info,
 };
 
 extern "C" int kn_cuda_device_count(void) {

@@ -89,3 +89,23 @@ def test_default_devices_follow_the_visible_gpus(kolm_bin, kolm_model, tmp_path)
         srv.assert_serving()
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("args,why", [(["--gpu-memory-fraction", "0.5", "--devices", "cpu"], "runs none"),
+                                      (["--gpu-memory-fraction", "0.5", "--workers", "1"], "runs none"),
+                                      (["--gpu-memory-fraction", "1.5", "--devices", "0"], "bad value"),
+                                      (["--gpu-memory-fraction", "x", "--devices", "0"], "bad value")])
+def test_gpu_memory_fraction_needs_a_gpu_worker(kolm_bin, kolm_model, args, why):
+    r = subprocess.run([str(kolm_bin), "serve", str(kolm_model), "--port", str(free_port()),
+                        "--allow-unsigned", *args],
+                       capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2, r.stderr
+    assert "--gpu-memory-fraction" in r.stderr and why in r.stderr, r.stderr
+
+
+def test_worker_refuses_gpu_memory_fraction_on_cpu(kolm_bin, kolm_model):
+    r = subprocess.run([str(kolm_bin.parent / "kolm-worker"), "--model", str(kolm_model), "--device", "cpu",
+                        "--gpu-memory-fraction", "0.5", "--prompt", "hi"],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode != 0, r.stderr
+    assert "sizes a GPU worker's KV cache" in r.stderr, r.stderr

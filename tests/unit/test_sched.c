@@ -593,9 +593,26 @@ static void test_sampler(void) {
 #undef RESET
 }
 
+/* GPU pool sizing (--gpu-memory-fraction): what a fraction of the device leaves
+ * after what is in use and what is still to come, never more than is free. */
+static void test_kv_sizing(void) {
+    const size_t G = (size_t)1 << 30, M = (size_t)1 << 20;
+    // 80 GiB device, 10 used by the weights, 0.9 of it: 72 - 10 - 2 reserved = 60 GiB
+    ASSERT_EQ(wk_kv_blocks_for_memory(80 * G, 70 * G, 0.9, 2 * G, M), (long)(60 * 1024));
+    // another process holds 75 of 80: only what is free counts, less the reserve
+    ASSERT_EQ(wk_kv_blocks_for_memory(80 * G, 5 * G, 1.0, 1 * G, M), (long)(4 * 1024));
+    // the fraction is already used up, or the reserve takes the rest: no block
+    ASSERT_EQ(wk_kv_blocks_for_memory(80 * G, 10 * G, 0.5, 0, M), 0);
+    ASSERT_EQ(wk_kv_blocks_for_memory(80 * G, 70 * G, 0.9, 62 * G, M), 0);
+    ASSERT_EQ(wk_kv_blocks_for_memory(80 * G, 70 * G, 0.9, 0, 0), 0);
+    // blocks round down
+    ASSERT_EQ(wk_kv_blocks_for_memory(100 * M, 100 * M, 1.0, 0, 3 * M), 33);
+}
+
 int main(void) {
     test_sampler();
     test_sampler_subset();
+    test_kv_sizing();
     char def[1024];
     const char *path = kt_model_path(def, sizeof def);
     env e = {0};
