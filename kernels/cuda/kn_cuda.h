@@ -1,0 +1,96 @@
+/* kn_cuda.h: what the CUDA backend's translation units share (private to
+ * kernels/cuda): the backend struct, the check macros, the device helpers, and the
+ * ops each unit implements. kn_cuda.cu holds memory, the small ops and the ops
+ * table; kn_cuda_mm.cu the weight ops (matmul, get_rows); kn_cuda_attn.cu the KV
+ * cache ops (kv_store, attention). */
+#ifndef KN_CUDA_H
+#define KN_CUDA_H
+
+#include <cuda_runtime.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "kernels/kn.h"
+#include "kernels/kn_half.h"
+
+#define KN_CUDA_CHECK(call)                                                                                    \
+    do {                                                                                                       \
+        cudaError_t e_ = (call);                                                                               \
+        if (e_ != cudaSuccess) {                                                                               \
+            fprintf(stderr, "kolm: CUDA error at %s:%d: %s: %s\n", __FILE__, __LINE__, #call,                  \
+                    cudaGetErrorString(e_));                                                                   \
+            abort();                                                                                           \
+        }                                                                                                      \
+    } while (0)
+
+/* After a kernel launch: the launch itself (bad configuration) is checked here;
+ * faults inside the kernel surface at the next synchronizing call. */
+#define KN_LAUNCHED() KN_CUDA_CHECK(cudaGetLastError())
+
+/* A backend: one device, one stream (ops run in call order), and a workspace that
+ * an op may use for its temporaries while it runs (ops on one stream never
+ * overlap); an op whose temporaries are larger splits its work to fit. */
+typedef struct kn_cuda {
+    kn_backend base;
+    int device;
+    cudaStream_t stream;
+    void *work;
+    size_t work_bytes;
+} kn_cuda;
+
+#define KN_CUDA_WORK_BYTES ((size_t)64 << 20)
+
+static inline kn_cuda *cu(kn_backend *be) {
+    return (kn_cuda *)be;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the thread block (blockDim.x a multiple of 32, at most 1024); every
+ * thread gets the result. */
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float part[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warp = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads(); // part may still be read by a previous call
+    if (lane == 0)
+        part[warp] = v;
+    __syncthreads();
+    v = lane < n_warp ? part[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+/* Element i of a KN_F32, KN_F16 or KN_BF16 array (weight row or KV cache) as f32,
+ * and the store into one (round to nearest even, kn_half.h). */
+__device__ __forceinline__ float load_float(kn_type t, const void *row, int64_t i) {
+    if (t == KN_F32)
+        return ((const float *)row)[i];
+    const uint16_t h = ((const uint16_t *)row)[i];
+    return t == KN_F16 ? kn_f16_to_f32(h) : kn_bf16_to_f32(h);
+}
+
+__device__ __forceinline__ void store_float(kn_type t, void *row, int64_t i, float x) {
+    if (t == KN_F32)
+        ((float *)row)[i] = x;
+    else
+        ((uint16_t *)row)[i] = t == KN_F16 ? kn_f32_to_f16(x) : kn_f32_to_bf16(x);
+}
+
+/* The ops of the other units. */
+void cu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y);
+void cu_get_rows(kn_backend *be, const kn_weight *w, const int32_t *ids, int64_t n, float scale, float *y);
+void cu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
+                 const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);
+void cu_attention(kn_backend *be, const kn_attn_args *a);
+
+#endif
