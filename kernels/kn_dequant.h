@@ -173,4 +173,114 @@ static inline KN_HD void kn_dq_block(kn_type t, const uint8_t *s, float *y) {
     }
 }
 
+/* Elements [8c, 8c + 8) of one block of type t (a quantized type) into y: the
+ * floats kn_dq_block gives them, by the same expressions (chunks of 8 never straddle
+ * a scale group). The CUDA matmul dequantizes a chunk per lane, so a warp reads a
+ * row's blocks together; test_kn_ops holds this to kn_dq_block on every type. */
+static inline KN_HD void kn_dq_chunk8(kn_type t, const uint8_t *s, int c, float *y) {
+    const int e0 = 8 * c;
+    switch (t) {
+    case KN_Q4_0:
+    case KN_Q4_1:
+    case KN_Q5_0:
+    case KN_Q5_1: { // element e: nibble e of the low halves of qs (e < 16), then of the high halves
+        const int one = t == KN_Q4_1 || t == KN_Q5_1, five = t == KN_Q5_0 || t == KN_Q5_1;
+        const uint8_t *p = s + 2 + 2 * one; // after d (and m)
+        uint32_t qh = 0;
+        if (five) {
+            memcpy(&qh, p, 4);
+            p += 4;
+        }
+        uint16_t hd, hm = 0;
+        memcpy(&hd, s, 2);
+        if (one)
+            memcpy(&hm, s + 2, 2);
+        const float d = kn_f16_to_f32(hd), m = kn_f16_to_f32(hm);
+        for (int i = 0; i < 8; i++) {
+            const int e = e0 + i;
+            int q = e < 16 ? (p[e] & 0xF) : (p[e - 16] >> 4);
+            if (five)
+                q |= (int)((qh >> e) & 1) << 4;
+            y[i] = one ? q * d + m : (q - (five ? 16 : 8)) * d;
+        }
+        break;
+    }
+    case KN_Q8_0: {
+        const kn_block_q8_0 *b = (const kn_block_q8_0 *)s;
+        const float d = kn_f16_to_f32(b->d);
+        for (int i = 0; i < 8; i++)
+            y[i] = b->qs[e0 + i] * d;
+        break;
+    }
+    case KN_Q2_K: { // 16 elements per scale: group e / 16, 2-bit field (e % 128) / 32 of byte 32 (e / 128) + e % 32
+        const kn_block_q2_K *b = (const kn_block_q2_K *)s;
+        const float d = kn_f16_to_f32(b->d), dmin = kn_f16_to_f32(b->dmin);
+        const uint8_t sc = b->scales[e0 / 16];
+        const float dl = d * (sc & 0xF), ml = dmin * (sc >> 4);
+        const int shift = (e0 % 128) / 32 * 2;
+        const uint8_t *q = b->qs + 32 * (e0 / 128) + e0 % 32;
+        for (int i = 0; i < 8; i++)
+            y[i] = dl * ((q[i] >> shift) & 3) - ml;
+        break;
+    }
+    case KN_Q3_K: {
+        const kn_block_q3_K *b = (const kn_block_q3_K *)s;
+        const float d_all = kn_f16_to_f32(b->d);
+        const int j = e0 / 16;
+        const int lo = j < 8 ? (b->scales[j] & 0xF) : (b->scales[j - 8] >> 4);
+        const int hi = (b->scales[8 + (j % 4)] >> (2 * (j / 4))) & 3;
+        const float dl = d_all * (int8_t)((lo | (hi << 4)) - 32);
+        const int shift = (e0 % 128) / 32 * 2;
+        const uint8_t m = (uint8_t)(1u << (e0 / 32));
+        const uint8_t *q = b->qs + 32 * (e0 / 128);
+        for (int i = 0; i < 8; i++) {
+            const int k = (e0 + i) % 32;
+            const int v = ((q[k] >> shift) & 3) - ((b->hmask[k] & m) ? 0 : 4);
+            y[i] = dl * v;
+        }
+        break;
+    }
+    case KN_Q4_K:
+    case KN_Q5_K: { // sub-block e / 32: low nibbles of bytes 32 (e / 64) + e % 32 when even, high when odd
+        const int five = t == KN_Q5_K;
+        const uint16_t *dd = (const uint16_t *)s;
+        const uint8_t *scales = s + 4, *qh = s + 16, *qs = s + 16 + 32 * five;
+        const float d = kn_f16_to_f32(dd[0]), dmin = kn_f16_to_f32(dd[1]);
+        const int sub = e0 / 32;
+        uint8_t sc, m;
+        kn_scale_min_k4(sub, scales, &sc, &m);
+        const float d1 = d * sc, m1 = dmin * m;
+        const uint8_t *q = qs + 32 * (e0 / 64);
+        for (int i = 0; i < 8; i++) {
+            const int l = (e0 + i) % 32;
+            int v = sub & 1 ? q[l] >> 4 : q[l] & 0xF;
+            if (five)
+                v += (qh[l] & (1u << sub)) ? 16 : 0;
+            y[i] = d1 * v - m1;
+        }
+        break;
+    }
+    case KN_Q6_K: { // per 128: quarter r = (e % 128) / 32 takes ql[l + 32 (r & 1)]'s nibble r / 2 and qh[l]'s bits 2r
+        const kn_block_q6_K *b = (const kn_block_q6_K *)s;
+        const float d = kn_f16_to_f32(b->d);
+        const int n = e0 / 128, r = (e0 % 128) / 32;
+        const uint8_t *ql = b->ql + 64 * n + 32 * (r & 1), *qh = b->qh + 32 * n;
+        const int8_t *sc = b->scales + 8 * n;
+        for (int i = 0; i < 8; i++) {
+            const int l = (e0 + i) % 32;
+            const int q = ((r < 2 ? ql[l] & 0xF : ql[l] >> 4) | (((qh[l] >> (2 * r)) & 3) << 4)) - 32;
+            y[i] = d * sc[l / 16 + 2 * r] * q;
+        }
+        break;
+    }
+    case KN_Q8_K: {
+        const kn_block_q8_K *b = (const kn_block_q8_K *)s;
+        for (int i = 0; i < 8; i++)
+            y[i] = b->d * b->qs[e0 + i];
+        break;
+    }
+    default: break;
+    }
+}
+
 #endif
