@@ -1,61 +1,155 @@
 /* kn_cuda_mm.cu: the CUDA backend's weight ops, matmul and get_rows (kn.h).
  *
- * Both dequantize with kernels/kn_dequant.h compiled as device code, the
- * dequantizers the CPU backends use. matmul is a dequantize-and-dot kernel for
- * every weight type (one thread block per output row and tile of tokens). */
+ * Design note. matmul is one kernel for every weight type: a warp owns R output
+ * rows and a tile of up to TT tokens; lane l takes the row's 8-element chunks l,
+ * l + 32, l + 64, ... (kn_dq_chunk8 dequantizes one, so a warp reads 256
+ * consecutive weights at a time: a K-quant block, 8 blocks of the 32-element
+ * types, 512 bytes of f16), multiplies them with each token's 8 activations, and
+ * the 32 lane sums are added by a fixed butterfly. The activations stay f32 and
+ * the weights are dequantized exactly (this unit is built with --fmad=false, so a
+ * weight is the float the CPU backends and the reference get; the dot products use
+ * explicit fmaf).
+ *
+ * Batch invariance: a (row, token) result is the same sequence of operations
+ * whatever R, the token tile or n_tok is, so a token's logits do not depend on what
+ * else is in the batch (the scheduler relies on it: wk_sched.c). That is why this
+ * is not cuBLAS, which picks its kernel and split by shape. Decode (n_tok <= TT)
+ * uses R = 1 for more warps in flight; longer batches R = 4, so each activation
+ * load serves 4 rows.
+ *
+ * get_rows dequantizes a chunk per thread the same way. */
+#include <stdint.h>
+
 #include "kernels/cuda/kn_cuda.h"
 #include "kernels/kn_dequant.h"
 
-#define MAX_BLOCK 256 // elements of the largest quantized block (the K-quants)
-#define TOK_TILE 4    // tokens per thread block in the dequantize-and-dot matmul
-#define THREADS 128
+#define WARPS 4 // warps per thread block
+#define TT 8    // tokens per warp tile
 
-/* y[t][o] for one output row o (blockIdx.x) and TOK_TILE tokens (blockIdx.y). */
-static __global__ void k_matmul_dq(kn_type type, const uint8_t *w, size_t row_bytes, int64_t n_in, int block_elems,
-                                   size_t block_bytes, const float *x, int64_t n_tok, float *y, int64_t n_out) {
-    const int64_t o = blockIdx.x, t0 = (int64_t)blockIdx.y * TOK_TILE;
-    const uint8_t *row = w + (size_t)o * row_bytes;
-    float acc[TOK_TILE] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (block_elems == 1) { // f32 / f16 / bf16
-        for (int64_t i = threadIdx.x; i < n_in; i += blockDim.x) {
-            const float wi = load_float(type, row, i);
-            for (int k = 0; k < TOK_TILE && t0 + k < n_tok; k++)
-                acc[k] += wi * x[(t0 + k) * n_in + i];
+/* The 8 weights of chunk c (elements [8c, 8c + 8)) of one row. vec: the row is
+ * 16-byte aligned and n_in % 8 == 0, so float types are read as 16-byte vectors. */
+static __device__ __forceinline__ void load_chunk(kn_type type, const uint8_t *row, int64_t c, int block_elems,
+                                                  size_t block_bytes, bool vec, float *wv) {
+    if (block_elems > 1) {
+        const int64_t e0 = 8 * c;
+        kn_dq_chunk8(type, row + (size_t)(e0 / block_elems) * block_bytes, (int)(e0 % block_elems) / 8, wv);
+    } else if (vec && type == KN_F32) {
+        const float4 a = ((const float4 *)row)[2 * c], b = ((const float4 *)row)[2 * c + 1];
+        wv[0] = a.x, wv[1] = a.y, wv[2] = a.z, wv[3] = a.w, wv[4] = b.x, wv[5] = b.y, wv[6] = b.z, wv[7] = b.w;
+    } else if (vec) { // f16 / bf16: one 16-byte load
+        const uint4 u = ((const uint4 *)row)[c];
+        const uint32_t p[4] = {u.x, u.y, u.z, u.w};
+        for (int i = 0; i < 4; i++) {
+            const uint16_t lo = (uint16_t)(p[i] & 0xffffu), hi = (uint16_t)(p[i] >> 16);
+            wv[2 * i] = type == KN_F16 ? kn_f16_to_f32(lo) : kn_bf16_to_f32(lo);
+            wv[2 * i + 1] = type == KN_F16 ? kn_f16_to_f32(hi) : kn_bf16_to_f32(hi);
         }
     } else {
-        float buf[MAX_BLOCK];
-        for (int64_t b = threadIdx.x; b < n_in / block_elems; b += blockDim.x) {
-            kn_dq_block(type, row + (size_t)b * block_bytes, buf);
-            for (int k = 0; k < TOK_TILE && t0 + k < n_tok; k++) {
-                const float *xt = x + (t0 + k) * n_in + b * block_elems;
-                float s = 0.0f;
-                for (int i = 0; i < block_elems; i++)
-                    s += buf[i] * xt[i];
-                acc[k] += s;
-            }
-        }
-    }
-    for (int k = 0; k < TOK_TILE; k++) {
-        const float s = block_sum(acc[k]);
-        if (threadIdx.x == 0 && t0 + k < n_tok)
-            y[(t0 + k) * n_out + o] = s;
+        for (int i = 0; i < 8; i++)
+            wv[i] = load_float(type, row, 8 * c + i);
     }
 }
 
-void cu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
-    kn_cuda *c = cu(be);
-    if (n_tok <= 0)
+/* y[t][o] for rows [o0, o0 + R) of warp (blockIdx.x, threadIdx.x / 32) and tokens
+ * [t0, t0 + TT) of blockIdx.y. */
+template <int R>
+static __global__ void k_matmul(kn_type type, const uint8_t *w, size_t row_bytes, int64_t n_in, int block_elems,
+                                size_t block_bytes, bool wvec, bool xvec, const float *x, int64_t n_tok, float *y,
+                                int64_t n_out) {
+    const int lane = threadIdx.x & 31;
+    const int64_t o0 = ((int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5)) * R, t0 = (int64_t)blockIdx.y * TT;
+    if (o0 >= n_out) // the whole warp: there is no block-wide synchronization below
         return;
-    const int be_elems = (int)kn_type_block_elems(w->type);
-    dim3 grid((unsigned)w->n_out, (unsigned)((n_tok + TOK_TILE - 1) / TOK_TILE));
-    k_matmul_dq<<<grid, THREADS, 0, c->stream>>>(w->type, (const uint8_t *)w->data, kn_row_bytes(w->type, w->n_in),
-                                                w->n_in, be_elems, kn_type_block_bytes(w->type), x, n_tok, y,
-                                                w->n_out);
+    const int nr = (int)min((int64_t)R, n_out - o0), nt = (int)min((int64_t)TT, n_tok - t0);
+    const float *xt = x + t0 * n_in;
+    float acc[R][TT];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int k = 0; k < TT; k++)
+            acc[r][k] = 0.0f;
+    const int64_t n_chunks = n_in / 8;
+    // Decode is bound by weight reads in flight: unrolled, a lane has several chunks' loads out at once.
+#pragma unroll(R == 1 ? 4 : 1)
+    for (int64_t c = lane; c < n_chunks; c += 32) {
+        float wv[R][8];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            load_chunk(type, w + (size_t)(o0 + min(r, nr - 1)) * row_bytes, c, block_elems, block_bytes, wvec,
+                       wv[r]); // rows past n_out repeat the last one; their sums are not stored
+#pragma unroll
+        for (int k = 0; k < TT; k++) {
+            if (k >= nt)
+                break;
+            float xv[8];
+            const float *xp = xt + k * n_in + 8 * c;
+            if (xvec) {
+                const float4 a = ((const float4 *)xp)[0], b = ((const float4 *)xp)[1];
+                xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w, xv[4] = b.x, xv[5] = b.y, xv[6] = b.z,
+                xv[7] = b.w;
+            } else {
+                for (int i = 0; i < 8; i++)
+                    xv[i] = xp[i];
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float s = acc[r][k];
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    s = fmaf(wv[r][i], xv[i], s);
+                acc[r][k] = s;
+            }
+        }
+    }
+    // A float row whose length is not a multiple of 8: its last elements, one per lane.
+    const int64_t e = n_chunks * 8 + lane;
+    if (e < n_in) {
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r >= nr)
+                break;
+            const float wr = load_float(type, w + (size_t)(o0 + r) * row_bytes, e);
+#pragma unroll
+            for (int k = 0; k < TT; k++)
+                if (k < nt)
+                    acc[r][k] = fmaf(wr, xt[k * n_in + e], acc[r][k]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int k = 0; k < TT; k++) {
+            const float s = warp_sum(acc[r][k]);
+            if (lane == 0 && r < nr && k < nt)
+                y[(t0 + k) * n_out + o0 + r] = s;
+        }
+}
+
+void cu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
+    if (n_tok <= 0 || w->n_out <= 0)
+        return;
+    const int block_elems = (int)kn_type_block_elems(w->type);
+    const size_t row_bytes = kn_row_bytes(w->type, w->n_in), block_bytes = kn_type_block_bytes(w->type);
+    const bool wvec = w->n_in % 8 == 0 && (uintptr_t)w->data % 16 == 0;
+    const bool xvec = w->n_in % 4 == 0 && (uintptr_t)x % 16 == 0;
+    const unsigned tiles = (unsigned)((n_tok + TT - 1) / TT);
+    const cudaStream_t st = cu(be)->stream;
+    if (n_tok <= TT) {
+        const dim3 grid((unsigned)((w->n_out + WARPS - 1) / WARPS), tiles);
+        k_matmul<1><<<grid, 32 * WARPS, 0, st>>>(w->type, (const uint8_t *)w->data, row_bytes, w->n_in, block_elems,
+                                                  block_bytes, wvec, xvec, x, n_tok, y, w->n_out);
+    } else {
+        const dim3 grid((unsigned)((w->n_out + 4 * WARPS - 1) / (4 * WARPS)), tiles);
+        k_matmul<4><<<grid, 32 * WARPS, 0, st>>>(w->type, (const uint8_t *)w->data, row_bytes, w->n_in, block_elems,
+                                                  block_bytes, wvec, xvec, x, n_tok, y, w->n_out);
+    }
     KN_LAUNCHED();
 }
 
 /* ---------------------------------------------------------------- get_rows */
 
+/* Row ids[blockIdx.x] of w, dequantized and scaled; thread i takes chunks i, i +
+ * blockDim.x, ... (float rows element by element). */
 static __global__ void k_get_rows(kn_type type, const uint8_t *w, size_t row_bytes, int64_t n_in, int block_elems,
                                   size_t block_bytes, const int32_t *ids, float scale, float *y) {
     const uint8_t *row = w + (size_t)ids[blockIdx.x] * row_bytes;
@@ -65,20 +159,20 @@ static __global__ void k_get_rows(kn_type type, const uint8_t *w, size_t row_byt
             yr[i] = load_float(type, row, i) * scale;
         return;
     }
-    float buf[MAX_BLOCK];
-    for (int64_t b = threadIdx.x; b < n_in / block_elems; b += blockDim.x) {
-        kn_dq_block(type, row + (size_t)b * block_bytes, buf);
-        for (int i = 0; i < block_elems; i++)
-            yr[b * block_elems + i] = buf[i] * scale;
+    for (int64_t c = threadIdx.x; c < n_in / 8; c += blockDim.x) {
+        float v[8];
+        load_chunk(type, row, c, block_elems, block_bytes, false, v);
+        for (int i = 0; i < 8; i++)
+            yr[8 * c + i] = v[i] * scale;
     }
 }
 
 void cu_get_rows(kn_backend *be, const kn_weight *w, const int32_t *ids, int64_t n, float scale, float *y) {
     if (n <= 0)
         return;
-    k_get_rows<<<(unsigned)n, THREADS, 0, cu(be)->stream>>>(w->type, (const uint8_t *)w->data,
-                                                             kn_row_bytes(w->type, w->n_in), w->n_in,
-                                                             (int)kn_type_block_elems(w->type),
-                                                             kn_type_block_bytes(w->type), ids, scale, y);
+    k_get_rows<<<(unsigned)n, 128, 0, cu(be)->stream>>>(w->type, (const uint8_t *)w->data,
+                                                         kn_row_bytes(w->type, w->n_in), w->n_in,
+                                                         (int)kn_type_block_elems(w->type),
+                                                         kn_type_block_bytes(w->type), ids, scale, y);
     KN_LAUNCHED();
 }
