@@ -110,6 +110,8 @@ typedef struct kn_backend_ops {
     void (*free)(kn_backend *be, void *p);
     void (*upload)(kn_backend *be, void *dst, const void *src_host, size_t bytes);
     void (*download)(kn_backend *be, void *dst_host, const void *src, size_t bytes);
+    /* Sets `bytes` bytes of backend memory at p to 0 (in op order, like an op). */
+    void (*zero)(kn_backend *be, void *p, size_t bytes);
     /* Waits until all queued ops are done (no-op on CPU). */
     void (*sync)(kn_backend *be);
 
@@ -136,13 +138,25 @@ typedef struct kn_backend_ops {
     /* y[r][i] = x[r][i] + bias[i] for n_row rows of n; y may equal x. */
     void (*add_bias)(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n, float *y);
     /* Stores the K and V of n_tok tokens into the paged cache of one layer:
-     * token t goes to physical slot slots[t] (= block * block_size + offset).
+     * token t goes to physical slot slots[t] (= block * block_size + offset); a
+     * negative slot stores nothing (a padding token of a fixed-size batch).
      * k, v: [n_tok, row] f32 with row = n_kv_head * head_dim, converted to kv_type. */
     void (*kv_store)(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
                      const float *v, const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);
     void (*attention)(kn_backend *be, const kn_attn_args *a);
     /* Device memory: free and total bytes. NULL for the host backends. */
     void (*mem_info)(kn_backend *be, size_t *free_bytes, size_t *total_bytes);
+
+    /* Graphs (CUDA graphs; all four NULL on the host backends). Between
+     * capture_begin and capture_end the ops are recorded instead of run (no upload,
+     * download, zero or sync in between); capture_end returns the recording ready to
+     * launch, or NULL if it failed. graph_launch runs it in op order, with the
+     * arguments the ops had when recorded (pointers included: it reads whatever
+     * those buffers hold at launch). */
+    void (*capture_begin)(kn_backend *be);
+    void *(*capture_end)(kn_backend *be);
+    void (*graph_launch)(kn_backend *be, void *graph);
+    void (*graph_free)(kn_backend *be, void *graph);
 } kn_backend_ops;
 
 struct kn_backend {

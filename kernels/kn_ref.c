@@ -29,6 +29,10 @@ static void ref_copy(kn_backend *be, void *dst, const void *src, size_t bytes) {
     memcpy(dst, src, bytes);
 }
 
+static void ref_zero(kn_backend *be, void *p, size_t bytes) {
+    memset(p, 0, bytes);
+}
+
 static void ref_sync(kn_backend *be) {
 }
 
@@ -182,6 +186,8 @@ static float kv_load(const void *cache, kn_type t, size_t idx) {
 void kn_ref_kv_store(void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
                      const int32_t *slots, int64_t n_tok, int64_t row, int head_dim) {
     for (int64_t t = 0; t < n_tok; t++) {
+        if (slots[t] < 0)
+            continue;
         size_t off = (size_t)slots[t] * (size_t)row;
         if (kv_type == KN_E4M3) {
             const int64_t nh = row / head_dim;
@@ -280,6 +286,7 @@ static const kn_backend_ops ref_ops = {
     .free = ref_free,
     .upload = ref_copy,
     .download = ref_copy,
+    .zero = ref_zero,
     .sync = ref_sync,
     .matmul = ref_matmul,
     .get_rows = ref_get_rows,

@@ -1,9 +1,8 @@
 /* wk_kv: the paged KV block pool (see wk_kv.h).
  *
  * The pool owns one K and one V array per layer, each allocated once through the
- * backend and zero-filled (uploaded from a zeroed host buffer so the same code works
- * for device memory). Free blocks sit on a LIFO stack; a block in use carries a
- * reference count. */
+ * backend and zero-filled (the backend's zero op: memset, or cudaMemsetAsync on a
+ * GPU). Free blocks sit on a LIFO stack; a block in use carries a reference count. */
 #include "worker/wk_kv.h"
 
 #include <stdlib.h>
@@ -36,7 +35,6 @@ wk_kv *wk_kv_create(kn_backend *be, int n_layer, int n_kv_head, int head_dim, in
         (type != KN_F32 && type != KN_F16 && type != KN_BF16 && type != KN_E4M3))
         return NULL;
     wk_kv *kv = calloc(1, sizeof(*kv));
-    void *zeros = NULL;
     if (!kv)
         return NULL;
     kv->be = be;
@@ -53,25 +51,20 @@ wk_kv *wk_kv_create(kn_backend *be, int n_layer, int n_kv_head, int head_dim, in
     if (!kv->k || !kv->v || !kv->refs || !kv->free_list)
         goto fail;
     size_t bytes = (size_t)n_blocks * (size_t)block_size * (size_t)n_kv_head * wk_kv_head_bytes(type, head_dim);
-    zeros = calloc(1, bytes);
-    if (!zeros)
-        goto fail;
     for (int l = 0; l < n_layer; l++) {
         kv->k[l] = be->ops->alloc(be, bytes);
         kv->v[l] = be->ops->alloc(be, bytes);
         if (!kv->k[l] || !kv->v[l])
             goto fail;
-        be->ops->upload(be, kv->k[l], zeros, bytes);
-        be->ops->upload(be, kv->v[l], zeros, bytes);
+        be->ops->zero(be, kv->k[l], bytes);
+        be->ops->zero(be, kv->v[l], bytes);
     }
-    free(zeros);
     // hand out low block ids first
     for (int i = 0; i < n_blocks; i++)
         kv->free_list[i] = n_blocks - 1 - i;
     kv->n_free = n_blocks;
     return kv;
 fail:
-    free(zeros);
     wk_kv_free(kv);
     return NULL;
 }

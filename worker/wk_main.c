@@ -3,6 +3,7 @@
  *   kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]
  *               [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--ctx N]
  *               [--kv-mib M | --gpu-memory-fraction F] [--block-size B] [--max-seqs S]
+ *               [--cuda-graphs on|off]
  *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
  *               [--seed S] [--stop S]...      (standalone: one request, text to stdout)
  *   kolm-worker --describe GGUF               (the model's metadata as JSON, for kolm pack)
@@ -56,6 +57,7 @@ typedef struct opts {
     kn_type kv_type;    // --kv-dtype: f16 (default), bf16, f32, or fp8 (E4M3 with a scale per token and head)
     int worker_id, threads, ctx, kv_mib, block_size, max_seqs;
     double gpu_fraction; // --gpu-memory-fraction; 0: not given
+    int cuda_graphs;     // --cuda-graphs on (default) | off
     const char *prompt;
     int max_tokens;
     float temperature;
@@ -88,6 +90,7 @@ static void usage(void) {
     fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--artifact-cid CID] [--worker-id K]\n"
                     "                   [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--threads T] [--ctx N]\n"
                     "                   [--kv-mib M | --gpu-memory-fraction F] [--block-size B] [--max-seqs S]\n"
+                    "                   [--cuda-graphs on|off]\n"
                     "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                   [--seed S] [--stop S]...\n"
                     "       kolm-worker --describe GGUF\n"
@@ -97,7 +100,9 @@ static void usage(void) {
                     "  --kv-mib M    KV cache size (default on CPU: 512)\n"
                     "  --gpu-memory-fraction F  on a GPU (the default way there, F = 0.9): the share of the\n"
                     "                device's memory the worker may use; the KV cache gets what the weights,\n"
-                    "                the activations and a margin for the libraries leave of it\n");
+                    "                the activations and a margin for the libraries leave of it\n"
+                    "  --cuda-graphs on|off  on a GPU: replay decode steps from CUDA graphs recorded per\n"
+                    "                batch shape (default on; off runs every op with its own launch)\n");
 }
 
 static int parse_int(const char *s, long lo, long hi, int *out) {
@@ -126,7 +131,7 @@ static int parse_kv_dtype(const char *s, kn_type *out) {
 
 static int parse_args(int argc, char **argv, opts *o) {
     *o = (opts){.fd = -1, .kv_type = KN_F16, .threads = 0, .ctx = 8192, .kv_mib = 0, .block_size = 16,
-                .max_seqs = 32, .max_tokens = 128, .temperature = 0};
+                .max_seqs = 32, .cuda_graphs = 1, .max_tokens = 128, .temperature = 0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -166,7 +171,10 @@ static int parse_args(int argc, char **argv, opts *o) {
             o->gpu_fraction = strtod(v, &end);
             bad = errno || *end || end == v || !(o->gpu_fraction > 0 && o->gpu_fraction <= 1);
         }
-        else if (!strcmp(a, "--block-size"))
+        else if (!strcmp(a, "--cuda-graphs")) {
+            o->cuda_graphs = !strcmp(v, "on");
+            bad = !o->cuda_graphs && strcmp(v, "off") != 0;
+        } else if (!strcmp(a, "--block-size"))
             bad = parse_int(v, 1, 1024, &o->block_size);
         else if (!strcmp(a, "--max-seqs"))
             bad = parse_int(v, 1, 1024, &o->max_seqs);
@@ -368,6 +376,7 @@ static int load_model(worker *w) {
         cm_error("cannot load model %s: %s", w->o.model, err);
         return rc;
     }
+    wk_model_set_exec(w->m, w->o.cuda_graphs ? WK_EXEC_GRAPHS : WK_EXEC_EAGER);
     const wk_hparams *hp = wk_model_hparams(w->m);
     w->n_ctx = w->o.ctx < hp->n_ctx_train ? w->o.ctx : hp->n_ctx_train;
     const kn_type kvt = w->o.kv_type;

@@ -26,7 +26,18 @@
  * rows named in logit_rows get the final norm and the LM head. All activations
  * live in one backend allocation made by wk_model_reserve and carved into named
  * buffers; the forward pass allocates nothing. On host backends (cpu, ref) the
- * weights are used in place in the GGUF mapping; otherwise each is uploaded once. */
+ * weights are used in place in the GGUF mapping; otherwise each is uploaded once.
+ *
+ * Fixed-shape batches (WK_EXEC_GRAPHS): a batch in which every token wants logits
+ * (decode steps, speculative verification) is padded to a power-of-two token count
+ * and its block tables to a power-of-two width, so one recorded graph of the whole
+ * step (kn.h's capture ops, CUDA graphs) replays every later step of that shape with
+ * one launch instead of hundreds. The batch itself lives in device buffers that the
+ * graph reads, refreshed by uploads before each launch. Padding tokens are token 0
+ * at position 0 of sequence 0 with a negative cache slot (kv_store skips them), and
+ * their logits are never downloaded; because the kernels are batch-invariant, the
+ * real tokens' results are the same as without padding. WK_EXEC_PADDED runs the same
+ * padded batch op by op, so the padding is tested on backends without graphs. */
 #include "worker/wk_model.h"
 #include "common/cm_log.h"
 
@@ -73,6 +84,15 @@ struct wk_model {
     float *xl, *logits;                          // [max_logits, n_embd], [max_logits, n_vocab]
     int32_t *d_tok, *d_pos, *d_seq, *d_slot, *d_rows, *d_bt; // backend copies of the batch
     int32_t *h_slot;                                         // [max_tokens] host
+    int32_t *h_pad;  // host staging of a padded batch: [4 max_tokens + max_seq * max_blocks]
+
+    wk_exec_mode exec;
+    struct wk_graph {
+        int n_tok, max_blocks;
+        const wk_kv *kv;
+        void *graph;
+    } graphs[WK_MAX_GRAPHS];
+    int n_graphs;
 };
 
 
@@ -441,16 +461,29 @@ fail:
     return rc;
 }
 
+static void drop_graphs(wk_model *m) {
+    for (int i = 0; i < m->n_graphs; i++)
+        m->be->ops->graph_free(m->be, m->graphs[i].graph);
+    m->n_graphs = 0;
+}
+
+void wk_model_set_exec(wk_model *m, wk_exec_mode mode) {
+    drop_graphs(m);
+    m->exec = mode;
+}
+
 /* Frees the model, its uploaded weights and its activations; g is untouched. */
 void wk_model_free(wk_model *m) {
     if (!m)
         return;
+    drop_graphs(m);
     for (int i = 0; i < m->n_owned; i++)
         m->be->ops->free(m->be, m->owned[i]);
     free(m->owned);
     if (m->arena)
         m->be->ops->free(m->be, m->arena);
     free(m->h_slot);
+    free(m->h_pad);
     free(m->layers);
     free(m);
 }
@@ -510,11 +543,13 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
     const wk_hparams *hp = &m->hp;
     if (max_tokens <= 0 || max_logits <= 0 || max_seq <= 0 || max_blocks <= 0)
         return -EINVAL;
+    drop_graphs(m); // they point into the arena
     if (m->arena)
         m->be->ops->free(m->be, m->arena);
     m->arena = NULL;
     free(m->h_slot);
-    m->h_slot = NULL;
+    free(m->h_pad);
+    m->h_slot = m->h_pad = NULL;
     m->max_tokens = m->max_logits = m->max_seq = m->max_blocks = 0;
 
     const size_t T = (size_t)max_tokens, E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
@@ -523,12 +558,14 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
     const size_t n_parts = arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts);
     m->arena = m->be->ops->alloc(m->be, arena_bytes(parts, n_parts));
     m->h_slot = malloc(T * I);
-    if (!m->arena || !m->h_slot) {
+    m->h_pad = malloc((4 * T + (size_t)max_seq * (size_t)max_blocks) * I);
+    if (!m->arena || !m->h_slot || !m->h_pad) {
         if (m->arena)
             m->be->ops->free(m->be, m->arena);
         m->arena = NULL;
         free(m->h_slot);
-        m->h_slot = NULL;
+        free(m->h_pad);
+        m->h_slot = m->h_pad = NULL;
         return -ENOMEM;
     }
     size_t off = 0;
@@ -581,12 +618,14 @@ static int check_batch(wk_model *m, wk_kv *kv, const wk_batch *b) {
     return 0;
 }
 
-static void forward_layer(wk_model *m, wk_kv *kv, int il, const wk_batch *b) {
+/* One decoder layer over the n_tok tokens in the device batch buffers, whose block
+ * tables are max_blocks wide. */
+static void forward_layer(wk_model *m, wk_kv *kv, int il, int n_tok, int max_blocks) {
     kn_backend *be = m->be;
     const kn_backend_ops *op = be->ops;
     const wk_hparams *hp = &m->hp;
     const wk_layer *L = &m->layers[il];
-    const int64_t T = b->n_tok, E = hp->n_embd, hd = hp->head_dim;
+    const int64_t T = n_tok, E = hp->n_embd, hd = hp->head_dim;
     const int64_t QD = (int64_t)hp->n_head * hd, KD = (int64_t)hp->n_head_kv * hd;
 
     // attention block
@@ -627,7 +666,7 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, const wk_batch *b) {
         .tok_seq = m->d_seq,
         .tok_pos = m->d_pos,
         .block_tables = m->d_bt,
-        .max_blocks = b->max_blocks,
+        .max_blocks = max_blocks,
     };
     op->attention(be, &a);
     op->matmul(be, &L->wo, m->att, T, m->o);
@@ -646,6 +685,110 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, const wk_batch *b) {
     op->add(be, m->x, m->o, T * E, m->x);
 }
 
+/* The whole step over the device batch buffers: embeddings, the layers, and the
+ * final norm and LM head on n_logits rows (none when 0). Only launches ops, so it
+ * can be recorded as a graph. */
+static void forward_ops(wk_model *m, wk_kv *kv, int n_tok, int max_blocks, int n_logits) {
+    kn_backend *be = m->be;
+    const kn_backend_ops *op = be->ops;
+    const wk_hparams *hp = &m->hp;
+    op->get_rows(be, &m->tok_embd, m->d_tok, n_tok, m->embd_scale, m->x);
+    for (int il = 0; il < hp->n_layer; il++)
+        forward_layer(m, kv, il, n_tok, max_blocks);
+    if (!n_logits)
+        return;
+    kn_weight xw = {.type = KN_F32, .n_in = hp->n_embd, .n_out = n_tok, .data = m->x};
+    op->get_rows(be, &xw, m->d_rows, n_logits, 1.0f, m->xl);
+    op->rmsnorm(be, m->xl, m->output_norm, n_logits, hp->n_embd, hp->norm_eps, m->xl);
+    op->matmul(be, &m->output, m->xl, n_logits, m->logits);
+}
+
+static int pow2_at_least(int n) {
+    int p = 1;
+    while (p < n)
+        p *= 2;
+    return p;
+}
+
+/* The padded shape of b when it runs as a fixed-shape batch (design note): 1 with
+ * *n_tok and *max_blocks set, or 0 when it runs as it is. */
+static int fixed_shape(const wk_model *m, const wk_batch *b, int *n_tok, int *max_blocks) {
+    if (m->exec == WK_EXEC_EAGER || (m->exec == WK_EXEC_GRAPHS && !m->be->ops->capture_begin))
+        return 0;
+    if (b->n_logits != b->n_tok)
+        return 0;
+    for (int i = 0; i < b->n_logits; i++)
+        if (b->logit_rows[i] != i)
+            return 0;
+    *n_tok = pow2_at_least(b->n_tok);
+    *max_blocks = pow2_at_least(b->max_blocks);
+    if (*max_blocks > m->max_blocks)
+        *max_blocks = m->max_blocks;
+    return *n_tok <= m->max_tokens && *n_tok <= m->max_logits;
+}
+
+/* Uploads b padded to n_tok tokens and max_blocks-wide block tables. */
+static void upload_padded(wk_model *m, const wk_batch *b, int n_tok, int max_blocks) {
+    kn_backend *be = m->be;
+    const size_t T = (size_t)n_tok, I = sizeof(int32_t), n = (size_t)b->n_tok;
+    int32_t *tok = m->h_pad, *pos = tok + T, *seq = pos + T, *rows = seq + T, *bt = rows + T;
+    memcpy(tok, b->tokens, n * I);
+    memcpy(pos, b->pos, n * I);
+    memcpy(seq, b->seq, n * I);
+    for (size_t t = n; t < T; t++) {
+        tok[t] = pos[t] = seq[t] = 0;
+        m->h_slot[t] = -1;
+    }
+    for (size_t t = 0; t < T; t++)
+        rows[t] = (int32_t)t;
+    for (int s = 0; s < b->n_seq; s++) {
+        int32_t *row = bt + (size_t)s * (size_t)max_blocks;
+        memcpy(row, b->block_tables + (size_t)s * (size_t)b->max_blocks, (size_t)b->max_blocks * I);
+        for (int j = b->max_blocks; j < max_blocks; j++)
+            row[j] = -1; // past every position of the batch: never read
+    }
+    be->ops->upload(be, m->d_tok, tok, T * I);
+    be->ops->upload(be, m->d_pos, pos, T * I);
+    be->ops->upload(be, m->d_seq, seq, T * I);
+    be->ops->upload(be, m->d_slot, m->h_slot, T * I);
+    be->ops->upload(be, m->d_rows, rows, T * I);
+    be->ops->upload(be, m->d_bt, bt, (size_t)b->n_seq * (size_t)max_blocks * I);
+}
+
+/* Runs the uploaded padded batch: from its graph (recorded now if this is the
+ * shape's first step), or op by op. */
+static void run_fixed(wk_model *m, wk_kv *kv, int n_tok, int max_blocks) {
+    kn_backend *be = m->be;
+    if (m->exec != WK_EXEC_GRAPHS) {
+        forward_ops(m, kv, n_tok, max_blocks, n_tok);
+        return;
+    }
+    for (int i = 0; i < m->n_graphs; i++) {
+        const struct wk_graph *g = &m->graphs[i];
+        if (g->n_tok == n_tok && g->max_blocks == max_blocks && g->kv == kv) {
+            be->ops->graph_launch(be, g->graph);
+            return;
+        }
+    }
+    be->ops->capture_begin(be);
+    forward_ops(m, kv, n_tok, max_blocks, n_tok);
+    void *graph = be->ops->capture_end(be);
+    if (!graph) { // a bug (an op that cannot be recorded): say so, and run this step op by op
+        cm_error("model: recording the %d-token step as a graph failed; running op by op from now on",
+                     n_tok);
+        m->exec = WK_EXEC_PADDED;
+        forward_ops(m, kv, n_tok, max_blocks, n_tok);
+        return;
+    }
+    if (m->n_graphs == WK_MAX_GRAPHS) { // every shape seen so far is in use: the oldest goes
+        be->ops->graph_free(be, m->graphs[0].graph);
+        memmove(m->graphs, m->graphs + 1, (WK_MAX_GRAPHS - 1) * sizeof m->graphs[0]);
+        m->n_graphs--;
+    }
+    m->graphs[m->n_graphs++] = (struct wk_graph){n_tok, max_blocks, kv, graph};
+    be->ops->graph_launch(be, graph);
+}
+
 /* Runs b; logits (host, [n_logits, n_vocab]) are written by the call. */
 int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
     if (!m->arena || !b || !kv)
@@ -658,30 +801,26 @@ int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
     const wk_hparams *hp = &m->hp;
     const size_t T = (size_t)b->n_tok, I = sizeof(int32_t);
 
-    op->upload(be, m->d_tok, b->tokens, T * I);
-    op->upload(be, m->d_pos, b->pos, T * I);
-    op->upload(be, m->d_seq, b->seq, T * I);
-    op->upload(be, m->d_slot, m->h_slot, T * I);
-    op->upload(be, m->d_bt, b->block_tables, (size_t)b->n_seq * (size_t)b->max_blocks * I);
-    if (b->n_logits)
-        op->upload(be, m->d_rows, b->logit_rows, (size_t)b->n_logits * I);
-
-    op->get_rows(be, &m->tok_embd, m->d_tok, b->n_tok, m->embd_scale, m->x);
-    for (int il = 0; il < hp->n_layer; il++)
-        forward_layer(m, kv, il, b);
+    int fixed_tok, fixed_blocks;
+    if (fixed_shape(m, b, &fixed_tok, &fixed_blocks)) {
+        upload_padded(m, b, fixed_tok, fixed_blocks);
+        run_fixed(m, kv, fixed_tok, fixed_blocks);
+    } else {
+        op->upload(be, m->d_tok, b->tokens, T * I);
+        op->upload(be, m->d_pos, b->pos, T * I);
+        op->upload(be, m->d_seq, b->seq, T * I);
+        op->upload(be, m->d_slot, m->h_slot, T * I);
+        op->upload(be, m->d_bt, b->block_tables, (size_t)b->n_seq * (size_t)b->max_blocks * I);
+        if (b->n_logits)
+            op->upload(be, m->d_rows, b->logit_rows, (size_t)b->n_logits * I);
+        forward_ops(m, kv, b->n_tok, b->max_blocks, b->n_logits);
+    }
     if (!b->n_logits) {
         op->sync(be);
         return 0;
     }
-
-    // final norm and LM head on the requested rows only
-    kn_weight xw = {.type = KN_F32, .n_in = hp->n_embd, .n_out = b->n_tok, .data = m->x};
-    op->get_rows(be, &xw, m->d_rows, b->n_logits, 1.0f, m->xl);
-    op->rmsnorm(be, m->xl, m->output_norm, b->n_logits, hp->n_embd, hp->norm_eps, m->xl);
-    op->matmul(be, &m->output, m->xl, b->n_logits, m->logits);
     const size_t n_out = (size_t)b->n_logits * (size_t)hp->n_vocab;
     op->download(be, logits, m->logits, n_out * sizeof(float));
-    op->sync(be);
     if (m->final_softcap > 0.0f) {
         const float c = m->final_softcap;
         for (size_t i = 0; i < n_out; i++)

@@ -71,6 +71,16 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
  * left for the KV cache before reserving). */
 size_t wk_model_reserve_bytes(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks);
 
+/* How batches in which every token wants logits (decode steps) run (wk_model.c's
+ * design note): WK_EXEC_GRAPHS (the default) pads them to a fixed shape and
+ * replays a graph recorded on the shape's first step, on backends with graphs (the
+ * others run every batch op by op); WK_EXEC_PADDED pads them the same way but runs
+ * op by op (it tests the padding on any backend); WK_EXEC_EAGER runs every batch as
+ * it is. Changing the mode drops the recorded graphs. */
+typedef enum wk_exec_mode { WK_EXEC_GRAPHS, WK_EXEC_PADDED, WK_EXEC_EAGER } wk_exec_mode;
+#define WK_MAX_GRAPHS 64 // recorded shapes kept; the oldest is dropped past that
+void wk_model_set_exec(wk_model *m, wk_exec_mode mode);
+
 /* Runs the batch. logits: [n_logits, n_vocab] host memory, written by the call.
  * 0, or -EINVAL (batch over the reserved sizes or a position past the cache). */
 int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits);

@@ -95,6 +95,10 @@ static void cpu_copy(kn_backend *be, void *dst, const void *src, size_t bytes) {
     memcpy(dst, src, bytes);
 }
 
+static void cpu_zero(kn_backend *be, void *p, size_t bytes) {
+    memset(p, 0, bytes);
+}
+
 static void cpu_sync(kn_backend *be) {
 }
 
@@ -403,6 +407,8 @@ static void cpu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type k
         return;
     }
     for (int64_t t = 0; t < n_tok; t++) {
+        if (slots[t] < 0)
+            continue;
         const size_t off = (size_t)slots[t] * (size_t)row;
         if (kv_type == KN_F16) {
             c->dt.to_f16(k + t * row, (uint16_t *)k_cache + off, row);
@@ -545,6 +551,7 @@ static const kn_backend_ops cpu_ops = {
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
+    .zero = cpu_zero,
     .sync = cpu_sync,
     .matmul = cpu_matmul,
     .get_rows = cpu_get_rows,

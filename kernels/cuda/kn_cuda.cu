@@ -11,6 +11,7 @@
  * Every CUDA call is checked; a failure is a bug or a dead device, so
  * it is logged with its place and the worker aborts (the gateway respawns it). */
 #include <math.h>
+#include <string.h>
 
 #include "kernels/cuda/kn_cuda.h"
 #include "kernels/kn_act.h"
@@ -32,22 +33,45 @@ static void cu_free(kn_backend *be, void *p) {
         KN_CUDA_CHECK(cudaFree(p));
 }
 
+static void cu_drain(kn_cuda *c) {
+    KN_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    c->stage_used = 0;
+}
+
+/* Through the staging buffer (kn_cuda.h), so the caller's buffer is free on return
+ * and the copy is queued behind the ops before it, without a wait. */
 static void cu_upload(kn_backend *be, void *dst, const void *src, size_t bytes) {
-    KN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cu(be)->stream));
-    KN_CUDA_CHECK(cudaStreamSynchronize(cu(be)->stream)); // the host buffer may go away on return
+    kn_cuda *c = cu(be);
+    while (bytes > 0) {
+        if (c->stage_used == c->stage_bytes)
+            cu_drain(c);
+        const size_t n = bytes < c->stage_bytes - c->stage_used ? bytes : c->stage_bytes - c->stage_used;
+        memcpy(c->stage + c->stage_used, src, n);
+        KN_CUDA_CHECK(cudaMemcpyAsync(dst, c->stage + c->stage_used, n, cudaMemcpyHostToDevice, c->stream));
+        c->stage_used += n;
+        dst = (uint8_t *)dst + n;
+        src = (const uint8_t *)src + n;
+        bytes -= n;
+    }
 }
 
 static void cu_download(kn_backend *be, void *dst, const void *src, size_t bytes) {
     KN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cu(be)->stream));
-    KN_CUDA_CHECK(cudaStreamSynchronize(cu(be)->stream));
+    cu_drain(cu(be));
+}
+
+static void cu_zero(kn_backend *be, void *p, size_t bytes) {
+    KN_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cu(be)->stream));
 }
 
 static void cu_sync(kn_backend *be) {
-    KN_CUDA_CHECK(cudaStreamSynchronize(cu(be)->stream));
+    cu_drain(cu(be));
 }
 
 static void cu_destroy(kn_backend *be) {
     kn_cuda *c = cu(be);
+    KN_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    KN_CUDA_CHECK(cudaFreeHost(c->stage));
     KN_CUDA_CHECK(cudaFree(c->work));
     KN_CUDA_CHECK(cudaStreamDestroy(c->stream));
     free(c);
@@ -151,10 +175,44 @@ static void cu_mem_info(kn_backend *be, size_t *free_bytes, size_t *total_bytes)
     KN_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
 }
 
+/* ---------------------------------------------------------------- graphs */
+
+/* Thread-local capture: only this thread's CUDA calls are checked against the
+ * capture (the worker drives its GPU from one thread). */
+static void cu_capture_begin(kn_backend *be) {
+    KN_CUDA_CHECK(cudaStreamBeginCapture(cu(be)->stream, cudaStreamCaptureModeThreadLocal));
+}
+
+static void *cu_capture_end(kn_backend *be) {
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t exec = NULL;
+    if (cudaStreamEndCapture(cu(be)->stream, &g) != cudaSuccess || !g) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+    KN_CUDA_CHECK(cudaGraphDestroy(g));
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    return exec;
+}
+
+static void cu_graph_launch(kn_backend *be, void *graph) {
+    KN_CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)graph, cu(be)->stream));
+}
+
+static void cu_graph_free(kn_backend *be, void *graph) {
+    if (graph)
+        KN_CUDA_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)graph));
+}
+
 static const kn_backend_ops cuda_ops = {
-    "cuda",      cu_destroy,  cu_alloc,   cu_free, cu_upload,   cu_download, cu_sync,      cu_matmul,
-    cu_get_rows, cu_rmsnorm,  cu_rope,    cu_glu,  cu_add,      cu_add_bias, cu_kv_store,  cu_attention,
-    cu_mem_info,
+    "cuda",           cu_destroy,     cu_alloc,        cu_free,       cu_upload,  cu_download,
+    cu_zero,          cu_sync,        cu_matmul,       cu_get_rows,   cu_rmsnorm, cu_rope,
+    cu_glu,           cu_add,         cu_add_bias,     cu_kv_store,   cu_attention, cu_mem_info,
+    cu_capture_begin, cu_capture_end, cu_graph_launch, cu_graph_free,
 };
 
 extern "C" int kn_cuda_device_count(void) {
@@ -185,6 +243,14 @@ extern "C" kn_backend *kn_cuda_create(int device) {
         return NULL;
     }
     c->work_bytes = KN_CUDA_WORK_BYTES;
+    if (cudaMallocHost(&c->stage, KN_CUDA_STAGE_BYTES) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cudaFree(c->work);
+        cudaStreamDestroy(c->stream);
+        free(c);
+        return NULL;
+    }
+    c->stage_bytes = KN_CUDA_STAGE_BYTES;
     c->base.ops = &cuda_ops;
     c->base.n_threads = 1;
     return &c->base;

@@ -27,18 +27,24 @@
  * faults inside the kernel surface at the next synchronizing call. */
 #define KN_LAUNCHED() KN_CUDA_CHECK(cudaGetLastError())
 
-/* A backend: one device, one stream (ops run in call order), and a workspace that
- * an op may use for its temporaries while it runs (ops on one stream never
- * overlap); an op whose temporaries are larger splits its work to fit. */
+/* A backend: one device, one stream (ops run in call order), a workspace that an
+ * op may use for its temporaries while it runs (ops on one stream never overlap;
+ * an op whose temporaries are larger splits its work to fit), and page-locked
+ * staging for uploads: an upload copies its bytes there and queues the DMA, so it
+ * returns without waiting; stage_used only goes back to 0 once the stream has
+ * drained (a sync, a download, or a full stage). */
 typedef struct kn_cuda {
     kn_backend base;
     int device;
     cudaStream_t stream;
     void *work;
     size_t work_bytes;
+    uint8_t *stage;
+    size_t stage_bytes, stage_used;
 } kn_cuda;
 
 #define KN_CUDA_WORK_BYTES ((size_t)64 << 20)
+#define KN_CUDA_STAGE_BYTES ((size_t)8 << 20)
 
 static inline kn_cuda *cu(kn_backend *be) {
     return (kn_cuda *)be;

@@ -157,7 +157,8 @@ static void test_gemma(const char *path) {
     float *pre1 = malloc((size_t)n * V * sizeof(float));
     float *last = malloc(V * sizeof(float));
     float *mixed = malloc(4 * (size_t)n * V * sizeof(float));
-    if (!pre || !pre1 || !last || !mixed) {
+    float *padded = malloc(4 * (size_t)n * V * sizeof(float));
+    if (!pre || !pre1 || !last || !mixed || !padded) {
         ASSERT_TRUE(0);
         goto done;
     }
@@ -181,6 +182,18 @@ static void test_gemma(const char *path) {
         snprintf(what, sizeof(what), "mixed batch, sequence %d vs alone", s);
         check_close(what, pre, mixed + (size_t)s * n * V, (size_t)n, V, 2e-3);
     }
+
+    // the fixed-shape path (batches whose every token wants logits, padded to a power
+    // of two as CUDA graphs replay them), op by op: the kernels are batch-invariant,
+    // so the logits are the unpadded run's bit for bit
+    wk_model_set_exec(c.m, WK_EXEC_PADDED);
+    ASSERT_EQ(run(&c, toks, n, 4, KT_MIXED, 3, 1, padded), 0);
+    ASSERT_EQ(memcmp(padded, mixed, 4 * (size_t)n * V * sizeof(float)), 0);
+    ASSERT_EQ(run(&c, toks, n, 3, KT_STEP, 16, 1, padded), 0); // 3 tokens a step, padded to 4
+    wk_model_set_exec(c.m, WK_EXEC_EAGER);
+    ASSERT_EQ(run(&c, toks, n, 3, KT_STEP, 16, 1, mixed), 0);
+    ASSERT_EQ(memcmp(padded, mixed, 3 * (size_t)n * V * sizeof(float)), 0);
+    wk_model_set_exec(c.m, WK_EXEC_GRAPHS);
 
     // a bad batch is refused, not run
     {
@@ -235,6 +248,7 @@ done:
     free(pre1);
     free(last);
     free(mixed);
+    free(padded);
 cleanup:
     wk_model_free(c.m);
     if (c.be)
