@@ -144,6 +144,9 @@ typedef struct kn_backend_ops {
     void (*kv_store)(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
                      const float *v, const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);
     void (*attention)(kn_backend *be, const kn_attn_args *a);
+    /* out[r] = the index of the largest of the n values of row r of x ([n_row, n]),
+     * the lowest such index on ties (rows holding NaN: unspecified). out: [n_row]. */
+    void (*argmax)(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out);
     /* Device memory: free and total bytes. NULL for the host backends. */
     void (*mem_info)(kn_backend *be, size_t *free_bytes, size_t *total_bytes);
 

@@ -279,6 +279,21 @@ static void ref_attention(kn_backend *be, const kn_attn_args *a) {
     kn_ref_attention(a);
 }
 
+void kn_ref_argmax(const float *x, int64_t n_row, int64_t n, int32_t *out) {
+    for (int64_t r = 0; r < n_row; r++) {
+        const float *row = x + r * n;
+        int64_t best = 0;
+        for (int64_t i = 1; i < n; i++)
+            if (row[i] > row[best])
+                best = i;
+        out[r] = (int32_t)best;
+    }
+}
+
+static void ref_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out) {
+    kn_ref_argmax(x, n_row, n, out);
+}
+
 static const kn_backend_ops ref_ops = {
     .name = "ref",
     .destroy = ref_destroy,
@@ -297,6 +312,7 @@ static const kn_backend_ops ref_ops = {
     .add_bias = ref_add_bias,
     .kv_store = ref_kv_store,
     .attention = ref_attention,
+    .argmax = ref_argmax,
 };
 
 kn_backend *kn_ref_create(void) {

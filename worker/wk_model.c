@@ -83,6 +83,7 @@ struct wk_model {
     float *x, *h, *q, *k, *v, *att, *o, *fg, *fu; // activations, [max_tokens, ...]
     float *xl, *logits;                          // [max_logits, n_embd], [max_logits, n_vocab]
     int32_t *d_tok, *d_pos, *d_seq, *d_slot, *d_rows, *d_bt; // backend copies of the batch
+    int32_t *d_greedy;                                       // [max_logits] argmax of greedy rows
     int32_t *h_slot;                                         // [max_tokens] host
     int32_t *h_pad;  // host staging of a padded batch: [4 max_tokens + max_seq * max_blocks]
 
@@ -461,6 +462,10 @@ fail:
     return rc;
 }
 
+int wk_model_greedy(const wk_model *m) {
+    return !(m->final_softcap > 0.0f);
+}
+
 static void drop_graphs(wk_model *m) {
     for (int i = 0; i < m->n_graphs; i++)
         m->be->ops->graph_free(m->be, m->graphs[i].graph);
@@ -505,7 +510,7 @@ typedef struct arena_part {
 
 /* The activation buffers of wk_model_reserve, in arena order; their count. */
 static size_t arena_parts(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks,
-                          arena_part parts[17]) {
+                          arena_part parts[18]) {
     const wk_hparams *hp = &m->hp;
     const size_t T = (size_t)max_tokens, L = (size_t)max_logits, F = sizeof(float), I = sizeof(int32_t);
     const size_t E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
@@ -520,8 +525,9 @@ static size_t arena_parts(wk_model *m, int max_tokens, int max_logits, int max_s
         {(void **)&m->d_tok, T * I},     {(void **)&m->d_pos, T * I},
         {(void **)&m->d_seq, T * I},     {(void **)&m->d_slot, T * I},
         {(void **)&m->d_rows, L * I},    {(void **)&m->d_bt, (size_t)max_seq * (size_t)max_blocks * I},
+        {(void **)&m->d_greedy, L * I},
     };
-    _Static_assert(sizeof all / sizeof all[0] == 17, "arena_parts' array size");
+    _Static_assert(sizeof all / sizeof all[0] == 18, "arena_parts' array size");
     memcpy(parts, all, sizeof all);
     return sizeof all / sizeof all[0];
 }
@@ -534,7 +540,7 @@ static size_t arena_bytes(const arena_part *parts, size_t n_parts) {
 }
 
 size_t wk_model_reserve_bytes(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks) {
-    arena_part parts[17];
+    arena_part parts[18];
     return arena_bytes(parts, arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts));
 }
 
@@ -554,7 +560,7 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
 
     const size_t T = (size_t)max_tokens, E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
     const size_t I = sizeof(int32_t);
-    arena_part parts[17];
+    arena_part parts[18];
     const size_t n_parts = arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts);
     m->arena = m->be->ops->alloc(m->be, arena_bytes(parts, n_parts));
     m->h_slot = malloc(T * I);
@@ -615,6 +621,8 @@ static int check_batch(wk_model *m, wk_kv *kv, const wk_batch *b) {
     for (int i = 0; i < b->n_logits; i++)
         if (b->logit_rows[i] < 0 || b->logit_rows[i] >= b->n_tok)
             return -EINVAL;
+    if (b->n_greedy < 0 || b->n_greedy > b->n_logits || (b->n_greedy && (!b->greedy_ids || !wk_model_greedy(m))))
+        return -EINVAL;
     return 0;
 }
 
@@ -819,8 +827,14 @@ int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
         op->sync(be);
         return 0;
     }
-    const size_t n_out = (size_t)b->n_logits * (size_t)hp->n_vocab;
-    op->download(be, logits, m->logits, n_out * sizeof(float));
+    const int n_full = b->n_logits - b->n_greedy;
+    const size_t n_out = (size_t)n_full * (size_t)hp->n_vocab;
+    if (b->n_greedy) {
+        op->argmax(be, m->logits + n_out, b->n_greedy, hp->n_vocab, m->d_greedy);
+        op->download(be, b->greedy_ids, m->d_greedy, (size_t)b->n_greedy * I);
+    }
+    if (n_full)
+        op->download(be, logits, m->logits, n_out * sizeof(float));
     if (m->final_softcap > 0.0f) {
         const float c = m->final_softcap;
         for (size_t i = 0; i < n_out; i++)

@@ -42,7 +42,11 @@ typedef struct wk_hparams {
 /* One forward step. Token t of the batch is tokens[t] at position pos[t] of the
  * sequence whose block table is row seq[t] of block_tables; its K/V go to that
  * sequence's slot for pos[t] (the block must already be allocated). Logits are
- * produced for the n_logits token indices in logit_rows, in that order. */
+ * produced for the n_logits token indices in logit_rows, in that order; the last
+ * n_greedy of them are wanted for their argmax only (greedy decoding: the id of
+ * the largest logit, the lowest on ties, written to greedy_ids), found on the
+ * backend so their logits are never copied out (wk_model_greedy says whether the
+ * model allows it). */
 typedef struct wk_batch {
     int n_tok;
     const int32_t *tokens;       // [n_tok]
@@ -53,6 +57,8 @@ typedef struct wk_batch {
     int max_blocks;
     const int32_t *logit_rows;   // [n_logits]
     int n_logits;
+    int n_greedy;                // <= n_logits
+    int32_t *greedy_ids;         // [n_greedy], written by wk_model_forward
 } wk_batch;
 
 typedef struct wk_model wk_model;
@@ -81,7 +87,13 @@ typedef enum wk_exec_mode { WK_EXEC_GRAPHS, WK_EXEC_PADDED, WK_EXEC_EAGER } wk_e
 #define WK_MAX_GRAPHS 64 // recorded shapes kept; the oldest is dropped past that
 void wk_model_set_exec(wk_model *m, wk_exec_mode mode);
 
-/* Runs the batch. logits: [n_logits, n_vocab] host memory, written by the call.
+/* 1 when batches may have greedy rows (wk_batch): the argmax of the LM head's
+ * output is the argmax of the model's logits (no final soft-cap, which could merge
+ * two logits into one float). */
+int wk_model_greedy(const wk_model *m);
+
+/* Runs the batch. logits: [n_logits - n_greedy, n_vocab] host memory, written by
+ * the call.
  * 0, or -EINVAL (batch over the reserved sizes or a position past the cache). */
 int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits);
 

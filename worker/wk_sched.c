@@ -109,6 +109,8 @@ struct wk_sched {
     // step buffers, sized at create
     int32_t *b_tok, *b_pos, *b_seq, *b_tables, *b_rows;
     seq **b_logit_seq;
+    int32_t *g_rows, *g_ids; // greedy rows of a step (wk_sched_step) and their tokens
+    seq **g_seq;
     float *logits;
     float *raw; // [n_vocab] unadjusted logits of the row being sampled (logprobs)
     float *sub; // [n_vocab] logits of a grammar's allowed tokens (sparse masks)
@@ -447,13 +449,17 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->b_seq = malloc((size_t)mt * sizeof(int32_t));
     s->b_rows = malloc((size_t)ms * sizeof(int32_t));
     s->b_logit_seq = malloc((size_t)ms * sizeof(seq *));
+    s->g_rows = malloc((size_t)ms * sizeof(int32_t));
+    s->g_ids = malloc((size_t)ms * sizeof(int32_t));
+    s->g_seq = malloc((size_t)ms * sizeof(seq *));
     s->b_tables = malloc((size_t)ms * s->max_blocks * sizeof(int32_t));
     s->logits = malloc((size_t)ms * s->n_vocab * sizeof(float));
     s->raw = malloc((size_t)s->n_vocab * sizeof(float));
     s->sub = malloc((size_t)s->n_vocab * sizeof(float));
     s->prefix = wk_prefix_create(kv);
     s->gc = wk_gcache_new(t, cfg->family);
-    if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->b_tables || !s->logits ||
+    if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->g_rows || !s->g_ids ||
+        !s->g_seq || !s->b_tables || !s->logits ||
         !s->raw || !s->sub || !s->prefix || !s->gc || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
         wk_sched_free(s);
         return NULL;
@@ -474,6 +480,9 @@ void wk_sched_free(wk_sched *s) {
     free(s->b_seq);
     free(s->b_rows);
     free(s->b_logit_seq);
+    free(s->g_rows);
+    free(s->g_ids);
+    free(s->g_seq);
     free(s->b_tables);
     free(s->logits);
     free(s->raw);
@@ -834,6 +843,33 @@ static int accept_token(wk_sched *s, seq *q, int32_t id, const float *raw) {
     return done ? PROTO_FINISH_LENGTH : 0;
 }
 
+/* Samples q's next token from its row of logits (adjusted in place) and accepts
+ * it: a finish reason, 0, or a negative errno. */
+static int sample_row(wk_sched *s, seq *q, float *row) {
+    // Raw logits for logprobs are kept aside when the sampler adjusts them.
+    const float *raw = q->jb->logprobs ? row : NULL;
+    if (raw && (wk_sampler_adjusts(&q->smp) || q->jb->gram)) {
+        memcpy(s->raw, row, (size_t)s->n_vocab * sizeof *row);
+        raw = s->raw;
+    }
+    int reason = 0;
+    const int32_t *ids = NULL;
+    int n_ids = 0;
+    if (q->jb->gram) {
+        int left = q->max_gen - q->n_gen, room = s->cfg.n_ctx - q->n_tok, restricted;
+        int allowed = wk_gcache_mask(s->gc, q->jb->gram, q->gstate, left < room ? left : room, row, s->n_vocab,
+                                     &ids, &n_ids, &restricted);
+        reason = allowed < 0 ? allowed : allowed == 0 ? -EPROTO : 0;
+        q->cut |= restricted;
+    }
+    if (!reason)
+        reason = accept_token(s, q,
+                              ids ? wk_sampler_sample_subset(&q->smp, row, ids, n_ids, s->sub)
+                                  : wk_sampler_sample(&q->smp, row),
+                              raw);
+    return reason;
+}
+
 int wk_sched_step(wk_sched *s) {
     admit(s);
     // Decoding sequences first (one token each), then prefill chunks, oldest first.
@@ -865,8 +901,12 @@ int wk_sched_step(wk_sched *s) {
                 budget -= pick->chunk;
         }
     }
-    // Build the batch.
-    int nt = 0, nr = 0, nl = 0;
+    // Build the batch. Rows whose next token is the argmax of the logits as the
+    // model gives them (greedy, no bias or penalty, no grammar, no logprobs) go
+    // last, as the batch's greedy rows: the backend finds their argmax and their
+    // logits are never copied out.
+    const int greedy_ok = wk_model_greedy(s->m);
+    int nt = 0, nr = 0, nl = 0, ng = 0;
     for (int i = 0; i < s->n_seqs; i++) {
         seq *q = s->seqs[i];
         if (q->state != SEQ_RUNNING || q->chunk <= 0) {
@@ -885,13 +925,20 @@ int wk_sched_step(wk_sched *s) {
             nt++;
         }
         if (q->n_done + q->chunk == q->n_tok) {
-            s->b_rows[nl] = nt - 1;
-            s->b_logit_seq[nl++] = q;
+            if (greedy_ok && (q->smp.p.temperature <= 0 || q->smp.p.top_k == 1) && !wk_sampler_adjusts(&q->smp) &&
+                !q->jb->gram && !q->jb->logprobs) {
+                s->g_rows[ng] = nt - 1;
+                s->g_seq[ng++] = q;
+            } else {
+                s->b_rows[nl] = nt - 1;
+                s->b_logit_seq[nl++] = q;
+            }
         }
         nr++;
     }
     if (!nt)
         return 0;
+    memcpy(s->b_rows + nl, s->g_rows, (size_t)ng * sizeof *s->g_rows);
     wk_batch b = {.n_tok = nt,
                   .tokens = s->b_tok,
                   .pos = s->b_pos,
@@ -900,7 +947,9 @@ int wk_sched_step(wk_sched *s) {
                   .n_seq = nr,
                   .max_blocks = s->max_blocks,
                   .logit_rows = s->b_rows,
-                  .n_logits = nl};
+                  .n_logits = nl + ng,
+                  .n_greedy = ng,
+                  .greedy_ids = s->g_ids};
     int rc = wk_model_forward(s->m, s->kv, &b, s->logits);
     if (rc) {
         cm_error("model forward failed: %d", rc);
@@ -916,36 +965,16 @@ int wk_sched_step(wk_sched *s) {
                 q->jb->ready[q->prompt] = 1;
         }
     }
-    for (int l = 0; l < nl; l++) {
-        seq *q = s->b_logit_seq[l];
+    for (int l = 0; l < nl + ng; l++) {
+        seq *q = l < nl ? s->b_logit_seq[l] : s->g_seq[l - nl];
         int idx = -1;
         for (int i = 0; i < s->n_seqs && idx < 0; i++)
             if (s->seqs[i] == q)
                 idx = i;
         if (idx < 0)
             continue; // its job failed earlier in this loop
-        float *row = s->logits + (size_t)l * s->n_vocab;
-        // Raw logits for logprobs are kept aside when the sampler adjusts them.
-        const float *raw = q->jb->logprobs ? row : NULL;
-        if (raw && (wk_sampler_adjusts(&q->smp) || q->jb->gram)) {
-            memcpy(s->raw, row, (size_t)s->n_vocab * sizeof *row);
-            raw = s->raw;
-        }
-        int reason = 0;
-        const int32_t *ids = NULL;
-        int n_ids = 0;
-        if (q->jb->gram) {
-            int left = q->max_gen - q->n_gen, room = s->cfg.n_ctx - q->n_tok, restricted;
-            int allowed = wk_gcache_mask(s->gc, q->jb->gram, q->gstate, left < room ? left : room, row, s->n_vocab,
-                                         &ids, &n_ids, &restricted);
-            reason = allowed < 0 ? allowed : allowed == 0 ? -EPROTO : 0;
-            q->cut |= restricted;
-        }
-        if (!reason)
-            reason = accept_token(s, q,
-                                  ids ? wk_sampler_sample_subset(&q->smp, row, ids, n_ids, s->sub)
-                                      : wk_sampler_sample(&q->smp, row),
-                                  raw);
+        const int reason = l >= nl ? accept_token(s, q, s->g_ids[l - nl], NULL) // greedy: the backend's argmax
+                                   : sample_row(s, q, s->logits + (size_t)l * s->n_vocab);
         if (reason < 0) {
             emit_error(s, q->jb->id, 500, "server_error", "",
                        reason == -ENOMEM   ? "out of memory while generating"

@@ -544,6 +544,10 @@ static void cpu_destroy(kn_backend *be) {
     free(c);
 }
 
+static void cpu_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out) {
+    kn_ref_argmax(x, n_row, n, out); // one pass over memory: the scalar loop is what it costs
+}
+
 static const kn_backend_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -562,6 +566,7 @@ static const kn_backend_ops cpu_ops = {
     .add_bias = cpu_add_bias,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
+    .argmax = cpu_argmax,
 };
 
 kn_backend *kn_cpu_create_ex(int n_threads, int flags) {
