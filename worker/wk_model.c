@@ -723,11 +723,8 @@ static int pow2_at_least(int n) {
 static int fixed_shape(const wk_model *m, const wk_batch *b, int *n_tok, int *max_blocks) {
     if (m->exec == WK_EXEC_EAGER || (m->exec == WK_EXEC_GRAPHS && !m->be->ops->capture_begin))
         return 0;
-    if (b->n_logits != b->n_tok)
+    if (b->n_logits != b->n_tok) // the graph computes logits for every row, in logit_rows' order
         return 0;
-    for (int i = 0; i < b->n_logits; i++)
-        if (b->logit_rows[i] != i)
-            return 0;
     *n_tok = pow2_at_least(b->n_tok);
     *max_blocks = pow2_at_least(b->max_blocks);
     if (*max_blocks > m->max_blocks)
@@ -747,7 +744,8 @@ static void upload_padded(wk_model *m, const wk_batch *b, int n_tok, int max_blo
         tok[t] = pos[t] = seq[t] = 0;
         m->h_slot[t] = -1;
     }
-    for (size_t t = 0; t < T; t++)
+    memcpy(rows, b->logit_rows, n * I);
+    for (size_t t = n; t < T; t++)
         rows[t] = (int32_t)t;
     for (int s = 0; s < b->n_seq; s++) {
         int32_t *row = bt + (size_t)s * (size_t)max_blocks;

@@ -195,6 +195,36 @@ static void test_gemma(const char *path) {
     ASSERT_EQ(memcmp(padded, mixed, 3 * (size_t)n * V * sizeof(float)), 0);
     wk_model_set_exec(c.m, WK_EXEC_GRAPHS);
 
+    // logit rows in any order, the last one greedy (its argmax found by the backend),
+    // eager and padded: the same logits as rows 0, 1, 2 in order
+    {
+        wk_kv *kv = wk_kv_create(c.be, hp->n_layer, hp->n_head_kv, hp->head_dim, 16, 3, KN_F16);
+        ASSERT_TRUE(kv != NULL);
+        ASSERT_EQ(wk_model_reserve(c.m, 4, 4, 3, 1), 0);
+        int32_t bt[3] = {wk_kv_alloc(kv), wk_kv_alloc(kv), wk_kv_alloc(kv)};
+        int32_t tk[3] = {2, 818, 5279}, ps[3] = {0, 0, 0}, sq[3] = {0, 1, 2}, in_order[3] = {0, 1, 2};
+        int32_t shuffled[3] = {2, 0, 1}, greedy = -1;
+        wk_batch b = {.n_tok = 3, .tokens = tk, .pos = ps, .seq = sq, .block_tables = bt, .n_seq = 3,
+                      .max_blocks = 1, .logit_rows = in_order, .n_logits = 3};
+        ASSERT_EQ(wk_model_forward(c.m, kv, &b, mixed), 0);
+        for (int mode = 0; mode < 2; mode++) {
+            wk_model_set_exec(c.m, mode ? WK_EXEC_PADDED : WK_EXEC_EAGER);
+            b.logit_rows = shuffled;
+            b.n_greedy = 1;
+            b.greedy_ids = &greedy;
+            ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), 0);
+            ASSERT_EQ(memcmp(padded, mixed + 2 * V, V * sizeof(float)), 0);
+            ASSERT_EQ(memcmp(padded + V, mixed, V * sizeof(float)), 0);
+            ASSERT_EQ((size_t)greedy, argmax(mixed + V, V));
+        }
+        b.greedy_ids = NULL; // greedy rows need somewhere to go
+        ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), -EINVAL);
+        wk_model_set_exec(c.m, WK_EXEC_GRAPHS);
+        for (int i = 0; i < 3; i++)
+            wk_kv_release(kv, bt[i]);
+        wk_kv_free(kv);
+    }
+
     // a bad batch is refused, not run
     {
         wk_kv *kv = wk_kv_create(c.be, hp->n_layer, hp->n_head_kv, hp->head_dim, 16, 2, KN_F16);
