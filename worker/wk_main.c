@@ -328,7 +328,7 @@ static int load(worker *w) {
 /* The KV pool's size in blocks of per_block bytes: --kv-mib when given; else, on a
  * GPU, --gpu-memory-fraction (default 0.9) of the device's memory less what is in
  * use after the weights, the scheduler's activations and a margin for the
- * libraries (cuBLAS' workspace) and allocation rounding; else 512 MiB. < 2 after
+ * CUDA runtime (its context, graphs) and allocation rounding; else 512 MiB. < 2 after
  * saying why when no pool fits. */
 static long kv_blocks(worker *w, const wk_sched_config *cfg, size_t per_block) {
     const kn_backend *be = w->be;
