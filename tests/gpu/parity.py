@@ -10,7 +10,10 @@ token strings of the DELTAs; the protocol carries no token ids), the texts and t
 finish reasons are compared per prompt.
 
 Agreement is the fraction of generated tokens before each prompt's first
-difference: sum(common prefix) / sum(longer length). The run fails (exit 1) below
+difference: sum(common prefix) / sum(longer length). With --no-logprobs the
+requests ask for none, so the workers pick greedy tokens on their backend (the
+argmax op; no logits leave the GPU) and the texts are compared character by
+character instead. The run fails (exit 1) below
 --min-agree, or when the chosen tokens' logprobs over the common prefixes differ
 by more than --max-dlogprob (when given), and on any worker error, death or
 timeout (exit 2).
@@ -140,10 +143,12 @@ class Worker:
             if ftype == HELLO:
                 return m
 
-    def generate(self, job, kind, payload, max_tokens):
-        """One greedy request: dict(toks, lps, tops, text, finish), or raises WorkerError."""
+    def generate(self, job, kind, payload, max_tokens, logprobs=True):
+        """One greedy request: dict(toks, lps, tops, text, finish), or raises WorkerError. Without
+        logprobs the "tokens" are the text's characters."""
         req = {"job": job, "msgs": payload if kind == "chat" else [], "n": 1, "max_tokens": max_tokens,
-               "temp": 0.0, "top_p": 1.0, "top_k": 0, "pres": 0.0, "freq": 0.0, "lp": 1, "top_lp": 2, "echo": 0}
+               "temp": 0.0, "top_p": 1.0, "top_k": 0, "pres": 0.0, "freq": 0.0, "lp": int(logprobs),
+               "top_lp": 2 if logprobs else 0, "echo": 0}
         if kind == "raw":
             req["prompts"] = [payload]
         self.send(SUBMIT, req)
@@ -165,6 +170,10 @@ class Worker:
             elif k == FINISH:
                 out["finish"] = FINISH_NAMES.get(ev.get("finish"), ev.get("finish"))
                 if ev.get("last"):
+                    if not logprobs:
+                        out["toks"] = list(out["text"])
+                        out["lps"] = [0.0] * len(out["toks"])
+                        out["tops"] = [[] for _ in out["toks"]]
                     return out
 
     def close(self):
@@ -188,7 +197,7 @@ def drive(w, opts, results, errors, abort):
         for i, (kind, payload) in enumerate(PROMPTS):
             if abort.is_set():
                 return
-            results[i] = w.generate(i + 1, kind, payload, opts.tokens)
+            results[i] = w.generate(i + 1, kind, payload, opts.tokens, not opts.no_logprobs)
     except WorkerError as e:
         errors.append(str(e))
         abort.set()
@@ -253,6 +262,8 @@ def main():
     ap.add_argument("--kv-mib", type=int, default=256)
     ap.add_argument("--timeout", type=float, default=600, help="seconds without a frame before giving up")
     ap.add_argument("--json", help="write the per-prompt results here")
+    ap.add_argument("--no-logprobs", action="store_true",
+                    help="ask for no logprobs (greedy tokens picked on the backend); compare the texts")
     opts = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # in order with the errors on stderr, under tee
     opts.b_model = opts.b_model or opts.model
