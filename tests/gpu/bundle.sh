@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # tests/gpu/bundle.sh: run on a build machine (it has our Debian packages and the
 # CUDA toolkit) before a GPU session. It makes build-gpu-bundle/, what a bare CUDA
-# image needs to run the end-to-end parity in tests/gpu/run.sh:
+# image needs to run the end-to-end parity and bench/gpu.py in tests/gpu/run.sh:
 #
 #   build-gpu-bundle/bin/kolm-worker   Release, -DKOLM_CUDA=ON -DKOLM_WERROR=ON
 #   build-gpu-bundle/lib/*.so*         the worker's shared libraries that such an image
 #                                      lacks (libmsgpackc, libsodium, libjansson, ...)
 #   build-gpu-bundle/models/*.gguf     random test models (tests/fixtures/tinygguf.py)
+#   build-gpu-bundle/wheels/*.whl      the pure-python `gguf` wheel (tests/requirements.txt's
+#                                      pin) for bench/gpu.py, which writes its model there
 #   build-gpu-bundle/MANIFEST          what was built from which commit
 #
 # The build tree itself stays in build-gpu-bundle.build/ (not carried). Libraries
@@ -76,12 +78,28 @@ for name, arch, wtype, seed, markup, attn_scale in [
                    attn_output_scale=attn_scale, **shape)
 EOF
 
+# bench/gpu.py writes its GGUF with the gguf package, which the GPU image lacks: its
+# pure-python wheel, unpacked by gpu.py at run time. Of gguf's dependencies, numpy is
+# there (with torch); PyYAML is imported (by gguf.metadata) but not used to write a
+# file, and gpu.py stands in for it when absent; requests and tqdm are not imported.
+# A failed download leaves the parity bundle usable: gpu.py then says what is missing.
+GGUF_PIN=$(grep -E '^gguf==' "$REPO/tests/requirements.txt" | head -1)
+mkdir -p "$OUT/wheels"
+if "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$OUT/wheels" "${GGUF_PIN:-gguf}" &&
+    ls "$OUT"/wheels/gguf-*-py3-none-any.whl >/dev/null 2>&1; then
+    wheels="$(cd "$OUT/wheels" && echo *.whl)"
+else
+    echo "bundle.sh: WARNING: no pure-python ${GGUF_PIN:-gguf} wheel; bench/gpu.py will not run on the device" >&2
+    wheels="none (download failed)"
+fi
+
 {
     src=(CMakeLists.txt common proto kernels worker)
     dirty=$(git -C "$REPO" diff --quiet HEAD -- "${src[@]}" || echo ' (+ uncommitted changes)')
     echo "commit $(git -C "$REPO" rev-parse HEAD)$dirty"
     echo "built $(date -u +%FT%TZ) with $(nvcc --version | grep -o 'release [0-9.]*'), newest glibc symbol $glibc"
     echo "bundled libs: $(cd "$OUT/lib" && echo *)"
+    echo "wheels: $wheels"
     echo "left to the image: $(awk '{print $1}' "$OUT/ldd.txt" | grep -E "$SYSTEM_LIBS|$CUDA_LIBS" | tr '\n' ' ')"
 } >"$OUT/MANIFEST"
 cat "$OUT/MANIFEST"

@@ -23,16 +23,27 @@
 #       attention is damped so that FP8 noise rarely flips a token: the CPU reference
 #       keeps 320/320 there)
 #   (c) cpu fp8 vs cuda:0 fp8, exact, on each random model (the FP8 KV path itself)
-# then compute-sanitizer memcheck and racecheck on the op tests when it works on
-# that machine (KOLM_GPU_NO_SANITIZER=1 skips them), and prints a table last. Exit
+# then the GPU bench (issue 6; KOLM_GPU_BENCH=0 skips it):
+#   bench/gpu_bench (built here with the op tests, CUDA + cuBLAS): the copy bandwidth,
+#       cuBLAS BF16 GEMM rate, the backend's decode attention bandwidth (BF16 and FP8
+#       KV at 1k/8k/32k) and the KV capacity at a fixed budget; JSON in
+#       build-gpu/gpu_bench.json
+#   bench/gpu.py (needs build-gpu-bundle/ and a python3 with torch and transformers):
+#       a random Qwen2.5-0.5B-shaped model, kolm-worker decode at batch 1/8/64/256 vs
+#       the roofline from gpu_bench's copy bandwidth, KV waste, and transformers
+#       `generate` on the same weights; bounded by KOLM_GPU_BENCH_BUDGET seconds
+#       (default 180); JSON in build-gpu/gpu-e2e.json; KOLM_GPU_BENCH_ARGS adds
+#       options (e.g. "--shape 1.5b", "--kv-dtype fp8")
+# Their numbers are rows without PASS (a missed target is a finding, not a failed
+# step); a bench tool that does not run through is a FAIL row, and the test rows
+# stay. Then compute-sanitizer memcheck and racecheck on the op tests when it works
+# on that machine (KOLM_GPU_NO_SANITIZER=1 skips them), and a table last. Exit
 # status: 0 when every step that ran passed.
 #
 # NOTE: on quantized weights (the default model is Q4_K_M) the CPU backend quantizes
 # activations to Q8 and the CUDA backend multiplies them in f32, so (a) on that model
 # can part at a near-tie without a bug; parity.py prints the top-2 logprob gap of
 # worker a where they part.
-#
-# Not here yet: the GPU bench.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 B="${KOLM_GPU_BUILD:-$REPO/build-gpu}"
@@ -40,6 +51,15 @@ JOBS="${KOLM_JOBS:-$(nproc)}"
 declare -a ROWS
 rc=0
 row() { ROWS+=("$(printf '%-40s %s' "$1" "$2")"); [ "${2%% *}" = PASS ] || [ "${2%% *}" = SKIP ] || rc=1; }
+# note NAME VALUE: a row that reports a number and passes or fails nothing.
+note() { ROWS+=("$(printf '%-40s %s' "$1" "$2")"); }
+# notes LOG: the "row: NAME = VALUE" lines a bench tool printed, as notes.
+notes() {
+    local l
+    while IFS= read -r l; do
+        note "${l%% = *}" "${l#* = }"
+    done < <(sed -n 's/^row: //p' "$1")
+}
 
 nvidia-smi -L || { echo "tests/gpu/run.sh: no GPU visible" >&2; exit 1; }
 if cmake -S "$REPO" -B "$B" -DCMAKE_BUILD_TYPE=Release -DKOLM_WERROR=ON -DKOLM_CUDA=ON -DKOLM_KERNELS_ONLY=ON &&
@@ -49,6 +69,12 @@ else
     row "build (sm_90a, sm_100a)" FAIL
     printf '%s\n' "${ROWS[@]}"
     exit 1
+fi
+# Its own build step: a bench that does not build must not hide the tests (nor leave
+# an earlier run's binary to be measured).
+rm -f "$B/bin/gpu_bench"
+if [ "${KOLM_GPU_BENCH:-1}" != 0 ] && ! cmake --build "$B" --target gpu_bench -j "$JOBS"; then
+    row "build gpu_bench" "FAIL (see the build output above)"
 fi
 if "$B/tests/test_kn_ops" | tee "$B/test_kn_ops.log" && grep -q '^test_kn_ops: .* 0 failed' "$B/test_kn_ops.log" &&
     ! grep -q 'no CUDA device' "$B/test_kn_ops.log"; then
@@ -116,6 +142,47 @@ if [ -d "$BUNDLE" ]; then
     fi
 else
     row "e2e parity" "SKIP (no build-gpu-bundle/: run tests/gpu/bundle.sh first)"
+fi
+# ---- the GPU bench ----
+if [ "${KOLM_GPU_BENCH:-1}" = 0 ]; then
+    row "bench" "SKIP (KOLM_GPU_BENCH=0)"
+else
+    BENCH_JSON="$B/gpu_bench.json"
+    rm -f "$BENCH_JSON"
+    if [ ! -x "$B/bin/gpu_bench" ]; then
+        row "bench gpu_bench" "FAIL (not built: no cuBLAS in this toolkit, or the build failed)"
+    else
+        echo "== gpu_bench"
+        if timeout 300 "$B/bin/gpu_bench" --json "$BENCH_JSON" 2>&1 | tee "$B/gpu_bench.log"; then
+            row "bench gpu_bench" "PASS (numbers below; $BENCH_JSON)"
+        else
+            row "bench gpu_bench" "FAIL (exit $?; $B/gpu_bench.log)"
+        fi
+        notes "$B/gpu_bench.log"
+    fi
+    BUDGET="${KOLM_GPU_BENCH_BUDGET:-180}"
+    if [ ! -d "$BUNDLE" ]; then
+        row "bench e2e (gpu.py)" "SKIP (no build-gpu-bundle/: run tests/gpu/bundle.sh first)"
+    elif [ -z "${PY:-}" ]; then
+        row "bench e2e (gpu.py)" "FAIL (no python3 with msgpack and numpy)"
+    elif ! "$PY" -c 'import torch, transformers' 2>/dev/null; then
+        row "bench e2e (gpu.py)" "SKIP ($PY has no torch and transformers)"
+    elif [ -n "${missing:-}" ]; then
+        row "bench e2e (gpu.py)" "FAIL (kolm-worker: ${missing//$'\n'/ })"
+    else
+        echo "== gpu.py (budget $BUDGET s)"
+        # The bundle's and the toolkit's libraries go to the worker only (--worker-ld-path):
+        # the python process loads torch's own CUDA libraries.
+        if timeout $((BUDGET + 120)) "$PY" "$REPO/bench/gpu.py" --worker "$BUNDLE/bin/kolm-worker" \
+            --worker-ld-path "$BUNDLE/lib${CUDA_LIBS:+:$CUDA_LIBS}" --bench-json "$BENCH_JSON" \
+            --budget-s "$BUDGET" --workdir "$B/bench" --json "$B/gpu-e2e.json" ${KOLM_GPU_BENCH_ARGS:-} 2>&1 |
+            tee "$B/gpu-e2e.log"; then
+            row "bench e2e (gpu.py)" "PASS (numbers below; $B/gpu-e2e.json)"
+        else
+            row "bench e2e (gpu.py)" "FAIL (exit $?; $B/gpu-e2e.log)"
+        fi
+        notes "$B/gpu-e2e.log"
+    fi
 fi
 if [ "${KOLM_GPU_NO_SANITIZER:-0}" = 1 ]; then
     row "compute-sanitizer" "SKIP (KOLM_GPU_NO_SANITIZER=1)"
