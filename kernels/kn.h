@@ -147,6 +147,11 @@ typedef struct kn_backend_ops {
     /* out[r] = the index of the largest of the n values of row r of x ([n_row, n]),
      * the lowest such index on ties (rows holding NaN: unspecified). out: [n_row]. */
     void (*argmax)(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out);
+    /* x[r][idx[i]] += val[i] for i in [off[r], off[r + 1]) of each of the n_row rows
+     * of x ([n_row, n]), in that order (an index listed twice gets both additions,
+     * in turn). off: [n_row + 1]. */
+    void (*add_at)(kn_backend *be, float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
+                   const float *val);
     /* Device memory: free and total bytes. NULL for the host backends. */
     void (*mem_info)(kn_backend *be, size_t *free_bytes, size_t *total_bytes);
 

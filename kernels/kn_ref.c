@@ -290,6 +290,17 @@ void kn_ref_argmax(const float *x, int64_t n_row, int64_t n, int32_t *out) {
     }
 }
 
+void kn_ref_add_at(float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx, const float *val) {
+    for (int64_t r = 0; r < n_row; r++)
+        for (int32_t i = off[r]; i < off[r + 1]; i++)
+            x[r * n + idx[i]] += val[i];
+}
+
+static void ref_add_at(kn_backend *be, float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
+                       const float *val) {
+    kn_ref_add_at(x, n_row, n, off, idx, val);
+}
+
 static void ref_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out) {
     kn_ref_argmax(x, n_row, n, out);
 }
@@ -313,6 +324,7 @@ static const kn_backend_ops ref_ops = {
     .kv_store = ref_kv_store,
     .attention = ref_attention,
     .argmax = ref_argmax,
+    .add_at = ref_add_at,
 };
 
 kn_backend *kn_ref_create(void) {

@@ -84,6 +84,8 @@ struct wk_model {
     float *xl, *logits;                          // [max_logits, n_embd], [max_logits, n_vocab]
     int32_t *d_tok, *d_pos, *d_seq, *d_slot, *d_rows, *d_bt; // backend copies of the batch
     int32_t *d_greedy;                                       // [max_logits] argmax of greedy rows
+    int32_t *d_bias_off, *d_bias_id;                         // greedy rows' logit bias (wk_batch)
+    float *d_bias_val;
     int32_t *h_slot;                                         // [max_tokens] host
     int32_t *h_pad;  // host staging of a padded batch: [4 max_tokens + max_seq * max_blocks]
 
@@ -510,7 +512,7 @@ typedef struct arena_part {
 
 /* The activation buffers of wk_model_reserve, in arena order; their count. */
 static size_t arena_parts(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks,
-                          arena_part parts[18]) {
+                          arena_part parts[21]) {
     const wk_hparams *hp = &m->hp;
     const size_t T = (size_t)max_tokens, L = (size_t)max_logits, F = sizeof(float), I = sizeof(int32_t);
     const size_t E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
@@ -525,9 +527,11 @@ static size_t arena_parts(wk_model *m, int max_tokens, int max_logits, int max_s
         {(void **)&m->d_tok, T * I},     {(void **)&m->d_pos, T * I},
         {(void **)&m->d_seq, T * I},     {(void **)&m->d_slot, T * I},
         {(void **)&m->d_rows, L * I},    {(void **)&m->d_bt, (size_t)max_seq * (size_t)max_blocks * I},
-        {(void **)&m->d_greedy, L * I},
+        {(void **)&m->d_greedy, L * I},  {(void **)&m->d_bias_off, (L + 1) * I},
+        {(void **)&m->d_bias_id, L * WK_MAX_GREEDY_BIAS * I},
+        {(void **)&m->d_bias_val, L * WK_MAX_GREEDY_BIAS * F},
     };
-    _Static_assert(sizeof all / sizeof all[0] == 18, "arena_parts' array size");
+    _Static_assert(sizeof all / sizeof all[0] == 21, "arena_parts' array size");
     memcpy(parts, all, sizeof all);
     return sizeof all / sizeof all[0];
 }
@@ -540,7 +544,7 @@ static size_t arena_bytes(const arena_part *parts, size_t n_parts) {
 }
 
 size_t wk_model_reserve_bytes(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks) {
-    arena_part parts[18];
+    arena_part parts[21];
     return arena_bytes(parts, arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts));
 }
 
@@ -560,7 +564,7 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
 
     const size_t T = (size_t)max_tokens, E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
     const size_t I = sizeof(int32_t);
-    arena_part parts[18];
+    arena_part parts[21];
     const size_t n_parts = arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts);
     m->arena = m->be->ops->alloc(m->be, arena_bytes(parts, n_parts));
     m->h_slot = malloc(T * I);
@@ -623,6 +627,16 @@ static int check_batch(wk_model *m, wk_kv *kv, const wk_batch *b) {
             return -EINVAL;
     if (b->n_greedy < 0 || b->n_greedy > b->n_logits || (b->n_greedy && (!b->greedy_ids || !wk_model_greedy(m))))
         return -EINVAL;
+    if (b->n_greedy && b->bias_off) {
+        if (b->bias_off[0] != 0 || !b->bias_id || !b->bias_val)
+            return -EINVAL;
+        for (int i = 0; i < b->n_greedy; i++)
+            if (b->bias_off[i + 1] < b->bias_off[i] || b->bias_off[i + 1] - b->bias_off[i] > WK_MAX_GREEDY_BIAS)
+                return -EINVAL;
+        for (int32_t i = 0; i < b->bias_off[b->n_greedy]; i++)
+            if (b->bias_id[i] < 0 || b->bias_id[i] >= m->hp.n_vocab)
+                return -EINVAL;
+    }
     return 0;
 }
 
@@ -828,6 +842,13 @@ int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
     const int n_full = b->n_logits - b->n_greedy;
     const size_t n_out = (size_t)n_full * (size_t)hp->n_vocab;
     if (b->n_greedy) {
+        if (b->bias_off && b->bias_off[b->n_greedy] > 0) {
+            const size_t nb = (size_t)b->bias_off[b->n_greedy];
+            op->upload(be, m->d_bias_off, b->bias_off, (size_t)(b->n_greedy + 1) * I);
+            op->upload(be, m->d_bias_id, b->bias_id, nb * I);
+            op->upload(be, m->d_bias_val, b->bias_val, nb * sizeof(float));
+            op->add_at(be, m->logits + n_out, b->n_greedy, hp->n_vocab, m->d_bias_off, m->d_bias_id, m->d_bias_val);
+        }
         op->argmax(be, m->logits + n_out, b->n_greedy, hp->n_vocab, m->d_greedy);
         op->download(be, b->greedy_ids, m->d_greedy, (size_t)b->n_greedy * I);
     }

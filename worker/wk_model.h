@@ -46,7 +46,9 @@ typedef struct wk_hparams {
  * n_greedy of them are wanted for their argmax only (greedy decoding: the id of
  * the largest logit, the lowest on ties, written to greedy_ids), found on the
  * backend so their logits are never copied out (wk_model_greedy says whether the
- * model allows it). */
+ * model allows it). A greedy row may carry a logit bias, added first, in order:
+ * entries [bias_off[i], bias_off[i + 1]) of bias_id/bias_val for greedy row i, at
+ * most WK_MAX_GREEDY_BIAS per row (bias_off NULL: none). */
 typedef struct wk_batch {
     int n_tok;
     const int32_t *tokens;       // [n_tok]
@@ -59,7 +61,12 @@ typedef struct wk_batch {
     int n_logits;
     int n_greedy;                // <= n_logits
     int32_t *greedy_ids;         // [n_greedy], written by wk_model_forward
+    const int32_t *bias_off;     // [n_greedy + 1] or NULL
+    const int32_t *bias_id;      // [bias_off[n_greedy]] token ids
+    const float *bias_val;       // [bias_off[n_greedy]]
 } wk_batch;
+
+#define WK_MAX_GREEDY_BIAS 1024 // proto's PROTO_MAX_BIAS
 
 typedef struct wk_model wk_model;
 

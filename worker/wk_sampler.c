@@ -86,6 +86,10 @@ int wk_sampler_adjusts(const wk_sampler *s) {
     return s->p.n_bias > 0 || s->count != NULL;
 }
 
+int wk_sampler_penalizes(const wk_sampler *s) {
+    return s->count != NULL;
+}
+
 int wk_sampler_accept(wk_sampler *s, int32_t id) {
     if (!s->count || id < 0 || id >= s->n_vocab)
         return 0;

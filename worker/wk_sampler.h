@@ -54,6 +54,8 @@ int32_t wk_sampler_sample(wk_sampler *s, float *logits);
 int32_t wk_sampler_sample_subset(wk_sampler *s, float *logits, const int32_t *ids, int n, float *vals);
 /* 1 when wk_sampler_sample changes the logits it is given (bias or penalties). */
 int wk_sampler_adjusts(const wk_sampler *s);
+/* 1 when it applies presence or frequency penalties. */
+int wk_sampler_penalizes(const wk_sampler *s);
 /* Counts an output token for the penalties. 0 or -ENOMEM. */
 int wk_sampler_accept(wk_sampler *s, int32_t id);
 

@@ -111,6 +111,8 @@ struct wk_sched {
     seq **b_logit_seq;
     int32_t *g_rows, *g_ids; // greedy rows of a step (wk_sched_step) and their tokens
     seq **g_seq;
+    int32_t *g_bias_off, *g_bias_id; // their logit biases (wk_batch)
+    float *g_bias_val;
     float *logits;
     float *raw; // [n_vocab] unadjusted logits of the row being sampled (logprobs)
     float *sub; // [n_vocab] logits of a grammar's allowed tokens (sparse masks)
@@ -452,6 +454,9 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->g_rows = malloc((size_t)ms * sizeof(int32_t));
     s->g_ids = malloc((size_t)ms * sizeof(int32_t));
     s->g_seq = malloc((size_t)ms * sizeof(seq *));
+    s->g_bias_off = malloc((size_t)(ms + 1) * sizeof(int32_t));
+    s->g_bias_id = malloc((size_t)ms * WK_MAX_GREEDY_BIAS * sizeof(int32_t));
+    s->g_bias_val = malloc((size_t)ms * WK_MAX_GREEDY_BIAS * sizeof(float));
     s->b_tables = malloc((size_t)ms * s->max_blocks * sizeof(int32_t));
     s->logits = malloc((size_t)ms * s->n_vocab * sizeof(float));
     s->raw = malloc((size_t)s->n_vocab * sizeof(float));
@@ -459,7 +464,7 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->prefix = wk_prefix_create(kv);
     s->gc = wk_gcache_new(t, cfg->family);
     if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->g_rows || !s->g_ids ||
-        !s->g_seq || !s->b_tables || !s->logits ||
+        !s->g_seq || !s->g_bias_off || !s->g_bias_id || !s->g_bias_val || !s->b_tables || !s->logits ||
         !s->raw || !s->sub || !s->prefix || !s->gc || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
         wk_sched_free(s);
         return NULL;
@@ -483,6 +488,9 @@ void wk_sched_free(wk_sched *s) {
     free(s->g_rows);
     free(s->g_ids);
     free(s->g_seq);
+    free(s->g_bias_off);
+    free(s->g_bias_id);
+    free(s->g_bias_val);
     free(s->b_tables);
     free(s->logits);
     free(s->raw);
@@ -901,10 +909,11 @@ int wk_sched_step(wk_sched *s) {
                 budget -= pick->chunk;
         }
     }
-    // Build the batch. Rows whose next token is the argmax of the logits as the
-    // model gives them (greedy, no bias or penalty, no grammar, no logprobs) go
-    // last, as the batch's greedy rows: the backend finds their argmax and their
-    // logits are never copied out.
+    // Build the batch. Rows whose next token is the argmax of the logits (greedy,
+    // no penalty, no grammar, no logprobs) go last, as the batch's greedy rows: the
+    // backend adds their logit bias, finds their argmax, and their logits are never
+    // copied out.
+    _Static_assert(WK_MAX_GREEDY_BIAS >= PROTO_MAX_BIAS, "a request's whole logit_bias fits a greedy row");
     const int greedy_ok = wk_model_greedy(s->m);
     int nt = 0, nr = 0, nl = 0, ng = 0;
     for (int i = 0; i < s->n_seqs; i++) {
@@ -925,8 +934,16 @@ int wk_sched_step(wk_sched *s) {
             nt++;
         }
         if (q->n_done + q->chunk == q->n_tok) {
-            if (greedy_ok && (q->smp.p.temperature <= 0 || q->smp.p.top_k == 1) && !wk_sampler_adjusts(&q->smp) &&
-                !q->jb->gram && !q->jb->logprobs) {
+            if (greedy_ok && (q->smp.p.temperature <= 0 || q->smp.p.top_k == 1) &&
+                !wk_sampler_penalizes(&q->smp) && !q->jb->gram && !q->jb->logprobs) {
+                if (!ng)
+                    s->g_bias_off[0] = 0;
+                const int32_t o = s->g_bias_off[ng];
+                for (int i = 0; i < q->smp.p.n_bias; i++) {
+                    s->g_bias_id[o + i] = (int32_t)q->smp.p.bias[i].token;
+                    s->g_bias_val[o + i] = q->smp.p.bias[i].bias;
+                }
+                s->g_bias_off[ng + 1] = o + q->smp.p.n_bias;
                 s->g_rows[ng] = nt - 1;
                 s->g_seq[ng++] = q;
             } else {
@@ -949,7 +966,10 @@ int wk_sched_step(wk_sched *s) {
                   .logit_rows = s->b_rows,
                   .n_logits = nl + ng,
                   .n_greedy = ng,
-                  .greedy_ids = s->g_ids};
+                  .greedy_ids = s->g_ids,
+                  .bias_off = s->g_bias_off,
+                  .bias_id = s->g_bias_id,
+                  .bias_val = s->g_bias_val};
     int rc = wk_model_forward(s->m, s->kv, &b, s->logits);
     if (rc) {
         cm_error("model forward failed: %d", rc);

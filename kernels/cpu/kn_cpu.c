@@ -544,6 +544,11 @@ static void cpu_destroy(kn_backend *be) {
     free(c);
 }
 
+static void cpu_add_at(kn_backend *be, float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
+                       const float *val) {
+    kn_ref_add_at(x, n_row, n, off, idx, val);
+}
+
 static void cpu_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out) {
     kn_ref_argmax(x, n_row, n, out); // one pass over memory: the scalar loop is what it costs
 }
@@ -567,6 +572,7 @@ static const kn_backend_ops cpu_ops = {
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .argmax = cpu_argmax,
+    .add_at = cpu_add_at,
 };
 
 kn_backend *kn_cpu_create_ex(int n_threads, int flags) {

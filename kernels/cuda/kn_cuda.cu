@@ -227,6 +227,24 @@ static void cu_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, 
     KN_LAUNCHED();
 }
 
+/* One thread per row, through its entries in order (they are few: a logit bias). */
+static __global__ void k_add_at(float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
+                                const float *val) {
+    const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n_row)
+        return;
+    for (int32_t i = off[r]; i < off[r + 1]; i++)
+        x[r * n + idx[i]] += val[i];
+}
+
+static void cu_add_at(kn_backend *be, float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
+                      const float *val) {
+    if (n_row <= 0)
+        return;
+    k_add_at<<<(unsigned)((n_row + 127) / 128), 128, 0, cu(be)->stream>>>(x, n_row, n, off, idx, val);
+    KN_LAUNCHED();
+}
+
 /* ---------------------------------------------------------------- graphs */
 
 /* Thread-local capture: only this thread's CUDA calls are checked against the
@@ -264,7 +282,7 @@ static const kn_backend_ops cuda_ops = {
     "cuda",           cu_destroy,     cu_alloc,        cu_free,       cu_upload,  cu_download,
     cu_zero,          cu_sync,        cu_matmul,       cu_get_rows,   cu_rmsnorm, cu_rope,
     cu_glu,           cu_add,         cu_add_bias,     cu_kv_store,   cu_attention, cu_argmax,
-    cu_mem_info,      cu_capture_begin, cu_capture_end, cu_graph_launch, cu_graph_free,
+    cu_add_at,        cu_mem_info,      cu_capture_begin, cu_capture_end, cu_graph_launch, cu_graph_free,
 };
 
 extern "C" int kn_cuda_device_count(void) {

@@ -217,6 +217,21 @@ static void test_gemma(const char *path) {
             ASSERT_EQ(memcmp(padded + V, mixed, V * sizeof(float)), 0);
             ASSERT_EQ((size_t)greedy, argmax(mixed + V, V));
         }
+        // a logit bias on the greedy row, applied in order: 7 beats 5; 9 twice beats both
+        int32_t boff[2] = {0, 2}, bid[4] = {5, 7, 9, 9};
+        float bval[4] = {1000.0f, 2000.0f, 1500.0f, 1500.0f};
+        b.bias_off = boff;
+        b.bias_id = bid;
+        b.bias_val = bval;
+        ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), 0);
+        ASSERT_EQ(greedy, 7);
+        boff[1] = 4;
+        ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), 0);
+        ASSERT_EQ(greedy, 9);
+        ASSERT_EQ(memcmp(padded, mixed + 2 * V, V * sizeof(float)), 0); // the other rows untouched
+        bid[3] = (int32_t)V; // out of the vocabulary
+        ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), -EINVAL);
+        b.bias_off = NULL;
         b.greedy_ids = NULL; // greedy rows need somewhere to go
         ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), -EINVAL);
         wk_model_set_exec(c.m, WK_EXEC_GRAPHS);
