@@ -135,6 +135,8 @@ typedef struct kn_backend_ops {
     void (*glu)(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y);
     /* y = a + b over n values; y may equal a or b. */
     void (*add)(kn_backend *be, const float *a, const float *b, int64_t n, float *y);
+    /* x = cap * tanh(x / cap) over n values, in place (logit soft-capping). */
+    void (*softcap)(kn_backend *be, float *x, int64_t n, float cap);
     /* y[r][i] = x[r][i] + bias[i] for n_row rows of n; y may equal x. */
     void (*add_bias)(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n, float *y);
     /* Stores the K and V of n_tok tokens into the paged cache of one layer:

@@ -301,6 +301,15 @@ static void ref_add_at(kn_backend *be, float *x, int64_t n_row, int64_t n, const
     kn_ref_add_at(x, n_row, n, off, idx, val);
 }
 
+void kn_ref_softcap(float *x, int64_t n, float cap) {
+    for (int64_t i = 0; i < n; i++)
+        x[i] = cap * tanhf(x[i] / cap);
+}
+
+static void ref_softcap(kn_backend *be, float *x, int64_t n, float cap) {
+    kn_ref_softcap(x, n, cap);
+}
+
 static void ref_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out) {
     kn_ref_argmax(x, n_row, n, out);
 }
@@ -324,6 +333,7 @@ static const kn_backend_ops ref_ops = {
     .kv_store = ref_kv_store,
     .attention = ref_attention,
     .argmax = ref_argmax,
+    .softcap = ref_softcap,
     .add_at = ref_add_at,
 };
 

@@ -20,6 +20,7 @@ void kn_ref_kv_store(void *k_cache, void *v_cache, kn_type kv_type, const float 
 void kn_ref_attention(const kn_attn_args *a);
 /* The reference argmax on host memory (the CPU backend's too). */
 void kn_ref_argmax(const float *x, int64_t n_row, int64_t n, int32_t *out);
+void kn_ref_softcap(float *x, int64_t n, float cap);
 void kn_ref_add_at(float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx, const float *val);
 
 #endif

@@ -464,10 +464,6 @@ fail:
     return rc;
 }
 
-int wk_model_greedy(const wk_model *m) {
-    return !(m->final_softcap > 0.0f);
-}
-
 static void drop_graphs(wk_model *m) {
     for (int i = 0; i < m->n_graphs; i++)
         m->be->ops->graph_free(m->be, m->graphs[i].graph);
@@ -625,7 +621,7 @@ static int check_batch(wk_model *m, wk_kv *kv, const wk_batch *b) {
     for (int i = 0; i < b->n_logits; i++)
         if (b->logit_rows[i] < 0 || b->logit_rows[i] >= b->n_tok)
             return -EINVAL;
-    if (b->n_greedy < 0 || b->n_greedy > b->n_logits || (b->n_greedy && (!b->greedy_ids || !wk_model_greedy(m))))
+    if (b->n_greedy < 0 || b->n_greedy > b->n_logits || (b->n_greedy && !b->greedy_ids))
         return -EINVAL;
     if (b->n_greedy && b->bias_off) {
         if (b->bias_off[0] != 0 || !b->bias_id || !b->bias_val)
@@ -723,6 +719,8 @@ static void forward_ops(wk_model *m, wk_kv *kv, int n_tok, int max_blocks, int n
     op->get_rows(be, &xw, m->d_rows, n_logits, 1.0f, m->xl);
     op->rmsnorm(be, m->xl, m->output_norm, n_logits, hp->n_embd, hp->norm_eps, m->xl);
     op->matmul(be, &m->output, m->xl, n_logits, m->logits);
+    if (m->final_softcap > 0.0f)
+        op->softcap(be, m->logits, (int64_t)n_logits * hp->n_vocab, m->final_softcap);
 }
 
 static int pow2_at_least(int n) {
@@ -854,10 +852,5 @@ int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
     }
     if (n_full)
         op->download(be, logits, m->logits, n_out * sizeof(float));
-    if (m->final_softcap > 0.0f) {
-        const float c = m->final_softcap;
-        for (size_t i = 0; i < n_out; i++)
-            logits[i] = c * tanhf(logits[i] / c);
-    }
     return 0;
 }

@@ -45,8 +45,7 @@ typedef struct wk_hparams {
  * produced for the n_logits token indices in logit_rows, in that order; the last
  * n_greedy of them are wanted for their argmax only (greedy decoding: the id of
  * the largest logit, the lowest on ties, written to greedy_ids), found on the
- * backend so their logits are never copied out (wk_model_greedy says whether the
- * model allows it). A greedy row may carry a logit bias, added first, in order:
+ * backend so their logits are never copied out. A greedy row may carry a logit bias, added first, in order:
  * entries [bias_off[i], bias_off[i + 1]) of bias_id/bias_val for greedy row i, at
  * most WK_MAX_GREEDY_BIAS per row (bias_off NULL: none). */
 typedef struct wk_batch {
@@ -93,11 +92,6 @@ size_t wk_model_reserve_bytes(wk_model *m, int max_tokens, int max_logits, int m
 typedef enum wk_exec_mode { WK_EXEC_GRAPHS, WK_EXEC_PADDED, WK_EXEC_EAGER } wk_exec_mode;
 #define WK_MAX_GRAPHS 64 // recorded shapes kept; the oldest is dropped past that
 void wk_model_set_exec(wk_model *m, wk_exec_mode mode);
-
-/* 1 when batches may have greedy rows (wk_batch): the argmax of the LM head's
- * output is the argmax of the model's logits (no final soft-cap, which could merge
- * two logits into one float). */
-int wk_model_greedy(const wk_model *m);
 
 /* Runs the batch. logits: [n_logits - n_greedy, n_vocab] host memory, written by
  * the call.

@@ -914,7 +914,6 @@ int wk_sched_step(wk_sched *s) {
     // backend adds their logit bias, finds their argmax, and their logits are never
     // copied out.
     _Static_assert(WK_MAX_GREEDY_BIAS >= PROTO_MAX_BIAS, "a request's whole logit_bias fits a greedy row");
-    const int greedy_ok = wk_model_greedy(s->m);
     int nt = 0, nr = 0, nl = 0, ng = 0;
     for (int i = 0; i < s->n_seqs; i++) {
         seq *q = s->seqs[i];
@@ -934,7 +933,7 @@ int wk_sched_step(wk_sched *s) {
             nt++;
         }
         if (q->n_done + q->chunk == q->n_tok) {
-            if (greedy_ok && (q->smp.p.temperature <= 0 || q->smp.p.top_k == 1) &&
+            if ((q->smp.p.temperature <= 0 || q->smp.p.top_k == 1) &&
                 !wk_sampler_penalizes(&q->smp) && !q->jb->gram && !q->jb->logprobs) {
                 if (!ng)
                     s->g_bias_off[0] = 0;

@@ -549,6 +549,10 @@ static void cpu_add_at(kn_backend *be, float *x, int64_t n_row, int64_t n, const
     kn_ref_add_at(x, n_row, n, off, idx, val);
 }
 
+static void cpu_softcap(kn_backend *be, float *x, int64_t n, float cap) {
+    kn_ref_softcap(x, n, cap);
+}
+
 static void cpu_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out) {
     kn_ref_argmax(x, n_row, n, out); // one pass over memory: the scalar loop is what it costs
 }
@@ -572,6 +576,7 @@ static const kn_backend_ops cpu_ops = {
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .argmax = cpu_argmax,
+    .softcap = cpu_softcap,
     .add_at = cpu_add_at,
 };
 

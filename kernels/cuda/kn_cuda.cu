@@ -154,6 +154,19 @@ static void cu_add(kn_backend *be, const float *a, const float *b, int64_t n, fl
     KN_LAUNCHED();
 }
 
+static __global__ void k_softcap(float *x, int64_t n, float cap) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        x[i] = cap * tanhf(x[i] / cap);
+}
+
+static void cu_softcap(kn_backend *be, float *x, int64_t n, float cap) {
+    if (n <= 0)
+        return;
+    k_softcap<<<(unsigned)((n + 255) / 256), 256, 0, cu(be)->stream>>>(x, n, cap);
+    KN_LAUNCHED();
+}
+
 static __global__ void k_add_bias(const float *x, const float *bias, int64_t total, int64_t n, float *y) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < total)
@@ -281,7 +294,7 @@ static void cu_graph_free(kn_backend *be, void *graph) {
 static const kn_backend_ops cuda_ops = {
     "cuda",           cu_destroy,     cu_alloc,        cu_free,       cu_upload,  cu_download,
     cu_zero,          cu_sync,        cu_matmul,       cu_get_rows,   cu_rmsnorm, cu_rope,
-    cu_glu,           cu_add,         cu_add_bias,     cu_kv_store,   cu_attention, cu_argmax,
+    cu_glu,           cu_add,         cu_softcap,      cu_add_bias,     cu_kv_store,   cu_attention, cu_argmax,
     cu_add_at,        cu_mem_info,      cu_capture_begin, cu_capture_end, cu_graph_launch, cu_graph_free,
 };
 
