@@ -70,13 +70,13 @@ class WorkerError(Exception):
 class Worker:
     """One kolm-worker on one end of a socketpair. stderr goes to log_path."""
 
-    def __init__(self, label, exe, model, device, kv, opts, log_dir):
+    def __init__(self, label, exe, model, device, kv, opts, log_dir, extra=()):
         self.label, self.device, self.kv = label, device, kv
         self.log_path = os.path.join(log_dir, f"worker-{label}.log")
         self.sock, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         argv = [exe, "--fd", "3", "--model", model, "--model-id", "parity", "--worker-id", "ab".index(label),
                 "--device", device, "--kv-dtype", kv, "--threads", opts.threads, "--ctx", opts.ctx,
-                "--kv-mib", opts.kv_mib]
+                "--kv-mib", opts.kv_mib, *extra]
         log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         # dup2 clears close-on-exec on fd 3, also when child already is fd 3.
         acts = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, log, 1),
@@ -252,8 +252,8 @@ def main():
     ap.add_argument("--worker", default=os.path.join(repo, "build-gpu-bundle", "bin", "kolm-worker"))
     ap.add_argument("--a", default="cpu", help="device of worker a: cpu or cuda:N")
     ap.add_argument("--b", default="cuda:0", help="device of worker b")
-    ap.add_argument("--a-kv", default="f16", choices=["f16", "f32", "fp8"])
-    ap.add_argument("--b-kv", default="f16", choices=["f16", "f32", "fp8"])
+    ap.add_argument("--a-kv", default="f16", choices=["f16", "bf16", "f32", "fp8"])
+    ap.add_argument("--b-kv", default="f16", choices=["f16", "bf16", "f32", "fp8"])
     ap.add_argument("--tokens", type=int, default=32, help="max tokens per prompt")
     ap.add_argument("--min-agree", type=float, default=1.0, help="token agreement needed (1.0: exact)")
     ap.add_argument("--max-dlogprob", type=float, help="also fail when a chosen token's logprob differs more")
@@ -262,6 +262,8 @@ def main():
     ap.add_argument("--kv-mib", type=int, default=256)
     ap.add_argument("--timeout", type=float, default=600, help="seconds without a frame before giving up")
     ap.add_argument("--json", help="write the per-prompt results here")
+    ap.add_argument("--a-args", default="", help="more kolm-worker options for worker a, e.g. '--cuda-graphs off'")
+    ap.add_argument("--b-args", default="", help="more kolm-worker options for worker b")
     ap.add_argument("--no-logprobs", action="store_true",
                     help="ask for no logprobs (greedy tokens picked on the backend); compare the texts")
     opts = ap.parse_args()
@@ -279,8 +281,9 @@ def main():
     workers, errors, abort = [], [], threading.Event()
     results = {"a": [None] * len(PROMPTS), "b": [None] * len(PROMPTS)}
     try:
-        for label, model, dev, kv in (("a", opts.model, opts.a, opts.a_kv), ("b", opts.b_model, opts.b, opts.b_kv)):
-            workers.append(Worker(label, opts.worker, model, dev, kv, opts, log_dir))
+        for label, model, dev, kv, extra in (("a", opts.model, opts.a, opts.a_kv, opts.a_args),
+                                             ("b", opts.b_model, opts.b, opts.b_kv, opts.b_args)):
+            workers.append(Worker(label, opts.worker, model, dev, kv, opts, log_dir, extra.split()))
         threads = [threading.Thread(target=drive, args=(w, opts, results[w.label], errors, abort)) for w in workers]
         for t in threads:
             t.start()
