@@ -8,9 +8,12 @@
  *     printed; quantized matmul is compared tightly with the reference that uses
  *     the same activation quantization and loosely with the pure float one, and
  *     each token of a batch must match the same token multiplied alone exactly;
- * (c) paged attention over block sizes {1,3,7,16}, GQA 1/2/4, F16/BF16/F32/E4M3
- *     caches, sliding window on/off, several sequences per batch, NaN in unused
- *     slots; each reduced-precision cache also against an f32 cache. */
+ * (c) paged attention over block sizes {1,3,7,16}, GQA 1/2/3/4/6/8/12/16,
+ *     head_dim 32/64/96/128/256, F16/BF16/F32/E4M3 caches, sliding window and
+ *     softcap on/off, several sequences per batch, NaN in unused slots, contexts
+ *     up to 8193 positions (across the CUDA split-KV partition boundaries) and
+ *     150-token batches; each token alone must give the bits of its row in the
+ *     batch; the short reduced-precision caches also against an f32 cache. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -691,18 +694,38 @@ static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
 
 /* ---------------- (c) paged attention ---------------- */
 
-static void test_attention_case(kn_backend *be, const char *bname, kn_backend *ref, int bs, int n_head, int n_kv,
-                                kn_type kvt, int window, float softcap) {
-    enum { N_SEQ = 3, HD = 32 };
-    const int lens[N_SEQ] = {1, 13, 29};  // tokens in the cache per sequence
-    const int n_new[N_SEQ] = {1, 4, 2};   // this batch's tokens: the last n_new positions
-    int max_blocks = (29 + bs - 1) / bs + 1;
-    int n_blocks = 0;
-    for (int s = 0; s < N_SEQ; s++)
-        n_blocks += (lens[s] + bs - 1) / bs;
+/* One attention case: n_seq sequences with lens[s] positions in the cache, the
+ * batch being the last n_new[s] positions of each (tokens of the sequences
+ * interleaved). Block tables are at least `span` positions wide: a wide table is
+ * what makes a backend plan for long contexts (the CUDA backend sizes its split-KV
+ * partials by it), so a wide table over short contexts makes it work in groups. */
+typedef struct {
+    int hd, bs, n_head, n_kv;
+    kn_type kvt;
+    int window;
+    float softcap;
+    int n_seq;
+    const int *lens, *n_new;
+    int span;
+    int vs_f32; // also hold the reference over this cache type to the reference over an f32 cache
+} attn_case;
+
+static void test_attention_case(kn_backend *be, const char *bname, kn_backend *ref, const attn_case *c) {
+    const int bs = c->bs, hd = c->hd, n_kv = c->n_kv, n_head = c->n_head, n_seq = c->n_seq;
+    const kn_type kvt = c->kvt;
+    int max_len = 0, n_blocks = 0, n_all = 0, nt = 0;
+    for (int s = 0; s < n_seq; s++) {
+        max_len = c->lens[s] > max_len ? c->lens[s] : max_len;
+        n_blocks += (c->lens[s] + bs - 1) / bs;
+        n_all += c->lens[s];
+        nt += c->n_new[s];
+    }
+    int max_blocks = (max_len + bs - 1) / bs + 1;
+    if (max_blocks < (c->span + bs - 1) / bs)
+        max_blocks = (c->span + bs - 1) / bs;
     n_blocks += 3; // never referenced
     // block tables: a shuffled assignment of physical blocks; unused entries -1
-    int32_t *bt = malloc(sizeof(int32_t) * N_SEQ * max_blocks);
+    int32_t *bt = malloc(sizeof(int32_t) * n_seq * max_blocks);
     int32_t *perm = malloc(sizeof(int32_t) * n_blocks);
     for (int i = 0; i < n_blocks; i++)
         perm[i] = i;
@@ -712,23 +735,20 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
         perm[j] = tmp;
     }
     int next = 0;
-    for (int s = 0; s < N_SEQ; s++)
+    for (int s = 0; s < n_seq; s++)
         for (int b = 0; b < max_blocks; b++)
-            bt[s * max_blocks + b] = b < (lens[s] + bs - 1) / bs ? perm[next++] : -1;
+            bt[s * max_blocks + b] = b < (c->lens[s] + bs - 1) / bs ? perm[next++] : -1;
     // every position of every sequence goes into the cache through kv_store
-    const int row = n_kv * HD;
-    int n_all = 0;
-    for (int s = 0; s < N_SEQ; s++)
-        n_all += lens[s];
+    const int row = n_kv * hd;
     float *k = malloc(sizeof(float) * n_all * row), *v = malloc(sizeof(float) * n_all * row);
     int32_t *slots = malloc(sizeof(int32_t) * n_all);
     fill_uniform(k, (size_t)n_all * row, -1, 1);
     fill_uniform(v, (size_t)n_all * row, -1, 1);
-    for (int s = 0, i = 0; s < N_SEQ; s++)
-        for (int p = 0; p < lens[s]; p++, i++)
+    for (int s = 0, i = 0; s < n_seq; s++)
+        for (int p = 0; p < c->lens[s]; p++, i++)
             slots[i] = bt[s * max_blocks + p / bs] * bs + p % bs;
     const size_t esz = kvt == KN_F32 ? 4 : 2;
-    const size_t cbytes = kvt == KN_E4M3 ? (size_t)n_blocks * bs * n_kv * kn_e4m3_rec_bytes(HD)
+    const size_t cbytes = kvt == KN_E4M3 ? (size_t)n_blocks * bs * n_kv * kn_e4m3_rec_bytes(hd)
                                          : (size_t)n_blocks * bs * row * esz;
     uint8_t *kc = malloc(cbytes), *vc = malloc(cbytes), *kc2 = malloc(cbytes), *vc2 = malloc(cbytes);
     if (kvt == KN_E4M3) { // E4M3 code 0x7f is NaN: unused slots must not leak
@@ -745,33 +765,37 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
     void *kcd = dev_copy(be, kc, cbytes), *vcd = dev_copy(be, vc, cbytes);
     float *kd = dev_copy(be, k, sizeof(float) * n_all * row), *vd = dev_copy(be, v, sizeof(float) * n_all * row);
     int32_t *sd = dev_copy(be, slots, sizeof(int32_t) * n_all);
-    ref->ops->kv_store(ref, kc, vc, kvt, k, v, slots, n_all, row, HD);
-    be->ops->kv_store(be, kcd, vcd, kvt, kd, vd, sd, n_all, row, HD);
+    ref->ops->kv_store(ref, kc, vc, kvt, k, v, slots, n_all, row, hd);
+    be->ops->kv_store(be, kcd, vcd, kvt, kd, vd, sd, n_all, row, hd);
     to_host(be, kc2, kcd, cbytes);
     to_host(be, vc2, vcd, cbytes);
-    char what[160];
-    snprintf(what, sizeof(what), "%s kv_store %s bs=%d", bname, kn_type_name(kvt), bs);
+    char what[200];
+    snprintf(what, sizeof(what), "%s kv_store %s bs=%d hd=%d", bname, kn_type_name(kvt), bs, hd);
     kt_checks++;
     if (memcmp(kc, kc2, cbytes) || memcmp(vc, vc2, cbytes)) {
         kt_failures++;
         fprintf(stderr, "FAIL %s: caches differ\n", what);
     }
-    // the batch
-    int nt = 0;
-    int32_t tseq[8], tpos[8];
-    for (int s = 0; s < N_SEQ; s++)
-        for (int i = 0; i < n_new[s]; i++, nt++) {
-            tseq[nt] = s;
-            tpos[nt] = lens[s] - n_new[s] + i;
-        }
-    const size_t qn = (size_t)nt * n_head * HD;
+    // the batch: the sequences' new tokens interleaved, those with fewer joining later (so the last
+    // tokens of a long batch are a long sequence's, in the CUDA backend's last group of partials)
+    int32_t *tseq = malloc(sizeof(int32_t) * nt), *tpos = malloc(sizeof(int32_t) * nt);
+    int rounds = 0;
+    for (int s = 0; s < n_seq; s++)
+        rounds = c->n_new[s] > rounds ? c->n_new[s] : rounds;
+    for (int i = 0, t = 0; i < rounds; i++)
+        for (int s = 0; s < n_seq; s++)
+            if (i >= rounds - c->n_new[s]) {
+                tseq[t] = s;
+                tpos[t++] = c->lens[s] - rounds + i;
+            }
+    const size_t qrow = (size_t)n_head * hd, qn = (size_t)nt * qrow;
     float *q = malloc(qn * sizeof(float)), *or = malloc(qn * sizeof(float)), *o = malloc(qn * sizeof(float));
     fill_uniform(q, qn, -2, 2);
     float *qd = dev_copy(be, q, qn * sizeof(float)), *od = be->ops->alloc(be, qn * sizeof(float));
     int32_t *tsd = dev_copy(be, tseq, sizeof(int32_t) * nt), *tpd = dev_copy(be, tpos, sizeof(int32_t) * nt);
-    int32_t *btd = dev_copy(be, bt, sizeof(int32_t) * N_SEQ * max_blocks);
-    kn_attn_args a = {.n_tok = nt, .n_head = n_head, .n_kv_head = n_kv, .head_dim = HD,
-                      .scale = 1.0f / sqrtf((float)HD), .softcap = softcap, .window = window,
+    int32_t *btd = dev_copy(be, bt, sizeof(int32_t) * n_seq * max_blocks);
+    kn_attn_args a = {.n_tok = nt, .n_head = n_head, .n_kv_head = n_kv, .head_dim = hd,
+                      .scale = 1.0f / sqrtf((float)hd), .softcap = c->softcap, .window = c->window,
                       .q = q, .out = or, .k_cache = kc, .v_cache = vc, .kv_type = kvt, .block_size = bs,
                       .tok_seq = tseq, .tok_pos = tpos, .block_tables = bt, .max_blocks = max_blocks};
     ref->ops->attention(ref, &a);
@@ -786,24 +810,54 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
     be->ops->attention(be, &ad);
     be->ops->sync(be);
     to_host(be, o, od, qn * sizeof(float));
-    snprintf(what, sizeof(what), "%s attention bs=%d heads=%d/%d %s window=%d softcap=%g", bname, bs, n_head, n_kv,
-             kn_type_name(kvt), window, softcap);
+    snprintf(what, sizeof(what), "%s attention hd=%d bs=%d heads=%d/%d %s window=%d softcap=%g max_len=%d n_tok=%d",
+             bname, hd, bs, n_head, n_kv, kn_type_name(kvt), c->window, c->softcap, max_len, nt);
     int nonfinite = 0;
     for (size_t i = 0; i < qn; i++)
         nonfinite += !isfinite(or[i]) || !isfinite(o[i]);
     ASSERT_EQ(nonfinite, 0); // NaN padding leaked into a result
     check_close(what, or, o, qn, 2e-5, 1e-4);
-    if (kvt != KN_F32) { // against the same attention over an f32 cache
+    // batch invariance: each token alone (n_tok = 1, the same caches) gives the bits of its row in the batch
+    {
+        float *o1 = malloc(qrow * sizeof(float)), *o1d = be->ops->alloc(be, qrow * sizeof(float));
+        int differ = 0;
+        for (int t = 0; t < nt; t++) {
+            kn_attn_args a1 = ad;
+            a1.n_tok = 1;
+            a1.q = qd + t * qrow;
+            a1.out = o1d;
+            a1.tok_seq = tsd + t;
+            a1.tok_pos = tpd + t;
+            be->ops->attention(be, &a1);
+            be->ops->sync(be);
+            to_host(be, o1, o1d, qrow * sizeof(float));
+            if (memcmp(o1, o + t * qrow, qrow * sizeof(float))) {
+                if (differ < 3)
+                    fprintf(stderr, "  token %d (seq %d pos %d) alone differs from its row in the batch\n", t, tseq[t],
+                            tpos[t]);
+                differ++;
+            }
+        }
+        kt_checks++;
+        if (differ) {
+            kt_failures++;
+            fprintf(stderr, "FAIL %s: %d of %d tokens not batch-invariant\n", what, differ, nt);
+        }
+        be->ops->free(be, o1d);
+        free(o1);
+    }
+    if (kvt != KN_F32 && c->vs_f32) { // against the same attention over an f32 cache
         const size_t fb = (size_t)n_blocks * bs * row * sizeof(float);
         float *kf = malloc(fb), *vf = malloc(fb), *of = malloc(qn * sizeof(float));
-        ref->ops->kv_store(ref, kf, vf, KN_F32, k, v, slots, n_all, row, HD);
+        ref->ops->kv_store(ref, kf, vf, KN_F32, k, v, slots, n_all, row, hd);
         kn_attn_args af = a;
         af.k_cache = kf;
         af.v_cache = vf;
         af.kv_type = KN_F32;
         af.out = of;
         ref->ops->attention(ref, &af);
-        snprintf(what, sizeof(what), "%s kv vs f32 kv, bs=%d heads=%d/%d", kn_type_name(kvt), bs, n_head, n_kv);
+        snprintf(what, sizeof(what), "%s kv vs f32 kv, hd=%d bs=%d heads=%d/%d", kn_type_name(kvt), hd, bs, n_head,
+                 n_kv);
         if (kvt == KN_E4M3) {
             check_close(what, of, or, qn, 0.08, 0.1); // 3 mantissa bits (a layout or scale bug is off by ~1)
         } else {
@@ -832,6 +886,8 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
     free(q);
     free(or);
     free(o);
+    free(tseq);
+    free(tpos);
     free(kc);
     free(vc);
     free(kc2);
@@ -843,16 +899,61 @@ static void test_attention_case(kn_backend *be, const char *bname, kn_backend *r
     free(perm);
 }
 
+/* The grid. Short contexts cover every block size, GQA ratio and cache type with
+ * and without window and softcap; the other head dims every ratio and type with
+ * the block size, window and softcap rotating; then GQA groups the CUDA backend
+ * pads or cuts in chunks of 8 heads. Long contexts end exactly on and just past
+ * the CUDA split-KV partition boundaries (256 positions, tiles of 128), reach its
+ * most partitions (8192 = 32 x 256) and the longer partitions past it (8193 = 17
+ * x 512), and sliding windows whose first partition is cut. A wide block table
+ * (8192 positions) over 150 tokens makes the CUDA partials not fit the workspace
+ * at once: three groups, the last one holding the 700-position sequence's tokens. */
 static void test_attention(kn_backend *be, const char *bname, kn_backend *ref) {
     static const int bss[] = {1, 3, 7, 16};
-    static const int ratios[] = {1, 2, 4};
+    static const int ratios[] = {1, 2, 4, 8};
     static const kn_type kvts[] = {KN_F16, KN_BF16, KN_F32, KN_E4M3};
-    for (size_t b = 0; b < 4; b++)
-        for (size_t r = 0; r < 3; r++)
-            for (size_t kv = 0; kv < sizeof kvts / sizeof kvts[0]; kv++)
-                for (int win = 0; win <= 5; win += 5)
-                    test_attention_case(be, bname, ref, bss[b], 2 * ratios[r], 2, kvts[kv], win,
-                                        (b & 1) && win ? 30.0f : 0.0f);
+    static const int s_lens[] = {1, 13, 29}, s_new[] = {1, 4, 2};
+    for (int b = 0; b < 4; b++)
+        for (int r = 0; r < 4; r++)
+            for (int kv = 0; kv < 4; kv++)
+                for (int win = 0; win <= 5; win += 5) {
+                    const attn_case c = {32, bss[b], 2 * ratios[r], 2, kvts[kv], win, (b & 1) && win ? 30.0f : 0.0f,
+                                         3, s_lens, s_new, 0, 1};
+                    test_attention_case(be, bname, ref, &c);
+                }
+    static const int hds[] = {64, 96, 128, 256};
+    for (int h = 0; h < 4; h++)
+        for (int r = 0; r < 4; r++)
+            for (int kv = 0; kv < 4; kv++) {
+                const int i = h + r + kv, win = i % 3 == 1 ? 5 : 0;
+                const attn_case c = {hds[h], bss[i % 4], 2 * ratios[r], 2, kvts[kv], win, i % 2 ? 30.0f : 0.0f,
+                                     3, s_lens, s_new, 0, 0};
+                test_attention_case(be, bname, ref, &c);
+            }
+    static const int odd_ratios[] = {3, 6, 12, 16};
+    for (int r = 0; r < 4; r++) {
+        const attn_case c = {64, bss[r], odd_ratios[r], 1, kvts[r], r & 1 ? 5 : 0, 0.0f, 3, s_lens, s_new, 0, 0};
+        test_attention_case(be, bname, ref, &c);
+    }
+    static const int l_lens[] = {257, 513, 2049, 4097}, l_new[] = {2, 2, 1, 2};
+    static const struct {
+        int hd, bs, ratio, window;
+        float softcap;
+    } longs[] = {{128, 16, 4, 0, 0.0f}, {64, 7, 8, 1000, 30.0f}, {256, 3, 2, 0, 0.0f}, {32, 1, 1, 512, 0.0f}};
+    for (int l = 0; l < 4; l++)
+        for (int kv = 0; kv < 4; kv++) {
+            const attn_case c = {longs[l].hd, longs[l].bs, longs[l].ratio, 1, kvts[kv], longs[l].window,
+                                 longs[l].softcap, 4, l_lens, l_new, 0, 0};
+            test_attention_case(be, bname, ref, &c);
+        }
+    static const int x_lens[] = {8193, 300}, x_new[] = {2, 1};
+    for (int kv = 0; kv < 4; kv++) {
+        const attn_case c = {32, 16, 2, 1, kvts[kv], kv == 3 ? 3000 : 0, 0.0f, 2, x_lens, x_new, 0, 0};
+        test_attention_case(be, bname, ref, &c);
+    }
+    static const int w_lens[] = {31, 40, 35, 47, 30, 700}, w_new[] = {25, 31, 29, 30, 30, 5};
+    const attn_case w = {128, 16, 8, 8, KN_F16, 0, 0.0f, 6, w_lens, w_new, 8192, 0};
+    test_attention_case(be, bname, ref, &w);
 }
 
 int main(void) {
