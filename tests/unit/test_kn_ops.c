@@ -13,7 +13,11 @@
  *     softcap on/off, several sequences per batch, NaN in unused slots, contexts
  *     up to 8193 positions (across the CUDA split-KV partition boundaries) and
  *     150-token batches; each token alone must give the bits of its row in the
- *     batch; the short reduced-precision caches also against an f32 cache. */
+ *     batch; the short reduced-precision caches also against an f32 cache;
+ * (d) the logit-row ops (softcap, add_at with a repeated index, argmax with ties
+ *     and a maximum in the last element), zero, and kv_store's negative slots.
+ * (The CUDA backend joins (b)-(d) when a GPU is visible; its matmul is held to the
+ * f32 reference, since it multiplies unquantized activations.) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -956,6 +960,95 @@ static void test_attention(kn_backend *be, const char *bname, kn_backend *ref) {
     test_attention_case(be, bname, ref, &w);
 }
 
+/* ---------------- (d) the logit-row ops: softcap, add_at, argmax; zero ---------------- */
+
+static void test_row_ops(kn_backend *be, const char *bname, kn_backend *ref) {
+    enum { ROWS = 5, N = 70001 }; // rows longer than a thread block's stride, not a multiple of it
+    const size_t total = (size_t)ROWS * N;
+    float *x = malloc(total * sizeof(float)), *xr = malloc(total * sizeof(float)), *y = malloc(total * sizeof(float));
+    fill_uniform(x, total, -20, 20);
+    // ties: row 1's maximum twice (the lower index wins), row 2's at its last element
+    x[1 * (size_t)N + 500] = x[1 * (size_t)N + 60000] = 30.0f;
+    x[2 * (size_t)N + N - 1] = 31.0f;
+    memcpy(xr, x, total * sizeof(float));
+    char what[96];
+    float *xd = dev_copy(be, x, total * sizeof(float));
+    // softcap
+    ref->ops->softcap(ref, xr, (int64_t)total, 15.0f);
+    be->ops->softcap(be, xd, (int64_t)total, 15.0f);
+    be->ops->sync(be);
+    to_host(be, y, xd, total * sizeof(float));
+    snprintf(what, sizeof what, "%s softcap", bname);
+    check_close(what, xr, y, total, 1e-6, 1e-5);
+    // add_at: row 0 none, row 3 the same index twice, row 4 a new maximum
+    const int32_t off[ROWS + 1] = {0, 0, 1, 1, 3, 4}, idx[4] = {7, 9, 9, 123};
+    const float val[4] = {1.0f, 2.0f, 3.0f, 100.0f};
+    memcpy(y, x, total * sizeof(float));
+    float *d = dev_copy(be, y, total * sizeof(float));
+    int32_t *offd = dev_copy(be, off, sizeof off), *idxd = dev_copy(be, idx, sizeof idx);
+    float *vald = dev_copy(be, val, sizeof val);
+    ref->ops->add_at(ref, y, ROWS, N, off, idx, val);
+    be->ops->add_at(be, d, ROWS, N, offd, idxd, vald);
+    // argmax of the result, against the reference's
+    int32_t am_ref[ROWS], am[ROWS];
+    int32_t *amd = be->ops->alloc(be, sizeof am);
+    ref->ops->argmax(ref, y, ROWS, N, am_ref);
+    be->ops->argmax(be, d, ROWS, N, amd);
+    be->ops->sync(be);
+    to_host(be, am, amd, sizeof am);
+    to_host(be, xr, d, total * sizeof(float));
+    snprintf(what, sizeof what, "%s add_at", bname);
+    check_close(what, y, xr, total, 0, 0);
+    kt_checks++;
+    if (memcmp(am, am_ref, sizeof am) || am_ref[1] != 500 || am_ref[2] != N - 1 || am_ref[4] != 123) {
+        kt_failures++;
+        fprintf(stderr, "FAIL %s argmax: %d %d %d %d %d (reference %d %d %d %d %d)\n", bname, am[0], am[1], am[2],
+                am[3], am[4], am_ref[0], am_ref[1], am_ref[2], am_ref[3], am_ref[4]);
+    }
+    // zero
+    be->ops->zero(be, d, total * sizeof(float));
+    be->ops->sync(be);
+    to_host(be, y, d, total * sizeof(float));
+    size_t nz = 0;
+    for (size_t i = 0; i < total; i++)
+        nz += y[i] != 0.0f;
+    ASSERT_EQ(nz, 0);
+    // kv_store: a negative slot (a padding token) stores nothing
+    {
+        const int32_t slots[2] = {-1, 2};
+        const float kv[2 * 8] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+        uint16_t kc[4 * 8] = {0}, vc[4 * 8] = {0}, kc2[4 * 8], vc2[4 * 8];
+        void *kcd = dev_copy(be, kc, sizeof kc), *vcd = dev_copy(be, vc, sizeof vc);
+        float *kvd = dev_copy(be, kv, sizeof kv);
+        int32_t *sd = dev_copy(be, slots, sizeof slots);
+        ref->ops->kv_store(ref, kc, vc, KN_F16, kv, kv, slots, 2, 8, 8);
+        be->ops->kv_store(be, kcd, vcd, KN_F16, kvd, kvd, sd, 2, 8, 8);
+        to_host(be, kc2, kcd, sizeof kc2);
+        to_host(be, vc2, vcd, sizeof vc2);
+        int bad = memcmp(kc, kc2, sizeof kc) || memcmp(vc, vc2, sizeof vc);
+        for (int i = 0; i < 4 * 8; i++) // only slot 2 holds anything, token 1's row
+            bad |= (i / 8 == 2) != (kc[i] != 0) || (i / 8 == 2 && kn_f16_to_f32(kc[i]) != kv[8 + i % 8]);
+        kt_checks++;
+        if (bad) {
+            kt_failures++;
+            fprintf(stderr, "FAIL %s kv_store with a negative slot\n", bname);
+        }
+        be->ops->free(be, kcd);
+        be->ops->free(be, vcd);
+        be->ops->free(be, kvd);
+        be->ops->free(be, sd);
+    }
+    be->ops->free(be, xd);
+    be->ops->free(be, d);
+    be->ops->free(be, offd);
+    be->ops->free(be, idxd);
+    be->ops->free(be, vald);
+    be->ops->free(be, amd);
+    free(x);
+    free(xr);
+    free(y);
+}
+
 int main(void) {
     test_half();
     test_bf16();
@@ -991,6 +1084,7 @@ int main(void) {
         test_matmul(cases[i].be, cases[i].name);
         test_small_ops(cases[i].be, cases[i].name, ref);
         test_attention(cases[i].be, cases[i].name, ref);
+        test_row_ops(cases[i].be, cases[i].name, ref);
         cases[i].be->ops->destroy(cases[i].be);
     }
     ref->ops->destroy(ref);
