@@ -361,6 +361,23 @@ static __global__ void __launch_bounds__(NT, 1)
             return (r * hd + d0) * kv_elem<KV>::bytes;
     };
     constexpr size_t code_off = KV == KN_E4M3 ? sizeof(float) : 0; // E4M3 codes follow the scale
+    // This lane's chunks of the U rows tile0 + warp + NW * (i0 + u) of a cache, and
+    // their scales (E4M3; else 1); zero outside [lo, hi].
+    auto load_rows = [&](const uint8_t *cache, int tile0, int i0, lane_chunk<KV, VEC> *r, float *sc) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = tile0 + warp + NW * (i0 + u);
+            r[u].zero();
+            sc[u] = 1.0f;
+            if (j >= lo && j <= hi) {
+                const size_t off = row_off(j);
+                if (active)
+                    r[u].load(cache + off + code_off + (KV == KN_E4M3 ? (size_t)d0 : 0));
+                if constexpr (KV == KN_E4M3)
+                    sc[u] = *(const float *)(cache + off);
+            }
+        }
+    };
 
     // tiles at multiples of TILE from the partition start; every one meets [lo, hi]
     for (int tile0 = p0 + (lo - p0) / TILE * TILE; tile0 <= hi; tile0 += TILE) {
@@ -368,19 +385,7 @@ static __global__ void __launch_bounds__(NT, 1)
         for (int i0 = 0; i0 < PER_WARP; i0 += U) {
             lane_chunk<KV, VEC> kr[U];
             float ks[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int j = tile0 + warp + NW * (i0 + u);
-                kr[u].zero();
-                ks[u] = 1.0f;
-                if (j >= lo && j <= hi) {
-                    const size_t off = row_off(j);
-                    if (active)
-                        kr[u].load(kc + off + code_off + (KV == KN_E4M3 ? (size_t)d0 : 0));
-                    if constexpr (KV == KN_E4M3)
-                        ks[u] = *(const float *)(kc + off);
-                }
-            }
+            load_rows(kc, tile0, i0, kr, ks);
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jl = warp + NW * (i0 + u), j = tile0 + jl;
@@ -449,19 +454,7 @@ static __global__ void __launch_bounds__(NT, 1)
         for (int i0 = 0; i0 < PER_WARP; i0 += U) {
             lane_chunk<KV, VEC> vr[U];
             float vs[U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int j = tile0 + warp + NW * (i0 + u);
-                vr[u].zero();
-                vs[u] = 1.0f;
-                if (j >= lo && j <= hi) {
-                    const size_t off = row_off(j);
-                    if (active)
-                        vr[u].load(vc + off + code_off + (KV == KN_E4M3 ? (size_t)d0 : 0));
-                    if constexpr (KV == KN_E4M3)
-                        vs[u] = *(const float *)(vc + off);
-                }
-            }
+            load_rows(vc, tile0, i0, vr, vs);
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int jl = warp + NW * (i0 + u), j = tile0 + jl;
