@@ -87,7 +87,7 @@ struct wk_model {
     int32_t *d_bias_off, *d_bias_id;                         // greedy rows' logit bias (wk_batch)
     float *d_bias_val;
     int32_t *h_slot;                                         // [max_tokens] host
-    int32_t *h_pad;  // host staging of a padded batch: [4 max_tokens + max_seq * max_blocks]
+    int32_t *h_pad;  // host staging of a batch: [4 max_tokens + max_logits + max_seq * max_blocks]
 
     wk_exec_mode exec;
     struct wk_graph {
@@ -564,7 +564,7 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
     const size_t n_parts = arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts);
     m->arena = m->be->ops->alloc(m->be, arena_bytes(parts, n_parts));
     m->h_slot = malloc(T * I);
-    m->h_pad = malloc((4 * T + (size_t)max_seq * (size_t)max_blocks) * I);
+    m->h_pad = malloc((4 * T + (size_t)max_logits + (size_t)max_seq * (size_t)max_blocks) * I);
     if (!m->arena || !m->h_slot || !m->h_pad) {
         if (m->arena)
             m->be->ops->free(m->be, m->arena);
@@ -744,21 +744,23 @@ static int fixed_shape(const wk_model *m, const wk_batch *b, int *n_tok, int *ma
     return *n_tok <= m->max_tokens && *n_tok <= m->max_logits;
 }
 
-/* Uploads b padded to n_tok tokens and max_blocks-wide block tables. */
-static void upload_padded(wk_model *m, const wk_batch *b, int n_tok, int max_blocks) {
+/* Uploads b with its tokens padded to n_tok (>= b->n_tok; padding tokens as in the
+ * design note, each with a logit row after b's) and its block tables widened to
+ * max_blocks (>= b->max_blocks). */
+static void upload_batch(wk_model *m, const wk_batch *b, int n_tok, int max_blocks) {
     kn_backend *be = m->be;
-    const size_t T = (size_t)n_tok, I = sizeof(int32_t), n = (size_t)b->n_tok;
-    int32_t *tok = m->h_pad, *pos = tok + T, *seq = pos + T, *rows = seq + T, *bt = rows + T;
+    const size_t T = (size_t)n_tok, I = sizeof(int32_t), n = (size_t)b->n_tok, nl = (size_t)b->n_logits;
+    const size_t n_rows = nl + T - n;
+    int32_t *tok = m->h_pad, *pos = tok + T, *seq = pos + T, *rows = seq + T, *bt = rows + n_rows;
     memcpy(tok, b->tokens, n * I);
     memcpy(pos, b->pos, n * I);
     memcpy(seq, b->seq, n * I);
+    memcpy(rows, b->logit_rows, nl * I);
     for (size_t t = n; t < T; t++) {
         tok[t] = pos[t] = seq[t] = 0;
         m->h_slot[t] = -1;
+        rows[nl + t - n] = (int32_t)t;
     }
-    memcpy(rows, b->logit_rows, n * I);
-    for (size_t t = n; t < T; t++)
-        rows[t] = (int32_t)t;
     for (int s = 0; s < b->n_seq; s++) {
         int32_t *row = bt + (size_t)s * (size_t)max_blocks;
         memcpy(row, b->block_tables + (size_t)s * (size_t)b->max_blocks, (size_t)b->max_blocks * I);
@@ -769,7 +771,8 @@ static void upload_padded(wk_model *m, const wk_batch *b, int n_tok, int max_blo
     be->ops->upload(be, m->d_pos, pos, T * I);
     be->ops->upload(be, m->d_seq, seq, T * I);
     be->ops->upload(be, m->d_slot, m->h_slot, T * I);
-    be->ops->upload(be, m->d_rows, rows, T * I);
+    if (n_rows)
+        be->ops->upload(be, m->d_rows, rows, n_rows * I);
     be->ops->upload(be, m->d_bt, bt, (size_t)b->n_seq * (size_t)max_blocks * I);
 }
 
@@ -817,20 +820,14 @@ int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
     kn_backend *be = m->be;
     const kn_backend_ops *op = be->ops;
     const wk_hparams *hp = &m->hp;
-    const size_t T = (size_t)b->n_tok, I = sizeof(int32_t);
+    const size_t I = sizeof(int32_t);
 
     int fixed_tok, fixed_blocks;
     if (fixed_shape(m, b, &fixed_tok, &fixed_blocks)) {
-        upload_padded(m, b, fixed_tok, fixed_blocks);
+        upload_batch(m, b, fixed_tok, fixed_blocks);
         run_fixed(m, kv, fixed_tok, fixed_blocks);
     } else {
-        op->upload(be, m->d_tok, b->tokens, T * I);
-        op->upload(be, m->d_pos, b->pos, T * I);
-        op->upload(be, m->d_seq, b->seq, T * I);
-        op->upload(be, m->d_slot, m->h_slot, T * I);
-        op->upload(be, m->d_bt, b->block_tables, (size_t)b->n_seq * (size_t)b->max_blocks * I);
-        if (b->n_logits)
-            op->upload(be, m->d_rows, b->logit_rows, (size_t)b->n_logits * I);
+        upload_batch(m, b, b->n_tok, b->max_blocks);
         forward_ops(m, kv, b->n_tok, b->max_blocks, b->n_logits);
     }
     if (!b->n_logits) {

@@ -195,6 +195,16 @@ static __device__ __forceinline__ bool ahead(float va, int ia, float vb, int ib)
     return va > vb || (va == vb && ia < ib);
 }
 
+/* The best (value, index) pair of the warp, in every lane. */
+static __device__ __forceinline__ void warp_best(float &bv, int &bi) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float v = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int i = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ahead(v, i, bv, bi))
+            bv = v, bi = i;
+    }
+}
+
 /* One block of 1024 threads per row: each thread keeps the best of its strided
  * elements (scanning upwards, so ties keep the lowest index), then warps and the
  * block reduce the pairs. */
@@ -209,12 +219,7 @@ static __global__ void k_argmax(const float *x, int64_t n, int32_t *out) {
             bv = row[i];
             bi = (int)i;
         }
-    for (int o = 16; o > 0; o >>= 1) {
-        const float v = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int i = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ahead(v, i, bv, bi))
-            bv = v, bi = i;
-    }
+    warp_best(bv, bi);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (lane == 0)
         sv[warp] = bv, si[warp] = bi;
@@ -222,12 +227,7 @@ static __global__ void k_argmax(const float *x, int64_t n, int32_t *out) {
     if (warp == 0) {
         bv = lane < (int)(blockDim.x >> 5) ? sv[lane] : -INFINITY;
         bi = lane < (int)(blockDim.x >> 5) ? si[lane] : INT32_MAX;
-        for (int o = 16; o > 0; o >>= 1) {
-            const float v = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int i = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (ahead(v, i, bv, bi))
-                bv = v, bi = i;
-        }
+        warp_best(bv, bi);
         if (lane == 0)
             out[blockIdx.x] = bi;
     }
