@@ -5,8 +5,8 @@
  * For every schema (one JSON document per line): compile time (wk_jsonschema to a
  * sealed grammar, median of 5), then `walks` random walks of at most `steps`
  * tokens through the grammar, timing each step's mask as the worker applies it
- * (wk_gcache_mask on a logits row: the cached or freshly computed mask, written
- * into the row or, when few tokens are allowed, listed). Walk tokens are drawn from the allowed set, half the time the
+ * (wk_gcache_mask: the cached or freshly computed mask, written as the bitmask
+ * the sample op reads). Walk tokens are drawn from the allowed set, half the time the
  * shortest of 8 draws, so walks reach the end of their documents. Prints one
  * line per schema and the p50 / p99 over all steps. Not a test. */
 #include <errno.h>
@@ -66,7 +66,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     const int nv = wk_tok_n_vocab(tok);
-    float *logits = calloc((size_t)nv, sizeof *logits);
+    uint32_t *bits = calloc(((size_t)nv + 31) / 32, sizeof *bits);
     int32_t *allowed = malloc((size_t)nv * sizeof *allowed);
     size_t cap = 1 << 20, n_all = 0, n_comp = 0;
     double *all = malloc(cap * sizeof *all), *comp = malloc(4096 * sizeof *comp);
@@ -115,10 +115,8 @@ int main(int argc, char **argv) {
             int32_t s = wk_grammar_start(g);
             for (int k = 0; k < steps && !wk_grammar_complete(g, s); k++) {
                 int restricted;
-                const int32_t *ids;
-                int na;
                 double a = now_us();
-                int n_ok = wk_gcache_mask(gc, g, s, -1, logits, nv, &ids, &na, &restricted);
+                int n_ok = wk_gcache_mask(gc, g, s, -1, bits, nv, &restricted);
                 double dt = now_us() - a;
                 if (n_ok <= 0)
                     break;
@@ -129,17 +127,9 @@ int main(int argc, char **argv) {
                 all[n_all++] = dt;
                 mx = dt > mx ? dt : mx;
                 int m = 0;
-                for (int i = 0; ids && i < na; i++)
-                    if (!wk_tok_is_eog(tok, ids[i]))
-                        allowed[m++] = ids[i];
-                for (int i = 0; !ids && i < nv; i++) {
-                    if (logits[i] == 0.0f) {
-                        if (!wk_tok_is_eog(tok, i))
-                            allowed[m++] = i;
-                    } else {
-                        logits[i] = 0.0f;
-                    }
-                }
+                for (int i = 0; i < nv; i++)
+                    if ((bits[i >> 5] >> (i & 31) & 1) && !wk_tok_is_eog(tok, i))
+                        allowed[m++] = i;
                 if (!m)
                     break;
                 int32_t id = allowed[rnd() % (uint32_t)m];
@@ -168,7 +158,7 @@ int main(int argc, char **argv) {
            pct(comp, n_comp, 0.5), pct(comp, n_comp, 1.0), n_all, pct(all, n_all, 0.5), pct(all, n_all, 0.99));
     free(line);
     fclose(f);
-    free(logits);
+    free(bits);
     free(allowed);
     free(all);
     free(comp);

@@ -395,7 +395,7 @@ static int parse_stop(gw_chat_req *req, json_t *root, gw_error *err) {
 }
 
 static const char *const chat_fields[] = {
-    "model", "messages", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop", "seed", "n",
+    "model", "messages", "temperature", "top_p", "top_k", "min_p", "max_tokens", "max_completion_tokens", "stop", "seed", "n",
     "stream", "stream_options", "user", "metadata", "store", "logprobs", "top_logprobs", "presence_penalty",
     "frequency_penalty", "logit_bias", "parallel_tool_calls", "service_tier", "response_format", "tool_choice",
     "tools", "functions", "function_call", NULL,
@@ -404,7 +404,7 @@ static const char *const chat_fields[] = {
 static const char *const legacy_fields[] = {
     "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs", "max_tokens", "n",
     "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix", "temperature", "top_p", "top_k",
-    "user", NULL,
+    "min_p", "user", NULL,
 };
 
 int gw_only_keys(json_t *obj, const char *where, const char *const *keys, gw_error *err) {
@@ -478,10 +478,10 @@ static int parse_logit_bias(gw_chat_req *req, json_t *root, gw_error *err) {
 /* The fields both endpoints share: sampling, n, penalties, bias, stop, stream. */
 static int parse_common(gw_chat_req *req, json_t *root, long long max_tokens, gw_error *err) {
     proto_submit *s = &req->submit;
-    double temp = 1, top_p = 1, pres = 0, freq = 0;
+    double temp = 1, top_p = 1, min_p = 0, pres = 0, freq = 0;
     long long top_k = 0, seed = 0, n = 1;
     if (get_number(root, "temperature", 0, 2, &temp, err) || get_number(root, "top_p", 0, 1, &top_p, err) ||
-        get_number(root, "presence_penalty", -2, 2, &pres, err) ||
+        get_number(root, "min_p", 0, 1, &min_p, err) || get_number(root, "presence_penalty", -2, 2, &pres, err) ||
         get_number(root, "frequency_penalty", -2, 2, &freq, err) ||
         get_integer(root, "max_tokens", 1, INT32_MAX, &max_tokens, err) ||
         get_integer(root, "top_k", 0, INT32_MAX, &top_k, err) || get_integer(root, "n", 1, PROTO_MAX_N, &n, err) ||
@@ -491,6 +491,7 @@ static int parse_common(gw_chat_req *req, json_t *root, long long max_tokens, gw
     s->temperature = (float)temp;
     s->top_p = (float)top_p;
     s->top_k = (int32_t)top_k;
+    s->min_p = (float)min_p;
     s->presence_penalty = (float)pres;
     s->frequency_penalty = (float)freq;
     s->n = (uint32_t)n;

@@ -99,6 +99,39 @@ typedef struct kn_attn_args {
     int max_blocks;
 } kn_attn_args;
 
+/* One row of the sample op. Of the row's logits a (raw logits x plus the row's
+ * adjustments), only the allowed tokens (the mask) take part:
+ * - greedy, when temperature <= 0 or top_k == 1: the lowest id of the largest a;
+ * - else, with w_i = kn_exp_neg((a_i - max a) / temperature) (kernels/kn_exp.h;
+ *   w of the best token is 1): the tokens kept are those with a_i >= v_k, a_i >= v_p
+ *   and w_i >= min_p, where v_k is the top_k-th largest a (ties all kept; -inf
+ *   when top_k <= 0 or >= the allowed count) and v_p is the largest v with
+ *   sum(w_i : a_i >= v) >= top_p * sum(w) (-inf when top_p >= 1): top-p is taken
+ *   on the whole distribution, not after top-k. The draw is the lowest kept id i
+ *   with sum(w_j : j kept, j <= i) > u * sum(w_j : j kept) (ids ascending; when
+ *   rounding leaves none, the last kept id with w > 0; when every kept w is 0,
+ *   the greedy choice).
+ * A backend may differ from kernels/kn_ref.c in float summation order and in
+ * the last bits of exp, so a draw or a threshold within ~1e-5 of a boundary can
+ * go the other way; nothing else may differ. */
+#define KN_MAX_TOP 20 // top logprobs a row can ask for
+typedef struct kn_sample_params {
+    float temperature;
+    float top_p;   // (0, 1]
+    float min_p;   // [0, 1]; 0 = off
+    int32_t top_k; // 0 = off
+    float u;       // the draw: uniform in [0, 1), from the sequence's generator
+    int32_t n_top; // logprobs: -1 none; else the n_top (<= KN_MAX_TOP) most likely too
+    int32_t mask;  // this row's bitmask in the op's mask array, or -1: all allowed
+} kn_sample_params;
+
+typedef struct kn_sample_out {
+    int32_t id;                 // the token (-1 when the mask allows none)
+    float logprob;              // n_top >= 0: log-softmax at id of the raw row x (no adjustment, no mask)
+    int32_t top_id[KN_MAX_TOP]; // n_top >= 0: the n_top largest raw x, best first, ties to the lower id
+    float top_lp[KN_MAX_TOP];   // their log-softmax
+} kn_sample_out;
+
 typedef struct kn_backend kn_backend;
 
 typedef struct kn_backend_ops {
@@ -146,14 +179,16 @@ typedef struct kn_backend_ops {
     void (*kv_store)(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k,
                      const float *v, const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);
     void (*attention)(kn_backend *be, const kn_attn_args *a);
-    /* out[r] = the index of the largest of the n values of row r of x ([n_row, n]),
-     * the lowest such index on ties (rows holding NaN: unspecified). out: [n_row]. */
-    void (*argmax)(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out);
-    /* x[r][idx[i]] += val[i] for i in [off[r], off[r + 1]) of each of the n_row rows
-     * of x ([n_row, n]), in that order (an index listed twice gets both additions,
-     * in turn). off: [n_row + 1]. */
-    void (*add_at)(kn_backend *be, float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
-                   const float *val);
+    /* Picks the next token of each of the n_row rows of logits x ([n_row, n]), as
+     * p[r] says (kn_sample_params: the semantics are there), after adding row r's
+     * adjustments: x[r][adj_id[j]] += adj_val[j] for j in [adj_off[r],
+     * adj_off[r + 1]) (distinct ids within a row; adj_off NULL: none). mask holds
+     * the allowed-token bitmasks ([n_mask][(n + 31) / 32] words; bit i % 32 of
+     * word i / 32 allows token i), row p[r].mask of it (< 0: every token). x and
+     * adj_val are the op's scratch (overwritten). out: [n_row]. */
+    void (*sample)(kn_backend *be, float *x, int64_t n_row, int64_t n, const kn_sample_params *p,
+                   const int32_t *adj_off, const int32_t *adj_id, float *adj_val, const uint32_t *mask,
+                   kn_sample_out *out);
     /* Device memory: free and total bytes. NULL for the host backends. */
     void (*mem_info)(kn_backend *be, size_t *free_bytes, size_t *total_bytes);
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels/kn_act.h"
+#include "kernels/kn_exp.h"
 #include "kernels/kn_fp8.h"
 #include "kernels/kn_half.h"
 #include "kernels/kn_quant.h"
@@ -279,28 +280,6 @@ static void ref_attention(kn_backend *be, const kn_attn_args *a) {
     kn_ref_attention(a);
 }
 
-void kn_ref_argmax(const float *x, int64_t n_row, int64_t n, int32_t *out) {
-    for (int64_t r = 0; r < n_row; r++) {
-        const float *row = x + r * n;
-        int64_t best = 0;
-        for (int64_t i = 1; i < n; i++)
-            if (row[i] > row[best])
-                best = i;
-        out[r] = (int32_t)best;
-    }
-}
-
-void kn_ref_add_at(float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx, const float *val) {
-    for (int64_t r = 0; r < n_row; r++)
-        for (int32_t i = off[r]; i < off[r + 1]; i++)
-            x[r * n + idx[i]] += val[i];
-}
-
-static void ref_add_at(kn_backend *be, float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
-                       const float *val) {
-    kn_ref_add_at(x, n_row, n, off, idx, val);
-}
-
 void kn_ref_softcap(float *x, int64_t n, float cap) {
     for (int64_t i = 0; i < n; i++)
         x[i] = cap * tanhf(x[i] / cap);
@@ -310,8 +289,120 @@ static void ref_softcap(kn_backend *be, float *x, int64_t n, float cap) {
     kn_ref_softcap(x, n, cap);
 }
 
-static void ref_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out) {
-    kn_ref_argmax(x, n_row, n, out);
+/* ---- sample: kn.h's definitions, literally: the allowed tokens sorted, sums in
+ * double ---- */
+
+typedef struct {
+    float a;
+    int32_t id;
+} ref_tok;
+
+static int ref_tok_order(const void *x, const void *y) { // value descending, id ascending
+    const ref_tok *p = x, *q = y;
+    if (p->a != q->a)
+        return p->a > q->a ? -1 : 1;
+    return (p->id > q->id) - (p->id < q->id);
+}
+
+/* Row r of the op; tok and wk are [n] scratch. */
+static void ref_sample_row(float *x, int64_t n, const kn_sample_params *p, const int32_t *aid, float *aval,
+                           int32_t na, const uint32_t *mw, kn_sample_out *o, ref_tok *tok, float *wk) {
+    double lse = 0.0;
+    if (p->n_top >= 0) {
+        double mx = -INFINITY, s = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            mx = x[i] > mx ? x[i] : mx;
+        for (int64_t i = 0; i < n; i++)
+            s += exp(x[i] - mx);
+        lse = mx + log(s);
+        for (int64_t i = 0; i < n; i++)
+            tok[i] = (ref_tok){x[i], (int32_t)i};
+        qsort(tok, (size_t)n, sizeof *tok, ref_tok_order);
+        for (int k = 0; k < p->n_top && k < n; k++) {
+            o->top_id[k] = tok[k].id;
+            o->top_lp[k] = (float)(tok[k].a - lse);
+        }
+    }
+    for (int32_t j = 0; j < na; j++) {
+        const float raw = x[aid[j]];
+        x[aid[j]] = raw + aval[j];
+        aval[j] = raw;
+    }
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (!mw || (mw[i >> 5] >> (i & 31) & 1))
+            tok[m++] = (ref_tok){x[i], (int32_t)i};
+    o->id = -1;
+    if (m == 0)
+        return;
+    qsort(tok, (size_t)m, sizeof *tok, ref_tok_order);
+    if (p->temperature <= 0.0f || p->top_k == 1) {
+        o->id = tok[0].id;
+    } else {
+        const float mx = tok[0].a, inv_t = 1.0f / p->temperature;
+        double total = 0.0;
+        for (int64_t i = 0; i < m; i++)
+            total += kn_exp_neg((tok[i].a - mx) * inv_t);
+        float tau = -INFINITY;
+        if (p->top_k > 0 && p->top_k < m)
+            tau = tok[p->top_k - 1].a;
+        if (p->top_p < 1.0f) {
+            double cum = 0.0;
+            for (int64_t i = 0; i < m; i++) {
+                cum += kn_exp_neg((tok[i].a - mx) * inv_t);
+                if ((i == m - 1 || tok[i + 1].a != tok[i].a) && cum >= (double)p->top_p * total) {
+                    tau = tok[i].a > tau ? tok[i].a : tau;
+                    break;
+                }
+            }
+        }
+        for (int64_t i = 0; i < n; i++)
+            wk[i] = -1.0f; // not kept
+        for (int64_t i = 0; i < m; i++) {
+            const float w = kn_exp_neg((tok[i].a - mx) * inv_t);
+            if (tok[i].a >= tau && w >= p->min_p)
+                wk[tok[i].id] = w;
+        }
+        double kept = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            kept += wk[i] > 0.0f ? wk[i] : 0.0f;
+        const double r = (double)p->u * kept;
+        double cum = 0.0;
+        for (int64_t i = 0; i < n && o->id < 0; i++)
+            if (wk[i] >= 0.0f && (cum += wk[i]) > r)
+                o->id = (int32_t)i;
+        for (int64_t i = n - 1; i >= 0 && o->id < 0; i--)
+            if (wk[i] > 0.0f)
+                o->id = (int32_t)i;
+        if (o->id < 0) // every kept w is 0 (every allowed logit at -inf)
+            o->id = tok[0].id;
+    }
+    if (p->n_top >= 0) {
+        float raw = x[o->id];
+        for (int32_t j = 0; j < na; j++)
+            if (aid[j] == o->id)
+                raw = aval[j];
+        o->logprob = (float)(raw - lse);
+    }
+}
+
+static void ref_sample(kn_backend *be, float *x, int64_t n_row, int64_t n, const kn_sample_params *p,
+                       const int32_t *adj_off, const int32_t *adj_id, float *adj_val, const uint32_t *mask,
+                       kn_sample_out *out) {
+    ref_tok *tok = malloc((size_t)n * sizeof *tok);
+    float *wk = malloc((size_t)n * sizeof *wk);
+    for (int64_t r = 0; r < n_row; r++) {
+        if (!tok || !wk) {
+            out[r].id = -1;
+            continue;
+        }
+        const int32_t a0 = adj_off ? adj_off[r] : 0, na = adj_off ? adj_off[r + 1] - a0 : 0;
+        const uint32_t *mw = p[r].mask >= 0 ? mask + (size_t)p[r].mask * (size_t)((n + 31) / 32) : NULL;
+        ref_sample_row(x + r * n, n, &p[r], na ? adj_id + a0 : NULL, na ? adj_val + a0 : NULL, na, mw, &out[r], tok,
+                       wk);
+    }
+    free(tok);
+    free(wk);
 }
 
 static const kn_backend_ops ref_ops = {
@@ -332,9 +423,8 @@ static const kn_backend_ops ref_ops = {
     .add_bias = ref_add_bias,
     .kv_store = ref_kv_store,
     .attention = ref_attention,
-    .argmax = ref_argmax,
     .softcap = ref_softcap,
-    .add_at = ref_add_at,
+    .sample = ref_sample,
 };
 
 kn_backend *kn_ref_create(void) {

@@ -18,9 +18,7 @@ int kn_ref_matmul_qact(const kn_weight *w, const float *x, int64_t n_tok, float 
 void kn_ref_kv_store(void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
                      const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);
 void kn_ref_attention(const kn_attn_args *a);
-/* The reference argmax on host memory (the CPU backend's too). */
-void kn_ref_argmax(const float *x, int64_t n_row, int64_t n, int32_t *out);
+/* The reference softcap on host memory (the CPU backend's too). */
 void kn_ref_softcap(float *x, int64_t n, float cap);
-void kn_ref_add_at(float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx, const float *val);
 
 #endif

@@ -10,6 +10,7 @@
 #include "proto/proto.h"
 
 #include <errno.h>
+#include <math.h>
 #include <msgpack.h>
 #include <stdlib.h>
 #include <string.h>
@@ -129,7 +130,7 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);
     int with_schema = s->format == PROTO_FORMAT_JSON_SCHEMA;
-    rc = msgpack_pack_map(&pk, 12 + (s->has_seed ? 1 : 0) + (s->n_stop ? 1 : 0) + (s->n_prompts ? 1 : 0) +
+    rc = msgpack_pack_map(&pk, 13 + (s->has_seed ? 1 : 0) + (s->n_stop ? 1 : 0) + (s->n_prompts ? 1 : 0) +
                                    (s->n_bias ? 1 : 0) + (s->format ? 1 : 0) + (with_schema ? 3 : 0) +
                                    (s->n_tools ? 4 : 0))
              ? -ENOMEM
@@ -186,6 +187,8 @@ int proto_encode_submit(cm_buf *out, const proto_submit *s) {
         rc = pk_f32(&pk, "top_p", s->top_p);
     if (!rc)
         rc = pk_i64(&pk, "top_k", s->top_k);
+    if (!rc)
+        rc = pk_f32(&pk, "min_p", s->min_p);
     if (!rc)
         rc = pk_f32(&pk, "pres", s->presence_penalty);
     if (!rc)
@@ -679,8 +682,12 @@ static int decode_submit(const msgpack_object *m, proto_submit *s) {
     s->temperature = 1.0f;
     s->top_p = 1.0f;
     if (OPT(get_float(m, "temp", &s->temperature)) || OPT(get_float(m, "top_p", &s->top_p)) ||
+        OPT(get_float(m, "min_p", &s->min_p)) ||
         OPT(get_float(m, "pres", &s->presence_penalty)) || OPT(get_float(m, "freq", &s->frequency_penalty)))
         return rc;
+    if (!(s->temperature >= 0 && s->temperature <= 1e6f) || !(s->top_p >= 0 && s->top_p <= 1) ||
+        !(s->min_p >= 0 && s->min_p <= 1) || !isfinite(s->presence_penalty) || !isfinite(s->frequency_penalty))
+        return -EBADMSG; // NaN included
     v = 0;
     if (OPT(get_int(m, "top_k", 0, INT32_MAX, &v)))
         return rc;

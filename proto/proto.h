@@ -137,6 +137,7 @@ typedef struct proto_submit {
     float temperature;   // 0 = greedy
     float top_p;         // (0, 1]
     int32_t top_k;       // 0 = off
+    float min_p;         // [0, 1]: keep tokens at least min_p times as likely as the best; 0 = off
     float presence_penalty, frequency_penalty; // [-2, 2], over the choice's own output
     uint32_t n_bias;
     proto_bias *bias;    // [n_bias]

@@ -2,7 +2,6 @@
 #include "worker/wk_gcache.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +29,6 @@ typedef struct cand {
 struct wk_gcache {
     const wk_tok *t;
     cand *cand; // [n_vocab] scratch of the budget check near the end
-    int32_t *ids; // [n_vocab] the allowed tokens of a sparse mask
     wk_template_family family;
     wk_gvocab *v; // built on first use
     entry *e;
@@ -60,7 +58,6 @@ void wk_gcache_free(wk_gcache *c) {
         entry_free(&c->e[i]);
     free(c->e);
     free(c->cand);
-    free(c->ids);
     wk_gvocab_free(c->v);
     free(c);
 }
@@ -236,11 +233,17 @@ static int cand_add(wk_gcache *c, wk_grammar *g, int32_t state, int32_t id, int 
     return 0;
 }
 
-int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float *logits, int n_logits,
-                   const int32_t **ids, int *n_ids, int *restricted) {
+/* Clears token id's bit in bits; 1 if it was set. */
+static int drop_bit(uint32_t *bits, int32_t id) {
+    const uint32_t m = 1u << (id & 31);
+    const int was = (bits[id >> 5] & m) != 0;
+    bits[id >> 5] &= ~m;
+    return was;
+}
+
+int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, uint32_t *bits, int n_logits,
+                   int *restricted) {
     *restricted = 0;
-    *ids = NULL;
-    *n_ids = 0;
     uint64_t t0 = now_ns();
     int computed, err;
     const wk_grise *rises;
@@ -250,35 +253,15 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
         return err;
     const int n = wk_gvocab_n_vocab(c->v) < n_logits ? wk_gvocab_n_vocab(c->v) : n_logits, words = (n + 63) / 64;
     int allowed = bits_count(m, words);
-    if (!c->ids && !(c->ids = malloc((size_t)n * sizeof *c->ids)))
-        return -ENOMEM;
-    if (allowed * 2 < n) { // few allowed: hand them over as a list, leave the row alone
-        int k = 0;
-        for (int w = 0; w < words; w++)
-            for (uint64_t x = m[w]; x; x &= x - 1)
-                if (w * 64 + __builtin_ctzll(x) < n)
-                    c->ids[k++] = w * 64 + __builtin_ctzll(x);
-        *ids = c->ids;
-        *n_ids = allowed = k;
-    } else { // many allowed: forbid the rest in the row
-        for (int w = 0; w < words; w++) {
-            uint64_t x = m[w];
-            int base = w * 64, top = n - base < 64 ? n - base : 64;
-            if (x == UINT64_MAX)
-                continue;
-            if (!x) {
-                for (int i = 0; i < top; i++)
-                    logits[base + i] = -INFINITY;
-                continue;
-            }
-            for (uint64_t off = ~x; off; off &= off - 1) {
-                int i = base + __builtin_ctzll(off);
-                if (i < n)
-                    logits[i] = -INFINITY;
-            }
-        }
-        for (int i = n; i < n_logits; i++) // padded rows past the tokenizer's vocabulary
-            logits[i] = -INFINITY;
+    // The grammar's words, split in halves (bit i % 32 of word i / 32); none past
+    // the tokenizer's vocabulary.
+    const int out_words = (n_logits + 31) / 32;
+    for (int w = 0; w < out_words; w++) {
+        const int base = w * 32;
+        uint32_t x = base < n ? (uint32_t)(m[w >> 1] >> (32 * (w & 1))) : 0;
+        if (base < n && n - base < 32)
+            x &= (1u << (n - base)) - 1;
+        bits[w] = x;
     }
     // The budget: drop the tokens after which the tokens left cannot finish the
     // document (when none can, keep the ones that come nearest). While the
@@ -287,8 +270,7 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
     uint32_t d = wk_grammar_distance(g, state), cap, min_chars;
     if (budget >= 1 && (uint32_t)budget - 1 >= d) {
         for (int i = 0; i < n_rises && rises[i].dist > (uint32_t)budget - 1; i++) {
-            logits[rises[i].token] = -INFINITY;
-            allowed--;
+            allowed -= drop_bit(bits, rises[i].token);
             *restricted = 1;
         }
     } else if (budget >= 1) {
@@ -324,8 +306,7 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
         uint32_t limit = (uint32_t)budget - 1 > best ? (uint32_t)budget - 1 : best;
         for (int i = 0; i < k; i++)
             if (c->cand[i].dist > limit) {
-                logits[c->cand[i].id] = -INFINITY;
-                allowed--;
+                allowed -= drop_bit(bits, c->cand[i].id);
                 *restricted = 1;
             }
         if (plain && limit < d) { // plain tokens need min(chars, min_chars) >= d - limit
@@ -336,8 +317,7 @@ int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float
             for (size_t w = 0; w < words; w++)
                 for (uint64_t x = m[w] & drop[w]; x; x &= x - 1) {
                     int32_t id = (int32_t)(w * 64) + __builtin_ctzll(x);
-                    if (id < n && logits[id] != -INFINITY) {
-                        logits[id] = -INFINITY;
+                    if (id < n && drop_bit(bits, id)) {
                         allowed--;
                         *restricted = 1;
                     }

@@ -35,12 +35,9 @@ wk_grammar *wk_gcache_get(wk_gcache *c, const proto_submit *sub, int *status, ch
                           char *param, size_t paramlen);
 void wk_gcache_put(wk_gcache *c, wk_grammar *g); // NULL is a no-op
 
-/* Applies the grammar's mask of state to logits [n_logits] (rows past the
- * tokenizer's vocabulary are never allowed). When many tokens are allowed, every
- * forbidden logit is set to -inf and *ids is NULL; when few are, *ids lists the
- * allowed tokens (*n_ids of them, ascending; the row's other logits untouched:
- * sample among the list only; valid until the next call). Tokens the budget
- * drops (below) have -inf logits either way.
+/* Writes the grammar's mask of state into bits [(n_logits + 31) / 32] (bit i % 32
+ * of word i / 32 allows token i, as kn.h's sample op reads it; tokens past the
+ * tokenizer's vocabulary are never allowed).
  * budget (tokens the output may still take, this one included; < 0: no limit)
  * also forbids the tokens after which the rest of the budget could not finish
  * the document (its distance in bytes exceeds the tokens left: every byte has
@@ -49,8 +46,8 @@ void wk_gcache_put(wk_gcache *c, wk_grammar *g); // NULL is a no-op
  * come nearest to the end stay allowed. *restricted is set to 1 when that
  * removed a token. Returns the number of tokens left allowed, or a negative
  * errno. */
-int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, float *logits, int n_logits,
-                   const int32_t **ids, int *n_ids, int *restricted);
+int wk_gcache_mask(wk_gcache *c, wk_grammar *g, int32_t state, int budget, uint32_t *bits, int n_logits,
+                   int *restricted);
 /* The grammar state after token id from state: a live state, or <= 0 when the
  * token leaves the language (or a negative errno). */
 int32_t wk_gcache_advance(wk_gcache *c, wk_grammar *g, int32_t state, int32_t id);

@@ -83,10 +83,14 @@ struct wk_model {
     float *x, *h, *q, *k, *v, *att, *o, *fg, *fu; // activations, [max_tokens, ...]
     float *xl, *logits;                          // [max_logits, n_embd], [max_logits, n_vocab]
     int32_t *d_tok, *d_pos, *d_seq, *d_slot, *d_rows, *d_bt; // backend copies of the batch
-    int32_t *d_greedy;                                       // [max_logits] argmax of greedy rows
-    int32_t *d_bias_off, *d_bias_id;                         // greedy rows' logit bias (wk_batch)
-    float *d_bias_val;
+    kn_sample_params *d_smp;                                 // [max_logits] sampled rows (wk_batch)
+    kn_sample_out *d_smp_out;                                // [max_logits]
+    int32_t *d_adj_off, *d_adj_id;                           // their adjustments: adj_cap entries
+    float *d_adj_val;
+    uint32_t *d_masks;                                       // [max_logits, mask_words]
+    size_t adj_cap, mask_words;
     int32_t *h_slot;                                         // [max_tokens] host
+    int32_t *h_adj_off;                                      // [max_logits + 1] host
     int32_t *h_pad;  // host staging of a batch: [4 max_tokens + max_logits + max_seq * max_blocks]
 
     wk_exec_mode exec;
@@ -487,6 +491,7 @@ void wk_model_free(wk_model *m) {
         m->be->ops->free(m->be, m->arena);
     free(m->h_slot);
     free(m->h_pad);
+    free(m->h_adj_off);
     free(m->layers);
     free(m);
 }
@@ -506,9 +511,20 @@ typedef struct arena_part {
     size_t bytes;
 } arena_part;
 
+/* Adjustment entries the backend holds for one sample op: every row's logit
+ * bias and one more row's worth of penalties, so that any single row fits
+ * (wk_model_forward splits the rows when they hold more). */
+static size_t adj_cap(const wk_model *m, int max_logits) {
+    return (size_t)max_logits * PROTO_MAX_BIAS + (size_t)m->hp.n_vocab;
+}
+
+static size_t mask_words(const wk_model *m) {
+    return ((size_t)m->hp.n_vocab + 31) / 32;
+}
+
 /* The activation buffers of wk_model_reserve, in arena order; their count. */
 static size_t arena_parts(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks,
-                          arena_part parts[21]) {
+                          arena_part parts[23]) {
     const wk_hparams *hp = &m->hp;
     const size_t T = (size_t)max_tokens, L = (size_t)max_logits, F = sizeof(float), I = sizeof(int32_t);
     const size_t E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
@@ -523,11 +539,14 @@ static size_t arena_parts(wk_model *m, int max_tokens, int max_logits, int max_s
         {(void **)&m->d_tok, T * I},     {(void **)&m->d_pos, T * I},
         {(void **)&m->d_seq, T * I},     {(void **)&m->d_slot, T * I},
         {(void **)&m->d_rows, L * I},    {(void **)&m->d_bt, (size_t)max_seq * (size_t)max_blocks * I},
-        {(void **)&m->d_greedy, L * I},  {(void **)&m->d_bias_off, (L + 1) * I},
-        {(void **)&m->d_bias_id, L * WK_MAX_GREEDY_BIAS * I},
-        {(void **)&m->d_bias_val, L * WK_MAX_GREEDY_BIAS * F},
+        {(void **)&m->d_smp, L * sizeof(kn_sample_params)},
+        {(void **)&m->d_smp_out, L * sizeof(kn_sample_out)},
+        {(void **)&m->d_adj_off, (L + 1) * I},
+        {(void **)&m->d_adj_id, adj_cap(m, max_logits) * I},
+        {(void **)&m->d_adj_val, adj_cap(m, max_logits) * F},
+        {(void **)&m->d_masks, L * mask_words(m) * sizeof(uint32_t)},
     };
-    _Static_assert(sizeof all / sizeof all[0] == 21, "arena_parts' array size");
+    _Static_assert(sizeof all / sizeof all[0] == 23, "arena_parts' array size");
     memcpy(parts, all, sizeof all);
     return sizeof all / sizeof all[0];
 }
@@ -540,7 +559,7 @@ static size_t arena_bytes(const arena_part *parts, size_t n_parts) {
 }
 
 size_t wk_model_reserve_bytes(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks) {
-    arena_part parts[21];
+    arena_part parts[23];
     return arena_bytes(parts, arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts));
 }
 
@@ -555,25 +574,30 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
     m->arena = NULL;
     free(m->h_slot);
     free(m->h_pad);
-    m->h_slot = m->h_pad = NULL;
+    free(m->h_adj_off);
+    m->h_slot = m->h_pad = m->h_adj_off = NULL;
     m->max_tokens = m->max_logits = m->max_seq = m->max_blocks = 0;
 
     const size_t T = (size_t)max_tokens, E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
     const size_t I = sizeof(int32_t);
-    arena_part parts[21];
+    arena_part parts[23];
     const size_t n_parts = arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts);
     m->arena = m->be->ops->alloc(m->be, arena_bytes(parts, n_parts));
     m->h_slot = malloc(T * I);
     m->h_pad = malloc((4 * T + (size_t)max_logits + (size_t)max_seq * (size_t)max_blocks) * I);
-    if (!m->arena || !m->h_slot || !m->h_pad) {
+    m->h_adj_off = malloc(((size_t)max_logits + 1) * I);
+    if (!m->arena || !m->h_slot || !m->h_pad || !m->h_adj_off) {
         if (m->arena)
             m->be->ops->free(m->be, m->arena);
         m->arena = NULL;
         free(m->h_slot);
         free(m->h_pad);
-        m->h_slot = m->h_pad = NULL;
+        free(m->h_adj_off);
+        m->h_slot = m->h_pad = m->h_adj_off = NULL;
         return -ENOMEM;
     }
+    m->adj_cap = adj_cap(m, max_logits);
+    m->mask_words = mask_words(m);
     size_t off = 0;
     for (size_t i = 0; i < n_parts; i++) {
         *parts[i].dst = (char *)m->arena + off;
@@ -621,16 +645,25 @@ static int check_batch(wk_model *m, wk_kv *kv, const wk_batch *b) {
     for (int i = 0; i < b->n_logits; i++)
         if (b->logit_rows[i] < 0 || b->logit_rows[i] >= b->n_tok)
             return -EINVAL;
-    if (b->n_greedy < 0 || b->n_greedy > b->n_logits || (b->n_greedy && !b->greedy_ids))
+    if (b->n_sample < 0 || b->n_sample > b->n_logits || (b->n_sample && (!b->sample || !b->sampled)))
         return -EINVAL;
-    if (b->n_greedy && b->bias_off) {
-        if (b->bias_off[0] != 0 || !b->bias_id || !b->bias_val)
+    if (b->n_mask < 0 || b->n_mask > b->n_sample || (b->n_mask && !b->masks))
+        return -EINVAL;
+    for (int i = 0; i < b->n_sample; i++) {
+        const kn_sample_params *p = &b->sample[i];
+        if (p->mask >= b->n_mask || p->n_top > KN_MAX_TOP || !(p->u >= 0.0f && p->u < 1.0f))
             return -EINVAL;
-        for (int i = 0; i < b->n_greedy; i++)
-            if (b->bias_off[i + 1] < b->bias_off[i] || b->bias_off[i + 1] - b->bias_off[i] > WK_MAX_GREEDY_BIAS)
+    }
+    if (b->n_sample && b->adj_off) {
+        if (b->adj_off[0] != 0)
+            return -EINVAL;
+        for (int i = 0; i < b->n_sample; i++)
+            if (b->adj_off[i + 1] < b->adj_off[i] || b->adj_off[i + 1] - b->adj_off[i] > WK_MAX_ROW_ADJ(m->hp.n_vocab))
                 return -EINVAL;
-        for (int32_t i = 0; i < b->bias_off[b->n_greedy]; i++)
-            if (b->bias_id[i] < 0 || b->bias_id[i] >= m->hp.n_vocab)
+        if (b->adj_off[b->n_sample] && (!b->adj_id || !b->adj_val))
+            return -EINVAL;
+        for (int32_t i = 0; i < b->adj_off[b->n_sample]; i++)
+            if (b->adj_id[i] < 0 || b->adj_id[i] >= m->hp.n_vocab)
                 return -EINVAL;
     }
     return 0;
@@ -810,6 +843,36 @@ static void run_fixed(wk_model *m, wk_kv *kv, int n_tok, int max_blocks) {
     be->ops->graph_launch(be, graph);
 }
 
+/* The sample op over b's sampled rows, whose logits are x: in as few calls as
+ * the backend's adjustment buffer allows (one, unless penalties over long
+ * outputs fill it). */
+static void sample_rows(wk_model *m, const wk_batch *b, float *x) {
+    kn_backend *be = m->be;
+    const kn_backend_ops *op = be->ops;
+    const int64_t V = m->hp.n_vocab;
+    if (b->n_mask)
+        op->upload(be, m->d_masks, b->masks, (size_t)b->n_mask * m->mask_words * sizeof(uint32_t));
+    for (int r0 = 0, r1; r0 < b->n_sample; r0 = r1) {
+        const int32_t a0 = b->adj_off ? b->adj_off[r0] : 0;
+        r1 = b->adj_off ? r0 + 1 : b->n_sample; // one row always fits (adj_cap)
+        while (r1 < b->n_sample && (size_t)(b->adj_off[r1 + 1] - a0) <= m->adj_cap)
+            r1++;
+        const int n = r1 - r0;
+        const int32_t na = b->adj_off ? b->adj_off[r1] - a0 : 0;
+        op->upload(be, m->d_smp, b->sample + r0, (size_t)n * sizeof *b->sample);
+        if (na) {
+            for (int i = 0; i <= n; i++)
+                m->h_adj_off[i] = b->adj_off[r0 + i] - a0;
+            op->upload(be, m->d_adj_off, m->h_adj_off, (size_t)(n + 1) * sizeof(int32_t));
+            op->upload(be, m->d_adj_id, b->adj_id + a0, (size_t)na * sizeof(int32_t));
+            op->upload(be, m->d_adj_val, b->adj_val + a0, (size_t)na * sizeof(float));
+        }
+        op->sample(be, x + (size_t)r0 * (size_t)V, n, V, m->d_smp, na ? m->d_adj_off : NULL, m->d_adj_id,
+                   m->d_adj_val, m->d_masks, m->d_smp_out);
+        op->download(be, b->sampled + r0, m->d_smp_out, (size_t)n * sizeof(kn_sample_out));
+    }
+}
+
 /* Runs b; logits (host, [n_logits, n_vocab]) are written by the call. */
 int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
     if (!m->arena || !b || !kv)
@@ -820,7 +883,6 @@ int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
     kn_backend *be = m->be;
     const kn_backend_ops *op = be->ops;
     const wk_hparams *hp = &m->hp;
-    const size_t I = sizeof(int32_t);
 
     int fixed_tok, fixed_blocks;
     if (fixed_shape(m, b, &fixed_tok, &fixed_blocks)) {
@@ -834,20 +896,10 @@ int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits) {
         op->sync(be);
         return 0;
     }
-    const int n_full = b->n_logits - b->n_greedy;
-    const size_t n_out = (size_t)n_full * (size_t)hp->n_vocab;
-    if (b->n_greedy) {
-        if (b->bias_off && b->bias_off[b->n_greedy] > 0) {
-            const size_t nb = (size_t)b->bias_off[b->n_greedy];
-            op->upload(be, m->d_bias_off, b->bias_off, (size_t)(b->n_greedy + 1) * I);
-            op->upload(be, m->d_bias_id, b->bias_id, nb * I);
-            op->upload(be, m->d_bias_val, b->bias_val, nb * sizeof(float));
-            op->add_at(be, m->logits + n_out, b->n_greedy, hp->n_vocab, m->d_bias_off, m->d_bias_id, m->d_bias_val);
-        }
-        op->argmax(be, m->logits + n_out, b->n_greedy, hp->n_vocab, m->d_greedy);
-        op->download(be, b->greedy_ids, m->d_greedy, (size_t)b->n_greedy * I);
-    }
+    const int n_full = b->n_logits - b->n_sample;
+    if (b->n_sample)
+        sample_rows(m, b, m->logits + (size_t)n_full * (size_t)hp->n_vocab);
     if (n_full)
-        op->download(be, logits, m->logits, n_out * sizeof(float));
+        op->download(be, logits, m->logits, (size_t)n_full * (size_t)hp->n_vocab * sizeof(float));
     return 0;
 }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "kernels/kn.h"
+#include "proto/proto.h"
 #include "worker/wk_gguf.h"
 #include "worker/wk_kv.h"
 
@@ -43,11 +44,11 @@ typedef struct wk_hparams {
  * sequence whose block table is row seq[t] of block_tables; its K/V go to that
  * sequence's slot for pos[t] (the block must already be allocated). Logits are
  * produced for the n_logits token indices in logit_rows, in that order; the last
- * n_greedy of them are wanted for their argmax only (greedy decoding: the id of
- * the largest logit, the lowest on ties, written to greedy_ids), found on the
- * backend so their logits are never copied out. A greedy row may carry a logit bias, added first, in order:
- * entries [bias_off[i], bias_off[i + 1]) of bias_id/bias_val for greedy row i, at
- * most WK_MAX_GREEDY_BIAS per row (bias_off NULL: none). */
+ * n_sample of them are sampled on the backend (kn.h's sample op, sample[i] for
+ * the i-th of them) and only the tokens come out, into sampled. Their
+ * adjustments are entries [adj_off[i], adj_off[i + 1]) of adj_id/adj_val (one
+ * entry per token within a row, at most WK_MAX_ROW_ADJ(n_vocab) per row;
+ * adj_off NULL: none), their masks the n_mask rows of masks. */
 typedef struct wk_batch {
     int n_tok;
     const int32_t *tokens;       // [n_tok]
@@ -58,14 +59,18 @@ typedef struct wk_batch {
     int max_blocks;
     const int32_t *logit_rows;   // [n_logits]
     int n_logits;
-    int n_greedy;                // <= n_logits
-    int32_t *greedy_ids;         // [n_greedy], written by wk_model_forward
-    const int32_t *bias_off;     // [n_greedy + 1] or NULL
-    const int32_t *bias_id;      // [bias_off[n_greedy]] token ids
-    const float *bias_val;       // [bias_off[n_greedy]]
+    int n_sample;                   // <= n_logits
+    const kn_sample_params *sample; // [n_sample]; .mask < n_mask
+    const int32_t *adj_off;         // [n_sample + 1] or NULL
+    const int32_t *adj_id;          // [adj_off[n_sample]]
+    const float *adj_val;           // [adj_off[n_sample]]
+    const uint32_t *masks;          // [n_mask, (n_vocab + 31) / 32]
+    int n_mask;                     // <= n_sample
+    kn_sample_out *sampled;         // [n_sample], written by wk_model_forward
 } wk_batch;
 
-#define WK_MAX_GREEDY_BIAS 1024 // proto's PROTO_MAX_BIAS
+/* Adjustments one row may carry: a logit_bias and a penalty for every token. */
+#define WK_MAX_ROW_ADJ(n_vocab) (PROTO_MAX_BIAS + (n_vocab))
 
 typedef struct wk_model wk_model;
 
@@ -93,7 +98,7 @@ typedef enum wk_exec_mode { WK_EXEC_GRAPHS, WK_EXEC_PADDED, WK_EXEC_EAGER } wk_e
 #define WK_MAX_GRAPHS 64 // recorded shapes kept; the oldest is dropped past that
 void wk_model_set_exec(wk_model *m, wk_exec_mode mode);
 
-/* Runs the batch. logits: [n_logits - n_greedy, n_vocab] host memory, written by
+/* Runs the batch. logits: [n_logits - n_sample, n_vocab] host memory, written by
  * the call.
  * 0, or -EINVAL (batch over the reserved sizes or a position past the cache). */
 int wk_model_forward(wk_model *m, wk_kv *kv, const wk_batch *b, float *logits);

@@ -109,13 +109,15 @@ struct wk_sched {
     // step buffers, sized at create
     int32_t *b_tok, *b_pos, *b_seq, *b_tables, *b_rows;
     seq **b_logit_seq;
-    int32_t *g_rows, *g_ids; // greedy rows of a step (wk_sched_step) and their tokens
-    seq **g_seq;
-    int32_t *g_bias_off, *g_bias_id; // their logit biases (wk_batch)
-    float *g_bias_val;
-    float *logits;
-    float *raw; // [n_vocab] unadjusted logits of the row being sampled (logprobs)
-    float *sub; // [n_vocab] logits of a grammar's allowed tokens (sparse masks)
+    int *b_err;              // [max_seqs] a row that could not be prepared: its error
+    kn_sample_params *b_smp; // [max_seqs] the rows' sampling (wk_batch)
+    kn_sample_out *b_out;    // [max_seqs]
+    int32_t *b_adj_off;      // [max_seqs + 1]
+    int32_t *b_adj_id;       // [cap_adj] the rows' adjustments
+    float *b_adj_val;
+    int cap_adj;
+    uint32_t *b_masks; // [max_seqs, mask_words] the rows' grammar masks
+    size_t mask_words;
     uint64_t tokens_gen, tokens_prompt;
     wk_gcache *gc;
 };
@@ -451,21 +453,18 @@ wk_sched *wk_sched_create(wk_model *m, wk_kv *kv, const wk_tok *t, const wk_sche
     s->b_seq = malloc((size_t)mt * sizeof(int32_t));
     s->b_rows = malloc((size_t)ms * sizeof(int32_t));
     s->b_logit_seq = malloc((size_t)ms * sizeof(seq *));
-    s->g_rows = malloc((size_t)ms * sizeof(int32_t));
-    s->g_ids = malloc((size_t)ms * sizeof(int32_t));
-    s->g_seq = malloc((size_t)ms * sizeof(seq *));
-    s->g_bias_off = malloc((size_t)(ms + 1) * sizeof(int32_t));
-    s->g_bias_id = malloc((size_t)ms * WK_MAX_GREEDY_BIAS * sizeof(int32_t));
-    s->g_bias_val = malloc((size_t)ms * WK_MAX_GREEDY_BIAS * sizeof(float));
+    s->b_err = malloc((size_t)ms * sizeof(int));
+    s->b_smp = malloc((size_t)ms * sizeof(kn_sample_params));
+    s->b_out = malloc((size_t)ms * sizeof(kn_sample_out));
+    s->b_adj_off = malloc((size_t)(ms + 1) * sizeof(int32_t));
+    s->mask_words = ((size_t)s->n_vocab + 31) / 32;
+    s->b_masks = malloc((size_t)ms * s->mask_words * sizeof(uint32_t));
     s->b_tables = malloc((size_t)ms * s->max_blocks * sizeof(int32_t));
-    s->logits = malloc((size_t)ms * s->n_vocab * sizeof(float));
-    s->raw = malloc((size_t)s->n_vocab * sizeof(float));
-    s->sub = malloc((size_t)s->n_vocab * sizeof(float));
     s->prefix = wk_prefix_create(kv);
     s->gc = wk_gcache_new(t, cfg->family);
-    if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->g_rows || !s->g_ids ||
-        !s->g_seq || !s->g_bias_off || !s->g_bias_id || !s->g_bias_val || !s->b_tables || !s->logits ||
-        !s->raw || !s->sub || !s->prefix || !s->gc || wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
+    if (!s->b_tok || !s->b_pos || !s->b_seq || !s->b_rows || !s->b_logit_seq || !s->b_err || !s->b_smp ||
+        !s->b_out || !s->b_adj_off || !s->b_masks || !s->b_tables || !s->prefix || !s->gc ||
+        wk_model_reserve(m, mt, ms, ms, s->max_blocks)) {
         wk_sched_free(s);
         return NULL;
     }
@@ -485,16 +484,14 @@ void wk_sched_free(wk_sched *s) {
     free(s->b_seq);
     free(s->b_rows);
     free(s->b_logit_seq);
-    free(s->g_rows);
-    free(s->g_ids);
-    free(s->g_seq);
-    free(s->g_bias_off);
-    free(s->g_bias_id);
-    free(s->g_bias_val);
+    free(s->b_err);
+    free(s->b_smp);
+    free(s->b_out);
+    free(s->b_adj_off);
+    free(s->b_adj_id);
+    free(s->b_adj_val);
+    free(s->b_masks);
     free(s->b_tables);
-    free(s->logits);
-    free(s->raw);
-    free(s->sub);
     free(s);
 }
 
@@ -543,6 +540,7 @@ static seq *seq_new(wk_sched *s, const proto_submit *sub, job *j, int prompt, ui
     memcpy(q->tok, tok, (size_t)n_tok * sizeof *tok);
     wk_sampler_params sp = {.temperature = sub->temperature,
                             .top_p = sub->top_p,
+                            .min_p = sub->min_p,
                             .top_k = sub->top_k,
                             .presence_penalty = sub->presence_penalty,
                             .frequency_penalty = sub->frequency_penalty,
@@ -796,8 +794,8 @@ static int reserve_chunk(wk_sched *s, seq *q) {
     return 0;
 }
 
-/* Records the logprobs of token id sampled from raw logits (before adjustment). */
-static int record_logprob(wk_sched *s, seq *q, const float *logits, int32_t id, size_t end) {
+/* Records the logprobs of a sampled token (the sample op's, from the raw logits). */
+static int record_logprob(seq *q, const kn_sample_out *o, size_t end) {
     if (q->n_lp == q->cap_lp) {
         int cap = q->cap_lp ? q->cap_lp * 2 : 16;
         lp_entry *p = realloc(q->lp, (size_t)cap * sizeof *p);
@@ -807,15 +805,18 @@ static int record_logprob(wk_sched *s, seq *q, const float *logits, int32_t id, 
         q->cap_lp = cap;
     }
     lp_entry *e = &q->lp[q->n_lp++];
-    e->id = id;
+    e->id = o->id;
     e->n_top = q->jb->top_logprobs;
     e->end = end;
-    e->lp = wk_sampler_logprobs(logits, s->n_vocab, id, e->n_top, e->top_id, e->top_lp);
+    e->lp = o->logprob;
+    memcpy(e->top_id, o->top_id, (size_t)e->n_top * sizeof *e->top_id);
+    memcpy(e->top_lp, o->top_lp, (size_t)e->n_top * sizeof *e->top_lp);
     return 0;
 }
 
-/* Appends the sampled token and its text; returns a finish reason or 0. */
-static int accept_token(wk_sched *s, seq *q, int32_t id, const float *raw) {
+/* Appends the sampled token and its text (o: its logprobs, or NULL); returns a
+ * finish reason or 0. */
+static int accept_token(wk_sched *s, seq *q, int32_t id, const kn_sample_out *o) {
     q->n_gen++;
     q->jb->ct++;
     s->tokens_gen++;
@@ -838,7 +839,7 @@ static int accept_token(wk_sched *s, seq *q, int32_t id, const float *raw) {
     if (piece.len && cm_buf_append(&q->pend, piece.p, piece.len))
         return -ENOMEM;
     q->out_bytes += piece.len;
-    if (raw && record_logprob(s, q, raw, id, q->out_bytes))
+    if (o && record_logprob(q, o, q->out_bytes))
         return -ENOMEM;
     if (wk_sampler_accept(&q->smp, id))
         return -ENOMEM;
@@ -851,31 +852,43 @@ static int accept_token(wk_sched *s, seq *q, int32_t id, const float *raw) {
     return done ? PROTO_FINISH_LENGTH : 0;
 }
 
-/* Samples q's next token from its row of logits (adjusted in place) and accepts
- * it: a finish reason, 0, or a negative errno. */
-static int sample_row(wk_sched *s, seq *q, float *row) {
-    // Raw logits for logprobs are kept aside when the sampler adjusts them.
-    const float *raw = q->jb->logprobs ? row : NULL;
-    if (raw && (wk_sampler_adjusts(&q->smp) || q->jb->gram)) {
-        memcpy(s->raw, row, (size_t)s->n_vocab * sizeof *row);
-        raw = s->raw;
+/* Row i of the step's sample op for q: its sampling, adjustments and grammar
+ * mask (the next of the step's *n_mask masks; its budget counts the tokens q may
+ * still take). 0 or a negative errno (the row is sampled all the same; the caller
+ * drops the job). */
+static int prepare_row(wk_sched *s, seq *q, int i, int *n_mask) {
+    const int32_t a0 = s->b_adj_off[i];
+    kn_sample_params *p = &s->b_smp[i];
+    *p = (kn_sample_params){.top_p = 1.0f, .n_top = -1, .mask = -1}; // greedy until filled in
+    if (a0 + wk_sampler_n_adj(&q->smp) > s->cap_adj) {
+        int cap = s->cap_adj ? s->cap_adj : 4096;
+        while (cap < a0 + wk_sampler_n_adj(&q->smp))
+            cap *= 2;
+        int32_t *id = realloc(s->b_adj_id, (size_t)cap * sizeof *id);
+        if (id)
+            s->b_adj_id = id;
+        float *val = realloc(s->b_adj_val, (size_t)cap * sizeof *val);
+        if (val)
+            s->b_adj_val = val;
+        if (!id || !val) {
+            s->b_adj_off[i + 1] = a0;
+            return -ENOMEM;
+        }
+        s->cap_adj = cap;
     }
-    int reason = 0;
-    const int32_t *ids = NULL;
-    int n_ids = 0;
-    if (q->jb->gram) {
-        int left = q->max_gen - q->n_gen, room = s->cfg.n_ctx - q->n_tok, restricted;
-        int allowed = wk_gcache_mask(s->gc, q->jb->gram, q->gstate, left < room ? left : room, row, s->n_vocab,
-                                     &ids, &n_ids, &restricted);
-        reason = allowed < 0 ? allowed : allowed == 0 ? -EPROTO : 0;
-        q->cut |= restricted;
-    }
-    if (!reason)
-        reason = accept_token(s, q,
-                              ids ? wk_sampler_sample_subset(&q->smp, row, ids, n_ids, s->sub)
-                                  : wk_sampler_sample(&q->smp, row),
-                              raw);
-    return reason;
+    s->b_adj_off[i + 1] = a0 + wk_sampler_row(&q->smp, p, s->b_adj_id + a0, s->b_adj_val + a0);
+    p->n_top = q->jb->logprobs ? q->jb->top_logprobs : -1;
+    if (!q->jb->gram)
+        return 0;
+    int left = q->max_gen - q->n_gen, room = s->cfg.n_ctx - q->n_tok, restricted;
+    uint32_t *bits = s->b_masks + (size_t)*n_mask * s->mask_words;
+    int allowed = wk_gcache_mask(s->gc, q->jb->gram, q->gstate, left < room ? left : room, bits, s->n_vocab,
+                                 &restricted);
+    q->cut |= restricted;
+    if (allowed <= 0)
+        return allowed < 0 ? allowed : -EPROTO;
+    p->mask = (*n_mask)++;
+    return 0;
 }
 
 int wk_sched_step(wk_sched *s) {
@@ -909,12 +922,10 @@ int wk_sched_step(wk_sched *s) {
                 budget -= pick->chunk;
         }
     }
-    // Build the batch. Rows whose next token is the argmax of the logits (greedy,
-    // no penalty, no grammar, no logprobs) go last, as the batch's greedy rows: the
-    // backend adds their logit bias, finds their argmax, and their logits are never
-    // copied out.
-    _Static_assert(WK_MAX_GREEDY_BIAS >= PROTO_MAX_BIAS, "a request's whole logit_bias fits a greedy row");
-    int nt = 0, nr = 0, nl = 0, ng = 0;
+    // Build the batch: every sequence whose chunk reaches its last token gets a
+    // row of the sample op (wk_model_forward), so no logits leave the backend.
+    int nt = 0, nr = 0, nl = 0, nm = 0;
+    s->b_adj_off[0] = 0;
     for (int i = 0; i < s->n_seqs; i++) {
         seq *q = s->seqs[i];
         if (q->state != SEQ_RUNNING || q->chunk <= 0) {
@@ -933,28 +944,14 @@ int wk_sched_step(wk_sched *s) {
             nt++;
         }
         if (q->n_done + q->chunk == q->n_tok) {
-            if ((q->smp.p.temperature <= 0 || q->smp.p.top_k == 1) &&
-                !wk_sampler_penalizes(&q->smp) && !q->jb->gram && !q->jb->logprobs) {
-                if (!ng)
-                    s->g_bias_off[0] = 0;
-                const int32_t o = s->g_bias_off[ng];
-                for (int i = 0; i < q->smp.p.n_bias; i++) {
-                    s->g_bias_id[o + i] = (int32_t)q->smp.p.bias[i].token;
-                    s->g_bias_val[o + i] = q->smp.p.bias[i].bias;
-                }
-                s->g_bias_off[ng + 1] = o + q->smp.p.n_bias;
-                s->g_rows[ng] = nt - 1;
-                s->g_seq[ng++] = q;
-            } else {
-                s->b_rows[nl] = nt - 1;
-                s->b_logit_seq[nl++] = q;
-            }
+            s->b_err[nl] = prepare_row(s, q, nl, &nm);
+            s->b_rows[nl] = nt - 1;
+            s->b_logit_seq[nl++] = q;
         }
         nr++;
     }
     if (!nt)
         return 0;
-    memcpy(s->b_rows + nl, s->g_rows, (size_t)ng * sizeof *s->g_rows);
     wk_batch b = {.n_tok = nt,
                   .tokens = s->b_tok,
                   .pos = s->b_pos,
@@ -963,13 +960,16 @@ int wk_sched_step(wk_sched *s) {
                   .n_seq = nr,
                   .max_blocks = s->max_blocks,
                   .logit_rows = s->b_rows,
-                  .n_logits = nl + ng,
-                  .n_greedy = ng,
-                  .greedy_ids = s->g_ids,
-                  .bias_off = s->g_bias_off,
-                  .bias_id = s->g_bias_id,
-                  .bias_val = s->g_bias_val};
-    int rc = wk_model_forward(s->m, s->kv, &b, s->logits);
+                  .n_logits = nl,
+                  .n_sample = nl,
+                  .sample = s->b_smp,
+                  .adj_off = s->b_adj_off,
+                  .adj_id = s->b_adj_id,
+                  .adj_val = s->b_adj_val,
+                  .masks = s->b_masks,
+                  .n_mask = nm,
+                  .sampled = s->b_out};
+    int rc = wk_model_forward(s->m, s->kv, &b, NULL);
     if (rc) {
         cm_error("model forward failed: %d", rc);
         return rc;
@@ -984,16 +984,18 @@ int wk_sched_step(wk_sched *s) {
                 q->jb->ready[q->prompt] = 1;
         }
     }
-    for (int l = 0; l < nl + ng; l++) {
-        seq *q = l < nl ? s->b_logit_seq[l] : s->g_seq[l - nl];
+    for (int l = 0; l < nl; l++) {
+        seq *q = s->b_logit_seq[l];
         int idx = -1;
         for (int i = 0; i < s->n_seqs && idx < 0; i++)
             if (s->seqs[i] == q)
                 idx = i;
         if (idx < 0)
             continue; // its job failed earlier in this loop
-        const int reason = l >= nl ? accept_token(s, q, s->g_ids[l - nl], NULL) // greedy: the backend's argmax
-                                   : sample_row(s, q, s->logits + (size_t)l * s->n_vocab);
+        const kn_sample_out *o = &s->b_out[l];
+        const int reason = s->b_err[l] ? s->b_err[l]
+                           : o->id < 0 ? -ENOMEM // the backend could not sample the row
+                                       : accept_token(s, q, o->id, q->jb->logprobs ? o : NULL);
         if (reason < 0) {
             emit_error(s, q->jb->id, 500, "server_error", "",
                        reason == -ENOMEM   ? "out of memory while generating"

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "kernels/cpu/kn_cpu_dot.h"
+#include "kernels/cpu/kn_cpu_sample.h"
 #include "kernels/cpu/kn_pool.h"
 #include "kernels/kn_act.h"
 #include "kernels/kn_half.h"
@@ -35,6 +36,8 @@ typedef struct kn_cpu {
     size_t act_cap;
     float *deq; // per-thread dequantized weight row [n_threads, deq_cap]
     size_t deq_cap;
+    uint8_t *smp; // per-thread sample scratch, smp_cap bytes in all
+    size_t smp_cap;
 } kn_cpu;
 
 static inline void split(int64_t n, int ith, int nth, int64_t *a, int64_t *b) {
@@ -541,20 +544,62 @@ static void cpu_destroy(kn_backend *be) {
     kn_pool_destroy(c->pool);
     free(c->deq);
     free(c->act);
+    free(c->smp);
     free(c);
-}
-
-static void cpu_add_at(kn_backend *be, float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
-                       const float *val) {
-    kn_ref_add_at(x, n_row, n, off, idx, val);
 }
 
 static void cpu_softcap(kn_backend *be, float *x, int64_t n, float cap) {
     kn_ref_softcap(x, n, cap);
 }
 
-static void cpu_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out) {
-    kn_ref_argmax(x, n_row, n, out); // one pass over memory: the scalar loop is what it costs
+/* ---- sample: a row per thread at a time (kn_cpu_sample.c) ---- */
+
+typedef struct {
+    kn_cpu *c;
+    float *x;
+    int64_t n_row, n;
+    const kn_sample_params *p;
+    const int32_t *adj_off, *adj_id;
+    float *adj_val;
+    const uint32_t *mask;
+    kn_sample_out *out;
+    size_t scratch;
+} smp_ctx;
+
+static void smp_run(void *vctx, int ith, int nth) {
+    smp_ctx *s = vctx;
+    int64_t r0, r1;
+    split(s->n_row, ith, nth, &r0, &r1);
+    for (int64_t r = r0; r < r1; r++) {
+        const int32_t a0 = s->adj_off ? s->adj_off[r] : 0, na = s->adj_off ? s->adj_off[r + 1] - a0 : 0;
+        const kn_sample_params *p = &s->p[r];
+        const uint32_t *mw = p->mask >= 0 ? s->mask + (size_t)p->mask * (size_t)((s->n + 31) / 32) : NULL;
+        kn_cpu_sample_row(s->x + r * s->n, s->n, p, na ? s->adj_id + a0 : NULL, na ? s->adj_val + a0 : NULL, na,
+                          mw, &s->out[r], s->c->smp + (size_t)ith * s->scratch);
+    }
+}
+
+static void cpu_sample(kn_backend *be, float *x, int64_t n_row, int64_t n, const kn_sample_params *p,
+                       const int32_t *adj_off, const int32_t *adj_id, float *adj_val, const uint32_t *mask,
+                       kn_sample_out *out) {
+    kn_cpu *c = (kn_cpu *)be;
+    const size_t each = (kn_cpu_sample_scratch_bytes(n) + 63) & ~(size_t)63;
+    if (each * (size_t)c->base.n_threads > c->smp_cap) {
+        uint8_t *q = aligned_buf(each * (size_t)c->base.n_threads);
+        if (!q) {
+            for (int64_t r = 0; r < n_row; r++)
+                out[r].id = -1; // the caller reports it
+            return;
+        }
+        free(c->smp);
+        c->smp = q;
+        c->smp_cap = each * (size_t)c->base.n_threads;
+    }
+    smp_ctx s = {c, x, n_row, n, p, adj_off, adj_id, adj_val, mask, out, each};
+    if (n_row > 1)
+        run(c, smp_run, &s, n_row * n);
+    else
+        smp_run(&s, 0, 1);
 }
 
 static const kn_backend_ops cpu_ops = {
@@ -575,9 +620,8 @@ static const kn_backend_ops cpu_ops = {
     .add_bias = cpu_add_bias,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
-    .argmax = cpu_argmax,
     .softcap = cpu_softcap,
-    .add_at = cpu_add_at,
+    .sample = cpu_sample,
 };
 
 kn_backend *kn_cpu_create_ex(int n_threads, int flags) {

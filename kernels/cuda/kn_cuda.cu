@@ -188,76 +188,6 @@ static void cu_mem_info(kn_backend *be, size_t *free_bytes, size_t *total_bytes)
     KN_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
 }
 
-/* ---------------------------------------------------------------- argmax */
-
-/* (value, index) a is ahead of b: larger, or equal and at a lower index. */
-static __device__ __forceinline__ bool ahead(float va, int ia, float vb, int ib) {
-    return va > vb || (va == vb && ia < ib);
-}
-
-/* The best (value, index) pair of the warp, in every lane. */
-static __device__ __forceinline__ void warp_best(float &bv, int &bi) {
-    for (int o = 16; o > 0; o >>= 1) {
-        const float v = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int i = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ahead(v, i, bv, bi))
-            bv = v, bi = i;
-    }
-}
-
-/* One block of 1024 threads per row: each thread keeps the best of its strided
- * elements (scanning upwards, so ties keep the lowest index), then warps and the
- * block reduce the pairs. */
-static __global__ void k_argmax(const float *x, int64_t n, int32_t *out) {
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    const float *row = x + (int64_t)blockIdx.x * n;
-    float bv = -INFINITY;
-    int bi = INT32_MAX;
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-        if (bi == INT32_MAX || row[i] > bv) {
-            bv = row[i];
-            bi = (int)i;
-        }
-    warp_best(bv, bi);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0)
-        sv[warp] = bv, si[warp] = bi;
-    __syncthreads();
-    if (warp == 0) {
-        bv = lane < (int)(blockDim.x >> 5) ? sv[lane] : -INFINITY;
-        bi = lane < (int)(blockDim.x >> 5) ? si[lane] : INT32_MAX;
-        warp_best(bv, bi);
-        if (lane == 0)
-            out[blockIdx.x] = bi;
-    }
-}
-
-static void cu_argmax(kn_backend *be, const float *x, int64_t n_row, int64_t n, int32_t *out) {
-    if (n_row <= 0 || n <= 0)
-        return;
-    k_argmax<<<(unsigned)n_row, 1024, 0, cu(be)->stream>>>(x, n, out);
-    KN_LAUNCHED();
-}
-
-/* One thread per row, through its entries in order (they are few: a logit bias). */
-static __global__ void k_add_at(float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
-                                const float *val) {
-    const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= n_row)
-        return;
-    for (int32_t i = off[r]; i < off[r + 1]; i++)
-        x[r * n + idx[i]] += val[i];
-}
-
-static void cu_add_at(kn_backend *be, float *x, int64_t n_row, int64_t n, const int32_t *off, const int32_t *idx,
-                      const float *val) {
-    if (n_row <= 0)
-        return;
-    k_add_at<<<(unsigned)((n_row + 127) / 128), 128, 0, cu(be)->stream>>>(x, n_row, n, off, idx, val);
-    KN_LAUNCHED();
-}
-
 /* ---------------------------------------------------------------- graphs */
 
 /* Thread-local capture: only this thread's CUDA calls are checked against the
@@ -294,8 +224,8 @@ static void cu_graph_free(kn_backend *be, void *graph) {
 static const kn_backend_ops cuda_ops = {
     "cuda",           cu_destroy,     cu_alloc,        cu_free,       cu_upload,  cu_download,
     cu_zero,          cu_sync,        cu_matmul,       cu_get_rows,   cu_rmsnorm, cu_rope,
-    cu_glu,           cu_add,         cu_softcap,      cu_add_bias,     cu_kv_store,   cu_attention, cu_argmax,
-    cu_add_at,        cu_mem_info,      cu_capture_begin, cu_capture_end, cu_graph_launch, cu_graph_free,
+    cu_glu,           cu_add,         cu_softcap,      cu_add_bias,     cu_kv_store,   cu_attention, cu_sample,
+    cu_mem_info,      cu_capture_begin, cu_capture_end, cu_graph_launch, cu_graph_free,
 };
 
 extern "C" int kn_cuda_device_count(void) {

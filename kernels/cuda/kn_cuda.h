@@ -2,7 +2,7 @@
  * kernels/cuda): the backend struct, the check macros, the device helpers, and the
  * ops each unit implements. kn_cuda.cu holds memory, the small ops and the ops
  * table; kn_cuda_mm.cu the weight ops (matmul, get_rows); kn_cuda_attn.cu the KV
- * cache ops (kv_store, attention). */
+ * cache ops (kv_store, attention); kn_cuda_sample.cu the sample op. */
 #ifndef KN_CUDA_H
 #define KN_CUDA_H
 
@@ -98,5 +98,7 @@ void cu_get_rows(kn_backend *be, const kn_weight *w, const int32_t *ids, int64_t
 void cu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
                  const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);
 void cu_attention(kn_backend *be, const kn_attn_args *a);
+void cu_sample(kn_backend *be, float *x, int64_t n_row, int64_t n, const kn_sample_params *p, const int32_t *adj_off,
+               const int32_t *adj_id, float *adj_val, const uint32_t *mask, kn_sample_out *out);
 
 #endif

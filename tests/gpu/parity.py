@@ -4,15 +4,17 @@
 Spawns two workers on the same GGUF the way the gateway does (gateway/gw_pool.c
 spawn(): a socketpair, the child's end at fd 3, `--fd 3 --model ... --device ...
 --kv-dtype ...`), speaks proto/ frames to them (version 4), and sends each the
-same greedy requests one at a time (temperature 0, chat prompts and legacy raw
-prompts, logprobs with the top 2 alternatives). The token sequences (the `lp`
+same requests one at a time (greedy by default; --temperature, --top-p, --top-k,
+--min-p and --seed make them seeded samples, drawn on each worker's backend from
+the same generator), chat prompts and legacy raw prompts, logprobs with the top 2
+alternatives. The token sequences (the `lp`
 token strings of the DELTAs; the protocol carries no token ids), the texts and the
 finish reasons are compared per prompt.
 
 Agreement is the fraction of generated tokens before each prompt's first
 difference: sum(common prefix) / sum(longer length). With --no-logprobs the
-requests ask for none, so the workers pick greedy tokens on their backend (the
-argmax op; no logits leave the GPU) and the texts are compared character by
+requests ask for none (the tokens are picked by the backend's sample op either
+way; no logits leave the GPU) and the texts are compared character by
 character instead. The run fails (exit 1) below
 --min-agree, or when the chosen tokens' logprobs over the common prefixes differ
 by more than --max-dlogprob (when given), and on any worker error, death or
@@ -143,12 +145,15 @@ class Worker:
             if ftype == HELLO:
                 return m
 
-    def generate(self, job, kind, payload, max_tokens, logprobs=True):
-        """One greedy request: dict(toks, lps, tops, text, finish), or raises WorkerError. Without
-        logprobs the "tokens" are the text's characters."""
+    def generate(self, job, kind, payload, max_tokens, logprobs, sampling):
+        """One request (sampling: temp, top_p, top_k, min_p, seed): dict(toks, lps, tops, text,
+        finish), or raises WorkerError. Without logprobs the "tokens" are the text's characters."""
         req = {"job": job, "msgs": payload if kind == "chat" else [], "n": 1, "max_tokens": max_tokens,
-               "temp": 0.0, "top_p": 1.0, "top_k": 0, "pres": 0.0, "freq": 0.0, "lp": int(logprobs),
+               "temp": sampling["temp"], "top_p": sampling["top_p"], "top_k": sampling["top_k"],
+               "min_p": sampling["min_p"], "pres": 0.0, "freq": 0.0, "lp": int(logprobs),
                "top_lp": 2 if logprobs else 0, "echo": 0}
+        if sampling["seed"] is not None:
+            req["seed"] = sampling["seed"] + job
         if kind == "raw":
             req["prompts"] = [payload]
         self.send(SUBMIT, req)
@@ -197,7 +202,9 @@ def drive(w, opts, results, errors, abort):
         for i, (kind, payload) in enumerate(PROMPTS):
             if abort.is_set():
                 return
-            results[i] = w.generate(i + 1, kind, payload, opts.tokens, not opts.no_logprobs)
+            results[i] = w.generate(i + 1, kind, payload, opts.tokens, not opts.no_logprobs,
+                                    {"temp": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k,
+                                     "min_p": opts.min_p, "seed": opts.seed})
     except WorkerError as e:
         errors.append(str(e))
         abort.set()
@@ -264,6 +271,11 @@ def main():
     ap.add_argument("--json", help="write the per-prompt results here")
     ap.add_argument("--a-args", default="", help="more kolm-worker options for worker a, e.g. '--cuda-graphs off'")
     ap.add_argument("--b-args", default="", help="more kolm-worker options for worker b")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the default)")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--min-p", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, help="request j is seeded seed + j (both workers alike)")
     ap.add_argument("--no-logprobs", action="store_true",
                     help="ask for no logprobs (greedy tokens picked on the backend); compare the texts")
     opts = ap.parse_args()

@@ -22,10 +22,13 @@
 #   (b) cuda:0 fp8 KV vs cuda:0 bf16 KV, >= 90% of tokens, on rand-llama-f16 (its
 #       attention is damped so that FP8 noise rarely flips a token: the CPU reference
 #       keeps 320/320 there)
-#   (b2) cpu vs cuda:0 without logprobs (greedy tokens picked on each backend: the
-#       argmax op, no logits copied out), texts exact; cuda:0 with CUDA graphs (the
-#       default) vs --cuda-graphs off, tokens and logprobs bit-equal (the kernels are
+#   (b2) cpu vs cuda:0 without logprobs (tokens picked by each backend's sample op,
+#       no logits copied out), texts exact; cuda:0 with CUDA graphs (the default) vs
+#       --cuda-graphs off, tokens and logprobs bit-equal (the kernels are
 #       batch-invariant, so padding a step to its graph's shape changes nothing)
+#   (b3) seeded sampling (temperature 0.9, top_p 0.95, top_k 40, min_p 0.02): cpu vs
+#       cuda:0 >= 90% of tokens (the same draws; a draw within ~1e-5 of a boundary
+#       may part, kn.h), cuda:0 graphs vs eager exact
 #   (c) cpu fp8 vs cuda:0 fp8, exact, on each random model (the FP8 KV path itself)
 # (KOLM_GPU_PARITY=0 skips (a)-(c)), then the GPU bench (issue 6; KOLM_GPU_BENCH=0
 # skips it). All of it may not fit one 600 s device call; then run it as two:
@@ -144,6 +147,12 @@ if [ -d "$BUNDLE" ]; then
             parity "$m cpu=cuda greedy on device" "$M/$m.gguf" --a cpu --b cuda:0 --no-logprobs
             parity "$m cuda graphs=eager" "$M/$m.gguf" --a cuda:0 --b cuda:0 --b-args "--cuda-graphs off" \
                 --max-dlogprob 0
+        done
+        SAMPLED=(--temperature 0.9 --top-p 0.95 --top-k 40 --min-p 0.02 --seed 5)
+        for m in rand-qwen2-f32 rand-llama-f16; do
+            parity "$m cpu~cuda sampled >=0.9" "$M/$m.gguf" --a cpu --b cuda:0 "${SAMPLED[@]}" --min-agree 0.9
+            parity "$m cuda sampled graphs=eager" "$M/$m.gguf" --a cuda:0 --b cuda:0 --b-args "--cuda-graphs off" \
+                "${SAMPLED[@]}" --max-dlogprob 0
         done
         for m in rand-qwen2-f32 rand-llama-f16; do
             parity "$m cpu=cuda fp8" "$M/$m.gguf" --a cpu --a-kv fp8 --b cuda:0 --b-kv fp8

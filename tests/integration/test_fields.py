@@ -1,6 +1,6 @@
 """The OpenAI request fields beyond the basics, through the official `openai` SDK (and
 raw HTTP where the SDK hides the wire) against the real `kolm serve`: n choices,
-seeds, logprobs / top_logprobs, logit_bias, presence / frequency penalties, stop strings
+seeds, logprobs / top_logprobs, top_k / top_p / min_p, logit_bias, presence / frequency penalties, stop strings
 split across tokens, prefix-cache cached_tokens, include_usage ordering, the legacy
 POST /v1/completions, and a client disconnect freeing the worker (GET /metrics).
 
@@ -312,6 +312,50 @@ def test_logit_bias_minus_100_bans_the_greedy_token(openai_client, model_id):
     runner_up = sorted(lp.top_logprobs[0].items(), key=lambda kv: -kv[1])[1]
     assert blp.tokens[0] == runner_up[0]
     assert blp.token_logprobs[0] == pytest.approx(runner_up[1], abs=1e-4)
+
+
+def test_min_p_one_is_greedy(openai_client, model_id):
+    """min_p 1 keeps only the tokens as likely as the best one: hot sampling with any
+    seed is the greedy completion."""
+    greedy = chat(openai_client, model_id, max_tokens=12).choices[0].message.content
+    for seed in (1, 2, 3):
+        r = chat(openai_client, model_id, max_tokens=12, temperature=1.8, seed=seed,
+                 extra_body={"min_p": 1.0})
+        assert r.choices[0].message.content == greedy, seed
+
+
+@pytest.mark.parametrize("extra,temperature", [({"top_k": 2}, 1.5), ({"min_p": 0.2}, 1.0),
+                                               ({"top_p": 0.5}, 1.0)],
+                         ids=["top_k", "min_p", "top_p"])
+def test_sampling_filters_bound_every_token(openai_client, model_id, extra, temperature):
+    """Each sampled token, against the raw distribution its step's logprobs report
+    (no bias or penalty, so the filters see the same logits): top_k 2 draws one of
+    the two best; min_p 0.2 at temperature 1 a token at least 0.2 times as likely
+    as the best; top_p 0.5 a token whose better tokens hold under half the mass."""
+    top_p = extra.pop("top_p", None)
+    kw = {"top_p": top_p} if top_p is not None else {}
+    n_checked = 0
+    for seed in (11, 12, 13):
+        r = chat(openai_client, model_id, max_tokens=16, temperature=temperature, seed=seed,
+                 logprobs=True, top_logprobs=20, extra_body=extra or None, **kw)
+        for step in r.choices[0].logprobs.content:
+            tops = sorted(((t.logprob, t.token) for t in step.top_logprobs), reverse=True)
+            if "top_k" in extra:
+                assert step.logprob >= tops[1][0] - 1e-4, (step.token, tops[:3])
+            elif "min_p" in extra:
+                assert step.logprob >= tops[0][0] + math.log(0.2) - 1e-4, (step.token, tops[:3])
+            else:
+                above = sum(math.exp(lp) for lp, _ in tops if lp > step.logprob + 1e-5)
+                assert above < 0.5 + 1e-4, (step.token, above)
+            n_checked += 1
+    assert n_checked >= 30
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "0.5"])
+def test_min_p_out_of_range_is_400(openai_client, model_id, value):
+    with pytest.raises(openai.BadRequestError) as ei:
+        chat(openai_client, model_id, max_tokens=1, extra_body={"min_p": value})
+    assert ei.value.param == "min_p", ei.value.body
 
 
 def check_penalized_greedy(content, presence, frequency):

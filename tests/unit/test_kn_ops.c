@@ -14,9 +14,13 @@
  *     up to 8193 positions (across the CUDA split-KV partition boundaries) and
  *     150-token batches; each token alone must give the bits of its row in the
  *     batch; the short reduced-precision caches also against an f32 cache;
- * (d) the logit-row ops (softcap, add_at with a repeated index, argmax with ties
- *     and a maximum in the last element), zero, and kv_store's negative slots.
- * (The CUDA backend joins (b)-(d) when a GPU is visible; its matmul is held to the
+ * (d) softcap, zero, and kv_store's negative slots;
+ * (e) sample: hand-worked draws on every backend and the reference, then a batch
+ *     of 70001-token rows (greedy over ties and masks, top-k with ties, top-p,
+ *     min-p, all three, no / one / a few / most tokens allowed, adjustments,
+ *     logprobs and top lists, u at 0 and just under 1) against the reference
+ *     (exact away from a boundary, kn.h) and each row against itself alone.
+ * (The CUDA backend joins (b)-(e) when a GPU is visible; its matmul is held to the
  * f32 reference, since it multiplies unquantized activations.) */
 #include <math.h>
 #include <stdint.h>
@@ -960,16 +964,13 @@ static void test_attention(kn_backend *be, const char *bname, kn_backend *ref) {
     test_attention_case(be, bname, ref, &w);
 }
 
-/* ---------------- (d) the logit-row ops: softcap, add_at, argmax; zero ---------------- */
+/* ---------------- (d) the logit-row ops: softcap, sample; zero ---------------- */
 
 static void test_row_ops(kn_backend *be, const char *bname, kn_backend *ref) {
-    enum { ROWS = 5, N = 70001 }; // rows longer than a thread block's stride, not a multiple of it
+    enum { ROWS = 3, N = 70001 }; // rows longer than a thread block's stride, not a multiple of it
     const size_t total = (size_t)ROWS * N;
     float *x = malloc(total * sizeof(float)), *xr = malloc(total * sizeof(float)), *y = malloc(total * sizeof(float));
     fill_uniform(x, total, -20, 20);
-    // ties: row 1's maximum twice (the lower index wins), row 2's at its last element
-    x[1 * (size_t)N + 500] = x[1 * (size_t)N + 60000] = 30.0f;
-    x[2 * (size_t)N + N - 1] = 31.0f;
     memcpy(xr, x, total * sizeof(float));
     char what[96];
     float *xd = dev_copy(be, x, total * sizeof(float));
@@ -980,35 +981,10 @@ static void test_row_ops(kn_backend *be, const char *bname, kn_backend *ref) {
     to_host(be, y, xd, total * sizeof(float));
     snprintf(what, sizeof what, "%s softcap", bname);
     check_close(what, xr, y, total, 1e-6, 1e-5);
-    // add_at: row 0 none, row 3 the same index twice, row 4 a new maximum
-    const int32_t off[ROWS + 1] = {0, 0, 1, 1, 3, 4}, idx[4] = {7, 9, 9, 123};
-    const float val[4] = {1.0f, 2.0f, 3.0f, 100.0f};
-    memcpy(y, x, total * sizeof(float));
-    float *d = dev_copy(be, y, total * sizeof(float));
-    int32_t *offd = dev_copy(be, off, sizeof off), *idxd = dev_copy(be, idx, sizeof idx);
-    float *vald = dev_copy(be, val, sizeof val);
-    ref->ops->add_at(ref, y, ROWS, N, off, idx, val);
-    be->ops->add_at(be, d, ROWS, N, offd, idxd, vald);
-    // argmax of the result, against the reference's
-    int32_t am_ref[ROWS], am[ROWS];
-    int32_t *amd = be->ops->alloc(be, sizeof am);
-    ref->ops->argmax(ref, y, ROWS, N, am_ref);
-    be->ops->argmax(be, d, ROWS, N, amd);
-    be->ops->sync(be);
-    to_host(be, am, amd, sizeof am);
-    to_host(be, xr, d, total * sizeof(float));
-    snprintf(what, sizeof what, "%s add_at", bname);
-    check_close(what, y, xr, total, 0, 0);
-    kt_checks++;
-    if (memcmp(am, am_ref, sizeof am) || am_ref[1] != 500 || am_ref[2] != N - 1 || am_ref[4] != 123) {
-        kt_failures++;
-        fprintf(stderr, "FAIL %s argmax: %d %d %d %d %d (reference %d %d %d %d %d)\n", bname, am[0], am[1], am[2],
-                am[3], am[4], am_ref[0], am_ref[1], am_ref[2], am_ref[3], am_ref[4]);
-    }
     // zero
-    be->ops->zero(be, d, total * sizeof(float));
+    be->ops->zero(be, xd, total * sizeof(float));
     be->ops->sync(be);
-    to_host(be, y, d, total * sizeof(float));
+    to_host(be, y, xd, total * sizeof(float));
     size_t nz = 0;
     for (size_t i = 0; i < total; i++)
         nz += y[i] != 0.0f;
@@ -1039,14 +1015,262 @@ static void test_row_ops(kn_backend *be, const char *bname, kn_backend *ref) {
         be->ops->free(be, sd);
     }
     be->ops->free(be, xd);
-    be->ops->free(be, d);
-    be->ops->free(be, offd);
-    be->ops->free(be, idxd);
-    be->ops->free(be, vald);
-    be->ops->free(be, amd);
     free(x);
     free(xr);
     free(y);
+}
+
+/* ---------------- (e) sample ---------------- */
+
+/* One row of the op on backend be: x, adjustments and mask copied in (the op
+ * overwrites x and adj_val). */
+static kn_sample_out sample_one(kn_backend *be, const float *x, int64_t n, kn_sample_params p, const int32_t *aid,
+                                const float *aval, int32_t na, const uint32_t *mw) {
+    const size_t words = (size_t)(n + 31) / 32;
+    const int32_t off[2] = {0, na};
+    float *xd = dev_copy(be, x, (size_t)n * sizeof(float));
+    int32_t *offd = dev_copy(be, off, sizeof off), *aidd = dev_copy(be, aid, (size_t)(na ? na : 1) * sizeof(int32_t));
+    float *avd = dev_copy(be, aval, (size_t)(na ? na : 1) * sizeof(float));
+    uint32_t *md = dev_copy(be, mw, words * sizeof(uint32_t));
+    if (p.mask >= 0)
+        p.mask = 0;
+    kn_sample_params *pd = dev_copy(be, &p, sizeof p);
+    kn_sample_out *od = be->ops->alloc(be, sizeof(kn_sample_out)), o;
+    be->ops->sample(be, xd, 1, n, pd, na ? offd : NULL, aidd, avd, md, od);
+    to_host(be, &o, od, sizeof o);
+    be->ops->free(be, xd);
+    be->ops->free(be, offd);
+    be->ops->free(be, aidd);
+    be->ops->free(be, avd);
+    be->ops->free(be, md);
+    be->ops->free(be, pd);
+    be->ops->free(be, od);
+    return o;
+}
+
+/* Hand-worked answers, the same on every backend: three tokens with weights
+ * 1/4, 1/2, 1 at temperature 1 (probabilities 1/7, 2/7, 4/7). */
+static void test_sample_known(kn_backend *be, const char *bname) {
+    const float x[3] = {0.0f, logf(2.0f), logf(4.0f)};
+    const uint32_t all = 7u, no_top = 3u;
+    static const struct {
+        float t, top_p, min_p;
+        int top_k;
+        float u;
+        int use_mask;
+        int want;
+    } k[] = {
+        {1, 1, 0, 0, 0.10f, 0, 0}, // cumulative 1/7 = 0.143 > 0.1
+        {1, 1, 0, 0, 0.30f, 0, 1}, // 3/7 = 0.43
+        {1, 1, 0, 0, 0.50f, 0, 2},
+        {1, 1, 0, 0, 0.0f, 0, 0},
+        {1, 1, 0, 0, 0.9999999f, 0, 2},
+        {1, 0.5f, 0, 0, 0.01f, 0, 2},  // the top token alone holds 4/7 >= 0.5
+        {1, 0.6f, 0, 0, 0.10f, 0, 1},  // 4/7 < 0.6: tokens 1 and 2 (1/3 of 3/2 at u = 0.1 is token 1)
+        {1, 1, 0, 2, 0.30f, 0, 1},     // tokens 1, 2: r = 0.45 < 1/2
+        {1, 1, 0, 2, 0.34f, 0, 2},     // r = 0.51
+        {1, 1, 0.3f, 0, 0.30f, 0, 1},  // w >= 0.3: tokens 1, 2
+        {1, 1, 0.6f, 0, 0.0f, 0, 2},   // w >= 0.6: token 2
+        {0, 1, 0, 0, 0.9f, 0, 2},      // greedy
+        {1, 1, 0, 1, 0.0f, 0, 2},      // top_k 1 is greedy
+        {1, 1, 0, 0, 0.60f, 1, 1},     // mask {0, 1}: weights 1/4, 1/2, r = 0.45 past token 0's 1/4
+        {0, 1, 0, 0, 0.0f, 1, 1},      // greedy under the mask
+        {1e-3f, 1, 0, 0, 0.99f, 0, 2}, // cold: the best token's weight is 1, the rest 0
+    };
+    for (size_t c = 0; c < sizeof k / sizeof k[0]; c++) {
+        const kn_sample_params p = {k[c].t, k[c].top_p, k[c].min_p, k[c].top_k, k[c].u, -1, k[c].use_mask ? 0 : -1};
+        const kn_sample_out o = sample_one(be, x, 3, p, NULL, NULL, 0, k[c].use_mask ? &no_top : &all);
+        kt_checks++;
+        if (o.id != k[c].want) {
+            kt_failures++;
+            fprintf(stderr, "FAIL %s sample known case %zu: id %d, want %d\n", bname, c, o.id, k[c].want);
+        }
+    }
+}
+
+/* The rows of the batched test: each a distribution, its filters and its mask. */
+enum { SN = 70001, SROWS = 20 };
+
+typedef struct {
+    float t, top_p, min_p;
+    int top_k, n_top;
+    int mask;   // 0 none, 1 a few allowed, 2 every third dropped, 3 none allowed, 4 one allowed
+    int logits; // 0 uniform [-8, 8], 1 steps of 0.25 (ties), 2 uniform [-20, 20], 3 allowed at -inf
+    int adj;    // 0 none, 1 a +100 bias on token 777, 2 some biases and penalties
+    float u;
+} sample_case;
+
+static const sample_case s_cases[SROWS] = {
+    {0, 1, 0, 0, 5, 0, 1, 0, 0.5f},           // greedy over ties
+    {0, 1, 0, 0, -1, 1, 0, 0, 0.5f},          // greedy under a sparse mask
+    {1, 1, 0, 1, 3, 0, 0, 0, 0.7f},           // top_k 1
+    {1, 1, 0, 0, -1, 0, 0, 0, 0.3f},          // the whole row
+    {0.7f, 1, 0, 40, -1, 0, 1, 0, 0.6f},      // top_k, ties at the k-th
+    {1.3f, 0.9f, 0, 0, 0, 0, 0, 0, 0.2f},     // top_p
+    {1, 1, 0.05f, 0, -1, 0, 0, 0, 0.8f},      // min_p
+    {1, 0.8f, 0.01f, 50, 20, 2, 0, 0, 0.4f},  // all three, a dense mask
+    {1, 1, 0, 0, 2, 3, 0, 0, 0.5f},           // no token allowed
+    {0.5f, 1, 0, 0, -1, 4, 0, 0, 0.9f},       // one token allowed
+    {0, 1, 0, 0, 4, 0, 0, 1, 0.5f},           // a bias decides, the logprob is the raw one
+    {0.9f, 0.95f, 0, 0, 20, 0, 2, 2, 0.65f},  // adjustments, the top list
+    {1, 1, 0, 0, 1, 1, 3, 0, 0.5f},           // every allowed token at -inf: the greedy choice
+    {1, 0.01f, 0, 0, -1, 0, 0, 0, 0.99f},     // top_p keeps the best alone
+    {1, 0.5f, 0, 100, 3, 0, 1, 0, 0.35f},     // ties everywhere
+    {1e-3f, 1, 0, 0, -1, 0, 2, 0, 0.5f},      // cold
+    {1, 1, 0, 0, -1, 2, 2, 2, 0.0f},          // u = 0
+    {1, 1, 0, 0, -1, 0, 0, 0, 0.99999994f},   // u just under 1
+    {2.0f, 0.7f, 0.001f, 0, 1, 1, 0, 2, 0.5f}, // hot, sparse mask, adjustments
+    {1, 1, 0, 0, 0, 2, 2, 0, 0.25f},          // a dense mask, n_top 0
+};
+
+/* Every row against the reference: the top list and the greedy choices exactly;
+ * a draw exactly unless the reference itself moves when u and top_p move by 1e-5
+ * (a point near a boundary, where kn.h lets float summation go either way; then
+ * one of the reference's answers). The batch must give each row's answer alone. */
+static void test_sample(kn_backend *be, const char *bname, kn_backend *ref) {
+    const size_t words = (SN + 31) / 32;
+    float *x = malloc((size_t)SROWS * SN * sizeof(float));
+    uint32_t *masks = calloc((size_t)SROWS * words, sizeof(uint32_t));
+    int32_t off[SROWS + 1], aid[SROWS * 64];
+    float aval[SROWS * 64];
+    kn_sample_params p[SROWS];
+    int na = 0;
+    for (int r = 0; r < SROWS; r++) {
+        const sample_case *c = &s_cases[r];
+        float *row = x + (size_t)r * SN;
+        for (int i = 0; i < SN; i++) {
+            const float u = rnd_uniform(0, 1);
+            row[i] = c->logits == 1 ? floorf(u * 64.0f) * 0.25f - 8.0f
+                     : c->logits == 2 ? -20.0f + 40.0f * u
+                                      : -8.0f + 16.0f * u;
+        }
+        uint32_t *mw = masks + (size_t)r * words;
+        for (int i = 0; i < SN; i++) {
+            const int on = c->mask == 0   ? 1
+                           : c->mask == 1 ? (i * 7919) % 1000 == 3 || i == SN - 1
+                           : c->mask == 2 ? i % 3 != 0
+                           : c->mask == 4 ? i == 4242
+                                          : 0;
+            if (on)
+                mw[i >> 5] |= 1u << (i & 31);
+        }
+        if (c->logits == 3) // the allowed tokens at -inf
+            for (int i = 0; i < SN; i++)
+                if (mw[i >> 5] >> (i & 31) & 1)
+                    row[i] = -INFINITY;
+        if (c->logits == 1 && r == 0)
+            row[SN - 1] = row[5] = 9.0f; // a tie at the top: token 5 wins
+        off[r] = na;
+        if (c->adj == 1) {
+            aid[na] = 777;
+            aval[na++] = 100.0f;
+        } else if (c->adj == 2) {
+            for (int j = 0; j < 40; j++) { // distinct ids
+                aid[na] = (j * 1741 + r * 31) % SN;
+                aval[na++] = j % 2 ? -1.5f * (float)j : 0.5f * (float)j;
+            }
+        }
+        p[r] = (kn_sample_params){c->t, c->top_p, c->min_p, c->top_k, c->u, c->n_top, c->mask ? r : -1};
+    }
+    off[SROWS] = na;
+
+    // the batch on be
+    float *xd = dev_copy(be, x, (size_t)SROWS * SN * sizeof(float));
+    int32_t *offd = dev_copy(be, off, sizeof off), *aidd = dev_copy(be, aid, (size_t)na * sizeof(int32_t));
+    float *avd = dev_copy(be, aval, (size_t)na * sizeof(float));
+    uint32_t *md = dev_copy(be, masks, (size_t)SROWS * words * sizeof(uint32_t));
+    kn_sample_params *pd = dev_copy(be, p, sizeof p);
+    kn_sample_out *od = be->ops->alloc(be, SROWS * sizeof(kn_sample_out));
+    kn_sample_out *got = malloc(SROWS * sizeof(kn_sample_out));
+    be->ops->sample(be, xd, SROWS, SN, pd, offd, aidd, avd, md, od);
+    to_host(be, got, od, SROWS * sizeof(kn_sample_out));
+
+    int n_draw = 0, n_exact = 0;
+    for (int r = 0; r < SROWS; r++) {
+        const sample_case *c = &s_cases[r];
+        const float *row = x + (size_t)r * SN;
+        const uint32_t *mw = masks + (size_t)r * words;
+        const int32_t *ra = aid + off[r];
+        const float *rv = aval + off[r];
+        const int32_t rn = off[r + 1] - off[r];
+        const kn_sample_out want = sample_one(ref, row, SN, p[r], ra, rv, rn, mw);
+        const kn_sample_out alone = sample_one(be, row, SN, p[r], ra, rv, rn, mw);
+        char what[96];
+        snprintf(what, sizeof what, "%s sample row %d", bname, r);
+        kt_checks++;
+        if (memcmp(&alone.id, &got[r].id, sizeof alone.id) ||
+            (c->n_top >= 0 && ((alone.id >= 0 && alone.logprob != got[r].logprob) ||
+                               memcmp(alone.top_id, got[r].top_id, (size_t)c->n_top * sizeof(int32_t)) ||
+                               memcmp(alone.top_lp, got[r].top_lp, (size_t)c->n_top * sizeof(float))))) {
+            kt_failures++;
+            fprintf(stderr, "FAIL %s: alone %d, in the batch %d\n", what, alone.id, got[r].id);
+        }
+        // the answers the reference gives near this row's u and top_p
+        int ok_ids[9], n_ok = 0;
+        const int draws = c->t > 0 && c->top_k != 1;
+        for (int du = -1; du <= 1; du++)
+            for (int dp = -1; dp <= 1; dp++) {
+                if (!draws && (du || dp))
+                    continue;
+                kn_sample_params q = p[r];
+                q.u = fminf(fmaxf(q.u + 1e-5f * (float)du, 0.0f), 0.99999994f);
+                if (q.top_p < 1.0f)
+                    q.top_p = fminf(fmaxf(q.top_p + 1e-5f * (float)dp, 1e-5f), 1.0f);
+                const int id = sample_one(ref, row, SN, q, ra, rv, rn, mw).id;
+                int seen = 0;
+                for (int i = 0; i < n_ok; i++)
+                    seen |= ok_ids[i] == id;
+                if (!seen)
+                    ok_ids[n_ok++] = id;
+            }
+        int ok = 0;
+        for (int i = 0; i < n_ok; i++)
+            ok |= got[r].id == ok_ids[i];
+        if (draws && want.id >= 0) {
+            n_draw++;
+            n_exact += n_ok == 1;
+        }
+        kt_checks++;
+        if (!ok || (n_ok == 1 && got[r].id != want.id)) {
+            kt_failures++;
+            fprintf(stderr, "FAIL %s: id %d, reference %d (%d answers near it)\n", what, got[r].id, want.id, n_ok);
+        }
+        if (c->n_top >= 0 && want.id >= 0) {
+            kt_checks++;
+            if (memcmp(want.top_id, got[r].top_id, (size_t)c->n_top * sizeof(int32_t))) {
+                kt_failures++;
+                fprintf(stderr, "FAIL %s: top list ids differ (first %d vs %d)\n", what, got[r].top_id[0],
+                        want.top_id[0]);
+            }
+            snprintf(what, sizeof what, "%s sample row %d top_lp", bname, r);
+            check_close(what, want.top_lp, got[r].top_lp, (size_t)c->n_top, 1e-4, 1e-5);
+            if (got[r].id == want.id) {
+                snprintf(what, sizeof what, "%s sample row %d logprob", bname, r);
+                check_close(what, &want.logprob, &got[r].logprob, 1, 1e-4, 1e-5);
+            }
+        }
+    }
+    // the rows' own expectations
+    ASSERT_EQ(got[0].id, 5);
+    ASSERT_EQ(got[1].id >= 0 && (masks[(size_t)1 * words + (size_t)got[1].id / 32] >> (got[1].id & 31) & 1), 1);
+    ASSERT_EQ(got[8].id, -1);
+    ASSERT_EQ(got[9].id, 4242);
+    ASSERT_EQ(got[10].id, 777);
+    ASSERT_NEAR(got[10].logprob - got[10].top_lp[0], x[(size_t)10 * SN + 777] - x[(size_t)10 * SN + got[10].top_id[0]],
+                1e-4);
+    ASSERT_TRUE(got[12].id >= 0 && (masks[(size_t)12 * words + (size_t)got[12].id / 32] >> (got[12].id & 31) & 1));
+    printf("%s sample: %d of %d draws away from a boundary\n", bname, n_exact, n_draw);
+    ASSERT_TRUE(n_exact * 4 >= n_draw * 3); // boundary cases are rare, or this test says little
+    be->ops->free(be, xd);
+    be->ops->free(be, offd);
+    be->ops->free(be, aidd);
+    be->ops->free(be, avd);
+    be->ops->free(be, md);
+    be->ops->free(be, pd);
+    be->ops->free(be, od);
+    free(got);
+    free(x);
+    free(masks);
 }
 
 int main(void) {
@@ -1085,8 +1309,11 @@ int main(void) {
         test_small_ops(cases[i].be, cases[i].name, ref);
         test_attention(cases[i].be, cases[i].name, ref);
         test_row_ops(cases[i].be, cases[i].name, ref);
+        test_sample_known(cases[i].be, cases[i].name);
+        test_sample(cases[i].be, cases[i].name, ref);
         cases[i].be->ops->destroy(cases[i].be);
     }
+    test_sample_known(ref, "ref");
     ref->ops->destroy(ref);
     return kt_done("test_kn_ops");
 }

@@ -195,44 +195,78 @@ static void test_gemma(const char *path) {
     ASSERT_EQ(memcmp(padded, mixed, 3 * (size_t)n * V * sizeof(float)), 0);
     wk_model_set_exec(c.m, WK_EXEC_GRAPHS);
 
-    // logit rows in any order, the last one greedy (its argmax found by the backend),
-    // eager and padded: the same logits as rows 0, 1, 2 in order
+    // logit rows in any order, the last one sampled on the backend (greedy: only its
+    // token comes out), eager and padded: the same logits as rows 0, 1, 2 in order
     {
         wk_kv *kv = wk_kv_create(c.be, hp->n_layer, hp->n_head_kv, hp->head_dim, 16, 3, KN_F16);
         ASSERT_TRUE(kv != NULL);
         ASSERT_EQ(wk_model_reserve(c.m, 4, 4, 3, 1), 0);
         int32_t bt[3] = {wk_kv_alloc(kv), wk_kv_alloc(kv), wk_kv_alloc(kv)};
         int32_t tk[3] = {2, 818, 5279}, ps[3] = {0, 0, 0}, sq[3] = {0, 1, 2}, in_order[3] = {0, 1, 2};
-        int32_t shuffled[3] = {2, 0, 1}, greedy = -1;
+        int32_t shuffled[3] = {2, 0, 1};
+        kn_sample_params sp = {.temperature = 0.0f, .top_p = 1.0f, .n_top = 2, .mask = -1};
+        kn_sample_out out;
         wk_batch b = {.n_tok = 3, .tokens = tk, .pos = ps, .seq = sq, .block_tables = bt, .n_seq = 3,
                       .max_blocks = 1, .logit_rows = in_order, .n_logits = 3};
         ASSERT_EQ(wk_model_forward(c.m, kv, &b, mixed), 0);
+        const size_t best = argmax(mixed + V, V);
         for (int mode = 0; mode < 2; mode++) {
             wk_model_set_exec(c.m, mode ? WK_EXEC_PADDED : WK_EXEC_EAGER);
             b.logit_rows = shuffled;
-            b.n_greedy = 1;
-            b.greedy_ids = &greedy;
+            b.n_sample = 1;
+            b.sample = &sp;
+            b.sampled = &out;
             ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), 0);
             ASSERT_EQ(memcmp(padded, mixed + 2 * V, V * sizeof(float)), 0);
             ASSERT_EQ(memcmp(padded + V, mixed, V * sizeof(float)), 0);
-            ASSERT_EQ((size_t)greedy, argmax(mixed + V, V));
+            ASSERT_EQ((size_t)out.id, best);
+            ASSERT_EQ((size_t)out.top_id[0], best);
+            ASSERT_NEAR(out.logprob, out.top_lp[0], 1e-6);
+            ASSERT_TRUE(out.top_lp[1] <= out.top_lp[0] && out.logprob < 0.0f);
         }
-        // a logit bias on the greedy row, applied in order: 7 beats 5; 9 twice beats both
-        int32_t boff[2] = {0, 2}, bid[4] = {5, 7, 9, 9};
-        float bval[4] = {1000.0f, 2000.0f, 1500.0f, 1500.0f};
-        b.bias_off = boff;
-        b.bias_id = bid;
-        b.bias_val = bval;
+        // adjustments on the sampled row: 7 beats 5; then 9 beats both; the logprob
+        // stays the raw row's
+        int32_t aoff[2] = {0, 2}, aid[3] = {5, 7, 9};
+        float aval[3] = {1000.0f, 2000.0f, 3000.0f};
+        b.adj_off = aoff;
+        b.adj_id = aid;
+        b.adj_val = aval;
         ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), 0);
-        ASSERT_EQ(greedy, 7);
-        boff[1] = 4;
+        ASSERT_EQ(out.id, 7);
+        ASSERT_EQ((size_t)out.top_id[0], best);
+        aoff[1] = 3;
         ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), 0);
-        ASSERT_EQ(greedy, 9);
+        ASSERT_EQ(out.id, 9);
+        ASSERT_TRUE(out.logprob < out.top_lp[0]);
         ASSERT_EQ(memcmp(padded, mixed + 2 * V, V * sizeof(float)), 0); // the other rows untouched
-        bid[3] = (int32_t)V; // out of the vocabulary
+        ASSERT_EQ(aval[2], 3000.0f);                                      // the batch's own arrays too
+        // a mask allowing token 42 alone
+        uint32_t *mask = calloc((V + 31) / 32, sizeof(uint32_t));
+        ASSERT_TRUE(mask != NULL);
+        if (mask) {
+            mask[42 / 32] = 1u << (42 % 32);
+            sp.mask = 0;
+            sp.temperature = 0.8f;
+            sp.u = 0.5f;
+            b.masks = mask;
+            b.n_mask = 1;
+            b.adj_off = NULL;
+            ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), 0);
+            ASSERT_EQ(out.id, 42);
+            sp.mask = 1; // past n_mask
+            ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), -EINVAL);
+            sp.mask = -1;
+            b.n_mask = 0;
+            free(mask);
+        }
+        b.adj_off = aoff;
+        aid[2] = (int32_t)V; // out of the vocabulary
         ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), -EINVAL);
-        b.bias_off = NULL;
-        b.greedy_ids = NULL; // greedy rows need somewhere to go
+        b.adj_off = NULL;
+        sp.u = 1.0f; // the draw is in [0, 1)
+        ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), -EINVAL);
+        sp.u = 0.5f;
+        b.sampled = NULL; // sampled rows need somewhere to go
         ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), -EINVAL);
         wk_model_set_exec(c.m, WK_EXEC_GRAPHS);
         for (int i = 0; i < 3; i++)

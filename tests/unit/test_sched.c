@@ -3,6 +3,7 @@
  * message when absent): batching and preemption never change greedy output, stop
  * strings never leak, cancel frees every block, overflow is a clean error. */
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -380,82 +381,115 @@ static wk_sampler_params P(float temp, float top_p, int top_k, uint64_t seed) {
     return (wk_sampler_params){.temperature = temp, .top_p = top_p, .top_k = top_k, .has_seed = 1, .seed = seed};
 }
 
-/* Sampling among a grammar's allowed tokens (a list) draws what sampling the
- * whole row with every other logit at -inf draws. */
+/* The sampler's next row, run through the CPU backend's sample op over a copy of
+ * logits ([n]; mask NULL: every token), n_top as the op takes it. */
+static kn_backend *smp_be;
+
+static kn_sample_out draw_row(wk_sampler *s, const float *logits, int n, int n_top, const uint32_t *mask) {
+    kn_sample_params row;
+    const int cap = wk_sampler_n_adj(s) + 1;
+    int32_t *aid = malloc((size_t)cap * sizeof *aid);
+    float *aval = malloc((size_t)cap * sizeof *aval), *x = malloc((size_t)n * sizeof *x);
+    kn_sample_out o = {.id = -2};
+    if (!aid || !aval || !x) {
+        ASSERT_TRUE(0);
+        goto out;
+    }
+    const int na = wk_sampler_row(s, &row, aid, aval);
+    ASSERT_TRUE(na <= wk_sampler_n_adj(s));
+    row.n_top = n_top;
+    row.mask = mask ? 0 : -1;
+    const int32_t off[2] = {0, na};
+    memcpy(x, logits, (size_t)n * sizeof *x);
+    smp_be->ops->sample(smp_be, x, 1, n, &row, na ? off : NULL, aid, aval, mask, &o);
+out:
+    free(aid);
+    free(aval);
+    free(x);
+    return o;
+}
+
+static int32_t draw(wk_sampler *s, const float *logits, int n) {
+    return draw_row(s, logits, n, -1, NULL).id;
+}
+
+/* Sampling among a grammar's allowed tokens (a mask, few enough that the CPU
+ * backend gathers them) draws what sampling the whole row with every other logit
+ * at -inf draws. */
 static void test_sampler_subset(void) {
     enum { NV = 4096, NA = 300 };
-    float *row = malloc(NV * sizeof *row), *masked = malloc(NV * sizeof *masked), *vals = malloc(NA * sizeof *vals);
-    int32_t ids[NA];
+    float *row = malloc(NV * sizeof *row), *masked = malloc(NV * sizeof *masked);
+    uint32_t mask[NV / 32] = {0};
     uint64_t x = 42;
     for (int i = 0; i < NV; i++) {
         x = x * 6364136223846793005ull + 1442695040888963407ull;
         row[i] = (float)((x >> 40) % 2000) / 100.0f - 10.0f;
+        masked[i] = -INFINITY;
     }
-    for (int i = 0; i < NA; i++)
-        ids[i] = i * 13 + 5; // ascending
+    for (int i = 0; i < NA; i++) {
+        const int id = i * 13 + 5;
+        mask[id / 32] |= 1u << (id % 32);
+        masked[id] = row[id];
+    }
     struct {
-        float t, top_p;
+        float t, top_p, min_p;
         int top_k;
-    } cfg[] = {{0, 1, 0}, {0.8f, 0.9f, 0}, {1.5f, 0.5f, 0}, {1.0f, 1.0f, 40}, {0.7f, 0.95f, 10}};
+    } cfg[] = {{0, 1, 0, 0}, {0.8f, 0.9f, 0, 0}, {1.5f, 0.5f, 0, 0}, {1.0f, 1.0f, 0, 40}, {0.7f, 0.95f, 0.1f, 10}};
     for (size_t c = 0; c < sizeof cfg / sizeof *cfg; c++)
         for (uint64_t seed = 1; seed <= 20; seed++) {
-            wk_sampler_params p = {.temperature = cfg[c].t, .top_p = cfg[c].top_p, .top_k = cfg[c].top_k,
-                                   .has_seed = 1, .seed = seed};
+            wk_sampler_params p = {.temperature = cfg[c].t, .top_p = cfg[c].top_p, .min_p = cfg[c].min_p,
+                                   .top_k = cfg[c].top_k, .has_seed = 1, .seed = seed};
             wk_sampler a, b;
             ASSERT_EQ(wk_sampler_init(&a, NV, &p), 0);
             ASSERT_EQ(wk_sampler_init(&b, NV, &p), 0);
-            for (int i = 0; i < NV; i++)
-                masked[i] = -INFINITY;
-            for (int i = 0; i < NA; i++)
-                masked[ids[i]] = row[ids[i]];
-            float *r2 = malloc(NV * sizeof *r2);
-            memcpy(r2, row, NV * sizeof *r2);
-            int32_t want = wk_sampler_sample(&a, masked), got = wk_sampler_sample_subset(&b, r2, ids, NA, vals);
+            const int32_t want = draw(&a, masked, NV), got = draw_row(&b, row, NV, -1, mask).id;
             ASSERT_EQ(got, want);
-            free(r2);
+            ASSERT_TRUE(mask[got / 32] >> (got % 32) & 1);
             wk_sampler_free(&a);
             wk_sampler_free(&b);
         }
     free(row);
     free(masked);
-    free(vals);
+}
+
+/* Counts of 20000 draws of s over logits[8]. */
+static void tally(wk_sampler *s, const float *logits, int counts[8]) {
+    for (int i = 0; i < 8; i++)
+        counts[i] = 0;
+    for (int i = 0; i < 20000; i++) {
+        const int32_t x = draw(s, logits, 8);
+        ASSERT_TRUE(x >= 0 && x < 8);
+        if (x < 0 || x >= 8)
+            return;
+        counts[x]++;
+    }
 }
 
 static void test_sampler(void) {
     const float base[8] = {0.1f, 2.0f, 2.0f, -1.0f, 0.5f, 1.9f, -3.0f, 0.0f};
-    float logits[8];
-#define RESET() memcpy(logits, base, sizeof logits)
     wk_sampler s;
     wk_sampler_params p = P(0, 1, 0, 1);
-    RESET();
     ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
-    ASSERT_EQ(wk_sampler_sample(&s, logits), 1); // ties go to the lowest id
+    ASSERT_EQ(draw(&s, base, 8), 1); // ties go to the lowest id
     wk_sampler_free(&s);
     p = P(1.0f, 1, 1, 1);
-    RESET();
     ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
-    ASSERT_EQ(wk_sampler_sample(&s, logits), 1); // top_k 1 is greedy
+    ASSERT_EQ(draw(&s, base, 8), 1); // top_k 1 is greedy
     wk_sampler_free(&s);
     p = P(1.0f, 1e-6f, 0, 1);
-    RESET();
     ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
-    ASSERT_EQ(wk_sampler_sample(&s, logits), 1); // a tiny top_p keeps only the best
+    const int32_t tiny = draw(&s, base, 8);
+    ASSERT_TRUE(tiny == 1 || tiny == 2); // a tiny top_p keeps the best value: its two tokens
     wk_sampler_free(&s);
     // Same seed, same draws; frequencies follow the softmax.
     wk_sampler a, b;
-    int counts[8] = {0}, differ = 0;
+    int counts[8], again[8];
     p = P(1.0f, 1, 0, 42);
     wk_sampler_init(&a, 8, &p);
     wk_sampler_init(&b, 8, &p);
-    for (int i = 0; i < 20000; i++) {
-        RESET();
-        int32_t x = wk_sampler_sample(&a, logits);
-        RESET();
-        int32_t y = wk_sampler_sample(&b, logits);
-        differ += x != y;
-        counts[x]++;
-    }
-    ASSERT_EQ(differ, 0);
+    tally(&a, base, counts);
+    tally(&b, base, again);
+    ASSERT_EQ(memcmp(counts, again, sizeof counts), 0);
     double z = 0;
     for (int i = 0; i < 8; i++)
         z += exp(base[i]);
@@ -463,22 +497,31 @@ static void test_sampler(void) {
         ASSERT_NEAR(counts[i] / 20000.0, exp(base[i]) / z, 0.02);
     wk_sampler_free(&a);
     wk_sampler_free(&b);
+    // Another seed, other draws.
+    p = P(1.0f, 1, 0, 43);
+    wk_sampler_init(&a, 8, &p);
+    tally(&a, base, again);
+    ASSERT_TRUE(memcmp(counts, again, sizeof counts) != 0);
+    wk_sampler_free(&a);
     // top_k 2 never draws outside the two best.
     p = P(1.0f, 1, 2, 7);
     wk_sampler_init(&a, 8, &p);
-    for (int i = 0; i < 2000; i++) {
-        RESET();
-        int32_t x = wk_sampler_sample(&a, logits);
-        ASSERT_TRUE(x == 1 || x == 2);
-        if (x != 1 && x != 2)
-            break;
-    }
+    tally(&a, base, counts);
+    ASSERT_EQ(counts[1] + counts[2], 20000);
     wk_sampler_free(&a);
-    // top_p over a large vocabulary whose tail falls under the candidate cut: the
-    // draws follow the renormalized nucleus {0, 1, 2} exactly.
+    // min_p 0.5 of the best's weight: tokens 1, 2 (w 1) and 5 (w e^-0.1), renormalized.
+    p = P(1.0f, 1, 0, 8);
+    p.min_p = 0.5f;
+    wk_sampler_init(&a, 8, &p);
+    tally(&a, base, counts);
+    ASSERT_EQ(counts[1] + counts[2] + counts[5], 20000);
+    ASSERT_NEAR(counts[5] / 20000.0, exp(-0.1) / (2 + exp(-0.1)), 0.02);
+    wk_sampler_free(&a);
+    // top_p over a large vocabulary: the draws follow the renormalized nucleus
+    // {0, 1, 2} exactly.
     {
         enum { NV = 4096 };
-        float *lg = malloc(NV * sizeof *lg), *tmp = malloc(NV * sizeof *tmp);
+        float *lg = malloc(NV * sizeof *lg);
         for (int i = 0; i < NV; i++)
             lg[i] = -5.0f;
         lg[0] = 5.0f, lg[1] = 4.5f, lg[2] = 4.0f;
@@ -489,9 +532,8 @@ static void test_sampler(void) {
         ASSERT_EQ(wk_sampler_init(&s, NV, &tp), 0);
         int cnt[3] = {0}, outside = 0;
         for (int i = 0; i < 20000; i++) {
-            memcpy(tmp, lg, NV * sizeof *tmp);
-            int32_t x = wk_sampler_sample(&s, tmp);
-            if (x < 3)
+            int32_t x = draw(&s, lg, NV);
+            if (x >= 0 && x < 3)
                 cnt[x]++;
             else
                 outside++;
@@ -503,70 +545,93 @@ static void test_sampler(void) {
         ASSERT_NEAR(cnt[2] / 20000.0, p2 / pn, 0.015);
         wk_sampler_free(&s);
         free(lg);
-        free(tmp);
     }
-    // logit_bias: -100 removes the best, +5 promotes a poor token.
+    // logit_bias: -100 removes the best, +5.5 promotes a poor token; a token listed
+    // twice gets both.
     proto_bias bias[2] = {{1, -100.0f}, {2, -100.0f}};
     p = P(0, 1, 0, 1);
     p.bias = bias;
     p.n_bias = 2;
     ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
-    RESET();
-    ASSERT_EQ(wk_sampler_sample(&s, logits), 5);
+    ASSERT_EQ(draw(&s, base, 8), 5);
     wk_sampler_free(&s);
     bias[0] = (proto_bias){6, 5.5f};
     p.n_bias = 1;
     ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
-    RESET();
-    ASSERT_EQ(wk_sampler_sample(&s, logits), 6); // -3 + 5.5 = 2.5 beats 2.0
+    ASSERT_EQ(draw(&s, base, 8), 6); // -3 + 5.5 = 2.5 beats 2.0
     wk_sampler_free(&s);
-    // Penalties: presence lowers every seen token once, frequency per occurrence.
+    bias[0] = (proto_bias){6, 3.0f};
+    bias[1] = (proto_bias){6, 2.5f};
+    p.n_bias = 2;
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
+    ASSERT_EQ(wk_sampler_n_adj(&s), 1);
+    ASSERT_EQ(draw(&s, base, 8), 6);
+    wk_sampler_free(&s);
+    // Penalties: presence lowers every seen token once, frequency per occurrence;
+    // a biased token gets its bias and its penalty in one entry.
+    int32_t aid[8];
+    float aval[8];
+    kn_sample_params row;
     p = P(0, 1, 0, 1);
     p.presence_penalty = 0.15f;
     ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
+    ASSERT_EQ(wk_sampler_row(&s, &row, aid, aval), 0);
     ASSERT_EQ(wk_sampler_accept(&s, 1), 0);
-    RESET();
-    ASSERT_EQ(wk_sampler_sample(&s, logits), 2); // 1 fell to 1.85
-    ASSERT_NEAR(logits[1], 1.85, 1e-6);
+    ASSERT_EQ(wk_sampler_row(&s, &row, aid, aval), 1);
+    ASSERT_EQ(aid[0], 1);
+    ASSERT_NEAR(aval[0], -0.15, 1e-6);
+    ASSERT_EQ(draw(&s, base, 8), 2); // 1 fell to 1.85
     ASSERT_EQ(wk_sampler_accept(&s, 2), 0);
     ASSERT_EQ(wk_sampler_accept(&s, 2), 0);
-    RESET();
-    ASSERT_EQ(wk_sampler_sample(&s, logits), 5); // 1.9 beats 1.85 and 1.85
+    ASSERT_EQ(draw(&s, base, 8), 5); // 1.9 beats 1.85 and 1.85
     wk_sampler_free(&s);
     p.presence_penalty = 0;
     p.frequency_penalty = 0.5f;
+    bias[0] = (proto_bias){5, 0.25f};
+    p.bias = bias;
+    p.n_bias = 1;
     ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
     for (int i = 0; i < 3; i++)
         wk_sampler_accept(&s, 5);
     wk_sampler_accept(&s, 1);
-    RESET();
-    ASSERT_EQ(wk_sampler_sample(&s, logits), 2);
-    ASSERT_NEAR(logits[5], 0.4, 1e-6);
-    ASSERT_NEAR(logits[1], 1.5, 1e-6);
+    ASSERT_EQ(wk_sampler_row(&s, &row, aid, aval), 2);
+    ASSERT_EQ(aid[0], 5);
+    ASSERT_NEAR(aval[0], 0.25 - 1.5, 1e-6);
+    ASSERT_EQ(aid[1], 1);
+    ASSERT_NEAR(aval[1], -0.5, 1e-6);
+    ASSERT_EQ(draw(&s, base, 8), 2);
     wk_sampler_free(&s);
+    p.n_bias = 0;
     p.frequency_penalty = -1.0f; // negative values encourage repetition
     ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
     wk_sampler_accept(&s, 7);
     wk_sampler_accept(&s, 7);
     wk_sampler_accept(&s, 7);
-    RESET();
-    ASSERT_EQ(wk_sampler_sample(&s, logits), 7);
+    ASSERT_EQ(draw(&s, base, 8), 7);
     wk_sampler_free(&s);
-    // Logprobs: log-softmax of the raw logits, top list best first, ties to lower ids.
-    int32_t top[4];
-    float tlp[4];
-    float lp = wk_sampler_logprobs(base, 8, 4, 4, top, tlp);
-    ASSERT_NEAR(lp, 0.5 - log(z), 1e-5);
-    ASSERT_EQ(top[0], 1);
-    ASSERT_EQ(top[1], 2);
-    ASSERT_EQ(top[2], 5);
-    ASSERT_EQ(top[3], 4);
-    ASSERT_NEAR(tlp[0], 2.0 - log(z), 1e-5);
-    ASSERT_NEAR(tlp[3], 0.5 - log(z), 1e-5);
-    double sum = 0;
-    for (int i = 0; i < 8; i++)
-        sum += exp(wk_sampler_logprobs(base, 8, i, 0, top, tlp));
-    ASSERT_NEAR(sum, 1.0, 1e-5);
+    // The draw is the generator's only when the row samples.
+    p = P(0.7f, 0.9f, 0, 5);
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
+    ASSERT_EQ(wk_sampler_row(&s, &row, aid, aval), 0);
+    ASSERT_TRUE(row.u >= 0.0f && row.u < 1.0f && row.temperature == 0.7f && row.top_p == 0.9f);
+    wk_sampler_free(&s);
+    // Logprobs: log-softmax of the raw logits (no bias), top list best first, ties to
+    // the lower id.
+    bias[0] = (proto_bias){4, 10.0f};
+    p = P(0, 1, 0, 1);
+    p.bias = bias;
+    p.n_bias = 1;
+    ASSERT_EQ(wk_sampler_init(&s, 8, &p), 0);
+    kn_sample_out o = draw_row(&s, base, 8, 4, NULL);
+    ASSERT_EQ(o.id, 4);
+    ASSERT_NEAR(o.logprob, 0.5 - log(z), 1e-5);
+    ASSERT_EQ(o.top_id[0], 1);
+    ASSERT_EQ(o.top_id[1], 2);
+    ASSERT_EQ(o.top_id[2], 5);
+    ASSERT_EQ(o.top_id[3], 4);
+    ASSERT_NEAR(o.top_lp[0], 2.0 - log(z), 1e-5);
+    ASSERT_NEAR(o.top_lp[3], 0.5 - log(z), 1e-5);
+    wk_sampler_free(&s);
     // A vocabulary-sized row (the vectorized path and its tail) against double exp.
     const int nv = 262144 + 5;
     float *big = malloc((size_t)nv * sizeof *big);
@@ -580,17 +645,18 @@ static void test_sampler(void) {
     double ref = 0;
     for (int i = 0; i < nv; i++)
         ref += exp((double)big[i] - 12.5);
-    int32_t bt[20];
-    float bl[20];
-    float got = wk_sampler_logprobs(big, nv, 77, 20, bt, bl);
-    ASSERT_NEAR(got, 12.25 - (12.5 + log(ref)), 2e-5);
-    ASSERT_EQ(bt[0], nv - 1);
-    ASSERT_EQ(bt[1], 77);
-    ASSERT_NEAR(bl[0], -log(ref), 2e-5);
+    bias[0] = (proto_bias){77, 1.0f};
+    ASSERT_EQ(wk_sampler_init(&s, nv, &p), 0);
+    o = draw_row(&s, big, nv, 20, NULL);
+    ASSERT_EQ(o.id, 77);
+    ASSERT_NEAR(o.logprob, 12.25 - (12.5 + log(ref)), 2e-5);
+    ASSERT_EQ(o.top_id[0], nv - 1);
+    ASSERT_EQ(o.top_id[1], 77);
+    ASSERT_NEAR(o.top_lp[0], -log(ref), 2e-5);
     for (int i = 1; i < 20; i++)
-        ASSERT_TRUE(bl[i] <= bl[i - 1]);
+        ASSERT_TRUE(o.top_lp[i] <= o.top_lp[i - 1]);
+    wk_sampler_free(&s);
     free(big);
-#undef RESET
 }
 
 /* GPU pool sizing (--gpu-memory-fraction): what a fraction of the device leaves
@@ -610,8 +676,13 @@ static void test_kv_sizing(void) {
 }
 
 int main(void) {
+    smp_be = kn_cpu_create(1);
+    ASSERT_TRUE(smp_be != NULL);
+    if (!smp_be)
+        return kt_done("test_sched");
     test_sampler();
     test_sampler_subset();
+    smp_be->ops->destroy(smp_be);
     test_kv_sizing();
     char def[1024];
     const char *path = kt_model_path(def, sizeof def);
