@@ -166,8 +166,13 @@ typedef struct kn_backend_ops {
     /* y = act(g) * u elementwise over n values; act 0 = SiLU, 1 = GELU (tanh approx).
      * y may equal g or u. */
     void (*glu)(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y);
-    /* y = a + b over n values; y may equal a or b. */
-    void (*add)(kn_backend *be, const float *a, const float *b, int64_t n, float *y);
+    /* The residual step after a block, per row of n (n_row rows): x += r', with
+     * r' = rmsnorm(r) * r_w when r_w is set (a post-norm: Gemma 3), else r; then,
+     * when y is not NULL, y = rmsnorm(x) * w (the next block's pre-norm; w NULL: no
+     * weight). Each backend gives the bits its rmsnorm and an add would. y may not
+     * alias x or r. */
+    void (*add_norm)(kn_backend *be, float *x, const float *r, const float *r_w, const float *w, int64_t n_row,
+                     int64_t n, float eps, float *y);
     /* x = cap * tanh(x / cap) over n values, in place (logit soft-capping). */
     void (*softcap)(kn_backend *be, float *x, int64_t n, float cap);
     /* y[r][i] = x[r][i] + bias[i] for n_row rows of n; y may equal x. */

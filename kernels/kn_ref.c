@@ -109,18 +109,19 @@ static void ref_get_rows(kn_backend *be, const kn_weight *w, const int32_t *ids,
     }
 }
 
+static void ref_rms_row(const float *x, const float *w, int64_t n, float eps, float *y) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    double inv = 1.0 / sqrt(ss / (double)n + eps);
+    for (int64_t i = 0; i < n; i++)
+        y[i] = (float)(x[i] * inv * (w ? w[i] : 1.0f));
+}
+
 static void ref_rmsnorm(kn_backend *be, const float *x, const float *w, int64_t n_row, int64_t n, float eps,
                         float *y) {
-    for (int64_t r = 0; r < n_row; r++) {
-        const float *xr = x + r * n;
-        float *yr = y + r * n;
-        double ss = 0.0;
-        for (int64_t i = 0; i < n; i++)
-            ss += (double)xr[i] * xr[i];
-        double inv = 1.0 / sqrt(ss / (double)n + eps);
-        for (int64_t i = 0; i < n; i++)
-            yr[i] = (float)(xr[i] * inv * (w ? w[i] : 1.0f));
-    }
+    for (int64_t r = 0; r < n_row; r++)
+        ref_rms_row(x + r * n, w, n, eps, y + r * n);
 }
 
 static void ref_rope(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim,
@@ -155,9 +156,24 @@ static void ref_glu(kn_backend *be, const float *g, const float *u, int64_t n, i
     }
 }
 
-static void ref_add(kn_backend *be, const float *a, const float *b, int64_t n, float *y) {
-    for (int64_t i = 0; i < n; i++)
-        y[i] = a[i] + b[i];
+static void ref_add_norm(kn_backend *be, float *x, const float *r, const float *r_w, const float *w, int64_t n_row,
+                         int64_t n, float eps, float *y) {
+    float *t = r_w ? malloc((size_t)n * sizeof *t) : NULL;
+    if (r_w && !t)
+        return;
+    for (int64_t row = 0; row < n_row; row++) {
+        float *xr = x + row * n;
+        const float *rr = r + row * n;
+        if (t) {
+            ref_rms_row(rr, r_w, n, eps, t);
+            rr = t;
+        }
+        for (int64_t i = 0; i < n; i++)
+            xr[i] += rr[i];
+        if (y)
+            ref_rms_row(xr, w, n, eps, y + row * n);
+    }
+    free(t);
 }
 
 static void ref_add_bias(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n,
@@ -419,7 +435,7 @@ static const kn_backend_ops ref_ops = {
     .rmsnorm = ref_rmsnorm,
     .rope = ref_rope,
     .glu = ref_glu,
-    .add = ref_add,
+    .add_norm = ref_add_norm,
     .add_bias = ref_add_bias,
     .kv_store = ref_kv_store,
     .attention = ref_attention,

@@ -679,8 +679,7 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, int n_tok, int max_blo
     const int64_t T = n_tok, E = hp->n_embd, hd = hp->head_dim;
     const int64_t QD = (int64_t)hp->n_head * hd, KD = (int64_t)hp->n_head_kv * hd;
 
-    // attention block
-    op->rmsnorm(be, m->x, L->attn_norm, T, E, hp->norm_eps, m->h);
+    // attention block (m->h: x under this layer's attn_norm, from the step before)
     op->matmul(be, &L->wq, m->h, T, m->q);
     op->matmul(be, &L->wk, m->h, T, m->k);
     op->matmul(be, &L->wv, m->h, T, m->v);
@@ -721,19 +720,17 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, int n_tok, int max_blo
     };
     op->attention(be, &a);
     op->matmul(be, &L->wo, m->att, T, m->o);
-    if (L->post_attn_norm)
-        op->rmsnorm(be, m->o, L->post_attn_norm, T, E, hp->norm_eps, m->o);
-    op->add(be, m->x, m->o, T * E, m->x);
+    op->add_norm(be, m->x, m->o, L->post_attn_norm, L->ffn_norm, T, E, hp->norm_eps, m->h);
 
-    // feed-forward block
-    op->rmsnorm(be, m->x, L->ffn_norm, T, E, hp->norm_eps, m->h);
+    // feed-forward block; the next layer's attn_norm (none after the last layer:
+    // the output norm runs on the logit rows only)
     op->matmul(be, &L->gate, m->h, T, m->fg);
     op->matmul(be, &L->up, m->h, T, m->fu);
     op->glu(be, m->fg, m->fu, T * hp->n_ff, m->act, m->fg);
     op->matmul(be, &L->down, m->fg, T, m->o);
-    if (L->post_ffw_norm)
-        op->rmsnorm(be, m->o, L->post_ffw_norm, T, E, hp->norm_eps, m->o);
-    op->add(be, m->x, m->o, T * E, m->x);
+    const int last = il + 1 == hp->n_layer;
+    op->add_norm(be, m->x, m->o, L->post_ffw_norm, last ? NULL : m->layers[il + 1].attn_norm, T, E, hp->norm_eps,
+                 last ? NULL : m->h);
 }
 
 /* The whole step over the device batch buffers: embeddings, the layers, and the
@@ -744,6 +741,7 @@ static void forward_ops(wk_model *m, wk_kv *kv, int n_tok, int max_blocks, int n
     const kn_backend_ops *op = be->ops;
     const wk_hparams *hp = &m->hp;
     op->get_rows(be, &m->tok_embd, m->d_tok, n_tok, m->embd_scale, m->x);
+    op->rmsnorm(be, m->x, m->layers[0].attn_norm, n_tok, hp->n_embd, hp->norm_eps, m->h);
     for (int il = 0; il < hp->n_layer; il++)
         forward_layer(m, kv, il, n_tok, max_blocks);
     if (!n_logits)

@@ -272,30 +272,74 @@ typedef struct {
     float *y;
 } rms_ctx;
 
+static void rms_row(const float *x, const float *w, int64_t n, float eps, float *y) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)(x[i] * x[i]);
+    const float s = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+    if (w)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] * s * w[i];
+    else
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] * s;
+}
+
 static void rms_run(void *vctx, int ith, int nth) {
     rms_ctx *r = vctx;
     int64_t a, b;
     split(r->n_row, ith, nth, &a, &b);
-    for (int64_t row = a; row < b; row++) {
-        const float *x = r->x + row * r->n;
-        float *y = r->y + row * r->n;
-        double ss = 0.0;
-        for (int64_t i = 0; i < r->n; i++)
-            ss += (double)(x[i] * x[i]);
-        const float s = 1.0f / sqrtf((float)(ss / (double)r->n) + r->eps);
-        if (r->w)
-            for (int64_t i = 0; i < r->n; i++)
-                y[i] = x[i] * s * r->w[i];
-        else
-            for (int64_t i = 0; i < r->n; i++)
-                y[i] = x[i] * s;
-    }
+    for (int64_t row = a; row < b; row++)
+        rms_row(r->x + row * r->n, r->w, r->n, r->eps, r->y + row * r->n);
 }
 
 static void cpu_rmsnorm(kn_backend *be, const float *x, const float *w, int64_t n_row, int64_t n, float eps,
                         float *y) {
     rms_ctx r = {x, w, n_row, n, eps, y};
     run((kn_cpu *)be, rms_run, &r, n_row * n);
+}
+
+/* ---- add_norm: a row per thread at a time; a post-normed r goes through the
+ * thread's dequantization row (no op runs meanwhile) ---- */
+
+typedef struct {
+    kn_cpu *c;
+    float *x;
+    const float *r, *r_w, *w;
+    int64_t n_row, n;
+    float eps;
+    float *y;
+} add_norm_ctx;
+
+static void add_norm_run(void *vctx, int ith, int nth) {
+    add_norm_ctx *a = vctx;
+    int64_t r0, r1;
+    split(a->n_row, ith, nth, &r0, &r1);
+    float *t = a->c->deq + (size_t)ith * a->c->deq_cap;
+    for (int64_t row = r0; row < r1; row++) {
+        float *x = a->x + row * a->n;
+        const float *r = a->r + row * a->n;
+        if (a->r_w) {
+            rms_row(r, a->r_w, a->n, a->eps, t);
+            r = t;
+        }
+        for (int64_t i = 0; i < a->n; i++)
+            x[i] = x[i] + r[i];
+        if (a->y)
+            rms_row(x, a->w, a->n, a->eps, a->y + row * a->n);
+    }
+}
+
+static void cpu_add_norm(kn_backend *be, float *x, const float *r, const float *r_w, const float *w, int64_t n_row,
+                         int64_t n, float eps, float *y) {
+    kn_cpu *c = (kn_cpu *)be;
+    if (r_w && grow_deq(c, (size_t)n) < 0) {
+        for (int64_t i = 0; i < n_row * n; i++) // loud, like a matmul that cannot run
+            x[i] = NAN;
+        return;
+    }
+    add_norm_ctx a = {c, x, r, r_w, w, n_row, n, eps, y};
+    run(c, add_norm_run, &a, n_row * n * 4);
 }
 
 /* ---- rope ---- */
@@ -371,19 +415,6 @@ static void glu_run(void *vctx, int ith, int nth) {
 static void cpu_glu(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y) {
     ew_ctx e = {.a = g, .b = u, .n = n, .act = act, .c = (kn_cpu *)be, .y = y};
     run((kn_cpu *)be, glu_run, &e, n * 8);
-}
-
-static void add_run(void *vctx, int ith, int nth) {
-    ew_ctx *e = vctx;
-    int64_t a, b;
-    split(e->n, ith, nth, &a, &b);
-    for (int64_t i = a; i < b; i++)
-        e->y[i] = e->a[i] + e->b[i];
-}
-
-static void cpu_add(kn_backend *be, const float *a, const float *b, int64_t n, float *y) {
-    ew_ctx e = {.a = a, .b = b, .n = n, .y = y};
-    run((kn_cpu *)be, add_run, &e, n);
 }
 
 static void bias_run(void *vctx, int ith, int nth) {
@@ -616,7 +647,7 @@ static const kn_backend_ops cpu_ops = {
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .glu = cpu_glu,
-    .add = cpu_add,
+    .add_norm = cpu_add_norm,
     .add_bias = cpu_add_bias,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,

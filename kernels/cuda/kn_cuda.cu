@@ -98,6 +98,43 @@ static void cu_rmsnorm(kn_backend *be, const float *x, const float *w, int64_t n
     KN_LAUNCHED();
 }
 
+/* One block per row, each thread through the same strided elements in the three
+ * passes (so a thread reads back only what it wrote): k_rmsnorm's sums and
+ * products, the post-normed r never stored, the add rounded on its own (no
+ * contraction into an FMA), as a k_rmsnorm into memory and an add would give. */
+static __global__ void k_add_norm(float *x, const float *r, const float *r_w, const float *w, int64_t n, float eps,
+                                  float *y) {
+    float *xr = x + (int64_t)blockIdx.x * n;
+    const float *rr = r + (int64_t)blockIdx.x * n;
+    float inv_r = 1.0f;
+    if (r_w) {
+        float ss = 0.0f;
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            ss += rr[i] * rr[i];
+        inv_r = rsqrtf(block_sum(ss) / (float)n + eps);
+    }
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = __fadd_rn(xr[i], r_w ? rr[i] * inv_r * r_w[i] : rr[i]);
+        xr[i] = v;
+        ss += v * v;
+    }
+    if (!y)
+        return;
+    const float inv = rsqrtf(block_sum(ss) / (float)n + eps);
+    float *yr = y + (int64_t)blockIdx.x * n;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+        yr[i] = xr[i] * inv * (w ? w[i] : 1.0f);
+}
+
+static void cu_add_norm(kn_backend *be, float *x, const float *r, const float *r_w, const float *w, int64_t n_row,
+                        int64_t n, float eps, float *y) {
+    if (n_row <= 0)
+        return;
+    k_add_norm<<<(unsigned)n_row, 256, 0, cu(be)->stream>>>(x, r, r_w, w, n, eps, y);
+    KN_LAUNCHED();
+}
+
 /* One thread per rotated pair; theta in double, as the reference computes it. */
 static __global__ void k_rope(float *x, const int32_t *pos, int64_t n_pairs, int n_head, int head_dim, int n_rot,
                               float base, float freq_scale, const float *freq_factors, int mode) {
@@ -141,18 +178,6 @@ static void cu_glu(kn_backend *be, const float *g, const float *u, int64_t n, in
     KN_LAUNCHED();
 }
 
-static __global__ void k_add(const float *a, const float *b, int64_t n, float *y) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        y[i] = a[i] + b[i];
-}
-
-static void cu_add(kn_backend *be, const float *a, const float *b, int64_t n, float *y) {
-    if (n <= 0)
-        return;
-    k_add<<<(unsigned)((n + 255) / 256), 256, 0, cu(be)->stream>>>(a, b, n, y);
-    KN_LAUNCHED();
-}
 
 static __global__ void k_softcap(float *x, int64_t n, float cap) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -224,7 +249,7 @@ static void cu_graph_free(kn_backend *be, void *graph) {
 static const kn_backend_ops cuda_ops = {
     "cuda",           cu_destroy,     cu_alloc,        cu_free,       cu_upload,  cu_download,
     cu_zero,          cu_sync,        cu_matmul,       cu_get_rows,   cu_rmsnorm, cu_rope,
-    cu_glu,           cu_add,         cu_softcap,      cu_add_bias,     cu_kv_store,   cu_attention, cu_sample,
+    cu_glu,           cu_add_norm,    cu_softcap,      cu_add_bias,     cu_kv_store,   cu_attention, cu_sample,
     cu_mem_info,      cu_capture_begin, cu_capture_end, cu_graph_launch, cu_graph_free,
 };
 

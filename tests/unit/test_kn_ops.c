@@ -660,7 +660,84 @@ static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
         free(yr);
         free(y);
     }
-    // glu, add, add_bias (sizes crossing the inline/parallel threshold)
+    // add_norm: with and without a post-norm of r, a pre-norm into y or none, an
+    // unweighted one; the backend's own rmsnorm and add must give the same bits
+    {
+        const int64_t rows = 9, n = 1152; // 9 x 1152 crosses the inline threshold
+        const size_t bytes = (size_t)(rows * n) * sizeof(float);
+        float *x = malloc(bytes), *r = malloc(bytes), *rw = malloc(n * sizeof(float)), *w = malloc(n * sizeof(float));
+        float *xr = malloc(bytes), *rr = malloc(bytes), *yr = malloc(bytes), *xg = malloc(bytes), *yg = malloc(bytes);
+        fill_uniform(x, (size_t)(rows * n), -3, 3);
+        fill_uniform(r, (size_t)(rows * n), -5, 5);
+        fill_uniform(rw, (size_t)n, -2, 2);
+        fill_uniform(w, (size_t)n, 0, 2);
+        float *xd = dev_copy(be, x, bytes), *rd = dev_copy(be, r, bytes), *yd = be->ops->alloc(be, bytes);
+        float *rwd = dev_copy(be, rw, n * sizeof(float)), *wd = dev_copy(be, w, n * sizeof(float));
+        float *td = be->ops->alloc(be, bytes), *t2 = be->ops->alloc(be, bytes);
+        for (int variant = 0; variant < 4; variant++) {
+            const int post = variant & 1, norm = variant < 3, weighted = variant != 2;
+            memcpy(xr, x, bytes);
+            memcpy(rr, r, bytes);
+            if (post)
+                ref->ops->rmsnorm(ref, rr, rw, rows, n, 1e-6f, rr);
+            for (size_t i = 0; i < (size_t)(rows * n); i++)
+                xr[i] += rr[i];
+            if (norm)
+                ref->ops->rmsnorm(ref, xr, weighted ? w : NULL, rows, n, 1e-6f, yr);
+            memcpy(xg, x, bytes); // the reference against its own ops
+            ref->ops->add_norm(ref, xg, r, post ? rw : NULL, weighted ? w : NULL, rows, n, 1e-6f, norm ? yg : NULL);
+            snprintf(what, sizeof(what), "ref add_norm variant %d x", variant);
+            check_close(what, xr, xg, (size_t)(rows * n), 0, 0);
+            if (norm) {
+                snprintf(what, sizeof(what), "ref add_norm variant %d y", variant);
+                check_close(what, yr, yg, (size_t)(rows * n), 0, 0);
+            }
+            be->ops->upload(be, xd, x, bytes);
+            be->ops->add_norm(be, xd, rd, post ? rwd : NULL, weighted ? wd : NULL, rows, n, 1e-6f, norm ? yd : NULL);
+            to_host(be, xg, xd, bytes);
+            snprintf(what, sizeof(what), "%s add_norm variant %d x", bname, variant);
+            check_close(what, xr, xg, (size_t)(rows * n), 1e-5, 1e-5);
+            if (norm) {
+                to_host(be, yg, yd, bytes);
+                snprintf(what, sizeof(what), "%s add_norm variant %d y", bname, variant);
+                check_close(what, yr, yg, (size_t)(rows * n), 1e-5, 1e-5);
+            }
+            // the same bits as the backend's rmsnorm (into memory) and a plain add
+            be->ops->upload(be, td, x, bytes);
+            const float *radd = rd;
+            if (post) {
+                be->ops->rmsnorm(be, rd, rwd, rows, n, 1e-6f, t2);
+                radd = t2;
+            }
+            be->ops->add_norm(be, td, radd, NULL, NULL, rows, n, 1e-6f, NULL);
+            to_host(be, yr, td, bytes);
+            snprintf(what, sizeof(what), "%s add_norm variant %d x vs rmsnorm + add", bname, variant);
+            check_close(what, yr, xg, (size_t)(rows * n), 0, 0);
+            if (norm) {
+                be->ops->rmsnorm(be, td, weighted ? wd : NULL, rows, n, 1e-6f, t2);
+                to_host(be, yr, t2, bytes);
+                snprintf(what, sizeof(what), "%s add_norm variant %d y vs rmsnorm", bname, variant);
+                check_close(what, yr, yg, (size_t)(rows * n), 0, 0);
+            }
+        }
+        be->ops->free(be, xd);
+        be->ops->free(be, rd);
+        be->ops->free(be, yd);
+        be->ops->free(be, rwd);
+        be->ops->free(be, wd);
+        be->ops->free(be, td);
+        be->ops->free(be, t2);
+        free(x);
+        free(r);
+        free(rw);
+        free(w);
+        free(xr);
+        free(rr);
+        free(yr);
+        free(xg);
+        free(yg);
+    }
+    // glu, add_bias (sizes crossing the inline/parallel threshold)
     for (int64_t n = 640; n <= 40000; n += 39360) {
         float *g = malloc(n * sizeof(float)), *u = malloc(n * sizeof(float));
         float *yr = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
@@ -678,11 +755,6 @@ static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
             else
                 check_close(what, yr, y, (size_t)n, 1e-6, 1e-5);
         }
-        ref->ops->add(ref, g, u, n, yr);
-        be->ops->add(be, gd, ud, n, gd); // in place
-        to_host(be, y, gd, n * sizeof(float));
-        snprintf(what, sizeof(what), "%s add n=%lld", bname, (long long)n);
-        check_close(what, yr, y, (size_t)n, 0, 0);
         const int64_t cols = 40;
         ref->ops->add_bias(ref, g, u, n / cols, cols, yr);
         be->ops->upload(be, gd, g, n * sizeof(float));
@@ -1022,22 +1094,21 @@ static void test_row_ops(kn_backend *be, const char *bname, kn_backend *ref) {
 
 /* ---------------- (e) sample ---------------- */
 
-/* One row of the op on backend be: x, adjustments and mask copied in (the op
- * overwrites x and adj_val). */
-static kn_sample_out sample_one(kn_backend *be, const float *x, int64_t n, kn_sample_params p, const int32_t *aid,
-                                const float *aval, int32_t na, const uint32_t *mw) {
-    const size_t words = (size_t)(n + 31) / 32;
-    const int32_t off[2] = {0, na};
-    float *xd = dev_copy(be, x, (size_t)n * sizeof(float));
-    int32_t *offd = dev_copy(be, off, sizeof off), *aidd = dev_copy(be, aid, (size_t)(na ? na : 1) * sizeof(int32_t));
-    float *avd = dev_copy(be, aval, (size_t)(na ? na : 1) * sizeof(float));
-    uint32_t *md = dev_copy(be, mw, words * sizeof(uint32_t));
-    if (p.mask >= 0)
-        p.mask = 0;
-    kn_sample_params *pd = dev_copy(be, &p, sizeof p);
-    kn_sample_out *od = be->ops->alloc(be, sizeof(kn_sample_out)), o;
-    be->ops->sample(be, xd, 1, n, pd, na ? offd : NULL, aidd, avd, md, od);
-    to_host(be, &o, od, sizeof o);
+/* The op on backend be over n_row rows: x, adjustments, masks ([n_mask] rows)
+ * and params copied in (the op overwrites x and adj_val); off NULL: none. */
+static void sample_batch(kn_backend *be, const float *x, int64_t n_row, int64_t n, const kn_sample_params *p,
+                         const int32_t *off, const int32_t *aid, const float *aval, const uint32_t *masks,
+                         size_t n_mask, kn_sample_out *out) {
+    const size_t words = (size_t)(n + 31) / 32, na = off ? (size_t)off[n_row] : 0;
+    float *xd = dev_copy(be, x, (size_t)(n_row * n) * sizeof(float));
+    int32_t *offd = dev_copy(be, off, (size_t)(n_row + 1) * sizeof(int32_t));
+    int32_t *aidd = dev_copy(be, na ? aid : NULL, (na ? na : 1) * sizeof(int32_t));
+    float *avd = dev_copy(be, na ? aval : NULL, (na ? na : 1) * sizeof(float));
+    uint32_t *md = dev_copy(be, n_mask ? masks : NULL, (n_mask ? n_mask : 1) * words * sizeof(uint32_t));
+    kn_sample_params *pd = dev_copy(be, p, (size_t)n_row * sizeof *p);
+    kn_sample_out *od = be->ops->alloc(be, (size_t)n_row * sizeof(kn_sample_out));
+    be->ops->sample(be, xd, n_row, n, pd, na ? offd : NULL, aidd, avd, md, od);
+    to_host(be, out, od, (size_t)n_row * sizeof(kn_sample_out));
     be->ops->free(be, xd);
     be->ops->free(be, offd);
     be->ops->free(be, aidd);
@@ -1045,6 +1116,16 @@ static kn_sample_out sample_one(kn_backend *be, const float *x, int64_t n, kn_sa
     be->ops->free(be, md);
     be->ops->free(be, pd);
     be->ops->free(be, od);
+}
+
+/* One row of the op; mw its mask (used when p.mask >= 0). */
+static kn_sample_out sample_one(kn_backend *be, const float *x, int64_t n, kn_sample_params p, const int32_t *aid,
+                                const float *aval, int32_t na, const uint32_t *mw) {
+    const int32_t off[2] = {0, na};
+    kn_sample_out o;
+    if (p.mask >= 0)
+        p.mask = 0;
+    sample_batch(be, x, 1, n, &p, off, aid, aval, mw, p.mask >= 0, &o);
     return o;
 }
 
@@ -1174,16 +1255,8 @@ static void test_sample(kn_backend *be, const char *bname, kn_backend *ref) {
     }
     off[SROWS] = na;
 
-    // the batch on be
-    float *xd = dev_copy(be, x, (size_t)SROWS * SN * sizeof(float));
-    int32_t *offd = dev_copy(be, off, sizeof off), *aidd = dev_copy(be, aid, (size_t)na * sizeof(int32_t));
-    float *avd = dev_copy(be, aval, (size_t)na * sizeof(float));
-    uint32_t *md = dev_copy(be, masks, (size_t)SROWS * words * sizeof(uint32_t));
-    kn_sample_params *pd = dev_copy(be, p, sizeof p);
-    kn_sample_out *od = be->ops->alloc(be, SROWS * sizeof(kn_sample_out));
     kn_sample_out *got = malloc(SROWS * sizeof(kn_sample_out));
-    be->ops->sample(be, xd, SROWS, SN, pd, offd, aidd, avd, md, od);
-    to_host(be, got, od, SROWS * sizeof(kn_sample_out));
+    sample_batch(be, x, SROWS, SN, p, off, aid, aval, masks, SROWS, got);
 
     int n_draw = 0, n_exact = 0;
     for (int r = 0; r < SROWS; r++) {
@@ -1261,13 +1334,6 @@ static void test_sample(kn_backend *be, const char *bname, kn_backend *ref) {
     ASSERT_TRUE(got[12].id >= 0 && (masks[(size_t)12 * words + (size_t)got[12].id / 32] >> (got[12].id & 31) & 1));
     printf("%s sample: %d of %d draws away from a boundary\n", bname, n_exact, n_draw);
     ASSERT_TRUE(n_exact * 4 >= n_draw * 3); // boundary cases are rare, or this test says little
-    be->ops->free(be, xd);
-    be->ops->free(be, offd);
-    be->ops->free(be, aidd);
-    be->ops->free(be, avd);
-    be->ops->free(be, md);
-    be->ops->free(be, pd);
-    be->ops->free(be, od);
     free(got);
     free(x);
     free(masks);
