@@ -176,7 +176,7 @@ static __device__ void select_keys(const float *row, seg_t s, const uint32_t *mw
                 dk = (uint32_t)d;
                 next_k = above_k + (d < 15 ? c[d + 1] : 0u);
             }
-            if (!found_p && above_p + w[d] >= target_p) {
+            if (!found_p && w[d] > 0.0f && above_p + w[d] >= target_p) { // a bin with mass (top_p 0 too)
                 found_p = true;
                 dp = (uint32_t)d;
                 next_p = above_p + (d < 15 ? w[d + 1] : 0.0f);

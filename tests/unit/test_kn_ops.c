@@ -1170,7 +1170,7 @@ static void test_sample_known(kn_backend *be, const char *bname) {
 }
 
 /* The rows of the batched test: each a distribution, its filters and its mask. */
-enum { SN = 70001, SROWS = 20 };
+enum { SN = 70001, SROWS = 21 };
 
 typedef struct {
     float t, top_p, min_p;
@@ -1202,6 +1202,7 @@ static const sample_case s_cases[SROWS] = {
     {1, 1, 0, 0, -1, 0, 0, 0, 0.99999994f},   // u just under 1
     {2.0f, 0.7f, 0.001f, 0, 1, 1, 0, 2, 0.5f}, // hot, sparse mask, adjustments
     {1, 1, 0, 0, 0, 2, 2, 0, 0.25f},          // a dense mask, n_top 0
+    {1, 0, 0, 0, -1, 0, 1, 0, 0.7f},          // top_p 0: the best value's tokens (a tie)
 };
 
 /* Every row against the reference: the top list and the greedy choices exactly;
@@ -1209,6 +1210,7 @@ static const sample_case s_cases[SROWS] = {
  * (a point near a boundary, where kn.h lets float summation go either way; then
  * one of the reference's answers). The batch must give each row's answer alone. */
 static void test_sample(kn_backend *be, const char *bname, kn_backend *ref) {
+    rng_state = 0x243f6a8885a308d3ULL; // the same rows on every backend
     const size_t words = (SN + 31) / 32;
     float *x = malloc((size_t)SROWS * SN * sizeof(float));
     uint32_t *masks = calloc((size_t)SROWS * words, sizeof(uint32_t));
@@ -1239,8 +1241,8 @@ static void test_sample(kn_backend *be, const char *bname, kn_backend *ref) {
             for (int i = 0; i < SN; i++)
                 if (mw[i >> 5] >> (i & 31) & 1)
                     row[i] = -INFINITY;
-        if (c->logits == 1 && r == 0)
-            row[SN - 1] = row[5] = 9.0f; // a tie at the top: token 5 wins
+        if (c->logits == 1 && (r == 0 || r == 20))
+            row[SN - 1] = row[5] = 9.0f; // a tie at the top: greedy takes token 5
         off[r] = na;
         if (c->adj == 1) {
             aid[na] = 777;
@@ -1327,6 +1329,7 @@ static void test_sample(kn_backend *be, const char *bname, kn_backend *ref) {
     ASSERT_EQ(got[0].id, 5);
     ASSERT_EQ(got[1].id >= 0 && (masks[(size_t)1 * words + (size_t)got[1].id / 32] >> (got[1].id & 31) & 1), 1);
     ASSERT_EQ(got[8].id, -1);
+    ASSERT_EQ(got[20].id, SN - 1); // r = 0.7 of the two tokens' weight 2: past token 5's 1
     ASSERT_EQ(got[9].id, 4242);
     ASSERT_EQ(got[10].id, 777);
     ASSERT_NEAR(got[10].logprob - got[10].top_lp[0], x[(size_t)10 * SN + 777] - x[(size_t)10 * SN + got[10].top_id[0]],
