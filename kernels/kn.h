@@ -102,22 +102,22 @@ typedef struct kn_attn_args {
 /* One row of the sample op. Of the row's logits a (raw logits x plus the row's
  * adjustments), only the allowed tokens (the mask) take part:
  * - greedy, when temperature <= 0 or top_k == 1: the lowest id of the largest a;
- * - else, with w_i = kn_exp_neg((a_i - max a) / temperature) (kernels/kn_exp.h;
- *   w of the best token is 1): the tokens kept are those with a_i >= v_k, a_i >= v_p
+ * - else, with w_i = kn_exp_neg((a_i - max a) * (1 / temperature)) (kn_exp.h; the
+ *   best token's w is 1): the tokens kept are those with a_i >= v_k, a_i >= v_p
  *   and w_i >= min_p, where v_k is the top_k-th largest a (ties all kept; -inf
- *   when top_k <= 0 or >= the allowed count) and v_p is the largest v with
- *   sum(w_i : a_i >= v) >= top_p * sum(w) (-inf when top_p >= 1): top-p is taken
- *   on the whole distribution, not after top-k. The draw is the lowest kept id i
- *   with sum(w_j : j kept, j <= i) > u * sum(w_j : j kept) (ids ascending; when
- *   rounding leaves none, the last kept id with w > 0; when every kept w is 0,
- *   the greedy choice).
+ *   when top_k <= 0 or >= the allowed count) and v_p the largest allowed a_v with
+ *   sum(w_i : a_i >= a_v) >= top_p * sum(w) (-inf when top_p >= 1; top_p 0 keeps
+ *   the best value's tokens): top-p is taken on the whole distribution, not after
+ *   top-k. The draw is the lowest kept id i with sum(w_j : j kept, j <= i) >
+ *   u * sum(w_j : j kept) (ids ascending; when rounding leaves none, the last kept
+ *   id with w > 0; when every kept w is 0, the greedy choice).
  * A backend may differ from kernels/kn_ref.c in float summation order and in
  * the last bits of exp, so a draw or a threshold within ~1e-5 of a boundary can
  * go the other way; nothing else may differ. */
 #define KN_MAX_TOP 20 // top logprobs a row can ask for
 typedef struct kn_sample_params {
     float temperature;
-    float top_p;   // (0, 1]
+    float top_p;   // [0, 1]
     float min_p;   // [0, 1]; 0 = off
     int32_t top_k; // 0 = off
     float u;       // the draw: uniform in [0, 1), from the sequence's generator
