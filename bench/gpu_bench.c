@@ -1,4 +1,4 @@
-/* gpu_bench: the GPU's two ceilings and the CUDA backend's decode attention.
+/* gpu_bench: the GPU's two ceilings, the CUDA backend's decode attention and sampling.
  *
  *   gpu_bench [--json FILE] [--seqs N] [--copy-mib M] [--gemm N] [--reps R]
  *             [--kv-budget-gib G] [--seq-len L]
@@ -21,6 +21,10 @@
  *              included) / time; its fraction is of the copy bandwidth above
  *              (read+written convention). The block tables are a shuffled
  *              permutation of the pool, as a long-running paged cache ends up.
+ *   sample     the backend's sample op over 1, 64 and 256 rows of a 262144-token
+ *              vocabulary (Gemma 3): greedy, temperature 1, and temperature 1 with
+ *              top_p 0.9, top_k 40, min_p 0.01. Bandwidth = the rows' logits bytes
+ *              once / time (host-timed like attention); its fraction is of copy.
  *   capacity   sequences of --seq-len (2048) tokens that fit a --kv-budget-gib
  *              (40 GiB) KV pool of an 8B shape (32 layers, 8 KV heads of 128) in BF16
  *              and E4M3, in whole blocks of 16, and their ratio: arithmetic on the
@@ -28,7 +32,7 @@
  *
  * Timing: copy, read and gemm use CUDA events on this program's stream, after
  * warm-ups, the median of --reps (10) single calls. The backend's ops run on its
- * own stream, which kn.h does not expose, so attention is timed on the host: a
+ * own stream, which kn.h does not expose, so attention and sample are timed on the host: a
  * sample is a sync, r back-to-back calls, a sync (r so a sample takes >= 20 ms);
  * the median of up to 7 samples divided by r (launches are queued while the GPU is
  * busy, so this is the GPU time per call for calls of more than a few us).
@@ -70,6 +74,10 @@ enum { N_HEAD = 32, N_KV = 8, HEAD_DIM = 128, BLOCK = 16, N_CTX = 3 };
 static const int CTXS[N_CTX] = {1024, 8192, 32768};
 // The capacity shape: the KV of an 8B model (Llama-3.1-8B: 32 layers).
 enum { CAP_LAYERS = 32 };
+// The sample shape: Gemma 3's vocabulary, decode batches of 1, 64 and 256 rows.
+enum { SMP_VOCAB = 262144, N_SMP_ROWS = 3, N_SMP_MODES = 3 };
+static const int SMP_ROWS[N_SMP_ROWS] = {1, 64, 256};
+static const char *const SMP_MODES[N_SMP_MODES] = {"greedy", "t1", "t1 p.9 k40"};
 
 typedef struct opts {
     const char *json;
@@ -86,6 +94,12 @@ typedef struct attn_result {
     int finite; // every output element finite
 } attn_result;
 
+typedef struct smp_result {
+    int mode, rows;
+    double ms, gbps, frac; // per call; logits bytes once / s; of copy GB/s
+    int valid;             // every token in the vocabulary
+} smp_result;
+
 typedef struct results {
     char device[256];
     int sm_count, cc_major, cc_minor;
@@ -93,6 +107,8 @@ typedef struct results {
     double copy_ms, copy_gbps, read_ms, read_gbps, gemm_ms, gemm_tflops;
     attn_result attn[2 * N_CTX];
     int n_attn;
+    smp_result smp[N_SMP_MODES * N_SMP_ROWS];
+    int n_smp;
     // capacity
     double cap_tok_bytes[2];
     long cap_seqs[2];
@@ -353,12 +369,10 @@ static void *host_alloc(size_t bytes) {
     return p;
 }
 
-/* Seconds per call of (kv_store of the decode tokens, attention): host-timed
- * samples of r calls between syncs, the median of up to 7. */
-static double time_decode(kn_backend *be, const kn_attn_args *a, void *kc, void *vc, const float *k_new,
-                          const float *v_new, const int32_t *slots) {
+/* Seconds per call of call(ctx) (backend ops): host-timed samples of r calls
+ * between syncs, the median of up to 7. */
+static double time_host(kn_backend *be, void (*call)(void *), void *ctx) {
     const kn_backend_ops *op = be->ops;
-    const int64_t row = N_KV * HEAD_DIM;
     double t0 = 0;
     // Two warm-ups (the first launch of a kernel loads its module), then an estimate
     // of one call from three.
@@ -367,8 +381,7 @@ static double time_decode(kn_backend *be, const kn_attn_args *a, void *kc, void 
             op->sync(be);
             t0 = now_s();
         }
-        op->kv_store(be, kc, vc, a->kv_type, k_new, v_new, slots, a->n_tok, row, HEAD_DIM);
-        op->attention(be, a);
+        call(ctx);
     }
     op->sync(be);
     const double est = (now_s() - t0) / 3;
@@ -380,14 +393,29 @@ static double time_decode(kn_backend *be, const kn_attn_args *a, void *kc, void 
     for (int s = 0; s < n; s++) {
         op->sync(be);
         t0 = now_s();
-        for (int i = 0; i < r; i++) {
-            op->kv_store(be, kc, vc, a->kv_type, k_new, v_new, slots, a->n_tok, row, HEAD_DIM);
-            op->attention(be, a);
-        }
+        for (int i = 0; i < r; i++)
+            call(ctx);
         op->sync(be);
         samples[s] = (now_s() - t0) / r;
     }
     return median(samples, n);
+}
+
+/* One decode step of the attention bench: kv_store of the decode tokens, then
+ * attention. */
+typedef struct decode_call {
+    kn_backend *be;
+    const kn_attn_args *a;
+    void *kc, *vc;
+    const float *k_new, *v_new;
+    const int32_t *slots;
+} decode_call;
+
+static void run_decode(void *vctx) {
+    const decode_call *d = vctx;
+    d->be->ops->kv_store(d->be, d->kc, d->vc, d->a->kv_type, d->k_new, d->v_new, d->slots, d->a->n_tok,
+                         N_KV * HEAD_DIM, HEAD_DIM);
+    d->be->ops->attention(d->be, d->a);
 }
 
 /* One KV type: a cache for seqs x max ctx positions, filled once through kv_store,
@@ -463,7 +491,8 @@ static void attention_type(const opts *o, results *r, kn_backend *be, kn_type ty
                           .kv_type = type, .block_size = BLOCK, .tok_seq = tok_seq, .tok_pos = tok_pos,
                           .block_tables = d_bt, .max_blocks = max_blocks};
         // The new tokens' K and V: the first S rows of the fill sources.
-        const double sec = time_decode(be, &a, kc, vc, k_src, v_src, slots);
+        decode_call dc = {be, &a, kc, vc, k_src, v_src, slots};
+        const double sec = time_host(be, run_decode, &dc);
         op->download(be, hq, out, sizeof(float) * q_elems);
         int finite = 1;
         for (size_t i = 0; i < q_elems; i++)
@@ -490,6 +519,71 @@ static void attention_type(const opts *o, results *r, kn_backend *be, kn_type ty
     free(hq);
     free(hseq);
     free(hpos);
+}
+
+/* ---------------------------------------------------------------- sample */
+
+/* The sample op over rows of a Gemma-sized vocabulary: greedy, temperature 1
+ * alone, and temperature 1 with top_p 0.9, top_k 40 and min_p 0.01 (the radix
+ * selects). Bandwidth = the logits' bytes once / time, as a fraction of copy. */
+typedef struct sample_call {
+    kn_backend *be;
+    float *x;
+    int rows;
+    const kn_sample_params *p;
+    kn_sample_out *out;
+} sample_call;
+
+static void run_sample(void *vctx) {
+    const sample_call *c = vctx;
+    c->be->ops->sample(c->be, c->x, c->rows, SMP_VOCAB, c->p, NULL, NULL, NULL, NULL, c->out);
+}
+
+static void sample_bench(results *r, kn_backend *be) {
+    const kn_backend_ops *op = be->ops;
+    const int max_rows = SMP_ROWS[N_SMP_ROWS - 1];
+    const size_t n = (size_t)max_rows * SMP_VOCAB;
+    float *hx = host_alloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) // logits in [-12, 12), a few far above the rest
+        hx[i] = 12.0f * rng_unit() + (rng_u64() % 4096 == 0 ? 12.0f : 0.0f);
+    float *x = be_alloc(be, sizeof(float) * n);
+    op->upload(be, x, hx, sizeof(float) * n);
+    kn_sample_params *hp = host_alloc(sizeof(kn_sample_params) * (size_t)max_rows);
+    kn_sample_params *p = be_alloc(be, sizeof(kn_sample_params) * (size_t)max_rows);
+    kn_sample_out *hout = host_alloc(sizeof(kn_sample_out) * (size_t)max_rows);
+    kn_sample_out *out = be_alloc(be, sizeof(kn_sample_out) * (size_t)max_rows);
+    for (int m = 0; m < N_SMP_MODES; m++) {
+        for (int i = 0; i < max_rows; i++)
+            hp[i] = m == 0   ? (kn_sample_params){0.0f, 1.0f, 0.0f, 0, 0.0f, -1, -1}
+                    : m == 1 ? (kn_sample_params){1.0f, 1.0f, 0.0f, 0, 0.5f * (rng_unit() + 1.0f), -1, -1}
+                             : (kn_sample_params){1.0f, 0.9f, 0.01f, 40, 0.5f * (rng_unit() + 1.0f), -1, -1};
+        op->upload(be, p, hp, sizeof(kn_sample_params) * (size_t)max_rows);
+        for (int k = 0; k < N_SMP_ROWS; k++) {
+            sample_call c = {be, x, SMP_ROWS[k], p, out};
+            const double sec = time_host(be, run_sample, &c);
+            op->download(be, hout, out, sizeof(kn_sample_out) * (size_t)c.rows);
+            int valid = 1;
+            for (int i = 0; i < c.rows; i++)
+                valid &= hout[i].id >= 0 && hout[i].id < SMP_VOCAB;
+            smp_result *sr = &r->smp[r->n_smp++];
+            sr->mode = m;
+            sr->rows = c.rows;
+            sr->ms = sec * 1e3;
+            sr->gbps = (double)c.rows * SMP_VOCAB * sizeof(float) / sec / 1e9;
+            sr->frac = r->copy_gbps > 0 ? sr->gbps / r->copy_gbps : 0.0;
+            sr->valid = valid;
+            printf("sample    %-12s x %3d rows of %d: %.3f ms, %.0f GB/s of logits, %.1f%% of copy%s\n",
+                   SMP_MODES[m], c.rows, SMP_VOCAB, sr->ms, sr->gbps, 100 * sr->frac,
+                   valid ? "" : " (TOKEN OUT OF RANGE)");
+            fflush(stdout);
+        }
+    }
+    op->free(be, x);
+    op->free(be, p);
+    op->free(be, out);
+    free(hx);
+    free(hp);
+    free(hout);
 }
 
 /* ---------------------------------------------------------------- JSON */
@@ -548,6 +642,14 @@ static int write_json(const char *path, const opts *o, const results *r, const c
                     i ? "," : "", kn_type_name(a->type), a->ctx, a->ms, a->bytes, a->gbps, a->frac,
                     a->finite ? "true" : "false");
         }
+        fprintf(f, "\n ],\n \"sample\": [");
+        for (int i = 0; i < r->n_smp; i++) {
+            const smp_result *m = &r->smp[i];
+            fprintf(f, "%s\n  {\"mode\": \"%s\", \"rows\": %d, \"vocab\": %d, \"ms\": %.5f, \"gbps\": %.2f, "
+                       "\"frac_of_copy\": %.4f, \"valid\": %s}",
+                    i ? "," : "", SMP_MODES[m->mode], m->rows, SMP_VOCAB, m->ms, m->gbps, m->frac,
+                    m->valid ? "true" : "false");
+        }
         fprintf(f, "\n ]");
     }
     fprintf(f, "\n}\n");
@@ -582,6 +684,16 @@ static void print_rows(const opts *o, const results *r) {
         if (any)
             printf("row: bench attn %s %% of copy = %s (%d seqs)%s\n", kn_type_name(types[t]), line, o->seqs,
                    types[t] == KN_E4M3 ? ", target >= 85% at >= 8k" : "");
+    }
+    for (int m = 0; m < N_SMP_MODES; m++) {
+        char line[256];
+        int n = 0;
+        for (int i = 0; i < r->n_smp; i++)
+            if (r->smp[i].mode == m)
+                n += snprintf(line + n, sizeof line - (size_t)n, "%sb%d %.3f ms (%.0f%%)", n ? ", " : "",
+                              r->smp[i].rows, r->smp[i].ms, 100 * r->smp[i].frac);
+        if (n)
+            printf("row: bench sample %s, vocab %d = %s of copy\n", SMP_MODES[m], SMP_VOCAB, line);
     }
     printf("row: bench KV capacity %.0f GiB = e4m3 %ld / bf16 %ld seqs of %d = %.2fx (8B shape, target ~2x)\n",
            o->kv_budget_gib, r->cap_seqs[1], r->cap_seqs[0], o->seq_len, r->cap_ratio);
@@ -630,15 +742,20 @@ int main(int argc, char **argv) {
     }
     attention_type(&o, &r, be, KN_BF16);
     attention_type(&o, &r, be, KN_E4M3);
+    sample_bench(&r, be);
     be->ops->destroy(be);
 
-    int bad = 0;
+    const char *bad = NULL;
     for (int i = 0; i < r.n_attn; i++)
-        bad |= !r.attn[i].finite;
+        if (!r.attn[i].finite)
+            bad = "attention produced non-finite output";
+    for (int i = 0; i < r.n_smp; i++)
+        if (!r.smp[i].valid)
+            bad = "sample produced a token outside the vocabulary";
     print_rows(&o, &r);
-    if (o.json && write_json(o.json, &o, &r, bad ? "attention produced non-finite output" : NULL, 1))
+    if (o.json && write_json(o.json, &o, &r, bad, 1))
         return 1;
     if (bad)
-        fprintf(stderr, "gpu_bench: attention produced non-finite output\n");
-    return bad;
+        fprintf(stderr, "gpu_bench: %s\n", bad);
+    return bad != NULL;
 }
