@@ -37,7 +37,8 @@
 # The GPU bench:
 #   bench/gpu_bench (built here with the op tests, CUDA + cuBLAS): the copy bandwidth,
 #       cuBLAS BF16 GEMM rate, the backend's decode attention bandwidth (BF16 and FP8
-#       KV at 1k/8k/32k) and the KV capacity at a fixed budget; JSON in
+#       KV at 1k/8k/32k), the sample op over 1/64/256 rows of a 262144-token
+#       vocabulary, and the KV capacity at a fixed budget; JSON in
 #       build-gpu/gpu_bench.json
 #   bench/gpu.py (needs build-gpu-bundle/ and a python3 with torch and transformers):
 #       a random Qwen2.5-0.5B-shaped model, kolm-worker decode at batch 1/8/64/256 vs
