@@ -268,6 +268,39 @@ static void test_gemma(const char *path) {
         sp.u = 0.5f;
         b.sampled = NULL; // sampled rows need somewhere to go
         ASSERT_EQ(wk_model_forward(c.m, kv, &b, padded), -EINVAL);
+        // every row sampled, with more adjustments than the backend holds at once
+        // (penalties over long outputs): the op runs in several calls, each row
+        // still gets its own (row r adjusts tokens 30000 r + j); +100 on token
+        // 5000 + 40000 r decides row r
+        {
+            enum { NA = 200000 };
+            int32_t *ids = malloc(3 * NA * sizeof *ids), off3[4] = {0, NA, 2 * NA, 3 * NA};
+            float *vals = malloc(3 * NA * sizeof *vals);
+            kn_sample_params sp3[3];
+            kn_sample_out out3[3];
+            ASSERT_TRUE(ids && vals);
+            if (ids && vals) {
+                for (int r = 0; r < 3; r++) {
+                    sp3[r] = (kn_sample_params){.temperature = 0.0f, .top_p = 1.0f, .n_top = -1, .mask = -1};
+                    for (int j = 0; j < NA; j++) {
+                        ids[r * NA + j] = 30000 * r + j;
+                        vals[r * NA + j] = ids[r * NA + j] == 5000 + 40000 * r ? 100.0f : -1e-3f * (float)(j % 7);
+                    }
+                }
+                b.logit_rows = in_order;
+                b.n_sample = 3;
+                b.sample = sp3;
+                b.sampled = out3;
+                b.adj_off = off3;
+                b.adj_id = ids;
+                b.adj_val = vals;
+                ASSERT_EQ(wk_model_forward(c.m, kv, &b, NULL), 0);
+                for (int r = 0; r < 3; r++)
+                    ASSERT_EQ(out3[r].id, 5000 + 40000 * r);
+            }
+            free(ids);
+            free(vals);
+        }
         wk_model_set_exec(c.m, WK_EXEC_GRAPHS);
         for (int i = 0; i < 3; i++)
             wk_kv_release(kv, bt[i]);
