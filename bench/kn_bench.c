@@ -45,13 +45,13 @@ static void fill_weight(kn_type t, uint8_t *w, size_t bytes) {
 
 /* Seconds per call: the best of 7 windows of >= 0.08 s (the machine is shared). */
 static double time_mm(kn_backend *be, const kn_weight *wt, const float *x, int nt, float *y) {
-    be->ops->matmul(be, wt, x, nt, y); // warm-up
+    be->ops->matmul(be, &wt, 1, x, nt, &y); // warm-up
     double best = 1e30;
     for (int win = 0; win < 7; win++) {
         int reps = 0;
         double t0 = now_s(), el;
         do {
-            be->ops->matmul(be, wt, x, nt, y);
+            be->ops->matmul(be, &wt, 1, x, nt, &y);
             reps++;
             el = now_s() - t0;
         } while (el < 0.08);
@@ -199,12 +199,13 @@ int main(int argc, char **argv) {
             for (size_t i = 0; i < bytes / 2; i++)
                 ((uint16_t *)w)[i] = kn_f32_to_f16(0.01f);
         kn_weight wt = {t, n_in, n_out, w};
+        const kn_weight *wp = &wt;
         for (int nt = 1; nt <= 8; nt += 7) {
-            be->ops->matmul(be, &wt, x, nt, y); // warm-up
+            be->ops->matmul(be, &wp, 1, x, nt, &y); // warm-up
             int reps = 0;
             double t0 = now_s(), el;
             do {
-                be->ops->matmul(be, &wt, x, nt, y);
+                be->ops->matmul(be, &wp, 1, x, nt, &y);
                 reps++;
                 el = now_s() - t0;
             } while (el < 1.0);

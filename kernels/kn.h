@@ -60,6 +60,7 @@ void kn_dequant_row(kn_type t, const void *src, float *dst, int64_t n);
 
 /* A 2-D weight matrix: n_out rows of n_in elements, each row kn_row_bytes(type, n_in)
  * bytes, rows contiguous. y = W x means y[o] = sum_i W[o][i] * x[i]. */
+#define KN_MAX_MM 3 // weights one matmul call takes
 typedef struct kn_weight {
     kn_type type;
     int64_t n_in;     // row length (GGUF ne[0])
@@ -148,9 +149,13 @@ typedef struct kn_backend_ops {
     /* Waits until all queued ops are done (no-op on CPU). */
     void (*sync)(kn_backend *be);
 
-    /* y = x W^T: y[t][o] = sum_i W[o][i] * x[t][i].
-     * x: [n_tok, w->n_in] f32, y: [n_tok, w->n_out] f32. */
-    void (*matmul)(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y);
+    /* y[j] = x W_j^T for the n_w (1..KN_MAX_MM) weights w[j], which share n_in
+     * (the projections that read one activation: q, k and v; gate and up), in one
+     * launch where the backend can: y[j][t][o] = sum_i W_j[o][i] * x[t][i], the bits
+     * a call with W_j alone gives. x: [n_tok, n_in] f32, y[j]: [n_tok, w[j]->n_out]
+     * f32. */
+    void (*matmul)(kn_backend *be, const kn_weight *const *w, int n_w, const float *x, int64_t n_tok,
+                   float *const *y);
     /* y[t] = dequant(W[ids[t]]) * scale. y: [n, w->n_in] f32. */
     void (*get_rows)(kn_backend *be, const kn_weight *w, const int32_t *ids, int64_t n, float scale,
                      float *y);

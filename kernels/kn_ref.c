@@ -64,10 +64,12 @@ static int ref_matmul_f(const kn_weight *w, const float *x, int64_t n_tok, float
     return 0;
 }
 
-static void ref_matmul(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
-    if (ref_matmul_f(w, x, n_tok, y) < 0)
-        for (int64_t i = 0; i < n_tok * w->n_out; i++)
-            y[i] = NAN;
+static void ref_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *x, int64_t n_tok,
+                       float *const *y) {
+    for (int j = 0; j < n_w; j++)
+        if (ref_matmul_f(w[j], x, n_tok, y[j]) < 0)
+            for (int64_t i = 0; i < n_tok * w[j]->n_out; i++)
+                y[j][i] = NAN;
 }
 
 int kn_ref_matmul_qact(const kn_weight *w, const float *x, int64_t n_tok, float *y) {

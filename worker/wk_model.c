@@ -669,6 +669,11 @@ static int check_batch(wk_model *m, wk_kv *kv, const wk_batch *b) {
     return 0;
 }
 
+/* y = x W^T, W alone (kn.h's matmul takes several weights of one input). */
+static void matmul1(wk_model *m, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
+    m->be->ops->matmul(m->be, &w, 1, x, n_tok, &y);
+}
+
 /* One decoder layer over the n_tok tokens in the device batch buffers, whose block
  * tables are max_blocks wide. */
 static void forward_layer(wk_model *m, wk_kv *kv, int il, int n_tok, int max_blocks) {
@@ -680,9 +685,9 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, int n_tok, int max_blo
     const int64_t QD = (int64_t)hp->n_head * hd, KD = (int64_t)hp->n_head_kv * hd;
 
     // attention block (m->h: x under this layer's attn_norm, from the step before)
-    op->matmul(be, &L->wq, m->h, T, m->q);
-    op->matmul(be, &L->wk, m->h, T, m->k);
-    op->matmul(be, &L->wv, m->h, T, m->v);
+    const kn_weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
+    float *qkv_out[3] = {m->q, m->k, m->v};
+    op->matmul(be, qkv, 3, m->h, T, qkv_out);
     if (L->bq)
         op->add_bias(be, m->q, L->bq, T, QD, m->q);
     if (L->bk)
@@ -719,15 +724,16 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, int n_tok, int max_blo
         .max_blocks = max_blocks,
     };
     op->attention(be, &a);
-    op->matmul(be, &L->wo, m->att, T, m->o);
+    matmul1(m, &L->wo, m->att, T, m->o);
     op->add_norm(be, m->x, m->o, L->post_attn_norm, L->ffn_norm, T, E, hp->norm_eps, m->h);
 
     // feed-forward block; the next layer's attn_norm (none after the last layer:
     // the output norm runs on the logit rows only)
-    op->matmul(be, &L->gate, m->h, T, m->fg);
-    op->matmul(be, &L->up, m->h, T, m->fu);
+    const kn_weight *gate_up[2] = {&L->gate, &L->up};
+    float *gate_up_out[2] = {m->fg, m->fu};
+    op->matmul(be, gate_up, 2, m->h, T, gate_up_out);
     op->glu(be, m->fg, m->fu, T * hp->n_ff, m->act, m->fg);
-    op->matmul(be, &L->down, m->fg, T, m->o);
+    matmul1(m, &L->down, m->fg, T, m->o);
     const int last = il + 1 == hp->n_layer;
     op->add_norm(be, m->x, m->o, L->post_ffw_norm, last ? NULL : m->layers[il + 1].attn_norm, T, E, hp->norm_eps,
                  last ? NULL : m->h);
@@ -749,7 +755,7 @@ static void forward_ops(wk_model *m, wk_kv *kv, int n_tok, int max_blocks, int n
     kn_weight xw = {.type = KN_F32, .n_in = hp->n_embd, .n_out = n_tok, .data = m->x};
     op->get_rows(be, &xw, m->d_rows, n_logits, 1.0f, m->xl);
     op->rmsnorm(be, m->xl, m->output_norm, n_logits, hp->n_embd, hp->norm_eps, m->xl);
-    op->matmul(be, &m->output, m->xl, n_logits, m->logits);
+    matmul1(m, &m->output, m->xl, n_logits, m->logits);
     if (m->final_softcap > 0.0f)
         op->softcap(be, m->logits, (int64_t)n_logits * hp->n_vocab, m->final_softcap);
 }

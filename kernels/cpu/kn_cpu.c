@@ -196,8 +196,7 @@ static void mm_rows(void *vctx, int ith, int nth) {
     }
 }
 
-static void cpu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
-    kn_cpu *c = (kn_cpu *)be;
+static void matmul_one(kn_cpu *c, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
     mm_ctx m = {.c = c, .w = w, .vt = kn_vec_dot_type(w->type)};
     if (!c->dt.dot[w->type] && grow_deq(c, (size_t)w->n_in) < 0) {
         for (int64_t i = 0; i < n_tok * w->n_out; i++)
@@ -229,6 +228,14 @@ static void cpu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64
         atomic_store_explicit(&m.next, 0, memory_order_relaxed);
         run(c, mm_rows, &m, work);
     }
+}
+
+/* NOTE: one weight after the other; each quantizes x for itself (the cost of
+ * that is a small part of a weight's, even at decode). */
+static void cpu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *x, int64_t n_tok,
+                       float *const *y) {
+    for (int j = 0; j < n_w; j++)
+        matmul_one((kn_cpu *)be, w[j], x, n_tok, y[j]);
 }
 
 /* ---- get_rows ---- */

@@ -93,7 +93,8 @@ __device__ __forceinline__ void store_float(kn_type t, void *row, int64_t i, flo
 }
 
 /* The ops of the other units. */
-void cu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y);
+void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *x, int64_t n_tok,
+               float *const *y);
 void cu_get_rows(kn_backend *be, const kn_weight *w, const int32_t *ids, int64_t n, float scale, float *y);
 void cu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, const float *k, const float *v,
                  const int32_t *slots, int64_t n_tok, int64_t row, int head_dim);

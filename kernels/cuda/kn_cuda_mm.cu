@@ -17,6 +17,12 @@
  * uses R = 1 for more warps in flight; longer batches R = 4, so each activation
  * load serves 4 rows.
  *
+ * One call takes up to KN_MAX_MM weights of one input (q, k and v; gate and up):
+ * one launch whose grid is the weights' blocks end to end, each block running
+ * its weight's rows exactly as a launch of that weight alone would. A small
+ * projection (k and v of a GQA model: a few hundred rows) would leave most SMs
+ * idle in a launch of its own.
+ *
  * get_rows dequantizes a chunk per thread the same way. */
 #include <stdint.h>
 
@@ -50,14 +56,45 @@ static __device__ __forceinline__ void load_chunk(kn_type type, const uint8_t *r
     }
 }
 
-/* y[t][o] for rows [o0, o0 + R) of warp (blockIdx.x, threadIdx.x / 32) and tokens
- * [t0, t0 + TT) of blockIdx.y. */
+/* One weight of a matmul call: its rows take thread blocks [blk0, the next
+ * part's blk0) of the grid's x. */
+typedef struct mm_part {
+    kn_type type;
+    const uint8_t *w;
+    size_t row_bytes, block_bytes;
+    int block_elems;
+    bool wvec;
+    int64_t n_out;
+    float *y;
+    unsigned blk0;
+} mm_part;
+
+typedef struct mm_parts {
+    mm_part p[KN_MAX_MM];
+    int n;
+} mm_parts;
+
+/* y[t][o] of the part that owns blockIdx.x, for rows [o0, o0 + R) of warp
+ * (blockIdx.x - blk0, threadIdx.x / 32) and tokens [t0, t0 + TT) of blockIdx.y:
+ * the same operations for a row whichever part it is in or is alone in a call. */
 template <int R>
-static __global__ void k_matmul(kn_type type, const uint8_t *w, size_t row_bytes, int64_t n_in, int block_elems,
-                                size_t block_bytes, bool wvec, bool xvec, const float *x, int64_t n_tok, float *y,
-                                int64_t n_out) {
+static __global__ void __launch_bounds__(32 * WARPS, R == 1 ? 8 : 4) // the occupancy of one weight's kernel
+    k_matmul(mm_parts ps, int64_t n_in, bool xvec, const float *x, int64_t n_tok) {
+    mm_part P = ps.p[0];
+#pragma unroll
+    for (int j = 1; j < KN_MAX_MM; j++) // static indices: the parts stay in parameter space
+        if (j < ps.n && blockIdx.x >= ps.p[j].blk0)
+            P = ps.p[j];
+    const kn_type type = P.type;
+    const uint8_t *w = P.w;
+    const size_t row_bytes = P.row_bytes, block_bytes = P.block_bytes;
+    const int block_elems = P.block_elems;
+    const bool wvec = P.wvec;
+    const int64_t n_out = P.n_out;
+    float *y = P.y;
     const int lane = threadIdx.x & 31;
-    const int64_t o0 = ((int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5)) * R, t0 = (int64_t)blockIdx.y * TT;
+    const int64_t o0 = ((int64_t)(blockIdx.x - P.blk0) * WARPS + (threadIdx.x >> 5)) * R,
+                  t0 = (int64_t)blockIdx.y * TT;
     if (o0 >= n_out) // the whole warp: there is no block-wide synchronization below
         return;
     const int nr = (int)min((int64_t)R, n_out - o0), nt = (int)min((int64_t)TT, n_tok - t0);
@@ -125,25 +162,46 @@ static __global__ void k_matmul(kn_type type, const uint8_t *w, size_t row_bytes
         }
 }
 
-void cu_matmul(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
-    if (n_tok <= 0 || w->n_out <= 0)
+void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *x, int64_t n_tok,
+               float *const *y) {
+    if (n_tok <= 0 || n_w <= 0)
         return;
-    const int block_elems = (int)kn_type_block_elems(w->type);
-    const size_t row_bytes = kn_row_bytes(w->type, w->n_in), block_bytes = kn_type_block_bytes(w->type);
-    const bool wvec = w->n_in % 8 == 0 && (uintptr_t)w->data % 16 == 0;
-    const bool xvec = w->n_in % 4 == 0 && (uintptr_t)x % 16 == 0;
-    const unsigned tiles = (unsigned)((n_tok + TT - 1) / TT);
-    const cudaStream_t st = cu(be)->stream;
-    if (n_tok <= TT) {
-        const dim3 grid((unsigned)((w->n_out + WARPS - 1) / WARPS), tiles);
-        k_matmul<1><<<grid, 32 * WARPS, 0, st>>>(w->type, (const uint8_t *)w->data, row_bytes, w->n_in, block_elems,
-                                                  block_bytes, wvec, xvec, x, n_tok, y, w->n_out);
-    } else {
-        const dim3 grid((unsigned)((w->n_out + 4 * WARPS - 1) / (4 * WARPS)), tiles);
-        k_matmul<4><<<grid, 32 * WARPS, 0, st>>>(w->type, (const uint8_t *)w->data, row_bytes, w->n_in, block_elems,
-                                                  block_bytes, wvec, xvec, x, n_tok, y, w->n_out);
+    const int64_t n_in = w[0]->n_in;
+    const int r = n_tok <= TT ? 1 : 4; // rows per warp: decode 1, longer batches 4
+    const int rows_per_block = r * WARPS;
+    mm_parts ps;
+    ps.n = 0;
+    unsigned blocks = 0;
+    for (int j = 0; j < n_w && j < KN_MAX_MM; j++) {
+        const kn_weight *wj = w[j];
+        if (wj->n_out <= 0)
+            continue;
+        mm_part *p = &ps.p[ps.n++];
+        p->type = wj->type;
+        p->w = (const uint8_t *)wj->data;
+        p->row_bytes = kn_row_bytes(wj->type, n_in);
+        p->block_bytes = kn_type_block_bytes(wj->type);
+        p->block_elems = (int)kn_type_block_elems(wj->type);
+        p->wvec = n_in % 8 == 0 && (uintptr_t)wj->data % 16 == 0;
+        p->n_out = wj->n_out;
+        p->y = y[j];
+        p->blk0 = blocks;
+        blocks += (unsigned)((wj->n_out + rows_per_block - 1) / rows_per_block);
     }
+    if (!ps.n)
+        return;
+    for (int j = ps.n; j < KN_MAX_MM; j++)
+        ps.p[j] = ps.p[0]; // unused: never chosen (j >= ps.n)
+    const bool xvec = n_in % 4 == 0 && (uintptr_t)x % 16 == 0;
+    const dim3 grid(blocks, (unsigned)((n_tok + TT - 1) / TT));
+    const cudaStream_t st = cu(be)->stream;
+    if (r == 1)
+        k_matmul<1><<<grid, 32 * WARPS, 0, st>>>(ps, n_in, xvec, x, n_tok);
+    else
+        k_matmul<4><<<grid, 32 * WARPS, 0, st>>>(ps, n_in, xvec, x, n_tok);
     KN_LAUNCHED();
+    if (n_w > KN_MAX_MM) // more weights than one launch takes: the rest in the next
+        cu_matmul(be, w + KN_MAX_MM, n_w - KN_MAX_MM, x, n_tok, y + KN_MAX_MM);
 }
 
 /* ---------------------------------------------------------------- get_rows */

@@ -7,7 +7,8 @@
  *     atol + |ref|*rtol, non-finite reference values skipped, first mismatches
  *     printed; quantized matmul is compared tightly with the reference that uses
  *     the same activation quantization and loosely with the pure float one, and
- *     each token of a batch must match the same token multiplied alone exactly;
+ *     each token of a batch must match the same token multiplied alone exactly,
+ *     and each of three weights in one call the same weight alone;
  * (c) paged attention over block sizes {1,3,7,16}, GQA 1/2/3/4/6/8/12/16,
  *     head_dim 32/64/96/128/256, F16/BF16/F32/E4M3 caches, sliding window and
  *     softcap on/off, several sequences per batch, NaN in unused slots, contexts
@@ -507,6 +508,60 @@ typedef struct {
     kn_backend *be;
 } backend_case;
 
+/* One weight's matmul (kn.h's op takes up to KN_MAX_MM). */
+static void mm1(kn_backend *be, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
+    be->ops->matmul(be, &w, 1, x, n_tok, &y);
+}
+
+/* Three weights of one n_in, of other types and row counts, in one call: each
+ * output is the bits of that weight alone. */
+static void test_matmul_multi(kn_backend *be, const char *bname) {
+    static const kn_type types[3] = {KN_Q4_K, KN_F16, KN_Q8_0};
+    static const int64_t n_outs[3] = {37, 5, 130}, toks[] = {1, 7, 33};
+    const int64_t n_in = 512;
+    void *wh[3], *wd[3];
+    kn_weight w[3];
+    for (int j = 0; j < 3; j++) {
+        wh[j] = make_weight(types[j], n_outs[j], n_in);
+        wd[j] = dev_copy(be, wh[j], kn_row_bytes(types[j], n_in) * (size_t)n_outs[j]);
+        w[j] = (kn_weight){types[j], n_in, n_outs[j], wd[j]};
+    }
+    for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
+        const int64_t nt = toks[k];
+        float *x = malloc((size_t)(nt * n_in) * sizeof(float));
+        fill_uniform(x, (size_t)(nt * n_in), -1, 1);
+        float *xd = dev_copy(be, x, (size_t)(nt * n_in) * sizeof(float)), *yd[3], *ya[3];
+        float *got = malloc((size_t)(nt * 130) * sizeof(float)), *want = malloc((size_t)(nt * 130) * sizeof(float));
+        const kn_weight *wp[3] = {&w[0], &w[1], &w[2]};
+        for (int j = 0; j < 3; j++) {
+            yd[j] = be->ops->alloc(be, (size_t)(nt * n_outs[j]) * sizeof(float));
+            ya[j] = be->ops->alloc(be, (size_t)(nt * n_outs[j]) * sizeof(float));
+            mm1(be, &w[j], xd, nt, ya[j]);
+        }
+        be->ops->matmul(be, wp, 3, xd, nt, yd);
+        be->ops->sync(be);
+        for (int j = 0; j < 3; j++) {
+            const size_t n = (size_t)(nt * n_outs[j]);
+            to_host(be, got, yd[j], n * sizeof(float));
+            to_host(be, want, ya[j], n * sizeof(float));
+            char what[96];
+            snprintf(what, sizeof(what), "%s matmul of 3 weights, weight %d (%s) n_tok=%lld vs alone", bname, j,
+                     kn_type_name(types[j]), (long long)nt);
+            check_close(what, want, got, n, 0, 0);
+            be->ops->free(be, yd[j]);
+            be->ops->free(be, ya[j]);
+        }
+        be->ops->free(be, xd);
+        free(x);
+        free(got);
+        free(want);
+    }
+    for (int j = 0; j < 3; j++) {
+        be->ops->free(be, wd[j]);
+        free(wh[j]);
+    }
+}
+
 static void test_matmul(kn_backend *be, const char *bname) {
     static const kn_type types[] = {KN_F32, KN_F16, KN_BF16, KN_Q4_0, KN_Q4_1, KN_Q5_0, KN_Q5_1,
                                     KN_Q8_0, KN_Q2_K, KN_Q3_K, KN_Q4_K, KN_Q5_K, KN_Q6_K};
@@ -532,11 +587,11 @@ static void test_matmul(kn_backend *be, const char *bname) {
             x[3] = 4.0f; // an outlier, like real activations
             kn_ref_matmul_qact(&wref, x, nt, yq);
             kn_backend *ref = kn_ref_create();
-            ref->ops->matmul(ref, &wref, x, nt, yf);
+            mm1(ref, &wref, x, nt, yf);
             ref->ops->destroy(ref);
             float *xd = dev_copy(be, x, (size_t)(nt * n_in) * sizeof(float));
             float *yd = be->ops->alloc(be, (size_t)(nt * n_out) * sizeof(float));
-            be->ops->matmul(be, &w, xd, nt, yd);
+            mm1(be, &w, xd, nt, yd);
             be->ops->sync(be);
             to_host(be, y, yd, (size_t)(nt * n_out) * sizeof(float));
             char what[96];
@@ -555,7 +610,7 @@ static void test_matmul(kn_backend *be, const char *bname) {
             }
             // batch invariance: each token alone gives bit-identical results
             for (int64_t tk = 0; tk < nt && nt > 1; tk++) {
-                be->ops->matmul(be, &w, xd + tk * n_in, 1, yd);
+                mm1(be, &w, xd + tk * n_in, 1, yd);
                 be->ops->sync(be);
                 to_host(be, yf, yd, (size_t)n_out * sizeof(float));
                 snprintf(what, sizeof(what), "%s matmul %s token %lld of %lld alone", bname, kn_type_name(t),
@@ -1375,6 +1430,7 @@ int main(void) {
         if (!cases[i].be)
             continue;
         test_matmul(cases[i].be, cases[i].name);
+        test_matmul_multi(cases[i].be, cases[i].name);
         test_small_ops(cases[i].be, cases[i].name, ref);
         test_attention(cases[i].be, cases[i].name, ref);
         test_row_ops(cases[i].be, cases[i].name, ref);
