@@ -85,7 +85,7 @@ static int bench_model(kn_backend *be) {
         if (!w || !y)
             return 1;
         fill_weight(shapes[si].t, w, bytes);
-        kn_weight wt = {shapes[si].t, shapes[si].n_in, shapes[si].n_out, w};
+        kn_weight wt = {shapes[si].t, shapes[si].n_in, shapes[si].n_out, w, NULL};
         double one = 0;
         for (size_t k = 0; k < sizeof(toks) / sizeof(toks[0]); k++) {
             double per = time_mm(be, &wt, x, toks[k], y);
@@ -198,7 +198,7 @@ int main(int argc, char **argv) {
         else if (t == KN_F16)
             for (size_t i = 0; i < bytes / 2; i++)
                 ((uint16_t *)w)[i] = kn_f32_to_f16(0.01f);
-        kn_weight wt = {t, n_in, n_out, w};
+        kn_weight wt = {t, n_in, n_out, w, NULL};
         const kn_weight *wp = &wt;
         for (int nt = 1; nt <= 8; nt += 7) {
             be->ops->matmul(be, &wp, 1, x, nt, &y); // warm-up

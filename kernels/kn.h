@@ -59,13 +59,15 @@ size_t kn_row_bytes(kn_type t, int64_t n);
 void kn_dequant_row(kn_type t, const void *src, float *dst, int64_t n);
 
 /* A 2-D weight matrix: n_out rows of n_in elements, each row kn_row_bytes(type, n_in)
- * bytes, rows contiguous. y = W x means y[o] = sum_i W[o][i] * x[i]. */
+ * bytes, rows contiguous, and an optional bias: y = W x means y[o] = sum_i W[o][i]
+ * * x[i] (+ bias[o], one float add after the sum). */
 #define KN_MAX_MM 3 // weights one matmul call takes
 typedef struct kn_weight {
     kn_type type;
     int64_t n_in;     // row length (GGUF ne[0])
     int64_t n_out;    // rows (GGUF ne[1])
     const void *data; // [n_out, row_bytes], backend memory
+    const float *bias; // [n_out] backend memory, or NULL
 } kn_weight;
 
 enum kn_rope_mode {
@@ -151,7 +153,8 @@ typedef struct kn_backend_ops {
 
     /* y[j] = x W_j^T for the n_w (1..KN_MAX_MM) weights w[j], which share n_in
      * (the projections that read one activation: q, k and v; gate and up), in one
-     * launch where the backend can: y[j][t][o] = sum_i W_j[o][i] * x[t][i], the bits
+     * launch where the backend can: y[j][t][o] = sum_i W_j[o][i] * x[t][i] (+ the
+     * bias), the bits
      * a call with W_j alone gives. x: [n_tok, n_in] f32, y[j]: [n_tok, w[j]->n_out]
      * f32. */
     void (*matmul)(kn_backend *be, const kn_weight *const *w, int n_w, const float *x, int64_t n_tok,
@@ -180,8 +183,6 @@ typedef struct kn_backend_ops {
                      int64_t n, float eps, float *y);
     /* x = cap * tanh(x / cap) over n values, in place (logit soft-capping). */
     void (*softcap)(kn_backend *be, float *x, int64_t n, float cap);
-    /* y[r][i] = x[r][i] + bias[i] for n_row rows of n; y may equal x. */
-    void (*add_bias)(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n, float *y);
     /* Stores the K and V of n_tok tokens into the paged cache of one layer:
      * token t goes to physical slot slots[t] (= block * block_size + offset); a
      * negative slot stores nothing (a padding token of a fixed-size batch).

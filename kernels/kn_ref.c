@@ -57,7 +57,7 @@ static int ref_matmul_f(const kn_weight *w, const float *x, int64_t n_tok, float
             double s = 0.0;
             for (int64_t i = 0; i < w->n_in; i++)
                 s += (double)wr[i] * xt[i];
-            y[t * w->n_out + o] = (float)s;
+            y[t * w->n_out + o] = w->bias ? (float)s + w->bias[o] : (float)s;
         }
     }
     free(wr);
@@ -176,13 +176,6 @@ static void ref_add_norm(kn_backend *be, float *x, const float *r, const float *
             ref_rms_row(xr, w, n, eps, y + row * n);
     }
     free(t);
-}
-
-static void ref_add_bias(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n,
-                         float *y) {
-    for (int64_t r = 0; r < n_row; r++)
-        for (int64_t i = 0; i < n; i++)
-            y[r * n + i] = x[r * n + i] + bias[i];
 }
 
 /* Element idx of a KN_F32, KN_F16 or KN_BF16 cache: stored from / loaded as f32. */
@@ -438,7 +431,6 @@ static const kn_backend_ops ref_ops = {
     .rope = ref_rope,
     .glu = ref_glu,
     .add_norm = ref_add_norm,
-    .add_bias = ref_add_bias,
     .kv_store = ref_kv_store,
     .attention = ref_attention,
     .softcap = ref_softcap,

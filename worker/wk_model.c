@@ -3,7 +3,7 @@
  * Design note. The three supported architectures share one decoder-layer shape:
  *
  *   h = rmsnorm(x) * attn_norm
- *   q, k, v = h Wq (+bq), h Wk (+bk), h Wv (+bv)
+ *   q, k, v = h Wq (+bq), h Wk (+bk), h Wv (+bv)   (one matmul call, the biases in it)
  *   [gemma3] q, k = per-head rmsnorm(q) * q_norm, per-head rmsnorm(k) * k_norm
  *   q, k = rope(q, k)            NEOX (gemma3, qwen2) or NORM (llama) pairs
  *   store k, v in the paged cache; a = paged attention(q)
@@ -53,8 +53,7 @@ typedef struct wk_layer {
     const float *attn_norm, *ffn_norm;          // [n_embd]
     const float *post_attn_norm, *post_ffw_norm; // [n_embd] or NULL
     const float *q_norm, *k_norm;               // [head_dim] or NULL
-    const float *bq, *bk, *bv;                  // [n_head*head_dim], [n_kv*head_dim] x2, or NULL
-    kn_weight wq, wk, wv, wo;
+    kn_weight wq, wk, wv, wo; // wq, wk, wv with their biases (Qwen2), else none
     kn_weight gate, up, down;
     float rope_base, rope_scale;
     int window; // 0 = full causal
@@ -382,16 +381,16 @@ static int bind_layer(wk_model *m, int il, char *err, size_t errlen) {
         (rc = bind_matrix(m, NAME("ffn_gate.weight"), E, hp->n_ff, 1, &L->gate, err, errlen)) < 0 ||
         (rc = bind_matrix(m, NAME("ffn_up.weight"), E, hp->n_ff, 1, &L->up, err, errlen)) < 0 ||
         (rc = bind_matrix(m, NAME("ffn_down.weight"), hp->n_ff, E, 1, &L->down, err, errlen)) < 0 ||
-        (rc = bind_vector(m, NAME("attn_q.bias"), QD, 0, &L->bq, err, errlen)) < 0 ||
-        (rc = bind_vector(m, NAME("attn_k.bias"), KD, 0, &L->bk, err, errlen)) < 0 ||
-        (rc = bind_vector(m, NAME("attn_v.bias"), KD, 0, &L->bv, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("attn_q.bias"), QD, 0, &L->wq.bias, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("attn_k.bias"), KD, 0, &L->wk.bias, err, errlen)) < 0 ||
+        (rc = bind_vector(m, NAME("attn_v.bias"), KD, 0, &L->wv.bias, err, errlen)) < 0 ||
         (rc = bind_vector(m, NAME("attn_q_norm.weight"), hp->head_dim, gemma, &L->q_norm, err, errlen)) < 0 ||
         (rc = bind_vector(m, NAME("attn_k_norm.weight"), hp->head_dim, gemma, &L->k_norm, err, errlen)) < 0 ||
         (rc = bind_vector(m, NAME("post_attention_norm.weight"), E, gemma, &L->post_attn_norm, err, errlen)) < 0 ||
         (rc = bind_vector(m, NAME("post_ffw_norm.weight"), E, gemma, &L->post_ffw_norm, err, errlen)) < 0)
         return rc;
 #undef NAME
-    if (hp->arch == WK_ARCH_QWEN2 && (!L->bq || !L->bk || !L->bv)) {
+    if (hp->arch == WK_ARCH_QWEN2 && (!L->wq.bias || !L->wk.bias || !L->wv.bias)) {
         cm_set_err(err, errlen, "qwen2 layer %d lacks attn_q/k/v.bias", il);
         return -EINVAL;
     }
@@ -682,18 +681,12 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, int n_tok, int max_blo
     const wk_hparams *hp = &m->hp;
     const wk_layer *L = &m->layers[il];
     const int64_t T = n_tok, E = hp->n_embd, hd = hp->head_dim;
-    const int64_t QD = (int64_t)hp->n_head * hd, KD = (int64_t)hp->n_head_kv * hd;
+    const int64_t KD = (int64_t)hp->n_head_kv * hd;
 
     // attention block (m->h: x under this layer's attn_norm, from the step before)
     const kn_weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
     float *qkv_out[3] = {m->q, m->k, m->v};
     op->matmul(be, qkv, 3, m->h, T, qkv_out);
-    if (L->bq)
-        op->add_bias(be, m->q, L->bq, T, QD, m->q);
-    if (L->bk)
-        op->add_bias(be, m->k, L->bk, T, KD, m->k);
-    if (L->bv)
-        op->add_bias(be, m->v, L->bv, T, KD, m->v);
     if (L->q_norm)
         op->rmsnorm(be, m->q, L->q_norm, T * hp->n_head, hd, hp->norm_eps, m->q);
     if (L->k_norm)

@@ -228,6 +228,10 @@ static void matmul_one(kn_cpu *c, const kn_weight *w, const float *x, int64_t n_
         atomic_store_explicit(&m.next, 0, memory_order_relaxed);
         run(c, mm_rows, &m, work);
     }
+    if (w->bias) // a pass of its own: a few adds per output, next to the dot products
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t o = 0; o < w->n_out; o++)
+                y[t * w->n_out + o] += w->bias[o];
 }
 
 /* NOTE: one weight after the other; each quantizes x for itself (the cost of
@@ -422,20 +426,6 @@ static void glu_run(void *vctx, int ith, int nth) {
 static void cpu_glu(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y) {
     ew_ctx e = {.a = g, .b = u, .n = n, .act = act, .c = (kn_cpu *)be, .y = y};
     run((kn_cpu *)be, glu_run, &e, n * 8);
-}
-
-static void bias_run(void *vctx, int ith, int nth) {
-    ew_ctx *e = vctx;
-    int64_t a, b;
-    split(e->n_row, ith, nth, &a, &b);
-    for (int64_t r = a; r < b; r++)
-        for (int64_t i = 0; i < e->n; i++)
-            e->y[r * e->n + i] = e->a[r * e->n + i] + e->b[i];
-}
-
-static void cpu_add_bias(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n, float *y) {
-    ew_ctx e = {.a = x, .b = bias, .n = n, .n_row = n_row, .y = y};
-    run((kn_cpu *)be, bias_run, &e, n_row * n);
 }
 
 /* ---- paged KV ---- */
@@ -655,7 +645,6 @@ static const kn_backend_ops cpu_ops = {
     .rope = cpu_rope,
     .glu = cpu_glu,
     .add_norm = cpu_add_norm,
-    .add_bias = cpu_add_bias,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
     .softcap = cpu_softcap,

@@ -192,20 +192,6 @@ static void cu_softcap(kn_backend *be, float *x, int64_t n, float cap) {
     KN_LAUNCHED();
 }
 
-static __global__ void k_add_bias(const float *x, const float *bias, int64_t total, int64_t n, float *y) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < total)
-        y[i] = x[i] + bias[i % n];
-}
-
-static void cu_add_bias(kn_backend *be, const float *x, const float *bias, int64_t n_row, int64_t n, float *y) {
-    const int64_t total = n_row * n;
-    if (total <= 0)
-        return;
-    k_add_bias<<<(unsigned)((total + 255) / 256), 256, 0, cu(be)->stream>>>(x, bias, total, n, y);
-    KN_LAUNCHED();
-}
-
 /* ---------------------------------------------------------------- backend */
 
 static void cu_mem_info(kn_backend *be, size_t *free_bytes, size_t *total_bytes) {
@@ -249,7 +235,7 @@ static void cu_graph_free(kn_backend *be, void *graph) {
 static const kn_backend_ops cuda_ops = {
     "cuda",           cu_destroy,     cu_alloc,        cu_free,       cu_upload,  cu_download,
     cu_zero,          cu_sync,        cu_matmul,       cu_get_rows,   cu_rmsnorm, cu_rope,
-    cu_glu,           cu_add_norm,    cu_softcap,      cu_add_bias,     cu_kv_store,   cu_attention, cu_sample,
+    cu_glu,           cu_add_norm,    cu_softcap,      cu_kv_store,   cu_attention, cu_sample,
     cu_mem_info,      cu_capture_begin, cu_capture_end, cu_graph_launch, cu_graph_free,
 };
 

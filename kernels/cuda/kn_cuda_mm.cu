@@ -65,6 +65,7 @@ typedef struct mm_part {
     int block_elems;
     bool wvec;
     int64_t n_out;
+    const float *bias;
     float *y;
     unsigned blk0;
 } mm_part;
@@ -91,6 +92,7 @@ static __global__ void __launch_bounds__(32 * WARPS, R == 1 ? 8 : 4) // the occu
     const int block_elems = P.block_elems;
     const bool wvec = P.wvec;
     const int64_t n_out = P.n_out;
+    const float *bias = P.bias;
     float *y = P.y;
     const int lane = threadIdx.x & 31;
     const int64_t o0 = ((int64_t)(blockIdx.x - P.blk0) * WARPS + (threadIdx.x >> 5)) * R,
@@ -158,7 +160,7 @@ static __global__ void __launch_bounds__(32 * WARPS, R == 1 ? 8 : 4) // the occu
         for (int k = 0; k < TT; k++) {
             const float s = warp_sum(acc[r][k]);
             if (lane == 0 && r < nr && k < nt)
-                y[(t0 + k) * n_out + o0 + r] = s;
+                y[(t0 + k) * n_out + o0 + r] = bias ? s + bias[o0 + r] : s;
         }
 }
 
@@ -184,6 +186,7 @@ void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *
         p->block_elems = (int)kn_type_block_elems(wj->type);
         p->wvec = n_in % 8 == 0 && (uintptr_t)wj->data % 16 == 0;
         p->n_out = wj->n_out;
+        p->bias = wj->bias;
         p->y = y[j];
         p->blk0 = blocks;
         blocks += (unsigned)((wj->n_out + rows_per_block - 1) / rows_per_block);

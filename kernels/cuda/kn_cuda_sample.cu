@@ -287,11 +287,19 @@ static __device__ int draw(const float *row, seg_t s, const uint32_t *mw, const 
     if (warp == star) { // the same sums again, up to the point
         carry = 0.0f;
         for (int64_t b = s.lo; b < s.hi; b += 32) {
-            const float incl = warp_scan(kept_w(b));
+            const float w = kept_w(b), incl = warp_scan(w);
             const uint32_t bal = __ballot_sync(0xffffffffu, before + (carry + incl) > r);
+            const uint32_t pos = __ballot_sync(0xffffffffu, w > 0.0f);
             if (bal) {
+                // The scan's sums are grouped differently lane by lane, so they need not
+                // grow with the lane: the first lane past r can be a token of weight 0
+                // one rounding step up. The draw is the last lane of weight > 0 at or
+                // before it (there is one: lanes of weight 0 ahead of every other add
+                // exactly 0 and cannot pass r).
+                const int first = __ffs((int)bal) - 1;
+                const uint32_t upto = pos & (0xffffffffu >> (31 - first));
                 if (lane == 0)
-                    sh->pick = (int)b + __ffs((int)bal) - 1;
+                    sh->pick = (int)b + 31 - __clz((int)upto);
                 break;
             }
             carry += __shfl_sync(0xffffffffu, incl, 31);

@@ -8,7 +8,8 @@
  *     printed; quantized matmul is compared tightly with the reference that uses
  *     the same activation quantization and loosely with the pure float one, and
  *     each token of a batch must match the same token multiplied alone exactly,
- *     and each of three weights in one call the same weight alone;
+ *     and each of three weights in one call the same weight alone; a bias is
+ *     one float add after the sum;
  * (c) paged attention over block sizes {1,3,7,16}, GQA 1/2/3/4/6/8/12/16,
  *     head_dim 32/64/96/128/256, F16/BF16/F32/E4M3 caches, sliding window and
  *     softcap on/off, several sequences per batch, NaN in unused slots, contexts
@@ -524,8 +525,10 @@ static void test_matmul_multi(kn_backend *be, const char *bname) {
     for (int j = 0; j < 3; j++) {
         wh[j] = make_weight(types[j], n_outs[j], n_in);
         wd[j] = dev_copy(be, wh[j], kn_row_bytes(types[j], n_in) * (size_t)n_outs[j]);
-        w[j] = (kn_weight){types[j], n_in, n_outs[j], wd[j]};
+        w[j] = (kn_weight){types[j], n_in, n_outs[j], wd[j], NULL};
     }
+    float bias[5] = {0.5f, -1.0f, 2.0f, 0.0f, -0.25f};
+    w[1].bias = dev_copy(be, bias, sizeof bias); // one of them biased
     for (size_t k = 0; k < sizeof toks / sizeof toks[0]; k++) {
         const int64_t nt = toks[k];
         float *x = malloc((size_t)(nt * n_in) * sizeof(float));
@@ -560,13 +563,14 @@ static void test_matmul_multi(kn_backend *be, const char *bname) {
         be->ops->free(be, wd[j]);
         free(wh[j]);
     }
+    be->ops->free(be, (void *)w[1].bias);
 }
 
 static void test_matmul(kn_backend *be, const char *bname) {
     static const kn_type types[] = {KN_F32, KN_F16, KN_BF16, KN_Q4_0, KN_Q4_1, KN_Q5_0, KN_Q5_1,
                                     KN_Q8_0, KN_Q2_K, KN_Q3_K, KN_Q4_K, KN_Q5_K, KN_Q6_K};
     static const int64_t toks[] = {1, 2, 7, 33};
-    const int64_t n_in = 512, n_out = 37;
+    const int64_t n_in = 512, n_out = 37; // 37: the bias array below
     // The CPU backends quantize activations (Q8_0/Q8_K) for the quantized weight
     // types; the CUDA backend multiplies the f32 activations.
     const int exact_act = strcmp(be->ops->name, "cuda") == 0;
@@ -575,8 +579,8 @@ static void test_matmul(kn_backend *be, const char *bname) {
         void *wh = make_weight(t, n_out, n_in);
         const size_t wbytes = kn_row_bytes(t, n_in) * (size_t)n_out;
         void *wd = dev_copy(be, wh, wbytes);
-        kn_weight w = {t, n_in, n_out, wd};
-        kn_weight wref = {t, n_in, n_out, wh};
+        kn_weight w = {t, n_in, n_out, wd, NULL};
+        kn_weight wref = {t, n_in, n_out, wh, NULL};
         for (size_t k = 0; k < sizeof(toks) / sizeof(toks[0]); k++) {
             const int64_t nt = toks[k];
             float *x = malloc((size_t)(nt * n_in) * sizeof(float));
@@ -617,6 +621,21 @@ static void test_matmul(kn_backend *be, const char *bname) {
                          (long long)tk, (long long)nt);
                 check_close(what, y + tk * n_out, yf, (size_t)n_out, 0, 0);
             }
+            // a bias: one float add after the sum, on the backend's own result
+            {
+                float bias[37];
+                fill_uniform(bias, (size_t)n_out, -3, 3);
+                kn_weight wb = w;
+                wb.bias = dev_copy(be, bias, sizeof bias);
+                mm1(be, &wb, xd, nt, yd);
+                to_host(be, yf, yd, (size_t)(nt * n_out) * sizeof(float));
+                for (int64_t i = 0; i < nt * n_out; i++)
+                    yq[i] = y[i] + bias[i % n_out];
+                snprintf(what, sizeof(what), "%s matmul %s n_tok=%lld with a bias", bname, kn_type_name(t),
+                         (long long)nt);
+                check_close(what, yq, yf, (size_t)(nt * n_out), 0, 0);
+                be->ops->free(be, (void *)wb.bias);
+            }
             be->ops->free(be, xd);
             be->ops->free(be, yd);
             free(x);
@@ -639,9 +658,9 @@ static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
         for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
             void *wh = make_weight(types[ti], n_out, n_in);
             size_t wb = kn_row_bytes(types[ti], n_in) * (size_t)n_out;
-            kn_weight wr = {types[ti], n_in, n_out, wh};
+            kn_weight wr = {types[ti], n_in, n_out, wh, NULL};
             void *wd = dev_copy(be, wh, wb);
-            kn_weight w = {types[ti], n_in, n_out, wd};
+            kn_weight w = {types[ti], n_in, n_out, wd, NULL};
             float yr[5 * 256], y[5 * 256];
             int32_t *idd = dev_copy(be, ids, sizeof(ids));
             float *yd = be->ops->alloc(be, sizeof(y));
@@ -792,7 +811,7 @@ static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
         free(xg);
         free(yg);
     }
-    // glu, add_bias (sizes crossing the inline/parallel threshold)
+    // glu (sizes crossing the inline/parallel threshold)
     for (int64_t n = 640; n <= 40000; n += 39360) {
         float *g = malloc(n * sizeof(float)), *u = malloc(n * sizeof(float));
         float *yr = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
@@ -810,13 +829,6 @@ static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
             else
                 check_close(what, yr, y, (size_t)n, 1e-6, 1e-5);
         }
-        const int64_t cols = 40;
-        ref->ops->add_bias(ref, g, u, n / cols, cols, yr);
-        be->ops->upload(be, gd, g, n * sizeof(float));
-        be->ops->add_bias(be, gd, ud, n / cols, cols, yd);
-        to_host(be, y, yd, n * sizeof(float));
-        snprintf(what, sizeof(what), "%s add_bias n=%lld", bname, (long long)n);
-        check_close(what, yr, y, (size_t)(n / cols * cols), 0, 0);
         be->ops->free(be, gd);
         be->ops->free(be, ud);
         be->ops->free(be, yd);
@@ -1343,7 +1355,7 @@ static void test_sample(kn_backend *be, const char *bname, kn_backend *ref) {
                 if (!draws && (du || dp))
                     continue;
                 kn_sample_params q = p[r];
-                q.u = fminf(fmaxf(q.u + 1e-5f * (float)du, 0.0f), 0.99999994f);
+                q.u = fminf(fmaxf(q.u + 1e-5f * (float)du, 0.0f), 1.0f); // 1: past the last kept token
                 if (q.top_p < 1.0f)
                     q.top_p = fminf(fmaxf(q.top_p + 1e-5f * (float)dp, 1e-5f), 1.0f);
                 const int id = sample_one(ref, row, SN, q, ra, rv, rn, mw).id;
