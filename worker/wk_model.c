@@ -48,6 +48,7 @@
 #include <string.h>
 
 #include "kernels/cpu/kn_cpu.h"
+#include "proto/proto.h"
 
 typedef struct wk_layer {
     const float *attn_norm, *ffn_norm;          // [n_embd]
@@ -87,7 +88,6 @@ struct wk_model {
     int32_t *d_adj_off, *d_adj_id;                           // their adjustments: adj_cap entries
     float *d_adj_val;
     uint32_t *d_masks;                                       // [max_logits, mask_words]
-    size_t adj_cap, mask_words;
     int32_t *h_slot;                                         // [max_tokens] host
     int32_t *h_adj_off;                                      // [max_logits + 1] host
     int32_t *h_pad;  // host staging of a batch: [4 max_tokens + max_logits + max_seq * max_blocks]
@@ -511,8 +511,8 @@ typedef struct arena_part {
 } arena_part;
 
 /* Adjustment entries the backend holds for one sample op: every row's logit
- * bias and one more row's worth of penalties, so that any single row fits
- * (wk_model_forward splits the rows when they hold more). */
+ * bias and a whole vocabulary more, so that any single row fits (one entry per
+ * token; wk_model_forward splits the rows when they hold more). */
 static size_t adj_cap(const wk_model *m, int max_logits) {
     return (size_t)max_logits * PROTO_MAX_BIAS + (size_t)m->hp.n_vocab;
 }
@@ -595,8 +595,6 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
         m->h_slot = m->h_pad = m->h_adj_off = NULL;
         return -ENOMEM;
     }
-    m->adj_cap = adj_cap(m, max_logits);
-    m->mask_words = mask_words(m);
     size_t off = 0;
     for (size_t i = 0; i < n_parts; i++) {
         *parts[i].dst = (char *)m->arena + off;
@@ -657,7 +655,7 @@ static int check_batch(wk_model *m, wk_kv *kv, const wk_batch *b) {
         if (b->adj_off[0] != 0)
             return -EINVAL;
         for (int i = 0; i < b->n_sample; i++)
-            if (b->adj_off[i + 1] < b->adj_off[i] || b->adj_off[i + 1] - b->adj_off[i] > WK_MAX_ROW_ADJ(m->hp.n_vocab))
+            if (b->adj_off[i + 1] < b->adj_off[i] || b->adj_off[i + 1] - b->adj_off[i] > m->hp.n_vocab)
                 return -EINVAL;
         if (b->adj_off[b->n_sample] && (!b->adj_id || !b->adj_val))
             return -EINVAL;
@@ -848,11 +846,11 @@ static void sample_rows(wk_model *m, const wk_batch *b, float *x) {
     const kn_backend_ops *op = be->ops;
     const int64_t V = m->hp.n_vocab;
     if (b->n_mask)
-        op->upload(be, m->d_masks, b->masks, (size_t)b->n_mask * m->mask_words * sizeof(uint32_t));
+        op->upload(be, m->d_masks, b->masks, (size_t)b->n_mask * mask_words(m) * sizeof(uint32_t));
     for (int r0 = 0, r1; r0 < b->n_sample; r0 = r1) {
         const int32_t a0 = b->adj_off ? b->adj_off[r0] : 0;
         r1 = b->adj_off ? r0 + 1 : b->n_sample; // one row always fits (adj_cap)
-        while (r1 < b->n_sample && (size_t)(b->adj_off[r1 + 1] - a0) <= m->adj_cap)
+        while (r1 < b->n_sample && (size_t)(b->adj_off[r1 + 1] - a0) <= adj_cap(m, m->max_logits))
             r1++;
         const int n = r1 - r0;
         const int32_t na = b->adj_off ? b->adj_off[r1] - a0 : 0;

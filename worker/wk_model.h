@@ -11,7 +11,6 @@
 #include <stdint.h>
 
 #include "kernels/kn.h"
-#include "proto/proto.h"
 #include "worker/wk_gguf.h"
 #include "worker/wk_kv.h"
 
@@ -46,9 +45,9 @@ typedef struct wk_hparams {
  * produced for the n_logits token indices in logit_rows, in that order; the last
  * n_sample of them are sampled on the backend (kn.h's sample op, sample[i] for
  * the i-th of them) and only the tokens come out, into sampled. Their
- * adjustments are entries [adj_off[i], adj_off[i + 1]) of adj_id/adj_val (one
- * entry per token within a row, at most WK_MAX_ROW_ADJ(n_vocab) per row;
- * adj_off NULL: none), their masks the n_mask rows of masks. */
+ * adjustments are entries [adj_off[i], adj_off[i + 1]) of adj_id/adj_val (at
+ * most one entry per token within a row, so at most n_vocab; adj_off NULL: none),
+ * their masks the n_mask rows of masks. */
 typedef struct wk_batch {
     int n_tok;
     const int32_t *tokens;       // [n_tok]
@@ -68,9 +67,6 @@ typedef struct wk_batch {
     int n_mask;                     // <= n_sample
     kn_sample_out *sampled;         // [n_sample], written by wk_model_forward
 } wk_batch;
-
-/* Adjustments one row may carry: a logit_bias and a penalty for every token. */
-#define WK_MAX_ROW_ADJ(n_vocab) (PROTO_MAX_BIAS + (n_vocab))
 
 typedef struct wk_model wk_model;
 

@@ -857,12 +857,12 @@ static int accept_token(wk_sched *s, seq *q, int32_t id, const kn_sample_out *o)
  * still take). 0 or a negative errno (the row is sampled all the same; the caller
  * drops the job). */
 static int prepare_row(wk_sched *s, seq *q, int i, int *n_mask) {
-    const int32_t a0 = s->b_adj_off[i];
+    const int32_t a0 = s->b_adj_off[i], need = a0 + wk_sampler_n_adj(&q->smp);
     kn_sample_params *p = &s->b_smp[i];
     *p = (kn_sample_params){.top_p = 1.0f, .n_top = -1, .mask = -1}; // greedy until filled in
-    if (a0 + wk_sampler_n_adj(&q->smp) > s->cap_adj) {
+    if (need > s->cap_adj) {
         int cap = s->cap_adj ? s->cap_adj : 4096;
-        while (cap < a0 + wk_sampler_n_adj(&q->smp))
+        while (cap < need)
             cap *= 2;
         int32_t *id = realloc(s->b_adj_id, (size_t)cap * sizeof *id);
         if (id)

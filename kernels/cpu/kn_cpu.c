@@ -603,7 +603,7 @@ static void smp_run(void *vctx, int ith, int nth) {
         const kn_sample_params *p = &s->p[r];
         const uint32_t *mw = p->mask >= 0 ? s->mask + (size_t)p->mask * (size_t)((s->n + 31) / 32) : NULL;
         kn_cpu_sample_row(s->x + r * s->n, s->n, p, na ? s->adj_id + a0 : NULL, na ? s->adj_val + a0 : NULL, na,
-                          mw, &s->out[r], s->c->smp + (size_t)ith * s->scratch);
+                          mw, &s->out[r], s->c->smp + (size_t)ith * s->scratch, s->c->simd > 0);
     }
 }
 

@@ -118,12 +118,10 @@ __attribute__((target("avx2,fma"))) static double sumexp_avx2(const float *l, in
     return s;
 }
 
-static int have_avx2(void) {
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-#define PICK(name, ...) (have_avx2() ? name##_avx2(__VA_ARGS__) : name##_scalar(__VA_ARGS__))
+/* The AVX2 or the portable kernel, as the backend chose (kn_cpu.c's simd). */
+#define PICK(name, ...) (avx2 ? name##_avx2(__VA_ARGS__) : name##_scalar(__VA_ARGS__))
 #else
-#define PICK(name, ...) name##_scalar(__VA_ARGS__)
+#define PICK(name, ...) ((void)avx2, name##_scalar(__VA_ARGS__))
 #endif
 
 /* ---- candidates ---- */
@@ -169,7 +167,8 @@ static float kth_largest(cand *c, int64_t n, int64_t k) {
 
 /* Draws from v[0..m) (the row, or its gathered tokens) at temperature 1 / inv_t
  * with the filters of p; n_allowed tokens take part. Returns an index of v. */
-static int64_t draw(const float *v, int64_t m, int64_t n_allowed, const kn_sample_params *p, float inv_t, cand *c) {
+static int64_t draw(const float *v, int64_t m, int64_t n_allowed, const kn_sample_params *p, float inv_t, cand *c,
+                    int avx2) {
     int32_t best = 0;
     PICK(top, v, m, 1, &best);
     const float mx = v[best];
@@ -254,7 +253,7 @@ static int64_t draw(const float *v, int64_t m, int64_t n_allowed, const kn_sampl
 }
 
 void kn_cpu_sample_row(float *x, int64_t n, const kn_sample_params *p, const int32_t *aid, float *aval, int32_t na,
-                       const uint32_t *mw, kn_sample_out *o, void *scratch) {
+                       const uint32_t *mw, kn_sample_out *o, void *scratch, int avx2) {
     float *gv = scratch;
     int32_t *gi = (int32_t *)(gv + n);
     cand *c = (cand *)(((uintptr_t)(gi + n) + 63) & ~(uintptr_t)63);
@@ -315,7 +314,7 @@ void kn_cpu_sample_row(float *x, int64_t n, const kn_sample_params *p, const int
             for (pick = 0; !(mw[pick >> 5] >> (pick & 31) & 1); pick++)
                 ;
     } else {
-        pick = draw(v, m, n_allowed, p, 1.0f / p->temperature, c);
+        pick = draw(v, m, n_allowed, p, 1.0f / p->temperature, c, avx2);
     }
     o->id = ids ? ids[pick] : (int32_t)pick;
     if (p->n_top >= 0) {

@@ -12,8 +12,9 @@
 size_t kn_cpu_sample_scratch_bytes(int64_t n);
 /* The op on one row x [n] (kn.h): its adjustments aid/aval [na], its mask words
  * mw (NULL: all allowed), into o. scratch: kn_cpu_sample_scratch_bytes(n) bytes,
- * 64-byte aligned. */
+ * 64-byte aligned. avx2: the backend runs its AVX2 kernels (x86-64 with AVX2 and
+ * FMA), else the portable ones. */
 void kn_cpu_sample_row(float *x, int64_t n, const kn_sample_params *p, const int32_t *aid, float *aval, int32_t na,
-                       const uint32_t *mw, kn_sample_out *o, void *scratch);
+                       const uint32_t *mw, kn_sample_out *o, void *scratch, int avx2);
 
 #endif

@@ -319,8 +319,7 @@ static __global__ void __launch_bounds__(SB)
     k_sample(float *x, int64_t n, const kn_sample_params *pp, const int32_t *adj_off, const int32_t *adj_id,
              float *adj_val, const uint32_t *mask, kn_sample_out *out) {
     __shared__ smp_shared sh;
-    const float *row = x + (int64_t)blockIdx.x * n;
-    float *wrow = x + (int64_t)blockIdx.x * n;
+    float *row = x + (int64_t)blockIdx.x * n;
     const kn_sample_params p = pp[blockIdx.x];
     kn_sample_out *o = out + blockIdx.x;
     const seg_t s = warp_segment(n);
@@ -359,8 +358,8 @@ static __global__ void __launch_bounds__(SB)
     const int32_t a0 = adj_off ? adj_off[blockIdx.x] : 0, na = adj_off ? adj_off[blockIdx.x + 1] - a0 : 0;
     for (int32_t j = threadIdx.x; j < na; j += SB) { // distinct ids: no two threads meet
         const int32_t t = adj_id[a0 + j];
-        const float raw = wrow[t];
-        wrow[t] = raw + adj_val[a0 + j];
+        const float raw = row[t];
+        row[t] = raw + adj_val[a0 + j];
         adj_val[a0 + j] = raw;
     }
     __syncthreads();
