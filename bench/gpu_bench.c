@@ -1,4 +1,5 @@
-/* gpu_bench: the GPU's two ceilings, the CUDA backend's decode attention and sampling.
+/* gpu_bench: the GPU's two ceilings, the CUDA backend's matmul, decode attention and
+ * sampling.
  *
  *   gpu_bench [--json FILE] [--seqs N] [--copy-mib M] [--gemm N] [--reps R]
  *             [--kv-budget-gib G] [--seq-len L]
@@ -12,6 +13,14 @@
  *   gemm       cublasGemmEx N x N x N (8192), BF16 in and out, CUBLAS_COMPUTE_32F:
  *              2 N^3 / time in TFLOP/s. The backend itself does not use cuBLAS; this
  *              is the compute ceiling only.
+ *   matmul     the backend's matmul of one Llama-3.1-8B FFN projection (14336 x 4096)
+ *              in BF16 and Q4_K (the GGUF default) over 1, 8, 64, 256 and 1024
+ *              tokens of f32 activations, host-timed like attention, against
+ *              cublasGemmEx of the same shape (BF16 weights and activations, f32
+ *              out, CUDA events) in the same run: weight bytes read once / time and
+ *              its fraction of copy (the decode roofline), TFLOP/s and cuBLAS's
+ *              time over ours (> 1: ours is faster; ours carries each value as two
+ *              bf16 and is batch-invariant, cuBLAS rounds activations to bf16).
  *   attention  the kn backend's kv_store then attention for one layer of a
  *              Llama-3.1-8B shape (32 heads over 8 KV heads of 128, block size 16),
  *              --seqs sequences (16) of one decode token each, at contexts 1024,
@@ -78,6 +87,10 @@ enum { CAP_LAYERS = 32 };
 enum { SMP_VOCAB = 262144, N_SMP_ROWS = 3, N_SMP_MODES = 3 };
 static const int SMP_ROWS[N_SMP_ROWS] = {1, 64, 256};
 static const char *const SMP_MODES[N_SMP_MODES] = {"greedy", "t1", "t1 p.9 k40"};
+// The matmul shape: Llama-3.1-8B's gate (or up) projection, at decode and prefill batches.
+enum { MM_IN = 4096, MM_OUT = 14336, N_MM_TOK = 5, N_MM_TYPE = 2 };
+static const int MM_TOKS[N_MM_TOK] = {1, 8, 64, 256, 1024};
+static const kn_type MM_TYPES[N_MM_TYPE] = {KN_BF16, KN_Q4_K};
 
 typedef struct opts {
     const char *json;
@@ -100,11 +113,21 @@ typedef struct smp_result {
     int valid;             // every token in the vocabulary
 } smp_result;
 
+typedef struct mm_result {
+    kn_type type;
+    int tok;
+    double ms, wgbps, wfrac, tflops, vs_cublas; // per call; weight bytes / s; of copy; cuBLAS ms / ours
+    int finite;
+} mm_result;
+
 typedef struct results {
     char device[256];
     int sm_count, cc_major, cc_minor;
     double mem_gib;
     double copy_ms, copy_gbps, read_ms, read_gbps, gemm_ms, gemm_tflops;
+    double mm_cublas_ms[N_MM_TOK];
+    mm_result mm[N_MM_TYPE * N_MM_TOK];
+    int n_mm;
     attn_result attn[2 * N_CTX];
     int n_attn;
     smp_result smp[N_SMP_MODES * N_SMP_ROWS];
@@ -302,6 +325,55 @@ static void do_gemm(void *p, cudaStream_t s) {
                      CUDA_R_16BF, g->n, &beta, g->c, CUDA_R_16BF, g->n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+/* y = W x at the matmul shape: W [MM_OUT, MM_IN] row-major is the column-major
+ * MM_IN x MM_OUT matrix, transposed; x [n, MM_IN] and y [n, MM_OUT] are column-major
+ * MM_IN x n and MM_OUT x n. */
+typedef struct proj_ctx {
+    cublasHandle_t h;
+    void *w, *x;
+    float *y;
+    int n;
+} proj_ctx;
+
+static void do_proj(void *p, cudaStream_t s) {
+    proj_ctx *g = p;
+    const float alpha = 1.0f, beta = 0.0f;
+    CKB(cublasGemmEx(g->h, CUBLAS_OP_T, CUBLAS_OP_N, MM_OUT, g->n, MM_IN, &alpha, g->w, CUDA_R_16BF, MM_IN, g->x,
+                     CUDA_R_16BF, MM_IN, &beta, g->y, CUDA_R_32F, MM_OUT, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+/* bf16 buffer of n random values in [-1, 1) on the device. */
+static void *random_bf16(size_t n) {
+    uint16_t *host = malloc(n * sizeof(uint16_t));
+    void *d = NULL;
+    if (!host) {
+        fprintf(stderr, "gpu_bench: out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < n; i++)
+        host[i] = kn_f32_to_bf16(rng_unit());
+    CK(cudaMalloc(&d, n * sizeof(uint16_t)));
+    CK(cudaMemcpy(d, host, n * sizeof(uint16_t), cudaMemcpyHostToDevice));
+    free(host);
+    return d;
+}
+
+/* The peer of the matmul bench: cuBLAS at the same shape and token counts. */
+static void cublas_proj(const opts *o, results *r, cudaStream_t s, cublasHandle_t h) {
+    const int max_tok = MM_TOKS[N_MM_TOK - 1];
+    proj_ctx g = {.h = h, .w = random_bf16((size_t)MM_OUT * MM_IN), .x = random_bf16((size_t)max_tok * MM_IN)};
+    CK(cudaMalloc((void **)&g.y, sizeof(float) * (size_t)max_tok * MM_OUT));
+    for (int k = 0; k < N_MM_TOK; k++) {
+        g.n = MM_TOKS[k];
+        r->mm_cublas_ms[k] = time_events(do_proj, &g, s, o->reps);
+        printf("cublas    %d x %d BF16 x %4d tokens: %.4f ms, %.1f TFLOP/s\n", MM_OUT, MM_IN, g.n,
+               r->mm_cublas_ms[k], 2.0 * MM_OUT * MM_IN * g.n / (r->mm_cublas_ms[k] * 1e-3) / 1e12);
+    }
+    CK(cudaFree(g.w));
+    CK(cudaFree(g.x));
+    CK(cudaFree(g.y));
+}
+
 static void ceilings(const opts *o, results *r, cudaStream_t s, cublasHandle_t h) {
     copy_ctx c = {.bytes = o->copy_bytes, .h = h};
     CK(cudaMalloc(&c.src, c.bytes));
@@ -347,6 +419,7 @@ static void ceilings(const opts *o, results *r, cudaStream_t s, cublasHandle_t h
     CK(cudaFree(g.a));
     CK(cudaFree(g.b));
     CK(cudaFree(g.c));
+    cublas_proj(o, r, s, h);
 }
 
 /* ---------------------------------------------------------------- decode attention (kn backend) */
@@ -526,6 +599,89 @@ static void attention_type(const opts *o, results *r, kn_backend *be, kn_type ty
 /* The sample op over rows of a Gemma-sized vocabulary: greedy, temperature 1
  * alone, and temperature 1 with top_p 0.9, top_k 40 and min_p 0.01 (the radix
  * selects). Bandwidth = the logits' bytes once / time, as a fraction of copy. */
+/* ---------------------------------------------------------------- matmul (kn backend) */
+
+typedef struct mm_call {
+    kn_backend *be;
+    const kn_weight *w;
+    const float *x;
+    float *y;
+    int n;
+} mm_call;
+
+static void run_mm(void *vctx) {
+    const mm_call *c = vctx;
+    float *y = c->y;
+    c->be->ops->matmul(c->be, &c->w, 1, c->x, c->n, &y);
+}
+
+/* A weight of the matmul shape: random values, or for a K-quant random bytes under
+ * random f16 scales (d, then dmin, at the start of each 144-byte Q4_K block). */
+static void *mm_weight(kn_backend *be, kn_type t, size_t *bytes) {
+    *bytes = kn_row_bytes(t, MM_IN) * MM_OUT;
+    uint8_t *h = host_alloc(*bytes);
+    if (t == KN_BF16) {
+        for (size_t i = 0; i < *bytes / 2; i++)
+            ((uint16_t *)h)[i] = kn_f32_to_bf16(rng_unit());
+    } else {
+        for (size_t i = 0; i < *bytes; i++)
+            h[i] = (uint8_t)rng_u64();
+        for (size_t b = 0; b < *bytes / kn_type_block_bytes(t); b++)
+            for (int k = 0; k < 2; k++) {
+                const uint16_t d = kn_f32_to_f16(0.01f * (k ? 0.5f * (rng_unit() + 1.0f) : rng_unit()));
+                memcpy(h + b * kn_type_block_bytes(t) + 2 * k, &d, 2);
+            }
+    }
+    void *d = be_alloc(be, *bytes);
+    be->ops->upload(be, d, h, *bytes);
+    be->ops->sync(be);
+    free(h);
+    return d;
+}
+
+static void mm_bench(results *r, kn_backend *be) {
+    const kn_backend_ops *op = be->ops;
+    const int max_tok = MM_TOKS[N_MM_TOK - 1];
+    float *hx = host_alloc(sizeof(float) * (size_t)max_tok * MM_IN);
+    for (size_t i = 0; i < (size_t)max_tok * MM_IN; i++)
+        hx[i] = rng_unit();
+    float *x = be_alloc(be, sizeof(float) * (size_t)max_tok * MM_IN);
+    float *y = be_alloc(be, sizeof(float) * (size_t)max_tok * MM_OUT);
+    float *hy = host_alloc(sizeof(float) * (size_t)max_tok * MM_OUT);
+    op->upload(be, x, hx, sizeof(float) * (size_t)max_tok * MM_IN);
+    for (int t = 0; t < N_MM_TYPE; t++) {
+        size_t wbytes;
+        void *wd = mm_weight(be, MM_TYPES[t], &wbytes);
+        const kn_weight w = {MM_TYPES[t], MM_IN, MM_OUT, wd, NULL};
+        for (int k = 0; k < N_MM_TOK; k++) {
+            mm_call c = {be, &w, x, y, MM_TOKS[k]};
+            const double sec = time_host(be, run_mm, &c);
+            op->download(be, hy, y, sizeof(float) * (size_t)c.n * MM_OUT);
+            int finite = 1;
+            for (size_t i = 0; i < (size_t)c.n * MM_OUT; i++)
+                finite &= isfinite(hy[i]);
+            mm_result *m = &r->mm[r->n_mm++];
+            m->type = MM_TYPES[t];
+            m->tok = c.n;
+            m->ms = sec * 1e3;
+            m->wgbps = (double)wbytes / sec / 1e9;
+            m->wfrac = r->copy_gbps > 0 ? m->wgbps / r->copy_gbps : 0.0;
+            m->tflops = 2.0 * MM_OUT * MM_IN * c.n / sec / 1e12;
+            m->vs_cublas = r->mm_cublas_ms[k] / m->ms;
+            m->finite = finite;
+            printf("matmul    %d x %d %-4s x %4d tokens: %.4f ms, %.0f GB/s of weights (%.1f%% of copy), "
+                   "%.1f TFLOP/s, cuBLAS BF16 time / ours %.2f%s\n",
+                   MM_OUT, MM_IN, kn_type_name(m->type), c.n, m->ms, m->wgbps, 100 * m->wfrac, m->tflops,
+                   m->vs_cublas, finite ? "" : " (NON-FINITE OUTPUT)");
+        }
+        op->free(be, wd);
+    }
+    op->free(be, x);
+    op->free(be, y);
+    free(hx);
+    free(hy);
+}
+
 typedef struct sample_call {
     kn_backend *be;
     float *x;
@@ -642,6 +798,15 @@ static int write_json(const char *path, const opts *o, const results *r, const c
                     i ? "," : "", kn_type_name(a->type), a->ctx, a->ms, a->bytes, a->gbps, a->frac,
                     a->finite ? "true" : "false");
         }
+        fprintf(f, "\n ],\n \"matmul_shape\": {\"n_in\": %d, \"n_out\": %d},\n \"matmul\": [", MM_IN, MM_OUT);
+        for (int i = 0; i < r->n_mm; i++) {
+            const mm_result *m = &r->mm[i];
+            fprintf(f, "%s\n  {\"type\": \"%s\", \"tokens\": %d, \"ms\": %.5f, \"weight_gbps\": %.2f, "
+                       "\"weight_frac_of_copy\": %.4f, \"tflops\": %.3f, \"cublas_ms\": %.5f, "
+                       "\"cublas_over_ours\": %.4f, \"finite\": %s}",
+                    i ? "," : "", kn_type_name(m->type), m->tok, m->ms, m->wgbps, m->wfrac, m->tflops,
+                    m->ms * m->vs_cublas, m->vs_cublas, m->finite ? "true" : "false");
+        }
         fprintf(f, "\n ],\n \"sample\": [");
         for (int i = 0; i < r->n_smp; i++) {
             const smp_result *m = &r->smp[i];
@@ -668,6 +833,17 @@ static void print_rows(const opts *o, const results *r) {
                (double)o->copy_bytes / (1 << 20));
         printf("row: bench read (cublasSasum) = %.0f GB/s read\n", r->read_gbps);
         printf("row: bench BF16 GEMM %d^3 = %.0f TFLOP/s (cublasGemmEx, f32 compute)\n", o->gemm_n, r->gemm_tflops);
+    }
+    for (int t = 0; t < N_MM_TYPE; t++) {
+        char line[512];
+        int n = 0;
+        for (int i = 0; i < r->n_mm; i++)
+            if (r->mm[i].type == MM_TYPES[t])
+                n += snprintf(line + n, sizeof line - (size_t)n, "%sb%d %.0f%% / %.1f TF / %.2fx", n ? ", " : "",
+                              r->mm[i].tok, 100 * r->mm[i].wfrac, r->mm[i].tflops, r->mm[i].vs_cublas);
+        if (n)
+            printf("row: bench matmul %s (weights %% of copy / TFLOP/s / cuBLAS time over ours) = %s\n",
+                   kn_type_name(MM_TYPES[t]), line);
     }
     static const kn_type types[2] = {KN_BF16, KN_E4M3};
     for (int t = 0; t < 2; t++) {
@@ -740,6 +916,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "gpu_bench: kn_cuda_create(0) failed\n");
         return 1;
     }
+    mm_bench(&r, be);
     attention_type(&o, &r, be, KN_BF16);
     attention_type(&o, &r, be, KN_E4M3);
     sample_bench(&r, be);
@@ -749,6 +926,9 @@ int main(int argc, char **argv) {
     for (int i = 0; i < r.n_attn; i++)
         if (!r.attn[i].finite)
             bad = "attention produced non-finite output";
+    for (int i = 0; i < r.n_mm; i++)
+        if (!r.mm[i].finite)
+            bad = "matmul produced non-finite output";
     for (int i = 0; i < r.n_smp; i++)
         if (!r.smp[i].valid)
             bad = "sample produced a token outside the vocabulary";

@@ -76,6 +76,18 @@ __device__ __forceinline__ float block_sum(float v) {
     return warp_sum(v);
 }
 
+/* c += a b on the tensor cores, one warp-wide mma.sync.m16n8k16 (bf16 inputs, f32
+ * accumulation; sm_80 and later). Lane l = 4g + q holds, packed two bf16 to a word
+ * (the lower index in the low half): a = A[g][2q..], A[g + 8][2q..], A[g][2q + 8..],
+ * A[g + 8][2q + 8..]; b = B[2q..][g], B[2q + 8..][g]; c = C[g][2q], C[g][2q + 1],
+ * C[g + 8][2q], C[g + 8][2q + 1] (A: 16 x 16, B: 16 x 8, C: 16 x 8). */
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, const uint32_t *b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 /* Element i of a KN_F32, KN_F16 or KN_BF16 array (weight row or KV cache) as f32,
  * and the store into one (round to nearest even, kn_half.h). */
 __device__ __forceinline__ float load_float(kn_type t, const void *row, int64_t i) {

@@ -1,21 +1,36 @@
 /* kn_cuda_mm.cu: the CUDA backend's weight ops, matmul and get_rows (kn.h).
  *
- * Design note. matmul is one kernel for every weight type: a warp owns R output
- * rows and a tile of up to TT tokens; lane l takes the row's 8-element chunks l,
- * l + 32, l + 64, ... (kn_dq_chunk8 dequantizes one, so a warp reads 256
- * consecutive weights at a time: a K-quant block, 8 blocks of the 32-element
- * types, 512 bytes of f16), multiplies them with each token's 8 activations, and
- * the 32 lane sums are added by a fixed butterfly. The activations stay f32 and
- * the weights are dequantized exactly (this unit is built with --fmad=false, so a
- * weight is the float the CPU backends and the reference get; the dot products use
- * explicit fmaf).
+ * Design note. matmul is one tensor-core kernel for every weight type (mma.sync
+ * m16n8k16, bf16 inputs, f32 accumulation). The tokens are the MMA's M side and
+ * the weight rows its N side: a warp owns 8·NT rows and 16·MT tokens, and walks
+ * the row in 32-element steps. In a step lane (g = lane / 4, q = lane % 4) takes
+ * chunk 4·step + q (8 consecutive elements, kn_dq_chunk8 dequantizes it, so the
+ * 4 lanes of a group read 32 consecutive weights) of weight row g of each row
+ * tile and of tokens g and g + 8 of each token tile; elements 0-3 of the chunk go
+ * into the step's first MMA and 4-7 into its second (elements 0-1 of a half at the
+ * MMA's k = 2q, 2q + 1, elements 2-3 at k = 2q + 8, 2q + 9: one lane's registers
+ * name the same k in A and B, so any assignment of a chunk's elements to k is a
+ * dot product; this one needs no shuffles).
  *
- * Batch invariance: a (row, token) result is the same sequence of operations
- * whatever R, the token tile or n_tok is, so a token's logits do not depend on what
- * else is in the batch (the scheduler relies on it: wk_sched.c). That is why this
- * is not cuBLAS, which picks its kernel and split by shape. Decode (n_tok <= TT)
- * uses R = 1 for more warps in flight; longer batches R = 4, so each activation
- * load serves 4 rows.
+ * Precision: weights are dequantized exactly to f32 (as the CPU backends and the
+ * reference do), and each f32 value v, weight or activation, is carried as two
+ * bf16, hi = bf16(v) and lo = bf16(v - hi), which hold it to 16 significant bits.
+ * The step accumulates x_hi·w_hi, x_lo·w_hi and x_hi·w_lo (bf16 products are exact
+ * in f32); the dropped x_lo·w_lo and the split's remainder leave a product's
+ * relative error near 2^-16: the f32 function up to a few units in the 5th digit,
+ * where plain bf16 activations (what vLLM multiplies) lose the 3rd. A BF16 weight
+ * is its own hi (lo = 0), so its third MMA is skipped; an F16 weight is exact in
+ * hi + lo. This unit is built with --fmad=false, so v - hi and every other float
+ * operation here is what it says.
+ *
+ * Batch invariance: an output (token, row) is the same chain of MMAs, over the
+ * same steps in the same order with its elements at the same k, whatever the tile
+ * shape, the token's place in its tile or n_tok, so a token's logits do not depend
+ * on what else is in the batch (the scheduler relies on it: wk_sched.c; tile
+ * padding is zeros for tokens, a repeated row for weights, and never stored). That
+ * is why this is not cuBLAS, which picks its kernel and split by shape. Decode
+ * (n_tok <= 16) runs 8-row warps, for more warps in flight over the weight bytes;
+ * longer batches 32 rows by 32 or 64 tokens, so each load serves more MMAs.
  *
  * One call takes up to KN_MAX_MM weights of one input (q, k and v; gate and up):
  * one launch whose grid is the weights' blocks end to end, each block running
@@ -25,12 +40,14 @@
  *
  * get_rows dequantizes a chunk per thread the same way. */
 #include <stdint.h>
+#include <string.h>
+
+#include <cuda_bf16.h>
 
 #include "kernels/cuda/kn_cuda.h"
 #include "kernels/kn_dequant.h"
 
 #define WARPS 4 // warps per thread block
-#define TT 8    // tokens per warp tile
 
 /* The 8 weights of chunk c (elements [8c, 8c + 8)) of one row. vec: the row is
  * 16-byte aligned and n_in % 8 == 0, so float types are read as 16-byte vectors. */
@@ -75,93 +92,131 @@ typedef struct mm_parts {
     int n;
 } mm_parts;
 
-/* y[t][o] of the part that owns blockIdx.x, for rows [o0, o0 + R) of warp
- * (blockIdx.x - blk0, threadIdx.x / 32) and tokens [t0, t0 + TT) of blockIdx.y:
- * the same operations for a row whichever part it is in or is alone in a call. */
-template <int R>
-static __global__ void __launch_bounds__(32 * WARPS, R == 1 ? 8 : 4) // the occupancy of one weight's kernel
+/* v[0..8) as 4 words of bf16 pairs hi (element 2i in the low half of word i) and
+ * the remainders lo (module note). */
+static __device__ __forceinline__ void split8(const float *v, uint32_t *hi, uint32_t *lo) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+        const float2 hf = __bfloat1622float2(h);
+        const __nv_bfloat162 l = __floats2bfloat162_rn(v[2 * i] - hf.x, v[2 * i + 1] - hf.y);
+        memcpy(&hi[i], &h, 4);
+        memcpy(&lo[i], &l, 4);
+    }
+}
+
+/* Chunk c of an f32 activation row of n_in elements, zeros past the end. */
+static __device__ __forceinline__ void load_x(const float *row, int64_t c, int64_t n_in, bool xvec, float *v) {
+    if (xvec && 8 * c + 8 <= n_in) {
+        const float4 a = ((const float4 *)row)[2 * c], b = ((const float4 *)row)[2 * c + 1];
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    } else {
+        for (int i = 0; i < 8; i++)
+            v[i] = 8 * c + i < n_in ? row[8 * c + i] : 0.0f;
+    }
+}
+
+/* y[t][o] of the part that owns blockIdx.x for the 8·NT rows of warp
+ * (blockIdx.x - blk0, threadIdx.x / 32) and the 16·MT tokens of blockIdx.y (module
+ * note): the same operations for an output whichever part, tile or call it is in. */
+template <int MT, int NT>
+static __global__ void __launch_bounds__(32 * WARPS)
     k_matmul(mm_parts ps, int64_t n_in, bool xvec, const float *x, int64_t n_tok) {
     mm_part P = ps.p[0];
 #pragma unroll
     for (int j = 1; j < KN_MAX_MM; j++) // static indices: the parts stay in parameter space
         if (j < ps.n && blockIdx.x >= ps.p[j].blk0)
             P = ps.p[j];
-    const kn_type type = P.type;
-    const uint8_t *w = P.w;
-    const size_t row_bytes = P.row_bytes, block_bytes = P.block_bytes;
-    const int block_elems = P.block_elems;
-    const bool wvec = P.wvec;
     const int64_t n_out = P.n_out;
-    const float *bias = P.bias;
-    float *y = P.y;
-    const int lane = threadIdx.x & 31;
-    const int64_t o0 = ((int64_t)(blockIdx.x - P.blk0) * WARPS + (threadIdx.x >> 5)) * R,
-                  t0 = (int64_t)blockIdx.y * TT;
-    if (o0 >= n_out) // the whole warp: there is no block-wide synchronization below
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int64_t o0 = ((int64_t)(blockIdx.x - P.blk0) * WARPS + (threadIdx.x >> 5)) * (8 * NT),
+                  t0 = (int64_t)blockIdx.y * (16 * MT);
+    if (o0 >= n_out) // the whole warp: the MMAs below are warp-wide
         return;
-    const int nr = (int)min((int64_t)R, n_out - o0), nt = (int)min((int64_t)TT, n_tok - t0);
-    const float *xt = x + t0 * n_in;
-    float acc[R][TT];
+    const bool w_lo = P.type != KN_BF16; // a BF16 weight is exact in hi
+    const int64_t n_chunks = (n_in + 7) / 8, full = n_in / 8; // chunks, and those with 8 elements
+    const uint8_t *wr[NT]; // this lane's weight rows (past n_out: the last row again, not stored)
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int n = 0; n < NT; n++)
+        wr[n] = P.w + (size_t)min(o0 + 8 * n + g, n_out - 1) * P.row_bytes;
+    const float *xr[MT][2]; // this lane's tokens g and g + 8 of each tile (NULL past n_tok: zeros)
 #pragma unroll
-        for (int k = 0; k < TT; k++)
-            acc[r][k] = 0.0f;
-    const int64_t n_chunks = n_in / 8;
-    // Decode is bound by weight reads in flight: unrolled, a lane has several chunks' loads out at once.
-#pragma unroll(R == 1 ? 4 : 1)
-    for (int64_t c = lane; c < n_chunks; c += 32) {
-        float wv[R][8];
+    for (int m = 0; m < MT; m++)
 #pragma unroll
-        for (int r = 0; r < R; r++)
-            load_chunk(type, w + (size_t)(o0 + min(r, nr - 1)) * row_bytes, c, block_elems, block_bytes, wvec,
-                       wv[r]); // rows past n_out repeat the last one; their sums are not stored
+        for (int s = 0; s < 2; s++) {
+            const int64_t t = t0 + 16 * m + 8 * s + g;
+            xr[m][s] = t < n_tok ? x + t * n_in : NULL;
+        }
+    float acc[MT][NT][4];
 #pragma unroll
-        for (int k = 0; k < TT; k++) {
-            if (k >= nt)
-                break;
-            float xv[8];
-            const float *xp = xt + k * n_in + 8 * c;
-            if (xvec) {
-                const float4 a = ((const float4 *)xp)[0], b = ((const float4 *)xp)[1];
-                xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w, xv[4] = b.x, xv[5] = b.y, xv[6] = b.z,
-                xv[7] = b.w;
-            } else {
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                acc[m][n][i] = 0.0f;
+    const int64_t n_steps = (n_in + 31) / 32;
+#pragma unroll(MT == 1 ? 2 : 1) // decode is bound by weight reads in flight
+    for (int64_t step = 0; step < n_steps; step++) {
+        const int64_t c = 4 * step + q;
+        uint32_t wh[NT][4], wl[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            float v[8];
+            if (c < full)
+                load_chunk(P.type, wr[n], c, P.block_elems, P.block_bytes, P.wvec, v);
+            else // a float row's last partial chunk, or past its end
                 for (int i = 0; i < 8; i++)
-                    xv[i] = xp[i];
+                    v[i] = 8 * c + i < n_in ? load_float(P.type, wr[n], 8 * c + i) : 0.0f;
+            split8(v, wh[n], wl[n]);
+        }
+        uint32_t xh[MT][2][4], xl[MT][2][4];
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+            for (int s = 0; s < 2; s++) {
+                float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                if (xr[m][s] && c < n_chunks)
+                    load_x(xr[m][s], c, n_in, xvec, v);
+                split8(v, xh[m][s], xl[m][s]);
             }
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                float s = acc[r][k];
+        for (int h = 0; h < 2; h++) // the step's two MMAs: chunk elements 4h .. 4h + 3
 #pragma unroll
-                for (int i = 0; i < 8; i++)
-                    s = fmaf(wv[r][i], xv[i], s);
-                acc[r][k] = s;
+            for (int m = 0; m < MT; m++) {
+                const uint32_t ah[4] = {xh[m][0][2 * h], xh[m][1][2 * h], xh[m][0][2 * h + 1], xh[m][1][2 * h + 1]};
+                const uint32_t al[4] = {xl[m][0][2 * h], xl[m][1][2 * h], xl[m][0][2 * h + 1], xl[m][1][2 * h + 1]};
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    const uint32_t bh[2] = {wh[n][2 * h], wh[n][2 * h + 1]};
+                    mma_bf16(acc[m][n], ah, bh);
+                    mma_bf16(acc[m][n], al, bh);
+                    if (w_lo) {
+                        const uint32_t bl[2] = {wl[n][2 * h], wl[n][2 * h + 1]};
+                        mma_bf16(acc[m][n], ah, bl);
+                    }
+                }
             }
-        }
     }
-    // A float row whose length is not a multiple of 8: its last elements, one per lane.
-    const int64_t e = n_chunks * 8 + lane;
-    if (e < n_in) {
+    // acc[m][n]: tokens g (0, 1) and g + 8 (2, 3) of tile m, rows 2q and 2q + 1 of tile n
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            if (r >= nr)
-                break;
-            const float wr = load_float(type, w + (size_t)(o0 + r) * row_bytes, e);
+    for (int m = 0; m < MT; m++)
 #pragma unroll
-            for (int k = 0; k < TT; k++)
-                if (k < nt)
-                    acc[r][k] = fmaf(wr, xt[k * n_in + e], acc[r][k]);
-        }
-    }
+        for (int n = 0; n < NT; n++)
 #pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int k = 0; k < TT; k++) {
-            const float s = warp_sum(acc[r][k]);
-            if (lane == 0 && r < nr && k < nt)
-                y[(t0 + k) * n_out + o0 + r] = bias ? s + bias[o0 + r] : s;
-        }
+            for (int i = 0; i < 4; i++) {
+                const int64_t t = t0 + 16 * m + 8 * (i >> 1) + g, o = o0 + 8 * n + 2 * q + (i & 1);
+                if (t < n_tok && o < n_out)
+                    P.y[t * n_out + o] = P.bias ? acc[m][n][i] + P.bias[o] : acc[m][n][i];
+            }
+}
+
+template <int MT, int NT>
+static void launch_matmul(const mm_parts &ps, unsigned blocks, int64_t n_in, bool xvec, const float *x, int64_t n_tok,
+                          cudaStream_t st) {
+    const dim3 grid(blocks, (unsigned)((n_tok + 16 * MT - 1) / (16 * MT)));
+    k_matmul<MT, NT><<<grid, 32 * WARPS, 0, st>>>(ps, n_in, xvec, x, n_tok);
+    KN_LAUNCHED();
 }
 
 void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *x, int64_t n_tok,
@@ -169,8 +224,9 @@ void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *
     if (n_tok <= 0 || n_w <= 0)
         return;
     const int64_t n_in = w[0]->n_in;
-    const int r = n_tok <= TT ? 1 : 4; // rows per warp: decode 1, longer batches 4
-    const int rows_per_block = r * WARPS;
+    // The tile (module note): MT token tiles of 16 and NT row tiles of 8 per warp.
+    const int mt = n_tok <= 16 ? 1 : n_tok <= 32 ? 2 : 4, nt = n_tok <= 16 ? 1 : 4;
+    const int rows_per_block = 8 * nt * WARPS;
     mm_parts ps;
     ps.n = 0;
     unsigned blocks = 0;
@@ -191,18 +247,18 @@ void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *
         p->blk0 = blocks;
         blocks += (unsigned)((wj->n_out + rows_per_block - 1) / rows_per_block);
     }
-    if (!ps.n)
-        return;
-    for (int j = ps.n; j < KN_MAX_MM; j++)
-        ps.p[j] = ps.p[0]; // unused: never chosen (j >= ps.n)
-    const bool xvec = n_in % 4 == 0 && (uintptr_t)x % 16 == 0;
-    const dim3 grid(blocks, (unsigned)((n_tok + TT - 1) / TT));
-    const cudaStream_t st = cu(be)->stream;
-    if (r == 1)
-        k_matmul<1><<<grid, 32 * WARPS, 0, st>>>(ps, n_in, xvec, x, n_tok);
-    else
-        k_matmul<4><<<grid, 32 * WARPS, 0, st>>>(ps, n_in, xvec, x, n_tok);
-    KN_LAUNCHED();
+    if (ps.n) {
+        for (int j = ps.n; j < KN_MAX_MM; j++)
+            ps.p[j] = ps.p[0]; // unused: never chosen (j >= ps.n)
+        const bool xvec = n_in % 4 == 0 && (uintptr_t)x % 16 == 0;
+        const cudaStream_t st = cu(be)->stream;
+        if (mt == 1)
+            launch_matmul<1, 1>(ps, blocks, n_in, xvec, x, n_tok, st);
+        else if (mt == 2)
+            launch_matmul<2, 4>(ps, blocks, n_in, xvec, x, n_tok, st);
+        else
+            launch_matmul<4, 4>(ps, blocks, n_in, xvec, x, n_tok, st);
+    }
     if (n_w > KN_MAX_MM) // more weights than one launch takes: the rest in the next
         cu_matmul(be, w + KN_MAX_MM, n_w - KN_MAX_MM, x, n_tok, y + KN_MAX_MM);
 }

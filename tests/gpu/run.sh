@@ -16,7 +16,8 @@
 # (tests/gpu/parity.py: two workers, the same requests, token sequences compared):
 #   (a) cpu vs cuda:0, f16 KV, exact, on each bundled random model (f32 and f16
 #       weights: the CPU and CUDA backends compute the same function there, up to
-#       summation order; their chosen tokens' logprobs within 1e-3), and on the
+#       summation order and the CUDA matmul's ~2^-16 per product (kn_cuda_mm.cu);
+#       their chosen tokens' logprobs within 1e-3), and on the
 #       default model when present ($KOLM_TEST_MODEL or
 #       ~/.kolm/models/gemma-3-270m-q4_k_m.gguf; at 241 MiB it is not in the bundle)
 #   (b) cuda:0 fp8 KV vs cuda:0 bf16 KV, >= 90% of tokens, on rand-llama-f16 (its
@@ -53,7 +54,7 @@
 # status: 0 when every step that ran passed.
 #
 # NOTE: on quantized weights (the default model is Q4_K_M) the CPU backend quantizes
-# activations to Q8 and the CUDA backend multiplies them in f32, so (a) on that model
+# activations to Q8 and the CUDA backend multiplies them unquantized, so (a) on that model
 # can part at a near-tie without a bug; parity.py prints the top-2 logprob gap of
 # worker a where they part.
 set -uo pipefail

@@ -23,7 +23,8 @@
  *     logprobs and top lists, u at 0 and just under 1) against the reference
  *     (exact away from a boundary, kn.h) and each row against itself alone.
  * (The CUDA backend joins (b)-(e) when a GPU is visible; its matmul is held to the
- * f32 reference, since it multiplies unquantized activations.) */
+ * f32 reference, since its tensor-core MMAs carry each f32 activation and weight
+ * as two bf16, kn_cuda_mm.cu, instead of quantizing the activations.) */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -572,7 +573,7 @@ static void test_matmul(kn_backend *be, const char *bname) {
     static const int64_t toks[] = {1, 2, 7, 33};
     const int64_t n_in = 512, n_out = 37; // 37: the bias array below
     // The CPU backends quantize activations (Q8_0/Q8_K) for the quantized weight
-    // types; the CUDA backend multiplies the f32 activations.
+    // types; the CUDA backend multiplies the f32 activations (to ~2^-16 a product).
     const int exact_act = strcmp(be->ops->name, "cuda") == 0;
     for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
         kn_type t = types[ti];
@@ -600,7 +601,7 @@ static void test_matmul(kn_backend *be, const char *bname) {
             to_host(be, y, yd, (size_t)(nt * n_out) * sizeof(float));
             char what[96];
             const float mq = max_abs(yq, (size_t)(nt * n_out)), mf = max_abs(yf, (size_t)(nt * n_out));
-            if (exact_act) { // f32 activations times the dequantized weights: the f32 reference up to summation order
+            if (exact_act) { // f32 activations times the dequantized weights: the f32 reference to ~1e-5
                 snprintf(what, sizeof(what), "%s matmul %s n_tok=%lld vs f32 ref", bname, kn_type_name(t),
                          (long long)nt);
                 check_close(what, yf, y, (size_t)(nt * n_out), 2e-5 * mf, 1e-4);
