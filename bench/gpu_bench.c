@@ -14,7 +14,8 @@
  *              2 N^3 / time in TFLOP/s. The backend itself does not use cuBLAS; this
  *              is the compute ceiling only.
  *   matmul     the backend's matmul of one Llama-3.1-8B FFN projection (14336 x 4096)
- *              in BF16 and Q4_K (the GGUF default) over 1, 8, 64, 256 and 1024
+ *              in BF16, E4M3 (--quantization fp8: a scale per row) and Q4_K (the
+ *              GGUF default) over 1, 8, 64, 256 and 1024
  *              tokens of f32 activations, host-timed like attention, against
  *              cublasGemmEx of the same shape (BF16 weights and activations, f32
  *              out, CUDA events) in the same run: weight bytes read once / time and
@@ -88,9 +89,9 @@ enum { SMP_VOCAB = 262144, N_SMP_ROWS = 3, N_SMP_MODES = 3 };
 static const int SMP_ROWS[N_SMP_ROWS] = {1, 64, 256};
 static const char *const SMP_MODES[N_SMP_MODES] = {"greedy", "t1", "t1 p.9 k40"};
 // The matmul shape: Llama-3.1-8B's gate (or up) projection, at decode and prefill batches.
-enum { MM_IN = 4096, MM_OUT = 14336, N_MM_TOK = 5, N_MM_TYPE = 2 };
+enum { MM_IN = 4096, MM_OUT = 14336, N_MM_TOK = 5, N_MM_TYPE = 3 };
 static const int MM_TOKS[N_MM_TOK] = {1, 8, 64, 256, 1024};
-static const kn_type MM_TYPES[N_MM_TYPE] = {KN_BF16, KN_Q4_K};
+static const kn_type MM_TYPES[N_MM_TYPE] = {KN_BF16, KN_E4M3, KN_Q4_K};
 
 typedef struct opts {
     const char *json;
@@ -615,14 +616,22 @@ static void run_mm(void *vctx) {
     c->be->ops->matmul(c->be, &c->w, 1, c->x, c->n, &y);
 }
 
-/* A weight of the matmul shape: random values, or for a K-quant random bytes under
- * random f16 scales (d, then dmin, at the start of each 144-byte Q4_K block). */
+/* A weight of the matmul shape: random values (E4M3: quantized a row at a time, as
+ * the loader does), or for a K-quant random bytes under random f16 scales (d, then
+ * dmin, at the start of each 144-byte Q4_K block). */
 static void *mm_weight(kn_backend *be, kn_type t, size_t *bytes) {
     *bytes = kn_row_bytes(t, MM_IN) * MM_OUT;
     uint8_t *h = host_alloc(*bytes);
     if (t == KN_BF16) {
         for (size_t i = 0; i < *bytes / 2; i++)
             ((uint16_t *)h)[i] = kn_f32_to_bf16(rng_unit());
+    } else if (t == KN_E4M3) {
+        float row[MM_IN];
+        for (size_t o = 0; o < MM_OUT; o++) {
+            for (int i = 0; i < MM_IN; i++)
+                row[i] = rng_unit();
+            kn_e4m3_rec_put(h, o, row, MM_IN);
+        }
     } else {
         for (size_t i = 0; i < *bytes; i++)
             h[i] = (uint8_t)rng_u64();

@@ -42,7 +42,8 @@ static void usage(FILE *f) {
                "                  [--max-request-tokens N] [--request-timeout S] [--sse-keepalive S]\n"
                "                  [--api-key KEY] [--keyring DIR] [--allow-unsigned] [--receipt-key FILE]\n"
                "                  [--receipt-log-max BYTES] [--max-models N] [--devices LIST]\n"
-               "                  [--kv-dtype f16|bf16|f32|fp8] [--gpu-memory-fraction F]\n"
+               "                  [--kv-dtype f16|bf16|f32|fp8] [--quantization none|fp8]\n"
+               "                  [--gpu-memory-fraction F]\n"
                "       kolm keygen | pack | inspect | verify ...   (kolm COMMAND --help)\n"
                "\n"
                "Serves ARTIFACT.kolm (default $KOLM_HOME/artifacts/" DEFAULT_ARTIFACT ", KOLM_HOME\n"
@@ -57,6 +58,10 @@ static void usage(FILE *f) {
                "  --receipt-log-max B  receipt log size before rotation (default 67108864)\n"
                "  --kv-dtype T    KV cache storage: f16 (default), bf16, f32, or fp8 (E4M3, a scale per token\n"
                "                  and head; made for GPU workers, correct but slow on CPU)\n"
+               "  --quantization Q  none (default), or fp8: the layer projections the model stores as\n"
+               "                  f32, f16 or bf16 are quantized at load to E4M3 with a scale per output\n"
+               "                  row (half of bf16's bytes per token); embeddings, the LM head and\n"
+               "                  weights the GGUF already quantizes are kept\n"
                "  --gpu-memory-fraction F  the share of each GPU its worker may use (default 0.9): the\n"
                "                  KV cache gets what the weights and activations leave of it\n"
                "  --devices LIST  one worker per device: cpu or GPU ordinals, e.g. 0,1 (cuda:0, cuda:1);\n"
@@ -163,7 +168,7 @@ static int serve(int argc, char **argv) {
     const char *keyring = NULL, *receipt_key = NULL;
     int allow_unsigned = 0;
     long receipt_log_max = 64L << 20, max_models = 4;
-    const char *devices_arg = NULL, *kv_dtype = NULL, *gpu_fraction = NULL;
+    const char *devices_arg = NULL, *kv_dtype = NULL, *quantization = NULL, *gpu_fraction = NULL;
     int workers_given = 0;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
@@ -209,6 +214,9 @@ static int serve(int argc, char **argv) {
         } else if (!strcmp(a, "--kv-dtype")) {
             kv_dtype = v;
             bad = strcmp(v, "f16") && strcmp(v, "bf16") && strcmp(v, "f32") && strcmp(v, "fp8");
+        } else if (!strcmp(a, "--quantization")) {
+            quantization = v;
+            bad = strcmp(v, "none") && strcmp(v, "fp8");
         }
         else if (!strcmp(a, "--threads"))
             bad = parse_long(v, 1, 1024, &threads);
@@ -328,7 +336,7 @@ static int serve(int argc, char **argv) {
                            .max_models = (int)max_models,
                            .pool = {.worker_exe = wexe, .n_workers = (int)workers,
                                     .devices = devices_arg || gpus ? devices : NULL, .kv_dtype = kv_dtype,
-                                    .gpu_fraction = gpu_fraction,
+                                    .quantization = quantization, .gpu_fraction = gpu_fraction,
                                     .threads = (int)threads,
                                     .ctx = (int)ctx, .max_jobs = (int)max_jobs},
                            .on_change = on_model_change,

@@ -200,7 +200,7 @@ static int spawn(worker *w) {
     snprintf(idarg, sizeof idarg, "%d", w->idx);
     snprintf(tharg, sizeof tharg, "%d", p->cfg.threads);
     snprintf(ctxarg, sizeof ctxarg, "%d", p->cfg.ctx);
-    char *argv[20];
+    char *argv[32]; // every option below given: 23 entries and the NULL
     int a = 0;
     argv[a++] = (char *)p->cfg.worker_exe;
     argv[a++] = "--fd", argv[a++] = fdarg;
@@ -213,6 +213,8 @@ static int spawn(worker *w) {
         argv[a++] = "--device", argv[a++] = (char *)p->cfg.devices[w->idx];
     if (p->cfg.kv_dtype)
         argv[a++] = "--kv-dtype", argv[a++] = (char *)p->cfg.kv_dtype;
+    if (p->cfg.quantization)
+        argv[a++] = "--quantization", argv[a++] = (char *)p->cfg.quantization;
     if (p->cfg.gpu_fraction && p->cfg.devices && !strncmp(p->cfg.devices[w->idx], "cuda:", 5))
         argv[a++] = "--gpu-memory-fraction", argv[a++] = (char *)p->cfg.gpu_fraction;
     argv[a++] = "--threads", argv[a++] = tharg;

@@ -39,6 +39,7 @@ typedef struct gw_pool_config {
     int n_workers;
     const char *const *devices; // [n_workers]: each worker's --device ("cpu", "cuda:N"); NULL: all cpu
     const char *kv_dtype;       // the workers' --kv-dtype ("f16", "bf16", "f32", "fp8"); NULL: the default
+    const char *quantization;   // the workers' --quantization ("none", "fp8"); NULL: the default (none)
     const char *gpu_fraction;   // GPU workers' --gpu-memory-fraction; NULL: the worker's default
     int threads;
     int ctx; // 0 = worker default

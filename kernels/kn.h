@@ -40,8 +40,10 @@ typedef enum kn_type {
     KN_Q8_K = 15,
     KN_BF16 = 30,
     KN_TYPE_COUNT = 31,
-    // KV cache only, not a GGUF type: OCP FP8 E4M3 with a scale per token and head
-    // (layout in kn_fp8.h).
+    // Not a GGUF type: OCP FP8 E4M3 records, an f32 scale then codes (value = scale *
+    // code; kn_fp8.h): in the KV cache a record per token and head, in a weight a
+    // record per row (n_in codes, 4 + n_in bytes: kn_row_bytes), made at load by
+    // FP8 weight quantization (wk_model.h).
     KN_E4M3 = 100,
 } kn_type;
 

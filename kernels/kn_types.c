@@ -8,6 +8,7 @@
 #include "kernels/kn.h"
 #include "kernels/kn_half.h"
 #include "kernels/kn_dequant.h"
+#include "kernels/kn_fp8.h"
 #include "kernels/kn_quant.h"
 
 typedef struct {
@@ -42,6 +43,8 @@ static const kn_type_info *kn_info(kn_type t) {
 }
 
 int kn_type_supported(kn_type t) {
+    if (t == KN_E4M3)
+        return 1;
     const kn_type_info *i = kn_info(t);
     return i ? i->supported : 0;
 }
@@ -53,17 +56,25 @@ const char *kn_type_name(kn_type t) {
     return i ? i->name : "unknown";
 }
 
+/* E4M3 is a row record (kn.h): its "blocks" are its codes, one byte each, and
+ * kn_row_bytes adds the row's scale. */
 int64_t kn_type_block_elems(kn_type t) {
+    if (t == KN_E4M3)
+        return 1;
     const kn_type_info *i = kn_info(t);
     return i ? i->block_elems : 0;
 }
 
 size_t kn_type_block_bytes(kn_type t) {
+    if (t == KN_E4M3)
+        return 1;
     const kn_type_info *i = kn_info(t);
     return i ? i->block_bytes : 0;
 }
 
 size_t kn_row_bytes(kn_type t, int64_t n) {
+    if (t == KN_E4M3)
+        return n > 0 ? sizeof(float) + (size_t)n : 0;
     const kn_type_info *i = kn_info(t);
     if (!i || n < 0 || n % i->block_elems)
         return 0;
@@ -156,6 +167,13 @@ void kn_dequant_row(kn_type t, const void *src, float *dst, int64_t n) {
             dst[i] = kn_bf16_to_f32(h);
         }
         return;
+    case KN_E4M3: {
+        float scale;
+        memcpy(&scale, s, sizeof scale);
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = scale * kn_e4m3_to_f32(s[sizeof(float) + i]);
+        return;
+    }
     default:
         break;
     }

@@ -1,7 +1,7 @@
 /* kolm-worker: one model on one device, serving jobs from the gateway.
  *
  *   kolm-worker --fd N --model PATH [--model-id ID] [--worker-id K] [--threads T]
- *               [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--ctx N]
+ *               [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--quantization none|fp8] [--ctx N]
  *               [--kv-mib M | --gpu-memory-fraction F] [--block-size B] [--max-seqs S]
  *               [--cuda-graphs on|off]
  *   kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]
@@ -55,6 +55,7 @@ typedef struct opts {
     const char *artifact_cid;
     const char *device; // "cpu" or "cuda:N"
     kn_type kv_type;    // --kv-dtype: f16 (default), bf16, f32, or fp8 (E4M3 with a scale per token and head)
+    wk_quant quant;     // --quantization: none (default) or fp8 (float layer projections to E4M3, wk_model.h)
     int worker_id, threads, ctx, kv_mib, block_size, max_seqs;
     double gpu_fraction; // --gpu-memory-fraction; 0: not given
     int cuda_graphs;     // --cuda-graphs on (default) | off
@@ -90,13 +91,16 @@ static void usage(void) {
     fprintf(stderr, "usage: kolm-worker --fd N --model PATH [--model-id ID] [--artifact-cid CID] [--worker-id K]\n"
                     "                   [--device cpu|cuda:N] [--kv-dtype f16|bf16|f32|fp8] [--threads T] [--ctx N]\n"
                     "                   [--kv-mib M | --gpu-memory-fraction F] [--block-size B] [--max-seqs S]\n"
-                    "                   [--cuda-graphs on|off]\n"
+                    "                   [--quantization none|fp8] [--cuda-graphs on|off]\n"
                     "       kolm-worker --model PATH --prompt TEXT [--max-tokens N] [--temperature T]\n"
                     "                   [--seed S] [--stop S]...\n"
                     "       kolm-worker --describe GGUF\n"
                     "       kolm-worker --devices\n"
                     "  --kv-dtype T  KV cache storage: f16 (default), bf16 (f32's range, 8 significant bits),\n"
                     "                f32, or fp8 (E4M3 with a scale per token and head; slow on CPU)\n"
+                    "  --quantization Q  none (default), or fp8: the layer projections a GGUF stores as\n"
+                    "                f32, f16 or bf16 become E4M3 with a scale per output row (half of bf16's\n"
+                    "                bytes); embeddings, the LM head and quantized GGUF weights are kept\n"
                     "  --kv-mib M    KV cache size (default on CPU: 512)\n"
                     "  --gpu-memory-fraction F  on a GPU (the default way there, F = 0.9): the share of the\n"
                     "                device's memory the worker may use; the KV cache gets what the weights,\n"
@@ -157,6 +161,10 @@ static int parse_args(int argc, char **argv, opts *o) {
             o->device = v;
         else if (!strcmp(a, "--kv-dtype"))
             bad = parse_kv_dtype(v, &o->kv_type);
+        else if (!strcmp(a, "--quantization")) {
+            bad = strcmp(v, "none") && strcmp(v, "fp8");
+            o->quant = !strcmp(v, "fp8") ? WK_QUANT_FP8 : WK_QUANT_NONE;
+        }
         else if (!strcmp(a, "--worker-id"))
             bad = parse_int(v, 0, 1 << 20, &o->worker_id);
         else if (!strcmp(a, "--threads"))
@@ -372,9 +380,15 @@ static int load_model(worker *w) {
     }
     if ((rc = create_backend(w)))
         return rc;
-    if ((rc = wk_model_load(w->g, w->be, &w->m, err, sizeof err))) {
+    if ((rc = wk_model_load(w->g, w->be, w->o.quant, &w->m, err, sizeof err))) {
         cm_error("cannot load model %s: %s", w->o.model, err);
         return rc;
+    }
+    if (w->o.quant == WK_QUANT_FP8) {
+        int n_fp8, n_proj;
+        wk_model_quantized(w->m, &n_fp8, &n_proj);
+        cm_info("fp8: %d of %d layer projections quantized to E4M3 (the others keep their GGUF quantization)",
+                n_fp8, n_proj);
     }
     wk_model_set_exec(w->m, w->o.cuda_graphs ? WK_EXEC_GRAPHS : WK_EXEC_EAGER);
     const wk_hparams *hp = wk_model_hparams(w->m);

@@ -48,6 +48,7 @@
 #include <string.h>
 
 #include "kernels/cpu/kn_cpu.h"
+#include "kernels/kn_fp8.h"
 #include "proto/proto.h"
 
 typedef struct wk_layer {
@@ -76,6 +77,8 @@ struct wk_model {
 
     void **owned; // backend allocations made at load (uploaded weights)
     int n_owned, cap_owned;
+    wk_quant quant;
+    int n_fp8, n_proj; // layer projections quantized to FP8 at load, and all of them
 
     // wk_model_reserve
     int max_tokens, max_logits, max_seq, max_blocks;
@@ -288,8 +291,31 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
 
 /* Binds a 2-D weight [n_out rows of n_in]. Returns 0, 1 (absent and optional) or
  * a negative errno with err naming the tensor. */
-static int bind_matrix(wk_model *m, const char *name, int64_t n_in, int64_t n_out, int required, kn_weight *w,
-                       char *err, size_t errlen) {
+/* w = the float matrix t as E4M3 rows (WK_QUANT_FP8), in a new backend allocation. */
+static int bind_fp8(wk_model *m, const wk_gguf_tensor *t, const char *name, kn_weight *w, char *err, size_t errlen) {
+    const size_t rb = kn_row_bytes(t->type, w->n_in), qb = kn_row_bytes(KN_E4M3, w->n_in);
+    uint8_t *q = malloc(qb * (size_t)w->n_out);
+    float *row = malloc((size_t)w->n_in * sizeof(float));
+    if (q && row)
+        for (int64_t o = 0; o < w->n_out; o++) {
+            kn_dequant_row(t->type, (const uint8_t *)t->data + (size_t)o * rb, row, w->n_in);
+            kn_e4m3_rec_put(q, (size_t)o, row, (int)w->n_in); // record o: bytes [o * qb, (o + 1) * qb)
+        }
+    w->type = KN_E4M3;
+    w->data = q && row ? to_backend(m, q, qb * (size_t)w->n_out) : NULL;
+    free(q);
+    free(row);
+    if (!w->data) {
+        cm_set_err(err, errlen, "out of memory for the FP8 copy of %s", name);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* fp8: a layer projection, quantized to FP8 under WK_QUANT_FP8 when it is a float
+ * matrix. */
+static int bind_matrix(wk_model *m, const char *name, int64_t n_in, int64_t n_out, int required, int fp8,
+                       kn_weight *w, char *err, size_t errlen) {
     const wk_gguf_tensor *t = wk_gguf_tensor_get(m->g, name);
     if (!t) {
         if (!required)
@@ -314,6 +340,12 @@ static int bind_matrix(wk_model *m, const char *name, int64_t n_in, int64_t n_ou
     w->type = t->type;
     w->n_in = n_in;
     w->n_out = n_out;
+    m->n_proj += fp8;
+    if (fp8 && m->quant == WK_QUANT_FP8 && (t->type == KN_F32 || t->type == KN_F16 || t->type == KN_BF16) &&
+        n_in <= INT32_MAX) {
+        m->n_fp8++;
+        return bind_fp8(m, t, name, w, err, errlen);
+    }
     w->data = m->host ? t->data : to_backend(m, t->data, rb * (size_t)n_out);
     if (!w->data) {
         cm_set_err(err, errlen, "out of backend memory for %s", name);
@@ -374,13 +406,13 @@ static int bind_layer(wk_model *m, int il, char *err, size_t errlen) {
 #define NAME(s) (snprintf(n, sizeof(n), "blk.%d.%s", il, s), n)
     if ((rc = bind_vector(m, NAME("attn_norm.weight"), E, 1, &L->attn_norm, err, errlen)) < 0 ||
         (rc = bind_vector(m, NAME("ffn_norm.weight"), E, 1, &L->ffn_norm, err, errlen)) < 0 ||
-        (rc = bind_matrix(m, NAME("attn_q.weight"), E, QD, 1, &L->wq, err, errlen)) < 0 ||
-        (rc = bind_matrix(m, NAME("attn_k.weight"), E, KD, 1, &L->wk, err, errlen)) < 0 ||
-        (rc = bind_matrix(m, NAME("attn_v.weight"), E, KD, 1, &L->wv, err, errlen)) < 0 ||
-        (rc = bind_matrix(m, NAME("attn_output.weight"), QD, E, 1, &L->wo, err, errlen)) < 0 ||
-        (rc = bind_matrix(m, NAME("ffn_gate.weight"), E, hp->n_ff, 1, &L->gate, err, errlen)) < 0 ||
-        (rc = bind_matrix(m, NAME("ffn_up.weight"), E, hp->n_ff, 1, &L->up, err, errlen)) < 0 ||
-        (rc = bind_matrix(m, NAME("ffn_down.weight"), hp->n_ff, E, 1, &L->down, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("attn_q.weight"), E, QD, 1, 1, &L->wq, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("attn_k.weight"), E, KD, 1, 1, &L->wk, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("attn_v.weight"), E, KD, 1, 1, &L->wv, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("attn_output.weight"), QD, E, 1, 1, &L->wo, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("ffn_gate.weight"), E, hp->n_ff, 1, 1, &L->gate, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("ffn_up.weight"), E, hp->n_ff, 1, 1, &L->up, err, errlen)) < 0 ||
+        (rc = bind_matrix(m, NAME("ffn_down.weight"), hp->n_ff, E, 1, 1, &L->down, err, errlen)) < 0 ||
         (rc = bind_vector(m, NAME("attn_q.bias"), QD, 0, &L->wq.bias, err, errlen)) < 0 ||
         (rc = bind_vector(m, NAME("attn_k.bias"), KD, 0, &L->wk.bias, err, errlen)) < 0 ||
         (rc = bind_vector(m, NAME("attn_v.bias"), KD, 0, &L->wv.bias, err, errlen)) < 0 ||
@@ -403,7 +435,7 @@ static int bind_layer(wk_model *m, int il, char *err, size_t errlen) {
 }
 
 /* Binds g's weights on be. On success *out owns everything but g. */
-int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, size_t errlen) {
+int wk_model_load(const wk_gguf *g, kn_backend *be, wk_quant quant, wk_model **out, char *err, size_t errlen) {
     int rc;
     *out = NULL;
     cm_set_err(err, errlen, "no error");
@@ -414,6 +446,7 @@ int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, s
     }
     m->g = g;
     m->be = be;
+    m->quant = quant;
     m->host = !strcmp(be->ops->name, "cpu") || !strcmp(be->ops->name, "ref");
     if ((rc = load_hparams(m, err, errlen)) < 0)
         goto fail;
@@ -432,9 +465,9 @@ int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, s
         goto fail;
     }
     hp->n_vocab = (int)te->ne[1];
-    if ((rc = bind_matrix(m, "token_embd.weight", hp->n_embd, hp->n_vocab, 1, &m->tok_embd, err, errlen)) < 0)
+    if ((rc = bind_matrix(m, "token_embd.weight", hp->n_embd, hp->n_vocab, 1, 0, &m->tok_embd, err, errlen)) < 0)
         goto fail;
-    rc = bind_matrix(m, "output.weight", hp->n_embd, hp->n_vocab, 0, &m->output, err, errlen);
+    rc = bind_matrix(m, "output.weight", hp->n_embd, hp->n_vocab, 0, 0, &m->output, err, errlen);
     if (rc < 0)
         goto fail;
     if (rc == 1)
@@ -465,6 +498,11 @@ int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, s
 fail:
     wk_model_free(m);
     return rc;
+}
+
+void wk_model_quantized(const wk_model *m, int *n_fp8, int *n_proj) {
+    *n_fp8 = m->n_fp8;
+    *n_proj = m->n_proj;
 }
 
 static void drop_graphs(wk_model *m) {

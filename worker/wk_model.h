@@ -70,10 +70,23 @@ typedef struct wk_batch {
 
 typedef struct wk_model wk_model;
 
-/* Binds the weights of g (which must outlive the model) on backend be. 0 or a
- * negative errno with err naming the problem (unknown arch, missing tensor,
- * unsupported type, shape mismatch). */
-int wk_model_load(const wk_gguf *g, kn_backend *be, wk_model **out, char *err, size_t errlen);
+/* Weight quantization at load (kolm-worker --quantization). */
+typedef enum wk_quant {
+    WK_QUANT_NONE = 0,
+    /* Each layer projection (q, k, v, o, gate, up, down) stored as F32, F16 or BF16
+     * becomes E4M3 with a scale per output row (kn.h; amax / 448 of the row): half
+     * the bytes of BF16 to read per token. The embeddings and the LM head keep their
+     * type, and so do weights the GGUF already quantizes (Q4_K, Q8_0, ...). */
+    WK_QUANT_FP8 = 1,
+} wk_quant;
+
+/* Binds the weights of g (which must outlive the model) on backend be, quantized
+ * as quant says. 0 or a negative errno with err naming the problem (unknown arch,
+ * missing tensor, unsupported type, shape mismatch). */
+int wk_model_load(const wk_gguf *g, kn_backend *be, wk_quant quant, wk_model **out, char *err, size_t errlen);
+/* The layer projections wk_model_load quantized to FP8 (0 without WK_QUANT_FP8),
+ * and all of them. */
+void wk_model_quantized(const wk_model *m, int *n_fp8, int *n_proj);
 void wk_model_free(wk_model *m); // NULL is a no-op
 const wk_hparams *wk_model_hparams(const wk_model *m);
 

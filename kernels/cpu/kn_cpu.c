@@ -149,13 +149,23 @@ static void mm_quantize(void *vctx, int ith, int nth) {
     }
 }
 
+/* The table's kernels for a weight type; E4M3 (not a GGUF type, past the tables)
+ * has none: it is dequantized a row at a time. */
+static kn_dot_fn dot_of(const kn_cpu *c, kn_type t) {
+    return t < KN_TYPE_COUNT ? c->dt.dot[t] : NULL;
+}
+
+static kn_dotn_fn dotn_of(const kn_cpu *c, kn_type t) {
+    return t < KN_TYPE_COUNT ? c->dt.dotn[t] : NULL;
+}
+
 static void mm_rows(void *vctx, int ith, int nth) {
     mm_ctx *m = vctx;
     const kn_weight *w = m->w;
     const size_t wrow = kn_row_bytes(w->type, w->n_in);
     const uint8_t *xb = m->vt == KN_F32 ? (const uint8_t *)m->x : m->c->act;
-    kn_dot_fn dot = m->c->dt.dot[w->type];
-    kn_dotn_fn dotn = m->c->dt.dotn[w->type];
+    kn_dot_fn dot = dot_of(m->c, w->type);
+    kn_dotn_fn dotn = dotn_of(m->c, w->type);
     float *deq = m->c->deq ? m->c->deq + (size_t)ith * m->c->deq_cap : NULL;
     int64_t chunk = (int64_t)(KN_CPU_CHUNK_BYTES / (wrow ? wrow : 1));
     // big matrices: fewer, longer claims keep each thread's weight stream sequential
@@ -198,12 +208,12 @@ static void mm_rows(void *vctx, int ith, int nth) {
 
 static void matmul_one(kn_cpu *c, const kn_weight *w, const float *x, int64_t n_tok, float *y) {
     mm_ctx m = {.c = c, .w = w, .vt = kn_vec_dot_type(w->type)};
-    if (!c->dt.dot[w->type] && grow_deq(c, (size_t)w->n_in) < 0) {
+    if (!dot_of(c, w->type) && grow_deq(c, (size_t)w->n_in) < 0) {
         for (int64_t i = 0; i < n_tok * w->n_out; i++)
             y[i] = NAN;
         return;
     }
-    m.split = m.vt == KN_Q8_0 && c->dt.dotn[w->type];
+    m.split = m.vt == KN_Q8_0 && dotn_of(c, w->type);
     m.xrow = m.vt == KN_F32 ? (size_t)w->n_in * sizeof(float)
              : m.split      ? KN_DOTN_Q8_ROW(w->n_in)
                             : kn_row_bytes(m.vt, w->n_in);

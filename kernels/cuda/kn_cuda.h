@@ -6,6 +6,8 @@
 #ifndef KN_CUDA_H
 #define KN_CUDA_H
 
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +97,12 @@ __device__ __forceinline__ float load_float(kn_type t, const void *row, int64_t 
         return ((const float *)row)[i];
     const uint16_t h = ((const uint16_t *)row)[i];
     return t == KN_F16 ? kn_f16_to_f32(h) : kn_bf16_to_f32(h);
+}
+
+/* An E4M3 code's value (kn_fp8.h), exact: every E4M3 value is an f16 (NaN stays NaN). */
+__device__ __forceinline__ float e4m3_to_f32(uint32_t code) {
+    const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)(code & 0xffu), __NV_E4M3);
+    return __half2float(__half(h));
 }
 
 __device__ __forceinline__ void store_float(kn_type t, void *row, int64_t i, float x) {

@@ -239,9 +239,8 @@ struct lane_chunk {
                 x[e] = __half2float(__ushort_as_half((unsigned short)(word >> (16 * (e & 1)))));
             } else if constexpr (KV == KN_BF16) {
                 x[e] = __uint_as_float((e & 1) ? word & 0xffff0000u : word << 16);
-            } else { // exact: every E4M3 value is an f16 (NaN stays NaN)
-                const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)(word >> (8 * (e & 3))), __NV_E4M3);
-                x[e] = __half2float(__half(h));
+            } else {
+                x[e] = e4m3_to_f32(word >> (8 * (e & 3)));
             }
         }
     }

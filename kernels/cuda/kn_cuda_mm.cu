@@ -49,11 +49,31 @@
 
 #define WARPS 4 // warps per thread block
 
-/* The 8 weights of chunk c (elements [8c, 8c + 8)) of one row. vec: the row is
- * 16-byte aligned and n_in % 8 == 0, so float types are read as 16-byte vectors. */
+/* Element i of a float or E4M3 weight row. */
+static __device__ __forceinline__ float load_weight(kn_type type, const uint8_t *row, int64_t i) {
+    if (type == KN_E4M3)
+        return *(const float *)row * e4m3_to_f32(row[sizeof(float) + i]);
+    return load_float(type, row, i);
+}
+
+/* The 8 weights of chunk c (elements [8c, 8c + 8)) of one row. vec: float types
+ * are read as 16-byte vectors (the row is 16-byte aligned, n_in % 8 == 0), an
+ * E4M3 row's codes as two words (the record is 4-byte aligned, n_in % 4 == 0). */
 static __device__ __forceinline__ void load_chunk(kn_type type, const uint8_t *row, int64_t c, int block_elems,
                                                   size_t block_bytes, bool vec, float *wv) {
-    if (block_elems > 1) {
+    if (type == KN_E4M3) { // a row record: the scale, then the codes (value = scale * code, kn_fp8.h)
+        const float scale = *(const float *)row;
+        const uint8_t *q = row + sizeof(float) + 8 * c;
+        uint32_t u[2];
+        if (vec) {
+            u[0] = ((const uint32_t *)q)[0], u[1] = ((const uint32_t *)q)[1];
+        } else {
+            u[0] = q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
+            u[1] = q[4] | (uint32_t)q[5] << 8 | (uint32_t)q[6] << 16 | (uint32_t)q[7] << 24;
+        }
+        for (int i = 0; i < 8; i++)
+            wv[i] = scale * e4m3_to_f32(u[i >> 2] >> (8 * (i & 3)));
+    } else if (block_elems > 1) {
         const int64_t e0 = 8 * c;
         kn_dq_chunk8(type, row + (size_t)(e0 / block_elems) * block_bytes, (int)(e0 % block_elems) / 8, wv);
     } else if (vec && type == KN_F32) {
@@ -167,7 +187,7 @@ static __global__ void __launch_bounds__(32 * WARPS)
                 load_chunk(P.type, wr[n], c, P.block_elems, P.block_bytes, P.wvec, v);
             else // a float row's last partial chunk, or past its end
                 for (int i = 0; i < 8; i++)
-                    v[i] = 8 * c + i < n_in ? load_float(P.type, wr[n], 8 * c + i) : 0.0f;
+                    v[i] = 8 * c + i < n_in ? load_weight(P.type, wr[n], 8 * c + i) : 0.0f;
             split8(v, wh[n], wl[n]);
         }
         uint32_t xh[MT][2][4], xl[MT][2][4];
@@ -240,7 +260,8 @@ void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *
         p->row_bytes = kn_row_bytes(wj->type, n_in);
         p->block_bytes = kn_type_block_bytes(wj->type);
         p->block_elems = (int)kn_type_block_elems(wj->type);
-        p->wvec = n_in % 8 == 0 && (uintptr_t)wj->data % 16 == 0;
+        p->wvec = wj->type == KN_E4M3 ? n_in % 4 == 0 && (uintptr_t)wj->data % 4 == 0
+                                      : n_in % 8 == 0 && (uintptr_t)wj->data % 16 == 0;
         p->n_out = wj->n_out;
         p->bias = wj->bias;
         p->y = y[j];
@@ -266,14 +287,14 @@ void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *
 /* ---------------------------------------------------------------- get_rows */
 
 /* Row ids[blockIdx.x] of w, dequantized and scaled; thread i takes chunks i, i +
- * blockDim.x, ... (float rows element by element). */
+ * blockDim.x, ... (float and E4M3 rows element by element). */
 static __global__ void k_get_rows(kn_type type, const uint8_t *w, size_t row_bytes, int64_t n_in, int block_elems,
                                   size_t block_bytes, const int32_t *ids, float scale, float *y) {
     const uint8_t *row = w + (size_t)ids[blockIdx.x] * row_bytes;
     float *yr = y + (int64_t)blockIdx.x * n_in;
     if (block_elems == 1) {
         for (int64_t i = threadIdx.x; i < n_in; i += blockDim.x)
-            yr[i] = load_float(type, row, i) * scale;
+            yr[i] = load_weight(type, row, i) * scale;
         return;
     }
     for (int64_t c = threadIdx.x; c < n_in / 8; c += blockDim.x) {

@@ -30,7 +30,8 @@
 #   (b3) seeded sampling (temperature 0.9, top_p 0.95, top_k 40, min_p 0.02): cpu vs
 #       cuda:0 >= 90% of tokens (the same draws; a draw within ~1e-5 of a boundary
 #       may part, kn.h), cuda:0 graphs vs eager exact
-#   (c) cpu fp8 vs cuda:0 fp8, exact, on each random model (the FP8 KV path itself)
+#   (c) cpu fp8 vs cuda:0 fp8, exact, on each random model (the FP8 KV path itself),
+#       and the same with --quantization fp8 (E4M3 weights, a scale per row)
 # (KOLM_GPU_PARITY=0 skips (a)-(c)), then the GPU bench (issue 6; KOLM_GPU_BENCH=0
 # skips it). All of it may not fit one 600 s device call; then run it as two:
 #   KOLM_GPU_BENCH=0 bash tests/gpu/run.sh                            (the tests)
@@ -158,6 +159,8 @@ if [ -d "$BUNDLE" ]; then
         done
         for m in rand-qwen2-f32 rand-llama-f16; do
             parity "$m cpu=cuda fp8" "$M/$m.gguf" --a cpu --a-kv fp8 --b cuda:0 --b-kv fp8
+            parity "$m cpu=cuda fp8 weights" "$M/$m.gguf" --a cpu --a-args "--quantization fp8" --b cuda:0 \
+                --b-args "--quantization fp8" --max-dlogprob 1e-3
         done
         DEF="${KOLM_TEST_MODEL:-$HOME/.kolm/models/gemma-3-270m-q4_k_m.gguf}"
         if [ -f "$DEF" ]; then

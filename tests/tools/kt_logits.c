@@ -2,7 +2,7 @@
  *
  *   kt_logits MODEL [--backend ref|cpu] [--threads N] [--block-size B]
  *             [--mode prefill|step|mixed] [--seqs S] [--chunk C] [--kv f16|f32]
- *             [--all] [--out FILE]  < tokens.json
+ *             [--quantization none|fp8] [--all] [--out FILE]  < tokens.json
  *
  * stdin holds a JSON array of token ids. Without --all the logits of the last
  * token are printed as a JSON array; with --all, a JSON array of one array per
@@ -26,7 +26,7 @@
 static void usage(void) {
     fprintf(stderr, "usage: kt_logits MODEL [--backend ref|cpu] [--threads N] [--block-size B]\n"
                     "                 [--mode prefill|step|mixed] [--seqs S] [--chunk C] [--kv f16|f32]\n"
-                    "                 [--all] [--out FILE] < tokens.json\n");
+                    "                 [--quantization none|fp8] [--all] [--out FILE] < tokens.json\n");
 }
 
 static int read_tokens(int32_t **out, int *n) {
@@ -67,7 +67,7 @@ static void print_row(const float *r, size_t V) {
 }
 
 int main(int argc, char **argv) {
-    const char *path = NULL, *backend = "cpu", *mode_s = "prefill", *outp = NULL, *kv_s = "f16";
+    const char *path = NULL, *backend = "cpu", *mode_s = "prefill", *outp = NULL, *kv_s = "f16", *quant_s = "none";
     int threads = 0, bs = 16, all = 0, n_seq_arg = 4, chunk = 3;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -88,6 +88,8 @@ int main(int argc, char **argv) {
             chunk = atoi(argv[++i]);
         else if (!strcmp(a, "--kv") && v)
             kv_s = argv[++i];
+        else if (!strcmp(a, "--quantization") && v)
+            quant_s = argv[++i];
         else if (!strcmp(a, "--out") && v)
             outp = argv[++i];
         else if (a[0] != '-' && !path)
@@ -101,7 +103,8 @@ int main(int argc, char **argv) {
                                                        : !strcmp(mode_s, "mixed") ? KT_MIXED
                                                                                    : -1;
     kn_type kvt = !strcmp(kv_s, "f16") ? KN_F16 : !strcmp(kv_s, "f32") ? KN_F32 : KN_TYPE_COUNT;
-    if (!path || mode < 0 || bs <= 0 || kvt == KN_TYPE_COUNT || n_seq_arg < 1 || n_seq_arg > 64) {
+    const int quant = !strcmp(quant_s, "fp8") ? WK_QUANT_FP8 : !strcmp(quant_s, "none") ? WK_QUANT_NONE : -1;
+    if (!path || mode < 0 || bs <= 0 || kvt == KN_TYPE_COUNT || n_seq_arg < 1 || n_seq_arg > 64 || quant < 0) {
         usage();
         return 2;
     }
@@ -128,7 +131,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kt_logits: cannot create backend '%s'\n", backend);
         goto cleanup;
     }
-    if (wk_model_load(g, be, &m, err, sizeof(err)) < 0) {
+    if (wk_model_load(g, be, (wk_quant)quant, &m, err, sizeof(err)) < 0) {
         fprintf(stderr, "kt_logits: %s: %s\n", path, err);
         goto cleanup;
     }

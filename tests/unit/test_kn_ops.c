@@ -248,6 +248,10 @@ static void test_table(void) {
     ASSERT_TRUE(kn_type_supported(KN_Q6_K));
     ASSERT_TRUE(!kn_type_supported(KN_Q8_K));
     ASSERT_TRUE(!kn_type_supported((kn_type)40));
+    // an E4M3 weight row is a record: the f32 scale, then a code per element
+    ASSERT_TRUE(kn_type_supported(KN_E4M3));
+    ASSERT_EQ(kn_row_bytes(KN_E4M3, 640), 644);
+    ASSERT_EQ(kn_row_bytes(KN_E4M3, 0), 0);
 }
 
 static int check_dq(const char *name, kn_type t, const void *blk, const float *want, int n) {
@@ -268,6 +272,11 @@ static void test_dequant(void) {
         ASSERT_EQ(check_dq("f16", KN_F16, h, f, 3), 0);
         uint16_t bf[3] = {0x3fc0, 0xc000, 0x3e80};
         ASSERT_EQ(check_dq("bf16", KN_BF16, bf, f, 3), 0);
+        // E4M3: scale 0.5, codes 1.5 (0x3c), -2 (0xc0), 0.25 (0x28), 448 (0x7e), 2^-9 (0x01)
+        const float scale = 0.5f, e[5] = {0.75f, -1.0f, 0.125f, 224.0f, 0x1p-10f};
+        uint8_t rec[9] = {0, 0, 0, 0, 0x3c, 0xc0, 0x28, 0x7e, 0x01};
+        memcpy(rec, &scale, 4);
+        ASSERT_EQ(check_dq("e4m3", KN_E4M3, rec, e, 5), 0);
     }
     // 32-element types: element j < 16 in the low nibble of qs[j], j >= 16 in the high one
     for (int j = 0; j < 32; j++)
@@ -496,6 +505,15 @@ static void *make_weight(kn_type t, int64_t n_out, int64_t n_in) {
         for (int64_t i = 0; i < n_out * n_in; i++)
             ((uint16_t *)w)[i] = kn_f32_to_bf16(rnd_uniform(-1, 1));
         return w;
+    case KN_E4M3: { // rows of random values quantized as the loader does (a scale per row)
+        float *row = malloc((size_t)n_in * sizeof(float));
+        for (int64_t o = 0; o < n_out && row; o++) {
+            fill_uniform(row, (size_t)n_in, -1, 1);
+            kn_e4m3_rec_put(w, (size_t)o, row, (int)n_in);
+        }
+        free(row);
+        return w;
+    }
     default: break;
     }
     for (size_t b = 0; b < rb * (size_t)n_out / bb; b++)
@@ -518,7 +536,7 @@ static void mm1(kn_backend *be, const kn_weight *w, const float *x, int64_t n_to
 /* Three weights of one n_in, of other types and row counts, in one call: each
  * output is the bits of that weight alone. */
 static void test_matmul_multi(kn_backend *be, const char *bname) {
-    static const kn_type types[3] = {KN_Q4_K, KN_F16, KN_Q8_0};
+    static const kn_type types[3] = {KN_Q4_K, KN_E4M3, KN_Q8_0};
     static const int64_t n_outs[3] = {37, 5, 130}, toks[] = {1, 7, 33};
     const int64_t n_in = 512;
     void *wh[3], *wd[3];
@@ -569,7 +587,7 @@ static void test_matmul_multi(kn_backend *be, const char *bname) {
 
 static void test_matmul(kn_backend *be, const char *bname) {
     static const kn_type types[] = {KN_F32, KN_F16, KN_BF16, KN_Q4_0, KN_Q4_1, KN_Q5_0, KN_Q5_1,
-                                    KN_Q8_0, KN_Q2_K, KN_Q3_K, KN_Q4_K, KN_Q5_K, KN_Q6_K};
+                                    KN_Q8_0, KN_Q2_K, KN_Q3_K, KN_Q4_K, KN_Q5_K, KN_Q6_K, KN_E4M3};
     static const int64_t toks[] = {1, 2, 7, 33};
     const int64_t n_in = 512, n_out = 37; // 37: the bias array below
     // The CPU backends quantize activations (Q8_0/Q8_K) for the quantized weight
@@ -655,7 +673,7 @@ static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
     {
         const int64_t n_in = 256, n_out = 9, n = 5;
         int32_t ids[5] = {8, 0, 3, 3, 7};
-        static const kn_type types[] = {KN_F32, KN_F16, KN_Q8_0, KN_Q5_0, KN_Q4_K, KN_Q6_K};
+        static const kn_type types[] = {KN_F32, KN_F16, KN_Q8_0, KN_Q5_0, KN_Q4_K, KN_Q6_K, KN_E4M3};
         for (size_t ti = 0; ti < sizeof(types) / sizeof(types[0]); ti++) {
             void *wh = make_weight(types[ti], n_out, n_in);
             size_t wb = kn_row_bytes(types[ti], n_in) * (size_t)n_out;

@@ -130,7 +130,7 @@ static void test_gemma(const char *path) {
         return;
     c.be = kn_cpu_create(0);
     ASSERT_TRUE(c.be != NULL);
-    rc = wk_model_load(c.g, c.be, &c.m, err, sizeof(err));
+    rc = wk_model_load(c.g, c.be, WK_QUANT_NONE, &c.m, err, sizeof(err));
     ASSERT_EQ(rc, 0);
     if (rc) {
         fprintf(stderr, "load: %s\n", err);
@@ -340,7 +340,7 @@ static void test_gemma(const char *path) {
         r.be = kn_ref_create();
         r.m = NULL;
         ASSERT_TRUE(r.be != NULL);
-        ASSERT_EQ(wk_model_load(c.g, r.be, &r.m, err, sizeof(err)), 0);
+        ASSERT_EQ(wk_model_load(c.g, r.be, WK_QUANT_NONE, &r.m, err, sizeof(err)), 0);
         if (r.m) {
             ASSERT_EQ(run(&r, toks, n, 1, KT_PREFILL, 16, 0, pre1), 0);
             // NOTE: the cpu backend quantizes activations to Q8_0/Q8_K like llama.cpp;

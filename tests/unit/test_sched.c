@@ -694,7 +694,7 @@ int main(void) {
     }
     e.be = kn_cpu_create(2);
     ASSERT_EQ(wk_tok_load(e.g, &e.tok, err, sizeof err), 0);
-    ASSERT_EQ(wk_model_load(e.g, e.be, &e.m, err, sizeof err), 0);
+    ASSERT_EQ(wk_model_load(e.g, e.be, WK_QUANT_NONE, &e.m, err, sizeof err), 0);
     test_template(&e);
     test_batching_and_preemption(&e);
     test_cancel_and_overflow(&e);
