@@ -265,6 +265,15 @@ static void capacity(const opts *o, results *r) {
 
 /* ---------------------------------------------------------------- ceilings (CUDA events) */
 
+static void *host_alloc(size_t bytes) {
+    void *p = malloc(bytes);
+    if (!p) {
+        fprintf(stderr, "gpu_bench: out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
 /* Median ms of reps timed calls of what (after 3 warm-ups), each between events. */
 typedef void (*timed_fn)(void *ctx, cudaStream_t s);
 
@@ -275,11 +284,7 @@ static double time_events(timed_fn what, void *ctx, cudaStream_t s, int reps) {
     for (int i = 0; i < 3; i++)
         what(ctx, s);
     CK(cudaStreamSynchronize(s));
-    double *ms = malloc(sizeof(double) * (size_t)reps);
-    if (!ms) {
-        fprintf(stderr, "gpu_bench: out of memory\n");
-        exit(1);
-    }
+    double *ms = host_alloc(sizeof(double) * (size_t)reps);
     for (int i = 0; i < reps; i++) {
         CK(cudaEventRecord(e0, s));
         what(ctx, s);
@@ -345,12 +350,8 @@ static void do_proj(void *p, cudaStream_t s) {
 
 /* bf16 buffer of n random values in [-1, 1) on the device. */
 static void *random_bf16(size_t n) {
-    uint16_t *host = malloc(n * sizeof(uint16_t));
+    uint16_t *host = host_alloc(n * sizeof(uint16_t));
     void *d = NULL;
-    if (!host) {
-        fprintf(stderr, "gpu_bench: out of memory\n");
-        exit(1);
-    }
     for (size_t i = 0; i < n; i++)
         host[i] = kn_f32_to_bf16(rng_unit());
     CK(cudaMalloc(&d, n * sizeof(uint16_t)));
@@ -397,22 +398,10 @@ static void ceilings(const opts *o, results *r, cudaStream_t s, cublasHandle_t h
     CK(cudaFree(c.dst));
     CK(cudaFree(c.asum));
 
-    gemm_ctx g = {.h = h, .n = o->gemm_n};
-    const size_t elems = (size_t)g.n * (size_t)g.n, bytes = elems * sizeof(uint16_t);
-    CK(cudaMalloc(&g.a, bytes));
-    CK(cudaMalloc(&g.b, bytes));
-    CK(cudaMalloc(&g.c, bytes));
     // Random values (zeros would run at a lower power draw, so a higher clock).
-    uint16_t *host = malloc(bytes);
-    if (!host) {
-        fprintf(stderr, "gpu_bench: out of memory\n");
-        exit(1);
-    }
-    for (size_t i = 0; i < elems; i++)
-        host[i] = kn_f32_to_bf16(rng_unit());
-    CK(cudaMemcpy(g.a, host, bytes, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(g.b, host, bytes, cudaMemcpyHostToDevice));
-    free(host);
+    const size_t elems = (size_t)o->gemm_n * (size_t)o->gemm_n;
+    gemm_ctx g = {.h = h, .n = o->gemm_n, .a = random_bf16(elems), .b = random_bf16(elems)};
+    CK(cudaMalloc(&g.c, elems * sizeof(uint16_t)));
     r->gemm_ms = time_events(do_gemm, &g, s, o->reps);
     r->gemm_tflops = 2.0 * (double)g.n * g.n * g.n / (r->gemm_ms * 1e-3) / 1e12;
     printf("gemm      %d^3 BF16, f32 compute (cublasGemmEx): %.3f ms, %.0f TFLOP/s\n", g.n, r->gemm_ms,
@@ -429,15 +418,6 @@ static void *be_alloc(kn_backend *be, size_t bytes) {
     void *p = be->ops->alloc(be, bytes);
     if (!p) {
         fprintf(stderr, "gpu_bench: cannot allocate %.1f MiB on the device\n", (double)bytes / (1 << 20));
-        exit(1);
-    }
-    return p;
-}
-
-static void *host_alloc(size_t bytes) {
-    void *p = malloc(bytes);
-    if (!p) {
-        fprintf(stderr, "gpu_bench: out of memory\n");
         exit(1);
     }
     return p;

@@ -289,8 +289,6 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
 
 /* ---- weights ---------------------------------------------------------------- */
 
-/* Binds a 2-D weight [n_out rows of n_in]. Returns 0, 1 (absent and optional) or
- * a negative errno with err naming the tensor. */
 /* w = the float matrix t as E4M3 rows (WK_QUANT_FP8), in a new backend allocation. */
 static int bind_fp8(wk_model *m, const wk_gguf_tensor *t, const char *name, kn_weight *w, char *err, size_t errlen) {
     const size_t rb = kn_row_bytes(t->type, w->n_in), qb = kn_row_bytes(KN_E4M3, w->n_in);
@@ -312,8 +310,9 @@ static int bind_fp8(wk_model *m, const wk_gguf_tensor *t, const char *name, kn_w
     return 0;
 }
 
-/* fp8: a layer projection, quantized to FP8 under WK_QUANT_FP8 when it is a float
- * matrix. */
+/* Binds a 2-D weight [n_out rows of n_in]; fp8: a layer projection, quantized to
+ * FP8 under WK_QUANT_FP8 when it is a float matrix. Returns 0, 1 (absent and
+ * optional) or a negative errno with err naming the tensor. */
 static int bind_matrix(wk_model *m, const char *name, int64_t n_in, int64_t n_out, int required, int fp8,
                        kn_weight *w, char *err, size_t errlen) {
     const wk_gguf_tensor *t = wk_gguf_tensor_get(m->g, name);

@@ -245,7 +245,7 @@ void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *
         return;
     const int64_t n_in = w[0]->n_in;
     // The tile (module note): MT token tiles of 16 and NT row tiles of 8 per warp.
-    const int mt = n_tok <= 16 ? 1 : n_tok <= 32 ? 2 : 4, nt = n_tok <= 16 ? 1 : 4;
+    const int mt = n_tok <= 16 ? 1 : n_tok <= 32 ? 2 : 4, nt = mt == 1 ? 1 : 4;
     const int rows_per_block = 8 * nt * WARPS;
     mm_parts ps;
     ps.n = 0;
