@@ -19,37 +19,41 @@
 #define KN_E4M3_MAX 448.0f
 
 static inline KN_HD float kn_e4m3_to_f32(uint8_t b) {
-    const int e = (b >> 3) & 15, m = b & 7;
+    const uint32_t e = (b >> 3) & 15u, m = b & 7u;
     float v;
-    if (e == 15 && m == 7)
-        v = NAN;
-    else if (e == 0)
-        v = ldexpf((float)m, -9);
-    else
-        v = ldexpf((float)(8 + m), e - 10); // (1 + m/8) * 2^(e-7)
+    if (e == 0) {
+        v = (float)m * 0x1p-9f; // subnormal: exact
+    } else {
+        const uint32_t u = e == 15 && m == 7 ? 0x7fc00000u : (e + 120u) << 23 | m << 20; // NaN, or 1.m * 2^(e-7)
+        memcpy(&v, &u, sizeof v);
+    }
     return (b & 0x80) ? -v : v;
 }
 
+/* Bit arithmetic on the f32 (no libm, no branches a compiler cannot turn into
+ * selects): a normal result keeps the exponent and the top 3 mantissa bits,
+ * rounded to nearest even on the 20 bits below them (a carry moves into the
+ * exponent); below 2^-6 the code is round(a / 2^-9), which the FPU's own
+ * round-to-nearest-even does in a + 2^14 (whose ulp is 2^-9). */
 static inline KN_HD uint8_t kn_f32_to_e4m3(float x) {
-    const uint8_t sign = signbit(x) ? 0x80 : 0;
-    float a = fabsf(x);
-    if (isnan(a))
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    const uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+    u &= 0x7fffffffu;
+    if (u > 0x7f800000u) // NaN
         return (uint8_t)(sign | 0x7f);
-    if (a >= KN_E4M3_MAX)
+    if (u >= 0x43e00000u) // 448 and beyond, infinity included: saturate
         return (uint8_t)(sign | 0x7e);
-    int ex;
-    (void)frexpf(a, &ex); // a = f * 2^ex, f in [0.5, 1): the exponent is ex - 1
-    if (a == 0.0f || ex - 1 < -6) { // subnormal: the code is round(a / 2^-9), 8 is the smallest normal
-        return (uint8_t)(sign | (uint8_t)rintf(ldexpf(a, 9)));
+    if (u < 0x3c800000u) { // below 2^-6: subnormal, 8 (2^-6) when it rounds up
+        float a, f;
+        memcpy(&a, &u, sizeof a);
+        f = a + 16384.0f;
+        uint32_t v;
+        memcpy(&v, &f, sizeof v);
+        return (uint8_t)(sign | (v - 0x46800000u)); // 0x46800000: 16384.0f
     }
-    int e = ex - 1;
-    int q = (int)rintf(ldexpf(a, 3 - e)); // in [8, 16]
-    if (q == 16) {
-        q = 8;
-        e++;
-    }
-    int code = ((e + 7) << 3) | (q - 8);
-    return (uint8_t)(sign | (code > 0x7e ? 0x7e : code));
+    u += 0x7ffffu + ((u >> 20) & 1u);
+    return (uint8_t)(sign | ((u >> 20) - (120u << 3))); // f32 bias 127 -> E4M3 bias 7, in units of 8 codes
 }
 
 /* The FP8 KV cache layout: every (slot, kv head) is one record, a f32 scale then

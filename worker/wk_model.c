@@ -43,9 +43,11 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kernels/cpu/kn_cpu.h"
 #include "kernels/kn_fp8.h"
@@ -289,20 +291,64 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
 
 /* ---- weights ---------------------------------------------------------------- */
 
-/* w = the float matrix t as E4M3 rows (WK_QUANT_FP8), in a new backend allocation. */
-static int bind_fp8(wk_model *m, const wk_gguf_tensor *t, const char *name, kn_weight *w, char *err, size_t errlen) {
-    const size_t rb = kn_row_bytes(t->type, w->n_in), qb = kn_row_bytes(KN_E4M3, w->n_in);
-    uint8_t *q = malloc(qb * (size_t)w->n_out);
-    float *row = malloc((size_t)w->n_in * sizeof(float));
-    if (q && row)
-        for (int64_t o = 0; o < w->n_out; o++) {
-            kn_dequant_row(t->type, (const uint8_t *)t->data + (size_t)o * rb, row, w->n_in);
-            kn_e4m3_rec_put(q, (size_t)o, row, (int)w->n_in); // record o: bytes [o * qb, (o + 1) * qb)
+/* Rows [r0, r1) of a float matrix as E4M3 records (kn_fp8.h: an f32 scale per row). */
+typedef struct fp8_rows {
+    kn_type type;
+    const uint8_t *src;
+    uint8_t *dst;
+    int64_t n_in, r0, r1;
+    int ok;
+} fp8_rows;
+
+static void *fp8_rows_run(void *arg) {
+    fp8_rows *j = arg;
+    const size_t rb = kn_row_bytes(j->type, j->n_in);
+    float *row = malloc((size_t)j->n_in * sizeof(float));
+    if (row)
+        for (int64_t o = j->r0; o < j->r1; o++) {
+            kn_dequant_row(j->type, j->src + (size_t)o * rb, row, j->n_in);
+            kn_e4m3_rec_put(j->dst, (size_t)o, row, (int)j->n_in); // record o: bytes [o * qb, (o + 1) * qb)
         }
-    w->type = KN_E4M3;
-    w->data = q && row ? to_backend(m, q, qb * (size_t)w->n_out) : NULL;
-    free(q);
+    j->ok = row != NULL;
     free(row);
+    return NULL;
+}
+
+/* w = the float matrix t as E4M3 rows (WK_QUANT_FP8), in a new backend allocation.
+ * The rows are split over the online CPUs (an 8B model's projections are 7e9
+ * weights at about 3 ns each); a thread that cannot start runs in this one. */
+static int bind_fp8(wk_model *m, const wk_gguf_tensor *t, const char *name, kn_weight *w, char *err, size_t errlen) {
+    enum { MAX_THREADS = 32, MIN_ROWS = 64 };
+    const size_t qb = kn_row_bytes(KN_E4M3, w->n_in);
+    uint8_t *q = malloc(qb * (size_t)w->n_out);
+    int ok = q != NULL;
+    if (q) {
+        const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        int64_t n = cpus < MAX_THREADS ? cpus : MAX_THREADS;
+        if (n > w->n_out / MIN_ROWS)
+            n = w->n_out / MIN_ROWS;
+        if (n < 1)
+            n = 1;
+        fp8_rows jobs[MAX_THREADS];
+        pthread_t th[MAX_THREADS];
+        int started[MAX_THREADS] = {0};
+        for (int64_t i = 0; i < n; i++) {
+            jobs[i] = (fp8_rows){.type = t->type, .src = t->data, .dst = q, .n_in = w->n_in,
+                                 .r0 = w->n_out * i / n, .r1 = w->n_out * (i + 1) / n};
+            started[i] = i > 0 && !pthread_create(&th[i], NULL, fp8_rows_run, &jobs[i]);
+        }
+        for (int64_t i = 0; i < n; i++)
+            if (!started[i])
+                fp8_rows_run(&jobs[i]);
+        for (int64_t i = 0; i < n; i++) {
+            if (started[i])
+                pthread_join(th[i], NULL);
+            ok &= jobs[i].ok;
+        }
+    }
+    w->type = KN_E4M3;
+    w->data = ok ? to_backend(m, q, qb * (size_t)w->n_out) : NULL;
+    free(q);
     if (!w->data) {
         cm_set_err(err, errlen, "out of memory for the FP8 copy of %s", name);
         return -ENOMEM;

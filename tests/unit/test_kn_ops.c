@@ -153,6 +153,28 @@ static void test_fp8(void) {
         ASSERT_EQ(kn_f32_to_e4m3((float)mid), (c & 1) ? c + 1 : c); // ties to even
         ASSERT_EQ(kn_f32_to_e4m3((float)-mid), 0x80 | ((c & 1) ? c + 1 : c));
     }
+    // Random f32 bit patterns against the nearest code by search (ties to the even
+    // code, saturation at 448, NaN to 0x7f), the sign copied.
+    uint32_t st = 0x9e3779b9u;
+    for (int i = 0; i < 1 << 18; i++) {
+        st = st * 1664525u + 1013904223u;
+        const uint32_t u = st ^ (st >> 7) << 13;
+        float x;
+        memcpy(&x, &u, sizeof x);
+        const double a = fabs((double)x);
+        int want = 0x7f;
+        if (!isnan(x)) {
+            want = 0x7e;
+            for (int c = 0; c < 0x7e && a < 448.0; c++) {
+                const double lo = e4m3_value(c), hi = e4m3_value(c + 1);
+                if (a <= hi) {
+                    want = a - lo < hi - a || (a - lo == hi - a && !(c & 1)) ? c : c + 1;
+                    break;
+                }
+            }
+        }
+        ASSERT_EQ(kn_f32_to_e4m3(x), (u >> 31 ? 0x80 : 0) | want);
+    }
     ASSERT_EQ(kn_f32_to_e4m3(448.0f), 0x7e);
     ASSERT_EQ(kn_f32_to_e4m3(1000.0f), 0x7e);
     ASSERT_EQ(kn_f32_to_e4m3(-INFINITY), 0xfe);
