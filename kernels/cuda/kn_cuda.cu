@@ -260,13 +260,17 @@ extern "C" kn_backend *kn_cuda_create(int device) {
         free(c);
         return NULL;
     }
-    if (cudaMalloc(&c->work, KN_CUDA_WORK_BYTES) != cudaSuccess) {
+    const size_t ticket_bytes = KN_CUDA_MM_TICKETS * sizeof(unsigned);
+    if (cudaMalloc(&c->work, KN_CUDA_WORK_BYTES + ticket_bytes) != cudaSuccess ||
+        cudaMemsetAsync((char *)c->work + KN_CUDA_WORK_BYTES, 0, ticket_bytes, c->stream) != cudaSuccess) {
         (void)cudaGetLastError();
+        cudaFree(c->work);
         cudaStreamDestroy(c->stream);
         free(c);
         return NULL;
     }
     c->work_bytes = KN_CUDA_WORK_BYTES;
+    c->mm_ticket = (unsigned *)((char *)c->work + KN_CUDA_WORK_BYTES);
     if (cudaMallocHost(&c->stage, KN_CUDA_STAGE_BYTES) != cudaSuccess) {
         (void)cudaGetLastError();
         cudaFree(c->work);

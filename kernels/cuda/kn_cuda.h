@@ -41,11 +41,13 @@ typedef struct kn_cuda {
     cudaStream_t stream;
     void *work;
     size_t work_bytes;
+    unsigned *mm_ticket; // KN_CUDA_MM_TICKETS zeros between matmuls (kn_cuda_mm.cu), after work
     uint8_t *stage;
     size_t stage_bytes, stage_used;
 } kn_cuda;
 
 #define KN_CUDA_WORK_BYTES ((size_t)64 << 20)
+#define KN_CUDA_MM_TICKETS ((size_t)1 << 16)
 #define KN_CUDA_STAGE_BYTES ((size_t)8 << 20)
 
 static inline kn_cuda *cu(kn_backend *be) {

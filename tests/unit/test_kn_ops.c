@@ -610,7 +610,7 @@ static void test_matmul_multi(kn_backend *be, const char *bname) {
 static void test_matmul(kn_backend *be, const char *bname) {
     static const kn_type types[] = {KN_F32, KN_F16, KN_BF16, KN_Q4_0, KN_Q4_1, KN_Q5_0, KN_Q5_1,
                                     KN_Q8_0, KN_Q2_K, KN_Q3_K, KN_Q4_K, KN_Q5_K, KN_Q6_K, KN_E4M3};
-    static const int64_t toks[] = {1, 2, 7, 33};
+    static const int64_t toks[] = {1, 2, 7, 20, 33}; // the CUDA matmul's three tiles
     const int64_t n_in = 512, n_out = 37; // 37: the bias array below
     // The CPU backends quantize activations (Q8_0/Q8_K) for the quantized weight
     // types; the CUDA backend multiplies the f32 activations (to ~2^-16 a product).
