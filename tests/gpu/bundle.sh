@@ -4,6 +4,9 @@
 # image needs to run the end-to-end parity and bench/gpu.py in tests/gpu/run.sh:
 #
 #   build-gpu-bundle/bin/kolm-worker   Release, -DKOLM_CUDA=ON -DKOLM_WERROR=ON
+#   build-gpu-bundle/bin/test_kn_ops   the op parity test and the GPU bench of the same
+#   build-gpu-bundle/bin/gpu_bench     build (run.sh runs them instead of building its own:
+#                                      device minutes are scarcer than build ones here)
 #   build-gpu-bundle/lib/*.so*         the worker's shared libraries that such an image
 #                                      lacks (libmsgpackc, libsodium, libjansson, ...)
 #   build-gpu-bundle/models/*.gguf     random test models (tests/fixtures/tinygguf.py)
@@ -32,11 +35,11 @@ if ! "$PY" -c 'import gguf, numpy'; then
     exit 1
 fi
 cmake -S "$REPO" -B "$B" -DCMAKE_BUILD_TYPE=Release -DKOLM_CUDA=ON -DKOLM_WERROR=ON >/dev/null
-cmake --build "$B" --target kolm-worker -j "$JOBS"
+cmake --build "$B" --target kolm-worker test_kn_ops gpu_bench -j "$JOBS"
 
 rm -rf "$OUT"
 mkdir -p "$OUT/bin" "$OUT/lib" "$OUT/models"
-cp "$B/bin/kolm-worker" "$OUT/bin/"
+cp "$B/bin/kolm-worker" "$B/tests/test_kn_ops" "$B/bin/gpu_bench" "$OUT/bin/"
 
 # Every resolved library of the worker (ldd lists the transitive ones too).
 ldd "$B/bin/kolm-worker" | awk '$2 == "=>" { print $1, $3 }' >"$OUT/ldd.txt"
@@ -54,7 +57,7 @@ if grep -q 'not found' <(ldd "$B/bin/kolm-worker"); then
 fi
 
 # The newest glibc symbol version needed (Ubuntu 24.04 has 2.39).
-glibc=$(objdump -T "$OUT/bin/kolm-worker" "$OUT"/lib/*.so* | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+glibc=$(objdump -T "$OUT"/bin/* "$OUT"/lib/*.so* | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
 
 # Random models, larger than tinygguf's default, untied (a tied random model only
 # repeats its last token), with weights in f32 and f16. Not quantized ones: for those
@@ -62,8 +65,9 @@ glibc=$(objdump -T "$OUT/bin/kolm-worker" "$OUT"/lib/*.so* | grep -o 'GLIBC_[0-9
 # greedy parity is not expected to be exact, and on a random model's flat logits it
 # is not. Their vocabularies get their chat templates' markup tokens (control tokens,
 # put before BOS and EOS) so that chat requests render.
-#   rand-qwen2-f32: cuBLAS matmuls, q/k/v biases, as sensitive as random weights make it
-#   rand-llama-f16: the dequantize-and-dot kernel; attn_output scaled by 0.1, so that
+#   rand-qwen2-f32: f32 weights (three MMAs a step), q/k/v biases, as sensitive as random
+#       weights make it
+#   rand-llama-f16: f16 weights; attn_output scaled by 0.1, so that
 #       FP8 KV noise rarely flips a greedy token (for the fp8-vs-f16 agreement check:
 #       the CPU reference keeps 320/320 tokens here, 178/320 on rand-qwen2-f32)
 "$PY" - "$REPO" "$OUT/models" <<'EOF'

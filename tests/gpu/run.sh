@@ -3,15 +3,19 @@
 #
 # A GPU session runs two commands:
 #   1. here, on the build machine:  bash tests/gpu/bundle.sh
-#      (builds build-gpu-bundle/: a CUDA kolm-worker, the shared libraries a bare
-#      CUDA image lacks, random test models; about 30 MiB)
+#      (builds build-gpu-bundle/: a CUDA kolm-worker, test_kn_ops and gpu_bench, the
+#      shared libraries a bare CUDA image lacks, random test models; about 55 MiB)
 #   2. on the device machine:       bash tests/gpu/run.sh
-#      through the device tool with carry ["build-gpu-bundle"] (and timeout_s 600)
+#      through the device tool with carry ["build-gpu-bundle"] (and timeout_s 600);
+#      KOLM_GPU_LOGS=DIR also leaves the table and every log and JSON in DIR
+#      (table.txt, gpu-logs.tar.gz)
 #
-# Builds the compute backends alone (build-gpu, -DKOLM_KERNELS_ONLY=ON: a GPU machine
-# has the CUDA toolkit and CMake but not the gateway's Debian packages), runs the op
-# parity tests (tests/unit/test_kn_ops.c holds the CUDA backend to the scalar
-# reference on fresh random inputs, like the CPU backends), then, when
+# Takes the bundle's test_kn_ops and gpu_bench, or without a bundle (or with
+# KOLM_GPU_REBUILD=1) builds the compute backends alone (build-gpu,
+# -DKOLM_KERNELS_ONLY=ON: a GPU machine has the CUDA toolkit and CMake but not the
+# gateway's Debian packages), runs the op parity tests (tests/unit/test_kn_ops.c
+# holds the CUDA backend to the scalar reference on fresh random inputs, like the
+# CPU backends), then, when
 # build-gpu-bundle/ is there, the end-to-end greedy parity of the bundled worker
 # (tests/gpu/parity.py: two workers, the same requests, token sequences compared):
 #   (a) cpu vs cuda:0, f16 KV, exact, on each bundled random model (f32 and f16
@@ -50,8 +54,9 @@
 #       options (e.g. "--shape 1.5b", "--kv-dtype fp8")
 # Their numbers are rows without PASS (a missed target is a finding, not a failed
 # step); a bench tool that does not run through is a FAIL row, and the test rows
-# stay. Then compute-sanitizer memcheck and racecheck on the op tests when it works
-# on that machine (KOLM_GPU_NO_SANITIZER=1 skips them), and a table last. Exit
+# stay. Then compute-sanitizer memcheck and racecheck on the op tests' CUDA cases when
+# it works on that machine (KOLM_GPU_NO_SANITIZER=1 skips them; each is cut off after
+# KOLM_GPU_SANITIZER_S seconds, default 240, a FAIL row), and a table last. Exit
 # status: 0 when every step that ran passed.
 #
 # NOTE: on quantized weights (the default model is Q4_K_M) the CPU backend quantizes
@@ -75,29 +80,64 @@ notes() {
     done < <(sed -n 's/^row: //p' "$1")
 }
 
-nvidia-smi -L || { echo "tests/gpu/run.sh: no GPU visible" >&2; exit 1; }
-if cmake -S "$REPO" -B "$B" -DCMAKE_BUILD_TYPE=Release -DKOLM_WERROR=ON -DKOLM_CUDA=ON -DKOLM_KERNELS_ONLY=ON &&
-    cmake --build "$B" --target test_kn_ops kn_bench -j "$JOBS"; then
-    row "build (sm_90a, sm_100a)" PASS
-else
-    row "build (sm_90a, sm_100a)" FAIL
+# finish: the table, the logs into $KOLM_GPU_LOGS (one archive) when set, and the status.
+finish() {
+    echo
     printf '%s\n' "${ROWS[@]}"
-    exit 1
+    if [ -n "${KOLM_GPU_LOGS:-}" ]; then
+        mkdir -p "$KOLM_GPU_LOGS"
+        printf '%s\n' "${ROWS[@]}" >"$KOLM_GPU_LOGS/table.txt"
+        (cd "$B" && find . -maxdepth 2 \( -name '*.log' -o -name '*.json' \) -print0 |
+            tar -czf "$KOLM_GPU_LOGS/gpu-logs.tar.gz" --null -T -)
+    fi
+    exit "$rc"
+}
+
+nvidia-smi -L || { echo "tests/gpu/run.sh: no GPU visible" >&2; exit 1; }
+mkdir -p "$B"
+BUNDLE="$REPO/build-gpu-bundle"
+# The CUDA toolkit's libraries (cudart, cuBLAS) wherever this image keeps them.
+CUDA_LIBS=""
+for d in ${CUDA_HOME:+$CUDA_HOME/lib64 $CUDA_HOME/lib} /usr/local/cuda/lib64 /usr/local/cuda/lib \
+    /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-*/lib64 /usr/local/cuda-*/lib /usr/local/lib; do
+    [ -e "$d/libcublas.so.13" ] || [ -e "$d/libcudart.so.13" ] && CUDA_LIBS="$CUDA_LIBS${CUDA_LIBS:+:}$d"
+done
+# cuda_run CMD...: CMD with the toolkit's libraries (not for python: torch brings its own).
+cuda_run() {
+    LD_LIBRARY_PATH="$CUDA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$@"
+}
+# The op test and the bench: the bundle's (built with it, from the commit in its
+# MANIFEST) when their libraries are here, else built here (KOLM_GPU_REBUILD=1 builds
+# them here regardless).
+if [ -x "$BUNDLE/bin/test_kn_ops" ] && [ "${KOLM_GPU_REBUILD:-0}" != 1 ] &&
+    ! cuda_run ldd "$BUNDLE/bin/test_kn_ops" "$BUNDLE/bin/gpu_bench" | grep -q 'not found'; then
+    TEST_KN_OPS="$BUNDLE/bin/test_kn_ops"
+    GPU_BENCH="$BUNDLE/bin/gpu_bench"
+    row "build (sm_90a, sm_100a)" "PASS (the bundle's: $(head -1 "$BUNDLE/MANIFEST"))"
+else
+    TEST_KN_OPS="$B/tests/test_kn_ops"
+    GPU_BENCH="$B/bin/gpu_bench"
+    if cmake -S "$REPO" -B "$B" -DCMAKE_BUILD_TYPE=Release -DKOLM_WERROR=ON -DKOLM_CUDA=ON -DKOLM_KERNELS_ONLY=ON &&
+        cmake --build "$B" --target test_kn_ops -j "$JOBS"; then
+        row "build (sm_90a, sm_100a)" PASS
+    else
+        row "build (sm_90a, sm_100a)" FAIL
+        finish
+    fi
+    # Its own build step: a bench that does not build must not hide the tests (nor
+    # leave an earlier run's binary to be measured).
+    rm -f "$GPU_BENCH"
+    if [ "${KOLM_GPU_BENCH:-1}" != 0 ] && ! cmake --build "$B" --target gpu_bench -j "$JOBS"; then
+        row "build gpu_bench" "FAIL (see the build output above)"
+    fi
 fi
-# Its own build step: a bench that does not build must not hide the tests (nor leave
-# an earlier run's binary to be measured).
-rm -f "$B/bin/gpu_bench"
-if [ "${KOLM_GPU_BENCH:-1}" != 0 ] && ! cmake --build "$B" --target gpu_bench -j "$JOBS"; then
-    row "build gpu_bench" "FAIL (see the build output above)"
-fi
-if "$B/tests/test_kn_ops" | tee "$B/test_kn_ops.log" && grep -q '^test_kn_ops: .* 0 failed' "$B/test_kn_ops.log" &&
+if cuda_run "$TEST_KN_OPS" | tee "$B/test_kn_ops.log" && grep -q '^test_kn_ops: .* 0 failed' "$B/test_kn_ops.log" &&
     ! grep -q 'no CUDA device' "$B/test_kn_ops.log"; then
     row "op parity (test_kn_ops)" PASS
 else
     row "op parity (test_kn_ops)" FAIL
 fi
 # ---- end-to-end greedy parity (needs build-gpu-bundle/ from tests/gpu/bundle.sh) ----
-BUNDLE="$REPO/build-gpu-bundle"
 # parity NAME MODEL ARGS...: one parity.py run, its summary as the row.
 parity() {
     local name="$1" model="$2"
@@ -123,12 +163,6 @@ if [ -d "$BUNDLE" ]; then
             PY="$p"
             break
         fi
-    done
-    # The CUDA toolkit's libraries (cudart, cuBLAS) wherever this image keeps them.
-    CUDA_LIBS=""
-    for d in ${CUDA_HOME:+$CUDA_HOME/lib64 $CUDA_HOME/lib} /usr/local/cuda/lib64 /usr/local/cuda/lib \
-        /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-*/lib64 /usr/local/cuda-*/lib /usr/local/lib; do
-        [ -e "$d/libcublas.so.13" ] || [ -e "$d/libcudart.so.13" ] && CUDA_LIBS="$CUDA_LIBS${CUDA_LIBS:+:}$d"
     done
     missing=$(LD_LIBRARY_PATH="$BUNDLE/lib:$CUDA_LIBS" ldd "$BUNDLE/bin/kolm-worker" | grep 'not found')
     if [ -z "$PY" ]; then
@@ -178,11 +212,11 @@ if [ "${KOLM_GPU_BENCH:-1}" = 0 ]; then
 else
     BENCH_JSON="$B/gpu_bench.json"
     rm -f "$BENCH_JSON"
-    if [ ! -x "$B/bin/gpu_bench" ]; then
+    if [ ! -x "$GPU_BENCH" ]; then
         row "bench gpu_bench" "FAIL (not built: no cuBLAS in this toolkit, or the build failed)"
     else
         echo "== gpu_bench"
-        if timeout 300 "$B/bin/gpu_bench" --json "$BENCH_JSON" 2>&1 | tee "$B/gpu_bench.log"; then
+        if cuda_run timeout 300 "$GPU_BENCH" --json "$BENCH_JSON" 2>&1 | tee "$B/gpu_bench.log"; then
             row "bench gpu_bench" "PASS (numbers below; $BENCH_JSON)"
         else
             row "bench gpu_bench" "FAIL (exit $?; $B/gpu_bench.log)"
@@ -216,11 +250,18 @@ fi
 if [ "${KOLM_GPU_NO_SANITIZER:-0}" = 1 ]; then
     row "compute-sanitizer" "SKIP (KOLM_GPU_NO_SANITIZER=1)"
 elif command -v compute-sanitizer >/dev/null 2>&1; then
+    # The CUDA backend's cases only (the CPU ones ran above), each tool bounded by
+    # KOLM_GPU_SANITIZER_S seconds (default 240) so that the table still comes out.
     for tool in memcheck racecheck; do
-        if compute-sanitizer --tool "$tool" --error-exitcode 9 "$B/tests/test_kn_ops" >"$B/$tool.log" 2>&1; then
+        KOLM_TEST_BACKENDS=cuda0 cuda_run timeout "${KOLM_GPU_SANITIZER_S:-240}" compute-sanitizer --tool "$tool" \
+            --error-exitcode 9 "$TEST_KN_OPS" >"$B/$tool.log" 2>&1
+        st=$?
+        if [ "$st" = 0 ]; then
             row "compute-sanitizer $tool" PASS
         elif grep -q "Device not supported" "$B/$tool.log"; then
             row "compute-sanitizer $tool" "SKIP (not supported on this machine)"
+        elif [ "$st" = 124 ]; then
+            row "compute-sanitizer $tool" "FAIL (over ${KOLM_GPU_SANITIZER_S:-240} s: unchecked; $B/$tool.log)"
         else
             row "compute-sanitizer $tool" "FAIL (see $B/$tool.log)"
         fi
@@ -228,6 +269,4 @@ elif command -v compute-sanitizer >/dev/null 2>&1; then
 else
     row "compute-sanitizer" "SKIP (not installed)"
 fi
-echo
-printf '%s\n' "${ROWS[@]}"
-exit "$rc"
+finish

@@ -1450,6 +1450,19 @@ static void test_sample(kn_backend *be, const char *bname, kn_backend *ref) {
     free(masks);
 }
 
+/* Whether name is one of the comma-separated list's entries. */
+static int listed(const char *list, const char *name) {
+    const size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        const size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (len == n && !strncmp(p, name, n))
+            return 1;
+        p += len + (e != NULL);
+    }
+    return 0;
+}
+
 int main(void) {
     test_half();
     test_bf16();
@@ -1478,10 +1491,18 @@ int main(void) {
     else
         printf("no CUDA device: the CUDA backend is built but not tested here\n");
 #endif
+    // KOLM_TEST_BACKENDS: a comma-separated list of the backends to test (all when
+    // unset), e.g. cuda0 under compute-sanitizer (tests/gpu/run.sh).
+    const char *only = getenv("KOLM_TEST_BACKENDS");
     for (int i = 0; i < n; i++) {
         ASSERT_TRUE(cases[i].be != NULL);
         if (!cases[i].be)
             continue;
+        if (only && !listed(only, cases[i].name)) {
+            printf("%s: not tested (KOLM_TEST_BACKENDS=%s)\n", cases[i].name, only);
+            cases[i].be->ops->destroy(cases[i].be);
+            continue;
+        }
         test_matmul(cases[i].be, cases[i].name);
         test_matmul_multi(cases[i].be, cases[i].name);
         test_small_ops(cases[i].be, cases[i].name, ref);
