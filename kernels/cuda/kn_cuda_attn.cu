@@ -110,7 +110,6 @@ void cu_kv_store(kn_backend *be, void *k_cache, void *v_cache, kn_type kv_type, 
 #define NT (NW * 32)          // its threads
 #define TILE 128              // positions per softmax step (scores in shared memory)
 #define PER_WARP (TILE / NW)  // positions of a tile per warp
-#define U 4                   // positions a warp loads before it uses them (loads in flight)
 #define MAX_NQ 8              // query heads per CTA (a larger GQA group takes several chunks)
 #define MAX_HEAD_DIM 256      // 8 elements per lane
 #define PART_MIN 256          // positions per partition, the least (a multiple of TILE)
@@ -307,6 +306,11 @@ template <int VEC, int NQ, kn_type KV>
 static __global__ void __launch_bounds__(NT, 1)
     k_attn_part(const kn_attn_args a, int t0, int n_slot, float2 *part_ml, float *part_o) {
     constexpr int HPW = (NQ + NW - 1) / NW; // heads whose softmax step a warp does
+    // Positions a warp loads before it uses them: at least 64 bytes in flight per
+    // lane (an FP8 row of 128 dims is 4 bytes a lane; 4 such rows would leave the
+    // SMs waiting on memory). A divisor of PER_WARP.
+    constexpr int CHUNK = lane_chunk<KV, VEC>::BYTES, U = CHUNK >= 16 ? 4 : CHUNK >= 8 ? 8 : 16;
+    static_assert(PER_WARP % U == 0, "U must divide a warp's positions of a tile");
     __shared__ float s_p[NQ][TILE + 1];     // the tile's scores, then weights (+1: no bank conflicts)
     __shared__ float s_corr[NQ];            // the tile's rescale of what came before
     __shared__ float s_m[NQ], s_l[NQ];      // final max and sum
