@@ -107,6 +107,13 @@ __device__ __forceinline__ float e4m3_to_f32(uint32_t code) {
     return __half2float(__half(h));
 }
 
+/* The two E4M3 codes in the low 16 bits of w (the lower byte first) as f32: one
+ * conversion instruction for both (cvt.rn.f16x2.e4m3x2, sm_89 and later). */
+__device__ __forceinline__ float2 e4m3x2_to_f32(uint32_t w) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3);
+    return __half22float2(__half2(h));
+}
+
 __device__ __forceinline__ void store_float(kn_type t, void *row, int64_t i, float x) {
     if (t == KN_F32)
         ((float *)row)[i] = x;

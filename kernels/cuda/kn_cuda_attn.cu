@@ -229,17 +229,25 @@ struct lane_chunk {
 
     // The VEC values as f32 (an E4M3 code's value without the record's scale).
     __device__ __forceinline__ void get(float (&x)[VEC]) const {
+        if constexpr (KV == KN_E4M3 && VEC >= 2) { // two codes a conversion
 #pragma unroll
-        for (int e = 0; e < VEC; e++) {
-            const uint32_t word = w[e * kv_elem<KV>::bytes / 4];
-            if constexpr (KV == KN_F32) {
-                x[e] = __uint_as_float(word);
-            } else if constexpr (KV == KN_F16) {
-                x[e] = __half2float(__ushort_as_half((unsigned short)(word >> (16 * (e & 1)))));
-            } else if constexpr (KV == KN_BF16) {
-                x[e] = __uint_as_float((e & 1) ? word & 0xffff0000u : word << 16);
-            } else {
-                x[e] = e4m3_to_f32(word >> (8 * (e & 3)));
+            for (int e = 0; e < VEC; e += 2) {
+                const float2 f = e4m3x2_to_f32(w[e / 4] >> (8 * (e & 3)));
+                x[e] = f.x, x[e + 1] = f.y;
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; e++) {
+                const uint32_t word = w[e * kv_elem<KV>::bytes / 4];
+                if constexpr (KV == KN_F32) {
+                    x[e] = __uint_as_float(word);
+                } else if constexpr (KV == KN_F16) {
+                    x[e] = __half2float(__ushort_as_half((unsigned short)(word >> (16 * (e & 1)))));
+                } else if constexpr (KV == KN_BF16) {
+                    x[e] = __uint_as_float((e & 1) ? word & 0xffff0000u : word << 16);
+                } else {
+                    x[e] = e4m3_to_f32(word >> (8 * (e & 3)));
+                }
             }
         }
     }

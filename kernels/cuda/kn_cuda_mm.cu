@@ -85,8 +85,10 @@ static __device__ __forceinline__ void load_chunk(kn_type type, const uint8_t *r
             u[0] = q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
             u[1] = q[4] | (uint32_t)q[5] << 8 | (uint32_t)q[6] << 16 | (uint32_t)q[7] << 24;
         }
-        for (int i = 0; i < 8; i++)
-            wv[i] = scale * e4m3_to_f32(u[i >> 2] >> (8 * (i & 3)));
+        for (int i = 0; i < 8; i += 2) {
+            const float2 f = e4m3x2_to_f32(u[i >> 2] >> (8 * (i & 3)));
+            wv[i] = scale * f.x, wv[i + 1] = scale * f.y;
+        }
     } else if (block_elems > 1) {
         const int64_t e0 = 8 * c;
         kn_dq_chunk8(type, row + (size_t)(e0 / block_elems) * block_bytes, (int)(e0 % block_elems) / 8, wv);
