@@ -260,7 +260,7 @@ extern "C" kn_backend *kn_cuda_create(int device) {
         free(c);
         return NULL;
     }
-    const size_t ticket_bytes = KN_CUDA_MM_TICKETS * sizeof(unsigned);
+    const size_t ticket_bytes = KN_CUDA_TICKETS * sizeof(unsigned);
     if (cudaMalloc(&c->work, KN_CUDA_WORK_BYTES + ticket_bytes) != cudaSuccess ||
         cudaMemsetAsync((char *)c->work + KN_CUDA_WORK_BYTES, 0, ticket_bytes, c->stream) != cudaSuccess) {
         (void)cudaGetLastError();
@@ -270,7 +270,7 @@ extern "C" kn_backend *kn_cuda_create(int device) {
         return NULL;
     }
     c->work_bytes = KN_CUDA_WORK_BYTES;
-    c->mm_ticket = (unsigned *)((char *)c->work + KN_CUDA_WORK_BYTES);
+    c->ticket = (unsigned *)((char *)c->work + KN_CUDA_WORK_BYTES);
     if (cudaMallocHost(&c->stage, KN_CUDA_STAGE_BYTES) != cudaSuccess) {
         (void)cudaGetLastError();
         cudaFree(c->work);

@@ -41,13 +41,14 @@ typedef struct kn_cuda {
     cudaStream_t stream;
     void *work;
     size_t work_bytes;
-    unsigned *mm_ticket; // KN_CUDA_MM_TICKETS zeros between matmuls (kn_cuda_mm.cu), after work
+    unsigned *ticket; // KN_CUDA_TICKETS zeros between ops, after work: an op that splits its
+                      // work over CTAs counts them in here (matmul, attention) and leaves zeros
     uint8_t *stage;
     size_t stage_bytes, stage_used;
 } kn_cuda;
 
 #define KN_CUDA_WORK_BYTES ((size_t)64 << 20)
-#define KN_CUDA_MM_TICKETS ((size_t)1 << 16)
+#define KN_CUDA_TICKETS ((size_t)1 << 16)
 #define KN_CUDA_STAGE_BYTES ((size_t)8 << 20)
 
 static inline kn_cuda *cu(kn_backend *be) {

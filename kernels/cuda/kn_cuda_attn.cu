@@ -12,9 +12,12 @@
  *    running max, sum and output scale of the online softmax), then the weighted
  *    sum of the tile's V rows; a warp keeps its share of the output in registers
  *    and the warps are added up in a fixed order at the end.
- *  - k_attn_merge: for a token whose context has more than one partition, merges
- *    the partitions' (max, sum, unnormalized output) in partition order. A token
- *    with one partition is written by k_attn_part directly.
+ *  - for a token whose context has more than one partition, each partition's CTA
+ *    writes its (max, sum, unnormalized output) to the workspace, and the last of
+ *    them to finish (a ticket per token and head chunk, CUDA's threadfence-
+ *    reduction pattern; it puts the ticket back to 0) merges them in partition
+ *    order (attn_merge). A token with one partition is written directly. No
+ *    second kernel: at decode a layer's attention is one launch.
  *
  * Batch invariance (the scheduler's preemption and prefix reuse rely on it): a
  * token's partitions are a function of its own position and the window only
@@ -298,6 +301,40 @@ static __device__ __forceinline__ float warp_sum_scatter(float (&v)[NQ], int lan
     return s;
 }
 
+/* Token t's output for query heads h0 .. h0 + nq - 1 from its n partitions' slots
+ * (slot h * n_slot + i of ml and o, as k_attn_part wrote them; read past L1, they
+ * come from other SMs): out = sum_i w_i o_i / sum_i w_i l_i with w_i = exp(m_i -
+ * max m), the partitions in order. */
+template <int NQ>
+static __device__ void attn_merge(const kn_attn_args &a, int t, int h0, int nq, const float2 *ml, const float *o,
+                                  int n_slot, int n) {
+    __shared__ float s_w[NQ][MAX_SLOTS];
+    __shared__ float s_inv_l[NQ];
+    const int hd = a.head_dim;
+    if (threadIdx.x < (unsigned)nq) {
+        const int g = (int)threadIdx.x;
+        const float2 *mlh = ml + (size_t)(h0 + g) * n_slot;
+        float m = -INFINITY, l = 0.0f;
+        for (int i = 0; i < n; i++)
+            m = fmaxf(m, __ldcg(&mlh[i]).x);
+        for (int i = 0; i < n; i++) {
+            const float2 x = __ldcg(&mlh[i]);
+            s_w[g][i] = expf(x.x - m);
+            l += s_w[g][i] * x.y;
+        }
+        s_inv_l[g] = 1.0f / l;
+    }
+    __syncthreads();
+    for (int j = (int)threadIdx.x; j < nq * hd; j += (int)blockDim.x) {
+        const int g = j / hd, d = j % hd;
+        const float *oh = o + (size_t)(h0 + g) * n_slot * hd + d;
+        float acc = 0.0f;
+        for (int i = 0; i < n; i++)
+            acc = fmaf(s_w[g][i], __ldcg(&oh[(size_t)i * hd]), acc);
+        a.out[((size_t)t * a.n_head + h0 + g) * hd + d] = acc * s_inv_l[g];
+    }
+}
+
 /* Partition blockIdx.z of token t0 + blockIdx.x's context, for the query heads
  * h0 .. h0 + nq - 1 of KV head kvh (blockIdx.y = kvh * n_hc + chunk). Lane l owns
  * dims [l * VEC, l * VEC + VEC) (lanes past head_dim hold zeros); warp w owns the
@@ -306,13 +343,15 @@ static __device__ __forceinline__ float warp_sum_scatter(float (&v)[NQ], int lan
  *
  * A token with one partition gets its output here; otherwise the partition's
  * unnormalized output, max and sum go to the workspace slot
- * ((t - t0) * n_head + h) * n_slot + blockIdx.z for k_attn_merge. */
+ * ((t - t0) * n_head + h) * n_slot + blockIdx.z, and the CTA that takes the
+ * last of ticket[(t - t0) * gridDim.y + blockIdx.y] merges the token's slots for
+ * its heads (attn_merge). */
 // NOTE: a minimum of 1 CTA per SM: given the block size alone, ptxas capped some
 // instantiations' registers low enough to spill a few words; with it none spills
 // (the largest, 8 x 8 heads of f32, takes about 210 registers).
 template <int VEC, int NQ, kn_type KV>
 static __global__ void __launch_bounds__(NT, 1)
-    k_attn_part(const kn_attn_args a, int t0, int n_slot, float2 *part_ml, float *part_o) {
+    k_attn_part(const kn_attn_args a, int t0, int n_slot, float2 *part_ml, float *part_o, unsigned *ticket) {
     constexpr int HPW = (NQ + NW - 1) / NW; // heads whose softmax step a warp does
     // Positions a warp loads before it uses them: at least 64 bytes in flight per
     // lane (an FP8 row of 128 dims is 4 bytes a lane; 4 such rows would leave the
@@ -522,37 +561,23 @@ static __global__ void __launch_bounds__(NT, 1)
                 part_ml[slot] = make_float2(s_m[g], s_l[g]);
         }
     }
-}
-
-/* Token t0 + blockIdx.x, query head blockIdx.y, when its context has more than one
- * partition: out = sum_i w_i o_i / sum_i w_i l_i with w_i = exp(m_i - max m), the
- * partitions in order. */
-static __global__ void k_attn_merge(const kn_attn_args a, int t0, int n_slot, const float2 *part_ml,
-                                    const float *part_o) {
-    __shared__ float s_w[MAX_SLOTS];
-    __shared__ float s_inv_l;
-    const int t = t0 + (int)blockIdx.x, h = (int)blockIdx.y, hd = a.head_dim;
-    ctx_split c;
-    if (!token_split(a, a.tok_pos[t], n_slot, &c) || c.n == 1) // k_attn_part wrote the output (or NaN)
+    if (c.n == 1)
         return;
-    const size_t base = ((size_t)(t - t0) * a.n_head + h) * n_slot;
+    __shared__ unsigned s_last;
+    __threadfence(); // this partition's slots before the ticket
+    __syncthreads();
     if (threadIdx.x == 0) {
-        float m = -INFINITY, l = 0.0f;
-        for (int i = 0; i < c.n; i++)
-            m = fmaxf(m, part_ml[base + i].x);
-        for (int i = 0; i < c.n; i++) {
-            s_w[i] = expf(part_ml[base + i].x - m);
-            l += s_w[i] * part_ml[base + i].y;
-        }
-        s_inv_l = 1.0f / l;
+        unsigned *tk = &ticket[(size_t)(t - t0) * gridDim.y + blockIdx.y];
+        s_last = atomicAdd(tk, 1u) == (unsigned)c.n - 1;
+        if (s_last)
+            *tk = 0; // for the next call
     }
     __syncthreads();
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float o = 0.0f;
-        for (int i = 0; i < c.n; i++)
-            o = fmaf(s_w[i], part_o[(base + i) * hd + d], o);
-        a.out[((size_t)t * a.n_head + h) * hd + d] = o * s_inv_l;
-    }
+    if (!s_last) // not the last of the token's partitions
+        return;
+    __threadfence(); // the other partitions' slots after their tickets
+    attn_merge<NQ>(a, t, h0, nq, part_ml + (size_t)(t - t0) * a.n_head * n_slot,
+                   part_o + (size_t)(t - t0) * a.n_head * n_slot * hd, n_slot, c.n);
 }
 
 static void unsupported(const kn_attn_args *a, const char *why) {
@@ -568,12 +593,13 @@ struct attn_launch {
     int t0, nt, n_slot, n_hc;
     float2 *part_ml;
     float *part_o;
+    unsigned *ticket;
 };
 
 template <int VEC, int NQ, kn_type KV>
 static void launch_part(const attn_launch &l) {
     const dim3 grid((unsigned)l.nt, (unsigned)(l.a->n_kv_head * l.n_hc), (unsigned)l.n_slot);
-    k_attn_part<VEC, NQ, KV><<<grid, NT, 0, l.stream>>>(*l.a, l.t0, l.n_slot, l.part_ml, l.part_o);
+    k_attn_part<VEC, NQ, KV><<<grid, NT, 0, l.stream>>>(*l.a, l.t0, l.n_slot, l.part_ml, l.part_o, l.ticket);
 }
 
 template <int VEC, int NQ>
@@ -624,17 +650,20 @@ void cu_attention(kn_backend *be, const kn_attn_args *a) {
     if ((int64_t)a->n_kv_head * n_hc > 65535)
         unsupported(a, "too many KV heads for the grid");
 
-    // the partials of as many tokens as fit in the workspace per pair of launches
+    // the partials and tickets of as many tokens as fit per launch
     const int n_slot = max_slots(a);
     int group_tok = a->n_tok;
     if (n_slot > 1) {
         const size_t per_tok = (size_t)a->n_head * n_slot * (sizeof(float2) + (size_t)hd * sizeof(float));
-        if (per_tok > c->work_bytes)
-            unsupported(a, "the partials of one token do not fit in the workspace");
+        const size_t tickets = KN_CUDA_TICKETS / ((size_t)a->n_kv_head * n_hc);
+        if (per_tok > c->work_bytes || tickets == 0)
+            unsupported(a, "the partials or tickets of one token do not fit");
         if ((size_t)group_tok > c->work_bytes / per_tok)
             group_tok = (int)(c->work_bytes / per_tok);
+        if ((size_t)group_tok > tickets)
+            group_tok = (int)tickets;
     }
-    attn_launch l = {a, c->stream, 0, 0, n_slot, n_hc, NULL, NULL};
+    attn_launch l = {a, c->stream, 0, 0, n_slot, n_hc, NULL, NULL, c->ticket};
     if (n_slot > 1) {
         l.part_ml = (float2 *)c->work;
         l.part_o = (float *)(l.part_ml + (size_t)group_tok * a->n_head * n_slot);
@@ -648,10 +677,5 @@ void cu_attention(kn_backend *be, const kn_attn_args *a) {
         default: launch_part_nq<8>(l, nq); break;
         }
         KN_LAUNCHED();
-        if (n_slot > 1) {
-            k_attn_merge<<<dim3((unsigned)l.nt, (unsigned)a->n_head), 128, 0, c->stream>>>(*a, l.t0, n_slot,
-                                                                                        l.part_ml, l.part_o);
-            KN_LAUNCHED();
-        }
     }
 }

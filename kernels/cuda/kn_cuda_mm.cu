@@ -376,14 +376,14 @@ void cu_matmul(kn_backend *be, const kn_weight *const *w, int n_w, const float *
         const bool xvec = n_in % 4 == 0 && (uintptr_t)x % 16 == 0;
         // Decode splits its slices over warps when their sums and tickets fit (module note).
         const bool split = mt == 1 && most_slices > 1 && slice_floats * sizeof(float) <= c->work_bytes &&
-                           (size_t)blocks * WARPS <= KN_CUDA_MM_TICKETS;
+                           (size_t)blocks * WARPS <= KN_CUDA_TICKETS;
         const unsigned slices = split ? (unsigned)most_slices : 1u;
         if (mt == 1)
-            launch_matmul<1, 1>(ps, blocks, slices, n_in, xvec, x, n_tok, c->mm_ticket, c->stream);
+            launch_matmul<1, 1>(ps, blocks, slices, n_in, xvec, x, n_tok, c->ticket, c->stream);
         else if (mt == 2)
-            launch_matmul<2, 4>(ps, blocks, slices, n_in, xvec, x, n_tok, c->mm_ticket, c->stream);
+            launch_matmul<2, 4>(ps, blocks, slices, n_in, xvec, x, n_tok, c->ticket, c->stream);
         else
-            launch_matmul<4, 4>(ps, blocks, slices, n_in, xvec, x, n_tok, c->mm_ticket, c->stream);
+            launch_matmul<4, 4>(ps, blocks, slices, n_in, xvec, x, n_tok, c->ticket, c->stream);
     }
     if (n_w > KN_MAX_MM) // more weights than one launch takes: the rest in the next
         cu_matmul(be, w + KN_MAX_MM, n_w - KN_MAX_MM, x, n_tok, y + KN_MAX_MM);
