@@ -168,11 +168,12 @@ typedef struct kn_backend_ops {
      * w: [n] or NULL (no weight). y may equal x. */
     void (*rmsnorm)(kn_backend *be, const float *x, const float *w, int64_t n_row, int64_t n, float eps,
                     float *y);
-    /* In-place rotary embedding of x: [n_tok, n_head, head_dim], rotating the first
-     * n_rot dims of each head at position pos[t]. theta_i = pos * freq_scale *
-     * base^(-2i/n_rot) / (freq_factors ? freq_factors[i] : 1). */
-    void (*rope)(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim,
-                 int n_rot, float base, float freq_scale, const float *freq_factors, int mode);
+    /* In-place rotary embedding of q: [n_tok, n_head, head_dim] and k: [n_tok,
+     * n_kv_head, head_dim] (one call for both: the angles are a token's, whatever
+     * the head), rotating the first n_rot dims of each head at position pos[t].
+     * theta_i = pos * freq_scale * base^(-2i/n_rot) / (freq_factors ? freq_factors[i] : 1). */
+    void (*rope)(kn_backend *be, float *q, float *k, const int32_t *pos, int64_t n_tok, int n_head, int n_kv_head,
+                 int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors, int mode);
     /* y = act(g) * u elementwise over n values; act 0 = SiLU, 1 = GELU (tanh approx).
      * y may equal g or u. */
     void (*glu)(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y);

@@ -126,8 +126,8 @@ static void ref_rmsnorm(kn_backend *be, const float *x, const float *w, int64_t 
         ref_rms_row(x + r * n, w, n, eps, y + r * n);
 }
 
-static void ref_rope(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim,
-                     int n_rot, float base, float freq_scale, const float *freq_factors, int mode) {
+static void ref_rope_heads(float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim, int n_rot,
+                           float base, float freq_scale, const float *freq_factors, int mode) {
     for (int64_t t = 0; t < n_tok; t++) {
         for (int h = 0; h < n_head; h++) {
             float *v = x + (t * n_head + h) * head_dim;
@@ -144,6 +144,13 @@ static void ref_rope(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok
             }
         }
     }
+}
+
+static void ref_rope(kn_backend *be, float *q, float *k, const int32_t *pos, int64_t n_tok, int n_head,
+                     int n_kv_head, int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors,
+                     int mode) {
+    ref_rope_heads(q, pos, n_tok, n_head, head_dim, n_rot, base, freq_scale, freq_factors, mode);
+    ref_rope_heads(k, pos, n_tok, n_kv_head, head_dim, n_rot, base, freq_scale, freq_factors, mode);
 }
 
 /* SiLU exact in double; GELU by the shared f32 definition of kn_act.h. */

@@ -772,10 +772,8 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, int n_tok, int max_blo
         op->rmsnorm(be, m->q, L->q_norm, T * hp->n_head, hd, hp->norm_eps, m->q);
     if (L->k_norm)
         op->rmsnorm(be, m->k, L->k_norm, T * hp->n_head_kv, hd, hp->norm_eps, m->k);
-    op->rope(be, m->q, m->d_pos, T, hp->n_head, (int)hd, hp->n_rot, L->rope_base, L->rope_scale, m->rope_freqs,
-             m->rope_mode);
-    op->rope(be, m->k, m->d_pos, T, hp->n_head_kv, (int)hd, hp->n_rot, L->rope_base, L->rope_scale,
-             m->rope_freqs, m->rope_mode);
+    op->rope(be, m->q, m->k, m->d_pos, T, hp->n_head, hp->n_head_kv, (int)hd, hp->n_rot, L->rope_base,
+             L->rope_scale, m->rope_freqs, m->rope_mode);
     void *kc = wk_kv_k(kv, il), *vc = wk_kv_v(kv, il);
     op->kv_store(be, kc, vc, wk_kv_type(kv), m->k, m->v, m->d_slot, T, KD, hp->head_dim);
     kn_attn_args a = {

@@ -366,10 +366,10 @@ static void cpu_add_norm(kn_backend *be, float *x, const float *r, const float *
 /* ---- rope ---- */
 
 typedef struct {
-    float *x;
+    float *q, *k;
     const int32_t *pos;
     int64_t n_tok;
-    int n_head, head_dim, n_rot;
+    int n_head, n_kv_head, head_dim, n_rot;
     float base, freq_scale;
     const float *ff;
     int mode;
@@ -390,8 +390,9 @@ static void rope_run(void *vctx, int ith, int nth) {
             cs[i] = (float)cos(th);
             sn[i] = (float)sin(th);
         }
-        for (int h = 0; h < r->n_head; h++) {
-            float *v = r->x + (t * r->n_head + h) * r->head_dim;
+        for (int h = 0; h < r->n_head + r->n_kv_head; h++) { // q's heads, then k's
+            float *v = h < r->n_head ? r->q + (t * r->n_head + h) * r->head_dim
+                                     : r->k + (t * r->n_kv_head + h - r->n_head) * r->head_dim;
             for (int i = 0; i < half; i++) {
                 const int p = r->mode == KN_ROPE_NEOX ? i : 2 * i;
                 const int q = r->mode == KN_ROPE_NEOX ? i + half : 2 * i + 1;
@@ -403,12 +404,13 @@ static void rope_run(void *vctx, int ith, int nth) {
     }
 }
 
-static void cpu_rope(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim,
-                     int n_rot, float base, float freq_scale, const float *freq_factors, int mode) {
+static void cpu_rope(kn_backend *be, float *q, float *k, const int32_t *pos, int64_t n_tok, int n_head,
+                     int n_kv_head, int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors,
+                     int mode) {
     if (n_rot > KN_CPU_MAX_HEAD_DIM || n_rot > head_dim)
         return; // unsupported shape; the model loader rejects it first
-    rope_ctx r = {x, pos, n_tok, n_head, head_dim, n_rot, base, freq_scale, freq_factors, mode};
-    run((kn_cpu *)be, rope_run, &r, n_tok * n_head * head_dim * 4);
+    rope_ctx r = {q, k, pos, n_tok, n_head, n_kv_head, head_dim, n_rot, base, freq_scale, freq_factors, mode};
+    run((kn_cpu *)be, rope_run, &r, n_tok * (n_head + n_kv_head) * head_dim * 4);
 }
 
 /* ---- elementwise ---- */

@@ -135,33 +135,38 @@ static void cu_add_norm(kn_backend *be, float *x, const float *r, const float *r
     KN_LAUNCHED();
 }
 
-/* One thread per rotated pair; theta in double, as the reference computes it. */
-static __global__ void k_rope(float *x, const int32_t *pos, int64_t n_pairs, int n_head, int head_dim, int n_rot,
-                              float base, float freq_scale, const float *freq_factors, int mode) {
+/* One thread per (token, rotated pair): theta and its sine and cosine in double, as
+ * the reference computes them, once for every q and k head of the token. */
+static __global__ void k_rope(float *q, float *k, const int32_t *pos, int64_t n_pairs, int n_head, int n_kv_head,
+                              int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors,
+                              int mode) {
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= n_pairs)
         return;
     const int half = n_rot / 2, i = (int)(g % half);
-    const int64_t th = g / half, t = th / n_head;
-    float *v = x + th * head_dim;
+    const int64_t t = g / half;
     double theta = (double)pos[t] * freq_scale * pow((double)base, -2.0 * i / n_rot);
     if (freq_factors)
         theta /= freq_factors[i];
     double s, c;
     sincos(theta, &s, &c);
     const int a = mode == KN_ROPE_NEOX ? i : 2 * i, b = mode == KN_ROPE_NEOX ? i + half : 2 * i + 1;
-    const double x0 = v[a], x1 = v[b];
-    v[a] = (float)(x0 * c - x1 * s);
-    v[b] = (float)(x0 * s + x1 * c);
+    for (int h = 0; h < n_head + n_kv_head; h++) { // q's heads, then k's
+        float *v = h < n_head ? q + (t * n_head + h) * head_dim : k + (t * n_kv_head + h - n_head) * head_dim;
+        const double x0 = v[a], x1 = v[b];
+        v[a] = (float)(x0 * c - x1 * s);
+        v[b] = (float)(x0 * s + x1 * c);
+    }
 }
 
-static void cu_rope(kn_backend *be, float *x, const int32_t *pos, int64_t n_tok, int n_head, int head_dim, int n_rot,
-                    float base, float freq_scale, const float *freq_factors, int mode) {
-    const int64_t n_pairs = n_tok * n_head * (n_rot / 2);
+static void cu_rope(kn_backend *be, float *q, float *k, const int32_t *pos, int64_t n_tok, int n_head, int n_kv_head,
+                    int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors, int mode) {
+    const int64_t n_pairs = n_tok * (n_rot / 2);
     if (n_pairs <= 0)
         return;
-    k_rope<<<(unsigned)((n_pairs + 255) / 256), 256, 0, cu(be)->stream>>>(x, pos, n_pairs, n_head, head_dim, n_rot,
-                                                                           base, freq_scale, freq_factors, mode);
+    k_rope<<<(unsigned)((n_pairs + 127) / 128), 128, 0, cu(be)->stream>>>(q, k, pos, n_pairs, n_head, n_kv_head,
+                                                                           head_dim, n_rot, base, freq_scale,
+                                                                           freq_factors, mode);
     KN_LAUNCHED();
 }
 

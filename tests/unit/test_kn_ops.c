@@ -744,29 +744,34 @@ static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
         free(yr);
         free(y);
     }
-    // rope: both modes, partial rotation, freq factors, large positions
+    // rope: both modes, partial rotation, freq factors, large positions; q and k
+    // (other head counts) in one call
     {
-        const int nt = 5, nh = 3, hd = 64;
+        const int nt = 5, nh = 3, nkv = 2, hd = 64;
         int32_t pos[5] = {0, 1, 17, 1000, 8191};
         float ff[32];
         for (int i = 0; i < 32; i++)
             ff[i] = 1.0f + (float)i / 8;
-        const size_t n = (size_t)nt * nh * hd;
+        const size_t nq = (size_t)nt * nh * hd, nk = (size_t)nt * nkv * hd, n = nq + nk;
         float *x = malloc(n * sizeof(float)), *yr = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
         fill_uniform(x, n, -2, 2);
-        float *xd = be->ops->alloc(be, n * sizeof(float));
+        float *xd = be->ops->alloc(be, n * sizeof(float)); // q, then k
         int32_t *pd = dev_copy(be, pos, sizeof(pos));
         float *ffd = dev_copy(be, ff, sizeof(ff));
         for (int mode = 0; mode <= 2; mode += 2)
             for (int n_rot = 32; n_rot <= 64; n_rot += 32)
                 for (int use_ff = 0; use_ff < 2; use_ff++) {
                     memcpy(yr, x, n * sizeof(float));
-                    ref->ops->rope(ref, yr, pos, nt, nh, hd, n_rot, 10000.0f, 0.5f, use_ff ? ff : NULL, mode);
+                    ref->ops->rope(ref, yr, yr + nq, pos, nt, nh, nkv, hd, n_rot, 10000.0f, 0.5f,
+                                   use_ff ? ff : NULL, mode);
                     be->ops->upload(be, xd, x, n * sizeof(float));
-                    be->ops->rope(be, xd, pd, nt, nh, hd, n_rot, 10000.0f, 0.5f, use_ff ? ffd : NULL, mode);
+                    be->ops->rope(be, xd, xd + nq, pd, nt, nh, nkv, hd, n_rot, 10000.0f, 0.5f, use_ff ? ffd : NULL,
+                                  mode);
                     to_host(be, y, xd, n * sizeof(float));
-                    snprintf(what, sizeof(what), "%s rope mode=%d n_rot=%d ff=%d", bname, mode, n_rot, use_ff);
-                    check_close(what, yr, y, n, 1e-5, 1e-5);
+                    snprintf(what, sizeof(what), "%s rope q mode=%d n_rot=%d ff=%d", bname, mode, n_rot, use_ff);
+                    check_close(what, yr, y, nq, 1e-5, 1e-5);
+                    snprintf(what, sizeof(what), "%s rope k mode=%d n_rot=%d ff=%d", bname, mode, n_rot, use_ff);
+                    check_close(what, yr + nq, y + nq, nk, 1e-5, 1e-5);
                 }
         be->ops->free(be, xd);
         be->ops->free(be, pd);
