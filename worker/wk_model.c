@@ -87,15 +87,16 @@ struct wk_model {
     void *arena;
     float *x, *h, *q, *k, *v, *att, *o, *fg, *fu; // activations, [max_tokens, ...]
     float *xl, *logits;                          // [max_logits, n_embd], [max_logits, n_vocab]
-    int32_t *d_tok, *d_pos, *d_seq, *d_slot, *d_rows, *d_bt; // backend copies of the batch
+    int32_t *d_tok, *d_pos, *d_seq, *d_slot, *d_rows, *d_bt; // backend copies of the batch, in this
+                                                             // order in the arena (one upload)
     kn_sample_params *d_smp;                                 // [max_logits] sampled rows (wk_batch)
     kn_sample_out *d_smp_out;                                // [max_logits]
     int32_t *d_adj_off, *d_adj_id;                           // their adjustments: adj_cap entries
     float *d_adj_val;
     uint32_t *d_masks;                                       // [max_logits, mask_words]
-    int32_t *h_slot;                                         // [max_tokens] host
-    int32_t *h_adj_off;                                      // [max_logits + 1] host
-    int32_t *h_pad;  // host staging of a batch: [4 max_tokens + max_logits + max_seq * max_blocks]
+    uint8_t *h_batch; // host staging of a batch: the bytes from d_tok to the end of d_bt, as there
+    int32_t *h_slot;  // d_slot's place in h_batch
+    int32_t *h_adj_off; // [max_logits + 1] host
 
     wk_exec_mode exec;
     struct wk_graph {
@@ -571,8 +572,7 @@ void wk_model_free(wk_model *m) {
     free(m->owned);
     if (m->arena)
         m->be->ops->free(m->be, m->arena);
-    free(m->h_slot);
-    free(m->h_pad);
+    free(m->h_batch);
     free(m->h_adj_off);
     free(m->layers);
     free(m);
@@ -645,6 +645,17 @@ size_t wk_model_reserve_bytes(wk_model *m, int max_tokens, int max_logits, int m
     return arena_bytes(parts, arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts));
 }
 
+/* The batch buffers d_tok .. d_bt lie in that order in the arena and go up in
+ * one upload: the bytes from d_tok to the end of n_bt block-table entries. */
+static size_t batch_end(const wk_model *m, int64_t n_bt) {
+    return (size_t)((const char *)(m->d_bt + n_bt) - (const char *)m->d_tok);
+}
+
+/* Where device batch buffer d is in the host staging h_batch. */
+static int32_t *batch_host(const wk_model *m, const int32_t *d) {
+    return (int32_t *)(m->h_batch + ((const char *)d - (const char *)m->d_tok));
+}
+
 /* Replaces any earlier reservation. The arena is one backend allocation. */
 int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, int max_blocks) {
     const wk_hparams *hp = &m->hp;
@@ -654,35 +665,35 @@ int wk_model_reserve(wk_model *m, int max_tokens, int max_logits, int max_seq, i
     if (m->arena)
         m->be->ops->free(m->be, m->arena);
     m->arena = NULL;
-    free(m->h_slot);
-    free(m->h_pad);
+    free(m->h_batch);
     free(m->h_adj_off);
-    m->h_slot = m->h_pad = m->h_adj_off = NULL;
+    m->h_batch = NULL;
+    m->h_slot = m->h_adj_off = NULL;
     m->max_tokens = m->max_logits = m->max_seq = m->max_blocks = 0;
 
-    const size_t T = (size_t)max_tokens, E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim;
-    const size_t I = sizeof(int32_t);
+    const size_t E = (size_t)hp->n_embd, QD = (size_t)hp->n_head * hp->head_dim, I = sizeof(int32_t);
     arena_part parts[23];
     const size_t n_parts = arena_parts(m, max_tokens, max_logits, max_seq, max_blocks, parts);
     m->arena = m->be->ops->alloc(m->be, arena_bytes(parts, n_parts));
-    m->h_slot = malloc(T * I);
-    m->h_pad = malloc((4 * T + (size_t)max_logits + (size_t)max_seq * (size_t)max_blocks) * I);
-    m->h_adj_off = malloc(((size_t)max_logits + 1) * I);
-    if (!m->arena || !m->h_slot || !m->h_pad || !m->h_adj_off) {
-        if (m->arena)
-            m->be->ops->free(m->be, m->arena);
-        m->arena = NULL;
-        free(m->h_slot);
-        free(m->h_pad);
-        free(m->h_adj_off);
-        m->h_slot = m->h_pad = m->h_adj_off = NULL;
-        return -ENOMEM;
-    }
     size_t off = 0;
-    for (size_t i = 0; i < n_parts; i++) {
+    for (size_t i = 0; m->arena && i < n_parts; i++) {
         *parts[i].dst = (char *)m->arena + off;
         off += align64(parts[i].bytes);
     }
+    const size_t batch_bytes = m->arena ? batch_end(m, max_seq * max_blocks) : 0;
+    m->h_batch = malloc(batch_bytes ? batch_bytes : 1);
+    m->h_adj_off = malloc(((size_t)max_logits + 1) * I);
+    if (!m->arena || !m->h_batch || !m->h_adj_off) {
+        if (m->arena)
+            m->be->ops->free(m->be, m->arena);
+        m->arena = NULL;
+        free(m->h_batch);
+        free(m->h_adj_off);
+        m->h_batch = NULL;
+        m->h_adj_off = NULL;
+        return -ENOMEM;
+    }
+    m->h_slot = batch_host(m, m->d_slot);
     if (!strcmp(m->be->ops->name, "cpu")) {
         size_t max_in = (size_t)hp->n_ff > QD ? (size_t)hp->n_ff : QD;
         if (E > max_in)
@@ -857,14 +868,13 @@ static int fixed_shape(const wk_model *m, const wk_batch *b, int *n_tok, int *ma
  * design note, each with a logit row after b's) and its block tables widened to
  * max_blocks (>= b->max_blocks). */
 static void upload_batch(wk_model *m, const wk_batch *b, int n_tok, int max_blocks) {
-    kn_backend *be = m->be;
     const size_t T = (size_t)n_tok, I = sizeof(int32_t), n = (size_t)b->n_tok, nl = (size_t)b->n_logits;
-    const size_t n_rows = nl + T - n;
-    int32_t *tok = m->h_pad, *pos = tok + T, *seq = pos + T, *rows = seq + T, *bt = rows + n_rows;
+    int32_t *tok = batch_host(m, m->d_tok), *pos = batch_host(m, m->d_pos), *seq = batch_host(m, m->d_seq);
+    int32_t *rows = batch_host(m, m->d_rows), *bt = batch_host(m, m->d_bt);
     memcpy(tok, b->tokens, n * I);
     memcpy(pos, b->pos, n * I);
     memcpy(seq, b->seq, n * I);
-    memcpy(rows, b->logit_rows, nl * I);
+    memcpy(rows, b->logit_rows, nl * I); // h_slot: check_batch
     for (size_t t = n; t < T; t++) {
         tok[t] = pos[t] = seq[t] = 0;
         m->h_slot[t] = -1;
@@ -876,13 +886,8 @@ static void upload_batch(wk_model *m, const wk_batch *b, int n_tok, int max_bloc
         for (int j = b->max_blocks; j < max_blocks; j++)
             row[j] = -1; // past every position of the batch: never read
     }
-    be->ops->upload(be, m->d_tok, tok, T * I);
-    be->ops->upload(be, m->d_pos, pos, T * I);
-    be->ops->upload(be, m->d_seq, seq, T * I);
-    be->ops->upload(be, m->d_slot, m->h_slot, T * I);
-    if (n_rows)
-        be->ops->upload(be, m->d_rows, rows, n_rows * I);
-    be->ops->upload(be, m->d_bt, bt, (size_t)b->n_seq * (size_t)max_blocks * I);
+    // one upload; the unused ends of the buffers go along (a few KiB at most)
+    m->be->ops->upload(m->be, m->d_tok, m->h_batch, batch_end(m, (int64_t)b->n_seq * max_blocks));
 }
 
 /* Runs the uploaded padded batch: from its graph (recorded now if this is the
