@@ -104,6 +104,24 @@ typedef struct kn_attn_args {
     int max_blocks;
 } kn_attn_args;
 
+/* The rope op: q [n_tok, n_head, head_dim] and k [n_tok, n_kv_head, head_dim]; the
+ * first n_rot dims of each head rotate at position pos[t] by theta_i = pos *
+ * freq_scale * base^(-2i/n_rot) / (freq_factors ? freq_factors[i] : 1), pairs (i,
+ * i + n_rot/2) for KN_ROPE_NEOX, else (2i, 2i + 1). q_norm, k_norm: [head_dim]
+ * weights of a per-head RMS norm (eps) before the rotation (Gemma 3), or NULL. */
+typedef struct kn_rope_args {
+    float *q, *k;
+    const int32_t *pos;
+    int64_t n_tok;
+    int n_head, n_kv_head, head_dim;
+    const float *q_norm, *k_norm;
+    float eps;
+    int n_rot;
+    float base, freq_scale;
+    const float *freq_factors;
+    int mode;
+} kn_rope_args;
+
 /* One row of the sample op. Of the row's logits a (raw logits x plus the row's
  * adjustments), only the allowed tokens (the mask) take part:
  * - greedy, when temperature <= 0 or top_k == 1: the lowest id of the largest a;
@@ -168,12 +186,10 @@ typedef struct kn_backend_ops {
      * w: [n] or NULL (no weight). y may equal x. */
     void (*rmsnorm)(kn_backend *be, const float *x, const float *w, int64_t n_row, int64_t n, float eps,
                     float *y);
-    /* In-place rotary embedding of q: [n_tok, n_head, head_dim] and k: [n_tok,
-     * n_kv_head, head_dim] (one call for both: the angles are a token's, whatever
-     * the head), rotating the first n_rot dims of each head at position pos[t].
-     * theta_i = pos * freq_scale * base^(-2i/n_rot) / (freq_factors ? freq_factors[i] : 1). */
-    void (*rope)(kn_backend *be, float *q, float *k, const int32_t *pos, int64_t n_tok, int n_head, int n_kv_head,
-                 int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors, int mode);
+    /* In place, q's and k's heads (kn_rope_args): each RMS-normed first when its
+     * weight is given (as rmsnorm would over head_dim, up to summation order),
+     * then rotated. One call for both: the angles are a token's, whatever the head. */
+    void (*rope)(kn_backend *be, const kn_rope_args *a);
     /* y = act(g) * u elementwise over n values; act 0 = SiLU, 1 = GELU (tanh approx).
      * y may equal g or u. */
     void (*glu)(kn_backend *be, const float *g, const float *u, int64_t n, int act, float *y);

@@ -146,11 +146,15 @@ static void ref_rope_heads(float *x, const int32_t *pos, int64_t n_tok, int n_he
     }
 }
 
-static void ref_rope(kn_backend *be, float *q, float *k, const int32_t *pos, int64_t n_tok, int n_head,
-                     int n_kv_head, int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors,
-                     int mode) {
-    ref_rope_heads(q, pos, n_tok, n_head, head_dim, n_rot, base, freq_scale, freq_factors, mode);
-    ref_rope_heads(k, pos, n_tok, n_kv_head, head_dim, n_rot, base, freq_scale, freq_factors, mode);
+static void ref_rope(kn_backend *be, const kn_rope_args *a) {
+    if (a->q_norm)
+        ref_rmsnorm(be, a->q, a->q_norm, a->n_tok * a->n_head, a->head_dim, a->eps, a->q);
+    if (a->k_norm)
+        ref_rmsnorm(be, a->k, a->k_norm, a->n_tok * a->n_kv_head, a->head_dim, a->eps, a->k);
+    ref_rope_heads(a->q, a->pos, a->n_tok, a->n_head, a->head_dim, a->n_rot, a->base, a->freq_scale,
+                   a->freq_factors, a->mode);
+    ref_rope_heads(a->k, a->pos, a->n_tok, a->n_kv_head, a->head_dim, a->n_rot, a->base, a->freq_scale,
+                   a->freq_factors, a->mode);
 }
 
 /* SiLU exact in double; GELU by the shared f32 definition of kn_act.h. */

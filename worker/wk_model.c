@@ -779,12 +779,22 @@ static void forward_layer(wk_model *m, wk_kv *kv, int il, int n_tok, int max_blo
     const kn_weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
     float *qkv_out[3] = {m->q, m->k, m->v};
     op->matmul(be, qkv, 3, m->h, T, qkv_out);
-    if (L->q_norm)
-        op->rmsnorm(be, m->q, L->q_norm, T * hp->n_head, hd, hp->norm_eps, m->q);
-    if (L->k_norm)
-        op->rmsnorm(be, m->k, L->k_norm, T * hp->n_head_kv, hd, hp->norm_eps, m->k);
-    op->rope(be, m->q, m->k, m->d_pos, T, hp->n_head, hp->n_head_kv, (int)hd, hp->n_rot, L->rope_base,
-             L->rope_scale, m->rope_freqs, m->rope_mode);
+    const kn_rope_args rope = {.q = m->q,
+                               .k = m->k,
+                               .pos = m->d_pos,
+                               .n_tok = T,
+                               .n_head = hp->n_head,
+                               .n_kv_head = hp->n_head_kv,
+                               .head_dim = (int)hd,
+                               .q_norm = L->q_norm, // Gemma 3's per-head norms, else NULL
+                               .k_norm = L->k_norm,
+                               .eps = hp->norm_eps,
+                               .n_rot = hp->n_rot,
+                               .base = L->rope_base,
+                               .freq_scale = L->rope_scale,
+                               .freq_factors = m->rope_freqs,
+                               .mode = m->rope_mode};
+    op->rope(be, &rope);
     void *kc = wk_kv_k(kv, il), *vc = wk_kv_v(kv, il);
     op->kv_store(be, kc, vc, wk_kv_type(kv), m->k, m->v, m->d_slot, T, KD, hp->head_dim);
     kn_attn_args a = {

@@ -365,18 +365,8 @@ static void cpu_add_norm(kn_backend *be, float *x, const float *r, const float *
 
 /* ---- rope ---- */
 
-typedef struct {
-    float *q, *k;
-    const int32_t *pos;
-    int64_t n_tok;
-    int n_head, n_kv_head, head_dim, n_rot;
-    float base, freq_scale;
-    const float *ff;
-    int mode;
-} rope_ctx;
-
 static void rope_run(void *vctx, int ith, int nth) {
-    rope_ctx *r = vctx;
+    const kn_rope_args *r = vctx;
     float cs[KN_CPU_MAX_HEAD_DIM / 2], sn[KN_CPU_MAX_HEAD_DIM / 2];
     const int half = r->n_rot / 2;
     int64_t a, b;
@@ -385,8 +375,8 @@ static void rope_run(void *vctx, int ith, int nth) {
         for (int i = 0; i < half; i++) {
             // NOTE: angles in double; a float theta loses ~1e-4 rad at positions ~4k.
             double th = (double)r->pos[t] * r->freq_scale * pow(r->base, -2.0 * i / r->n_rot);
-            if (r->ff)
-                th /= r->ff[i];
+            if (r->freq_factors)
+                th /= r->freq_factors[i];
             cs[i] = (float)cos(th);
             sn[i] = (float)sin(th);
         }
@@ -404,13 +394,14 @@ static void rope_run(void *vctx, int ith, int nth) {
     }
 }
 
-static void cpu_rope(kn_backend *be, float *q, float *k, const int32_t *pos, int64_t n_tok, int n_head,
-                     int n_kv_head, int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors,
-                     int mode) {
-    if (n_rot > KN_CPU_MAX_HEAD_DIM || n_rot > head_dim)
+static void cpu_rope(kn_backend *be, const kn_rope_args *a) {
+    if (a->n_rot > KN_CPU_MAX_HEAD_DIM || a->n_rot > a->head_dim)
         return; // unsupported shape; the model loader rejects it first
-    rope_ctx r = {q, k, pos, n_tok, n_head, n_kv_head, head_dim, n_rot, base, freq_scale, freq_factors, mode};
-    run((kn_cpu *)be, rope_run, &r, n_tok * (n_head + n_kv_head) * head_dim * 4);
+    if (a->q_norm)
+        cpu_rmsnorm(be, a->q, a->q_norm, a->n_tok * a->n_head, a->head_dim, a->eps, a->q);
+    if (a->k_norm)
+        cpu_rmsnorm(be, a->k, a->k_norm, a->n_tok * a->n_kv_head, a->head_dim, a->eps, a->k);
+    run((kn_cpu *)be, rope_run, (void *)a, a->n_tok * (a->n_head + a->n_kv_head) * a->head_dim * 4);
 }
 
 /* ---- elementwise ---- */

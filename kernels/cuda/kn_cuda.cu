@@ -135,38 +135,47 @@ static void cu_add_norm(kn_backend *be, float *x, const float *r, const float *r
     KN_LAUNCHED();
 }
 
-/* One thread per (token, rotated pair): theta and its sine and cosine in double, as
- * the reference computes them, once for every q and k head of the token. */
-static __global__ void k_rope(float *q, float *k, const int32_t *pos, int64_t n_pairs, int n_head, int n_kv_head,
-                              int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors,
-                              int mode) {
-    const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= n_pairs)
+/* One warp per (token, head), q's heads then k's: the head's RMS norm when it has
+ * a weight (a warp sum; the normed values stored, then read back across lanes
+ * after __syncwarp), then its pairs, lane i taking pairs i, i + 32, ...; theta and
+ * its sine and cosine in double, as the reference computes them. */
+static __global__ void k_rope(const kn_rope_args a) {
+    const int64_t wid = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31, heads = a.n_head + a.n_kv_head, hd = a.head_dim;
+    if (wid >= a.n_tok * heads) // the whole warp
         return;
-    const int half = n_rot / 2, i = (int)(g % half);
-    const int64_t t = g / half;
-    double theta = (double)pos[t] * freq_scale * pow((double)base, -2.0 * i / n_rot);
-    if (freq_factors)
-        theta /= freq_factors[i];
-    double s, c;
-    sincos(theta, &s, &c);
-    const int a = mode == KN_ROPE_NEOX ? i : 2 * i, b = mode == KN_ROPE_NEOX ? i + half : 2 * i + 1;
-    for (int h = 0; h < n_head + n_kv_head; h++) { // q's heads, then k's
-        float *v = h < n_head ? q + (t * n_head + h) * head_dim : k + (t * n_kv_head + h - n_head) * head_dim;
-        const double x0 = v[a], x1 = v[b];
-        v[a] = (float)(x0 * c - x1 * s);
-        v[b] = (float)(x0 * s + x1 * c);
+    const int64_t t = wid / heads;
+    const int h = (int)(wid % heads);
+    float *v = h < a.n_head ? a.q + (t * a.n_head + h) * hd : a.k + (t * a.n_kv_head + h - a.n_head) * hd;
+    const float *w = h < a.n_head ? a.q_norm : a.k_norm;
+    if (w) {
+        float ss = 0.0f;
+        for (int i = lane; i < hd; i += 32)
+            ss += v[i] * v[i];
+        const float inv = rsqrtf(warp_sum(ss) / (float)hd + a.eps);
+        for (int i = lane; i < hd; i += 32)
+            v[i] = v[i] * inv * w[i];
+        __syncwarp(); // a pair's other half may be another lane's
+    }
+    const int half = a.n_rot / 2;
+    for (int i = lane; i < half; i += 32) {
+        double theta = (double)a.pos[t] * a.freq_scale * pow((double)a.base, -2.0 * i / a.n_rot);
+        if (a.freq_factors)
+            theta /= a.freq_factors[i];
+        double s, c;
+        sincos(theta, &s, &c);
+        const int p0 = a.mode == KN_ROPE_NEOX ? i : 2 * i, p1 = a.mode == KN_ROPE_NEOX ? i + half : 2 * i + 1;
+        const double x0 = v[p0], x1 = v[p1];
+        v[p0] = (float)(x0 * c - x1 * s);
+        v[p1] = (float)(x0 * s + x1 * c);
     }
 }
 
-static void cu_rope(kn_backend *be, float *q, float *k, const int32_t *pos, int64_t n_tok, int n_head, int n_kv_head,
-                    int head_dim, int n_rot, float base, float freq_scale, const float *freq_factors, int mode) {
-    const int64_t n_pairs = n_tok * (n_rot / 2);
-    if (n_pairs <= 0)
+static void cu_rope(kn_backend *be, const kn_rope_args *a) {
+    const int64_t warps = a->n_tok * (a->n_head + a->n_kv_head);
+    if (warps <= 0)
         return;
-    k_rope<<<(unsigned)((n_pairs + 127) / 128), 128, 0, cu(be)->stream>>>(q, k, pos, n_pairs, n_head, n_kv_head,
-                                                                           head_dim, n_rot, base, freq_scale,
-                                                                           freq_factors, mode);
+    k_rope<<<(unsigned)((warps + 3) / 4), 128, 0, cu(be)->stream>>>(*a);
     KN_LAUNCHED();
 }
 

@@ -745,37 +745,50 @@ static void test_small_ops(kn_backend *be, const char *bname, kn_backend *ref) {
         free(y);
     }
     // rope: both modes, partial rotation, freq factors, large positions; q and k
-    // (other head counts) in one call
+    // (other head counts) in one call, with and without Gemma's per-head norms
     {
         const int nt = 5, nh = 3, nkv = 2, hd = 64;
         int32_t pos[5] = {0, 1, 17, 1000, 8191};
-        float ff[32];
+        float ff[32], qn[64], kn[64];
         for (int i = 0; i < 32; i++)
             ff[i] = 1.0f + (float)i / 8;
+        fill_uniform(qn, 64, 0.5f, 2.0f);
+        fill_uniform(kn, 64, -1.0f, 1.5f);
         const size_t nq = (size_t)nt * nh * hd, nk = (size_t)nt * nkv * hd, n = nq + nk;
         float *x = malloc(n * sizeof(float)), *yr = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
         fill_uniform(x, n, -2, 2);
         float *xd = be->ops->alloc(be, n * sizeof(float)); // q, then k
         int32_t *pd = dev_copy(be, pos, sizeof(pos));
-        float *ffd = dev_copy(be, ff, sizeof(ff));
+        float *ffd = dev_copy(be, ff, sizeof(ff)), *qnd = dev_copy(be, qn, sizeof(qn)), *knd = dev_copy(be, kn, sizeof(kn));
         for (int mode = 0; mode <= 2; mode += 2)
             for (int n_rot = 32; n_rot <= 64; n_rot += 32)
-                for (int use_ff = 0; use_ff < 2; use_ff++) {
-                    memcpy(yr, x, n * sizeof(float));
-                    ref->ops->rope(ref, yr, yr + nq, pos, nt, nh, nkv, hd, n_rot, 10000.0f, 0.5f,
-                                   use_ff ? ff : NULL, mode);
-                    be->ops->upload(be, xd, x, n * sizeof(float));
-                    be->ops->rope(be, xd, xd + nq, pd, nt, nh, nkv, hd, n_rot, 10000.0f, 0.5f, use_ff ? ffd : NULL,
-                                  mode);
-                    to_host(be, y, xd, n * sizeof(float));
-                    snprintf(what, sizeof(what), "%s rope q mode=%d n_rot=%d ff=%d", bname, mode, n_rot, use_ff);
-                    check_close(what, yr, y, nq, 1e-5, 1e-5);
-                    snprintf(what, sizeof(what), "%s rope k mode=%d n_rot=%d ff=%d", bname, mode, n_rot, use_ff);
-                    check_close(what, yr + nq, y + nq, nk, 1e-5, 1e-5);
-                }
+                for (int use_ff = 0; use_ff < 2; use_ff++)
+                    for (int norm = 0; norm < 2; norm++) {
+                        kn_rope_args ra = {.q = yr, .k = yr + nq, .pos = pos, .n_tok = nt, .n_head = nh,
+                                           .n_kv_head = nkv, .head_dim = hd, .q_norm = norm ? qn : NULL,
+                                           .k_norm = norm ? kn : NULL, .eps = 1e-6f, .n_rot = n_rot,
+                                           .base = 10000.0f, .freq_scale = 0.5f, .freq_factors = use_ff ? ff : NULL,
+                                           .mode = mode};
+                        memcpy(yr, x, n * sizeof(float));
+                        ref->ops->rope(ref, &ra);
+                        be->ops->upload(be, xd, x, n * sizeof(float));
+                        kn_rope_args rb = ra;
+                        rb.q = xd, rb.k = xd + nq, rb.pos = pd, rb.freq_factors = use_ff ? ffd : NULL;
+                        rb.q_norm = norm ? qnd : NULL, rb.k_norm = norm ? knd : NULL;
+                        be->ops->rope(be, &rb);
+                        to_host(be, y, xd, n * sizeof(float));
+                        snprintf(what, sizeof(what), "%s rope q mode=%d n_rot=%d ff=%d norm=%d", bname, mode, n_rot,
+                                 use_ff, norm);
+                        check_close(what, yr, y, nq, 1e-5, 1e-5);
+                        snprintf(what, sizeof(what), "%s rope k mode=%d n_rot=%d ff=%d norm=%d", bname, mode, n_rot,
+                                 use_ff, norm);
+                        check_close(what, yr + nq, y + nq, nk, 1e-5, 1e-5);
+                    }
         be->ops->free(be, xd);
         be->ops->free(be, pd);
         be->ops->free(be, ffd);
+        be->ops->free(be, qnd);
+        be->ops->free(be, knd);
         free(x);
         free(yr);
         free(y);
