@@ -43,13 +43,13 @@
 
 #include <errno.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "kernels/cpu/kn_cpu.h"
+#include "kernels/cpu/kn_pool.h"
 #include "kernels/kn_fp8.h"
 #include "proto/proto.h"
 
@@ -292,64 +292,51 @@ static int load_hparams(wk_model *m, char *err, size_t errlen) {
 
 /* ---- weights ---------------------------------------------------------------- */
 
-/* Rows [r0, r1) of a float matrix as E4M3 records (kn_fp8.h: an f32 scale per row). */
-typedef struct fp8_rows {
+/* A float matrix as E4M3 records (kn_fp8.h: an f32 scale per row), thread ith of
+ * nth (kn_pool) taking rows [n_out * ith / nth, n_out * (ith + 1) / nth). */
+typedef struct fp8_job {
     kn_type type;
     const uint8_t *src;
     uint8_t *dst;
-    int64_t n_in, r0, r1;
-    int ok;
-} fp8_rows;
+    float *rows; // [nth][n_in]: each thread's dequantized row
+    int64_t n_in, n_out;
+} fp8_job;
 
-static void *fp8_rows_run(void *arg) {
-    fp8_rows *j = arg;
+static void fp8_rows_run(void *ctx, int ith, int nth) {
+    const fp8_job *j = ctx;
     const size_t rb = kn_row_bytes(j->type, j->n_in);
-    float *row = malloc((size_t)j->n_in * sizeof(float));
-    if (row)
-        for (int64_t o = j->r0; o < j->r1; o++) {
-            kn_dequant_row(j->type, j->src + (size_t)o * rb, row, j->n_in);
-            kn_e4m3_rec_put(j->dst, (size_t)o, row, (int)j->n_in); // record o: bytes [o * qb, (o + 1) * qb)
-        }
-    j->ok = row != NULL;
-    free(row);
-    return NULL;
+    float *row = j->rows + (size_t)ith * (size_t)j->n_in;
+    for (int64_t o = j->n_out * ith / nth; o < j->n_out * (ith + 1) / nth; o++) {
+        kn_dequant_row(j->type, j->src + (size_t)o * rb, row, j->n_in);
+        kn_e4m3_rec_put(j->dst, (size_t)o, row, (int)j->n_in); // record o: bytes [o * qb, (o + 1) * qb)
+    }
 }
 
 /* w = the float matrix t as E4M3 rows (WK_QUANT_FP8), in a new backend allocation.
  * The rows are split over the online CPUs (an 8B model's projections are 7e9
- * weights at about 3 ns each); a thread that cannot start runs in this one. */
+ * weights at about 3 ns each); without a pool they run in this thread. */
 static int bind_fp8(wk_model *m, const wk_gguf_tensor *t, const char *name, kn_weight *w, char *err, size_t errlen) {
     enum { MAX_THREADS = 32, MIN_ROWS = 64 };
     const size_t qb = kn_row_bytes(KN_E4M3, w->n_in);
-    uint8_t *q = malloc(qb * (size_t)w->n_out);
-    int ok = q != NULL;
-    if (q) {
-        const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        int64_t n = cpus < MAX_THREADS ? cpus : MAX_THREADS;
-        if (n > w->n_out / MIN_ROWS)
-            n = w->n_out / MIN_ROWS;
-        if (n < 1)
-            n = 1;
-        fp8_rows jobs[MAX_THREADS];
-        pthread_t th[MAX_THREADS];
-        int started[MAX_THREADS] = {0};
-        for (int64_t i = 0; i < n; i++) {
-            jobs[i] = (fp8_rows){.type = t->type, .src = t->data, .dst = q, .n_in = w->n_in,
-                                 .r0 = w->n_out * i / n, .r1 = w->n_out * (i + 1) / n};
-            started[i] = i > 0 && !pthread_create(&th[i], NULL, fp8_rows_run, &jobs[i]);
-        }
-        for (int64_t i = 0; i < n; i++)
-            if (!started[i])
-                fp8_rows_run(&jobs[i]);
-        for (int64_t i = 0; i < n; i++) {
-            if (started[i])
-                pthread_join(th[i], NULL);
-            ok &= jobs[i].ok;
-        }
-    }
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t n = cpus < MAX_THREADS ? cpus : MAX_THREADS;
+    if (n > w->n_out / MIN_ROWS)
+        n = w->n_out / MIN_ROWS;
+    kn_pool *pool = n > 1 ? kn_pool_create((int)n) : NULL;
+    const int nth = pool ? kn_pool_size(pool) : 1;
+    fp8_job job = {.type = t->type, .src = t->data, .dst = malloc(qb * (size_t)w->n_out),
+                   .rows = malloc((size_t)nth * (size_t)w->n_in * sizeof(float)), .n_in = w->n_in,
+                   .n_out = w->n_out};
+    const int ok = job.dst && job.rows;
+    if (ok && pool)
+        kn_pool_run(pool, fp8_rows_run, &job);
+    else if (ok)
+        fp8_rows_run(&job, 0, 1);
+    kn_pool_destroy(pool);
     w->type = KN_E4M3;
-    w->data = ok ? to_backend(m, q, qb * (size_t)w->n_out) : NULL;
-    free(q);
+    w->data = ok ? to_backend(m, job.dst, qb * (size_t)w->n_out) : NULL;
+    free(job.dst);
+    free(job.rows);
     if (!w->data) {
         cm_set_err(err, errlen, "out of memory for the FP8 copy of %s", name);
         return -ENOMEM;
@@ -884,7 +871,7 @@ static void upload_batch(wk_model *m, const wk_batch *b, int n_tok, int max_bloc
     memcpy(tok, b->tokens, n * I);
     memcpy(pos, b->pos, n * I);
     memcpy(seq, b->seq, n * I);
-    memcpy(rows, b->logit_rows, nl * I); // h_slot: check_batch
+    memcpy(rows, b->logit_rows, nl * I); // (h_slot: check_batch wrote the real tokens')
     for (size_t t = n; t < T; t++) {
         tok[t] = pos[t] = seq[t] = 0;
         m->h_slot[t] = -1;
