@@ -813,17 +813,26 @@ def test_restart_continues_seq_rotation_and_401(env, kolm_bin, tmp_path):
         pk = read_key_file(a.home / "keys" / "gateway.pub")
         tokens = []
         log = a.home / "receipts" / "receipts.log"
+        rotated = a.home / "receipts" / "receipts.log.1"
+        # The startup's /health polls write receipts too, so the log may have rotated
+        # already: what counts is where this loop's last line lies. In receipts.log.1
+        # with receipts.log back (empty): its write crossed the limit and the rotation is
+        # done. In receipts.log under the limit: not yet. Else the rotation is under way.
         for _ in range(40):
             status, hdrs, _ = a.request("GET", "/v1/models")
             assert status == 200
             tokens.append(hdrs["x-kolm-receipt"])
             wait_for_log_lines(a.home, tokens[-1:])
-            size = log_size(log)
-            if size is None or size >= 4096:  # this write crossed the limit: rotation follows it
-                deadline = time.monotonic() + 10
-                while log_size(log) != 0 and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                assert log_size(log) == 0, "receipts.log was not rotated past --receipt-log-max"
+            deadline = time.monotonic() + 10
+            while True:
+                done = rotated.exists() and tokens[-1] in rotated.read_text().split("\n")
+                size = log_size(log)  # after: a rotation may come between the two
+                if size is not None and (done or size < 4096):
+                    break
+                assert time.monotonic() < deadline, "receipts.log was not rotated past --receipt-log-max"
+                time.sleep(0.02)
+            if done:
+                assert size == 0, f"receipts.log holds {size} bytes after the rotation of its last line"
                 break
         else:
             pytest.fail("receipts.log never rotated past --receipt-log-max 4096")
